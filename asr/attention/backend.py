@@ -1,0 +1,49 @@
+"""Decode-step attention as the engine calls it: per-step metadata once, then one call per layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from asr.attention.config import UniqueConfig
+from asr.attention.decode import paged_decode
+from asr.attention.scoring import score_pages
+from asr.attention.selection import select_pages
+
+
+@dataclass
+class DecodeMetadata:
+    """What every layer of one decode step shares.
+
+    page_table: [batch, max_pages] int32 physical page ids; seq_lens: [batch] int32 tokens in
+    the cache including the token being decoded (already appended).
+    """
+
+    page_table: torch.Tensor
+    seq_lens: torch.Tensor
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    key_stats: torch.Tensor,
+    metadata: DecodeMetadata,
+    scale: float,
+    sparse: UniqueConfig | None,
+    layer: int,
+) -> torch.Tensor:
+    """Attention of one decode token per sequence for one layer.
+
+    q: [batch, q_heads, head_dim]; k_cache, v_cache: [num_pages, kv_heads, page_size, head_dim];
+    key_stats: [num_pages, kv_heads, NUM_STATS, head_dim]. ``sparse=None`` (or a layer below
+    ``sparse.dense_layers``) reads every page; otherwise the top-k pages by ``sparse.method``.
+    Returns [batch, q_heads, head_dim].
+    """
+    chosen = None
+    if sparse is not None and layer >= sparse.dense_layers:
+        scores = score_pages(q, key_stats, metadata.page_table, metadata.seq_lens, sparse)
+        chosen = select_pages(scores, metadata.seq_lens, sparse)
+    out, _ = paged_decode(q, k_cache, v_cache, metadata.page_table, metadata.seq_lens, scale, chosen)
+    return out

@@ -1,0 +1,56 @@
+"""Configuration of the paged KV cache and of UNIQUE top-k page selection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ScoreMethod = Literal["unique", "quest", "mean"]
+UniqueOffset = Literal["gauss", "l1"]
+
+
+@dataclass(frozen=True)
+class UniqueConfig:
+    """How decode attention picks the pages it reads.
+
+    page_size: tokens per KV page (16 is the default of most paged engines; 32 halves the
+        page-statistics bytes a decode step must read).
+    budget_tokens: tokens attended per decode step and kv head; ``budget_tokens // page_size``
+        pages are chosen. A context that fits the budget is attended densely.
+    method: ``unique`` scores pages from key mean and std, ``quest`` from key min/max,
+        ``mean`` from the key mean alone (an ablation).
+    offset: the std term of UNIQUE: ``gauss`` adds ``sum_d q_d^2 sigma_d^2 / (2 sqrt(d))`` (log of
+        the expected exp-logit for Gaussian keys, scaled by sqrt(d) like ``q . mu``); ``l1`` adds
+        ``lam * sum_d |q_d| sigma_d`` (a bound-like offset).
+    lam: weight of the ``l1`` offset (and a multiplier on the ``gauss`` one).
+    sink_pages: leading pages always read (attention sinks).
+    local_pages: newest pages always read (the local window, including the partial last page).
+    dense_layers: the first ``dense_layers`` decoder layers always attend densely.
+    """
+
+    page_size: int = 16
+    budget_tokens: int = 2048
+    method: ScoreMethod = "unique"
+    offset: UniqueOffset = "gauss"
+    lam: float = 1.0
+    sink_pages: int = 1
+    local_pages: int = 2
+    dense_layers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.page_size < 1:
+            raise ValueError(f"page_size must be positive, got {self.page_size}")
+        if self.budget_tokens < self.page_size * (self.sink_pages + self.local_pages):
+            raise ValueError(
+                f"budget_tokens={self.budget_tokens} cannot hold the {self.sink_pages} sink and "
+                f"{self.local_pages} local pages of {self.page_size} tokens; raise the budget"
+            )
+        if self.method not in ("unique", "quest", "mean"):
+            raise ValueError(f"unknown page scoring method {self.method!r}")
+        if self.offset not in ("gauss", "l1"):
+            raise ValueError(f"unknown UNIQUE offset {self.offset!r}")
+
+    @property
+    def num_select(self) -> int:
+        """Pages read per decode step and kv head."""
+        return self.budget_tokens // self.page_size

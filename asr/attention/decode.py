@@ -1,0 +1,61 @@
+"""Decode attention over a paged KV cache: exact softmax over all pages or over chosen pages."""
+
+from __future__ import annotations
+
+import torch
+
+
+def paged_decode_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    chosen_pages: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One query token per sequence attends over its cached keys.
+
+    q: [batch, q_heads, head_dim]; k_cache, v_cache: [num_pages, kv_heads, page_size, head_dim];
+    page_table: [batch, max_pages] int; seq_lens: [batch] int (>= 1);
+    chosen_pages: [batch, kv_heads, num_select] int logical page indices (-1 = unused), or None
+    for dense attention over every page.
+    Returns out: [batch, q_heads, head_dim] (q's dtype) and lse: [batch, q_heads] float32, the
+    natural-log sum of exp(scale * q . k) over the attended keys.
+    """
+    batch, q_heads, head_dim = q.shape
+    _, kv_heads, page_size, _ = k_cache.shape
+    if chosen_pages is None:
+        logical = torch.arange(page_table.shape[1], device=q.device)
+        chosen_pages = logical.expand(batch, kv_heads, -1)
+    chosen = chosen_pages.long()
+    num_select = chosen.shape[-1]
+    num_pages = (seq_lens.long() + page_size - 1) // page_size
+    page_ok = (chosen >= 0) & (chosen < num_pages[:, None, None])
+    physical = page_table.long().gather(1, chosen.clamp(min=0).view(batch, -1)).view(batch, kv_heads, num_select)
+    head = torch.arange(kv_heads, device=q.device)[None, :, None]
+    keys = k_cache[physical, head].float()  # [batch, kv_heads, num_select, page_size, d]
+    values = v_cache[physical, head].float()
+    position = chosen[..., None] * page_size + torch.arange(page_size, device=q.device)
+    token_ok = page_ok[..., None] & (position < seq_lens.long()[:, None, None, None])
+    qg = q.float().view(batch, kv_heads, q_heads // kv_heads, head_dim)
+    logits = torch.einsum("bhgd,bhptd->bhgpt", qg, keys) * scale
+    logits = logits.masked_fill(~token_ok[:, :, None], float("-inf")).flatten(3)
+    lse = logits.logsumexp(dim=-1)
+    probs = (logits - lse[..., None]).exp()
+    values = values.masked_fill(~token_ok[..., None], 0.0)  # slack past a sequence's end is never read
+    out = torch.einsum("bhgn,bhnd->bhgd", probs, values.flatten(2, 3))
+    return out.reshape(batch, q_heads, head_dim).to(q.dtype), lse.reshape(batch, q_heads)
+
+
+def paged_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    chosen_pages: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Public decode attention (arguments as ``paged_decode_reference``): kernel on CUDA, reference elsewhere."""
+    return paged_decode_reference(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages)

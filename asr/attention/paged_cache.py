@@ -1,0 +1,133 @@
+"""Paged KV cache: a pool of fixed-size pages per layer, page tables and per-page key statistics.
+
+All layers share one page numbering: a sequence owns the same page ids in every layer, so the
+page table and slot mapping are built once per step and reused by every layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from asr.attention.append import NUM_STATS, append_kv
+from asr.errors import CacheCapacityError
+
+
+@dataclass(frozen=True)
+class CacheShape:
+    """Sizes of a paged KV cache.
+
+    num_layers: decoder layers; num_pages: pages in the pool (per layer); page_size: tokens per
+    page; num_kv_heads, head_dim: key/value head geometry.
+    """
+
+    num_layers: int
+    num_pages: int
+    page_size: int
+    num_kv_heads: int
+    head_dim: int
+
+
+class PageAllocator:
+    """Hands out page ids from a fixed pool and takes them back (lowest free id first)."""
+
+    def __init__(self, num_pages: int) -> None:
+        self.num_pages = num_pages
+        self._free = list(range(num_pages - 1, -1, -1))
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def ensure_available(self, count: int) -> None:
+        """Raise CacheCapacityError unless ``count`` pages are free."""
+        if count > len(self._free):
+            raise CacheCapacityError(
+                f"KV cache needs {count} more pages but only {len(self._free)} of "
+                f"{self.num_pages} are free; shorten the input or give the cache more memory"
+            )
+
+    def allocate(self, count: int) -> list[int]:
+        self.ensure_available(count)
+        return [self._free.pop() for _ in range(count)]
+
+    def free(self, pages: list[int]) -> None:
+        self._free.extend(sorted(pages, reverse=True))
+        self._free.sort(reverse=True)
+
+
+class PagedKVCache:
+    """K/V pages, key statistics and per-sequence page lists.
+
+    k, v: [num_layers, num_pages, num_kv_heads, page_size, head_dim]
+    key_stats: [num_layers, num_pages, num_kv_heads, NUM_STATS, head_dim] (mean, std, min, max)
+    """
+
+    def __init__(self, shape: CacheShape, dtype: torch.dtype, device: torch.device | str) -> None:
+        self.shape = shape
+        pool = (shape.num_layers, shape.num_pages, shape.num_kv_heads, shape.page_size, shape.head_dim)
+        self.k = torch.zeros(pool, dtype=dtype, device=device)
+        self.v = torch.zeros(pool, dtype=dtype, device=device)
+        stats = (shape.num_layers, shape.num_pages, shape.num_kv_heads, NUM_STATS, shape.head_dim)
+        self.key_stats = torch.zeros(stats, dtype=dtype, device=device)
+        self.allocator = PageAllocator(shape.num_pages)
+        self.seq_pages: dict[int, list[int]] = {}
+        self.seq_lens: dict[int, int] = {}
+        self._next_seq_id = 0
+
+    @property
+    def page_size(self) -> int:
+        return self.shape.page_size
+
+    def add_sequence(self) -> int:
+        """Register an empty sequence and return its id."""
+        seq_id = self._next_seq_id
+        self._next_seq_id += 1
+        self.seq_pages[seq_id] = []
+        self.seq_lens[seq_id] = 0
+        return seq_id
+
+    def free_sequence(self, seq_id: int) -> None:
+        """Return a sequence's pages to the pool."""
+        self.allocator.free(self.seq_pages.pop(seq_id))
+        del self.seq_lens[seq_id]
+
+    def reserve(self, seq_ids: list[int], num_new_tokens: list[int]) -> torch.Tensor:
+        """Grow each sequence by its count of new tokens, allocating pages as needed.
+
+        Returns slot_mapping: [sum(num_new_tokens)] int64 on the cache device, the physical slot
+        (``page * page_size + offset``) of each new token, sequences in the given order.
+        All-or-nothing: if the pool cannot hold every request, nothing changes.
+        """
+        size = self.page_size
+        needed = [
+            -(-(self.seq_lens[s] + n) // size) - len(self.seq_pages[s])
+            for s, n in zip(seq_ids, num_new_tokens)
+        ]
+        self.allocator.ensure_available(sum(needed))
+        slots: list[int] = []
+        for seq_id, count, extra in zip(seq_ids, num_new_tokens, needed):
+            pages = self.seq_pages[seq_id]
+            pages.extend(self.allocator.allocate(extra))
+            start = self.seq_lens[seq_id]
+            slots.extend(pages[pos // size] * size + pos % size for pos in range(start, start + count))
+            self.seq_lens[seq_id] = start + count
+        return torch.tensor(slots, dtype=torch.int64, device=self.k.device)
+
+    def write(self, layer: int, new_k: torch.Tensor, new_v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+        """Store one layer's new keys/values ([tokens, kv_heads, head_dim]) at reserved slots."""
+        append_kv(self.k[layer], self.v[layer], self.key_stats[layer], new_k, new_v, slot_mapping)
+
+    def page_table(self, seq_ids: list[int], width: int | None = None) -> torch.Tensor:
+        """[batch, width] int32 page ids of each sequence, padded with 0 (never read: lengths bound it)."""
+        width = width or max((len(self.seq_pages[s]) for s in seq_ids), default=0)
+        table = torch.zeros((len(seq_ids), max(width, 1)), dtype=torch.int32)
+        for row, seq_id in enumerate(seq_ids):
+            pages = self.seq_pages[seq_id]
+            table[row, : len(pages)] = torch.tensor(pages, dtype=torch.int32)
+        return table.to(self.k.device)
+
+    def lengths(self, seq_ids: list[int]) -> torch.Tensor:
+        """[batch] int32 token counts."""
+        return torch.tensor([self.seq_lens[s] for s in seq_ids], dtype=torch.int32, device=self.k.device)

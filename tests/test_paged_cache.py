@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from asr.attention.append import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
+from asr.attention.paged_cache import CacheShape, PageAllocator, PagedKVCache
+from asr.errors import CacheCapacityError
+
+
+def gather_sequence(cache: PagedKVCache, layer: int, seq_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[tokens, kv_heads, head_dim] keys and values of one sequence, in order."""
+    pages = torch.tensor(cache.seq_pages[seq_id])
+    n = cache.seq_lens[seq_id]
+    heads, dim = cache.shape.num_kv_heads, cache.shape.head_dim
+    k = cache.k[layer, pages].permute(0, 2, 1, 3).reshape(-1, heads, dim)
+    v = cache.v[layer, pages].permute(0, 2, 1, 3).reshape(-1, heads, dim)
+    return k[:n], v[:n]
+
+
+@pytest.mark.parametrize("page_size", [pytest.param(16, id="P16"), pytest.param(64, id="P64")])
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")])
+def test_random_appends_keep_exact_stats(page_size, dtype):
+    gen = torch.Generator().manual_seed(0)
+    shape = CacheShape(num_layers=2, num_pages=64, page_size=page_size, num_kv_heads=2, head_dim=8)
+    cache = PagedKVCache(shape, dtype, "cpu")
+    seqs = [cache.add_sequence() for _ in range(3)]
+    written = {s: [] for s in seqs}
+    for step in range(12):
+        counts = [int(torch.randint(0, 2 * page_size if step % 3 == 0 else 2, (1,), generator=gen)) for _ in seqs]
+        slots = cache.reserve(seqs, counts)
+        new_k = torch.randn(sum(counts), 2, 8, generator=gen) * 3 + 1
+        new_v = torch.randn(sum(counts), 2, 8, generator=gen)
+        for layer in range(2):
+            cache.write(layer, new_k + layer, new_v, slots)
+        start = 0
+        for s, c in zip(seqs, counts):
+            written[s].append((new_k[start : start + c], new_v[start : start + c]))
+            start += c
+    for s in seqs:
+        keys = (torch.cat([k for k, _ in written[s]]) + 1).to(dtype)  # layer 1 got keys + 1
+        values = torch.cat([v for _, v in written[s]]).to(dtype)
+        assert cache.seq_lens[s] == keys.shape[0]
+        got_k, got_v = gather_sequence(cache, 1, s)
+        torch.testing.assert_close(got_k, keys)
+        torch.testing.assert_close(got_v, values)
+        for index, page in enumerate(cache.seq_pages[s]):
+            page_keys = keys[index * page_size : (index + 1) * page_size].double()
+            stats = cache.key_stats[1, page].double()  # [kv_heads, 4, d]
+            tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.06, rtol=0.02)
+            torch.testing.assert_close(stats[:, STAT_MEAN], page_keys.mean(0), **tol)
+            torch.testing.assert_close(stats[:, STAT_STD], page_keys.std(0, unbiased=False), **tol)
+            torch.testing.assert_close(stats[:, STAT_MIN], page_keys.amin(0), **tol)
+            torch.testing.assert_close(stats[:, STAT_MAX], page_keys.amax(0), **tol)
+
+
+def test_page_table_and_lengths_for_uneven_batch():
+    cache = PagedKVCache(CacheShape(1, 32, 16, 1, 4), torch.float32, "cpu")
+    a, b = cache.add_sequence(), cache.add_sequence()
+    cache.reserve([a, b], [17, 1])
+    table, lens = cache.page_table([a, b]), cache.lengths([a, b])
+    assert lens.tolist() == [17, 1]
+    assert table.shape == (2, 2)
+    assert table[0].tolist() == cache.seq_pages[a] and table[1, 0].item() == cache.seq_pages[b][0]
+
+
+def test_free_and_reuse_pages():
+    cache = PagedKVCache(CacheShape(1, 4, 16, 1, 4), torch.float32, "cpu")
+    a = cache.add_sequence()
+    cache.reserve([a], [64])
+    b = cache.add_sequence()
+    with pytest.raises(CacheCapacityError, match="free"):
+        cache.reserve([b], [1])
+    assert cache.seq_lens[b] == 0, "a failed reservation must change nothing"
+    used = set(cache.seq_pages[a])
+    cache.free_sequence(a)
+    slots = cache.reserve([b], [40])
+    assert set(cache.seq_pages[b]) <= used and len(cache.seq_pages[b]) == 3
+    assert slots.tolist()[:2] == [cache.seq_pages[b][0] * 16, cache.seq_pages[b][0] * 16 + 1]
+
+
+def test_allocator_rejects_overdraw_without_losing_pages():
+    alloc = PageAllocator(3)
+    pages = alloc.allocate(2)
+    with pytest.raises(CacheCapacityError):
+        alloc.allocate(2)
+    alloc.free(pages)
+    assert sorted(alloc.allocate(3)) == [0, 1, 2]
