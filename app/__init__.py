@@ -1,0 +1,1 @@
+"""Entry points: the ``asr`` command line, the Gradio UI and the live-caption websocket server."""
