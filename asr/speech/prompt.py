@@ -1,0 +1,41 @@
+"""Where audio embeddings and transcripts sit in the LLM's context (ChatML, as SmolLM2 chats).
+
+A session is one growing context: a system turn, then per audio chunk a user turn holding the
+chunk's audio embeddings and an assistant turn holding its transcript:
+
+    <|im_start|>system\\n{SYSTEM}<|im_end|>\\n
+    <|im_start|>user\\n<audio>[audio embeddings]</audio><|im_end|>\\n<|im_start|>assistant\\n{transcript}<|im_end|>\\n
+    ... next chunk ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SYSTEM = "Transcribe the speech in each audio clip exactly, with punctuation."
+SESSION_START = f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
+BEFORE_AUDIO = "<|im_start|>user\n<audio>"
+AFTER_AUDIO = "</audio><|im_end|>\n<|im_start|>assistant\n"
+END_OF_TURN = "<|im_end|>"
+AFTER_TRANSCRIPT = "<|im_end|>\n"
+
+
+@dataclass(frozen=True)
+class PromptIds:
+    """Token ids of the fixed text pieces, tokenized once per tokenizer."""
+
+    session_start: list[int]
+    before_audio: list[int]
+    after_audio: list[int]
+    after_transcript: list[int]
+    end_of_turn: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> "PromptIds":
+        def ids(text: str) -> list[int]:
+            return tokenizer(text, add_special_tokens=False).input_ids
+
+        end = ids(END_OF_TURN)
+        if len(end) != 1:
+            raise ValueError(f"tokenizer has no single token for {END_OF_TURN!r}: not a ChatML model")
+        return cls(ids(SESSION_START), ids(BEFORE_AUDIO), ids(AFTER_AUDIO), ids(AFTER_TRANSCRIPT), end[0])

@@ -1,0 +1,219 @@
+"""Train the speech adapter (projector + LoRA on the LLM) of the speech LLM.
+
+The Whisper encoder stays frozen; its frames are stacked and projected into the LLM's embedding
+space; LoRA adapts the LLM. Each example is a session of 1-3 consecutive chunks in one context,
+laid out exactly as long-form inference lays out a recording, so the model learns to transcribe
+the newest chunk after earlier audio and text. Data: manifests of synthetic speech
+(training/synth_speech.py) and any manifest or LibriSpeech-layout directory given with --data.
+
+    python training/train_asr.py --data .cache/tts_v1 --steps 3000 --out runs/asr
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from asr.speech.adapter import SpeechAdapter  # noqa: E402
+from asr.speech.lora import LoraConfig, add_lora, lora_state_dict  # noqa: E402
+from asr.speech.projector import FrameStackProjector, ProjectorConfig  # noqa: E402
+from asr.speech.prompt import PromptIds  # noqa: E402
+from asr.speech.sessions import pad_sessions, session_inputs  # noqa: E402
+from training.corpora import Utterance, read_corpus  # noqa: E402
+from training.synth.augment import augment_waveform  # noqa: E402
+
+log = logging.getLogger("train_asr")
+SAMPLE_RATE = 16000
+MAX_CHUNK_SECONDS = 30.0
+TURN_COUNTS, TURN_WEIGHTS = (1, 2, 3), (0.6, 0.25, 0.15)
+SILENT_CHUNK_SHARE = 0.03  # chunks of noise only, whose transcript is empty
+
+
+class SessionStream(IterableDataset):
+    """Endless random sessions: lists of (waveform [samples] float32, transcript)."""
+
+    def __init__(self, utterances: list[Utterance], augment: bool, seed: int) -> None:
+        self.utterances, self.augment, self.seed = utterances, augment, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(self.seed + (info.id if info else 0))
+        np_rng = np.random.default_rng(self.seed + 1000 + (info.id if info else 0))
+        while True:
+            turns = rng.choices(TURN_COUNTS, TURN_WEIGHTS)[0]
+            session = []
+            for _ in range(turns):
+                if rng.random() < SILENT_CHUNK_SHARE:
+                    seconds = rng.uniform(1.0, 8.0)
+                    noise = np_rng.standard_normal(int(seconds * SAMPLE_RATE)).astype(np.float32)
+                    session.append((noise * 10 ** rng.uniform(-4, -2), ""))
+                    continue
+                utt = rng.choice(self.utterances)
+                wave = utt.load()[: int(MAX_CHUNK_SECONDS * SAMPLE_RATE)]
+                if self.augment:
+                    wave = augment_waveform(wave, SAMPLE_RATE, np_rng)[: int(MAX_CHUNK_SECONDS * SAMPLE_RATE)]
+                session.append((wave, utt.text))
+            yield session
+
+
+def build_models(args, device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from asr.llm.embedded import embedded_llm_dir
+    from asr.speech.encoder import AudioEncoder
+
+    llm_dir = args.llm or str(embedded_llm_dir())
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.bfloat16).to(device)
+    for p in llm.parameters():
+        p.requires_grad_(False)
+    lora_config = LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank)
+    add_lora(llm, lora_config)
+    if args.checkpointing:
+        llm.gradient_checkpointing_enable()
+    encoder = AudioEncoder.load(args.whisper, device=device, dtype=torch.float16)
+    projector_config = ProjectorConfig(encoder_dim=encoder.dim, llm_dim=llm.config.hidden_size, stack=args.stack)
+    projector = FrameStackProjector(projector_config).to(device)
+    lora_params = [p for n, p in llm.named_parameters() if n.endswith((".lora_a", ".lora_b"))]
+    for p in lora_params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return tokenizer, llm, encoder, projector, projector_config, lora_config, lora_params
+
+
+def session_batch(batch, tokenizer, prompt, llm, encoder, projector, device):
+    chunks = [wave for session in batch for wave, _ in session]
+    frames = encoder.encode(chunks)  # list of [frames, encoder_dim]
+    embeds, cursor, sessions = [], 0, []
+    for session in batch:
+        audio = []
+        for _ in session:
+            audio.append(projector(frames[cursor][None].float())[0])
+            cursor += 1
+        texts = [tokenizer(text, add_special_tokens=False).input_ids for _, text in session]
+        sessions.append(session_inputs(audio, texts, prompt, llm.get_input_embeddings()))
+    return pad_sessions(sessions)
+
+
+@torch.no_grad()
+def transcribe_one(wave, tokenizer, prompt, llm, encoder, projector, max_new_tokens=200) -> str:
+    """Greedy transcript of one chunk in a fresh session (validation; inference uses the engine)."""
+    frames = encoder.encode([wave])[0]
+    audio = projector(frames[None].float())[0]
+    embed = llm.get_input_embeddings()
+    ids = lambda xs: embed(torch.tensor(xs, device=audio.device))  # noqa: E731
+    inputs = torch.cat([ids(prompt.session_start + prompt.before_audio), audio.to(embed.weight.dtype),
+                        ids(prompt.after_audio)])[None]
+    with torch.autocast(audio.device.type, dtype=torch.bfloat16, enabled=audio.device.type == "cuda"):
+        out = llm.generate(inputs_embeds=inputs, attention_mask=torch.ones(inputs.shape[:2], device=audio.device, dtype=torch.long),
+                           max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=prompt.end_of_turn,
+                           pad_token_id=prompt.end_of_turn)
+    return tokenizer.decode(out[0], skip_special_tokens=True).strip()
+
+
+def validate(manifest: str, limit: int, *models) -> dict:
+    from asr.normalize import error_rates
+
+    utterances = read_corpus(manifest)[:limit]
+    refs, hyps = [], []
+    for utt in utterances:
+        refs.append(utt.text)
+        hyps.append(transcribe_one(utt.load(), *models))
+    wer, cer = error_rates(refs, hyps)
+    for ref, hyp in list(zip(refs, hyps))[:5]:
+        log.info("REF %s\nHYP %s", ref, hyp)
+    return {"wer": wer, "cer": cer, "utterances": len(refs)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", nargs="+", required=True, help="manifest.jsonl files or directories (TTS output, LibriSpeech layout)")
+    parser.add_argument("--out", required=True, help="output directory for the adapter checkpoint")
+    parser.add_argument("--llm", help="Hugging Face LLM directory (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--whisper", help="Whisper directory (default: the embedded Whisper base)")
+    parser.add_argument("--resume", help="adapter directory to continue from")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=24, help="sessions per step")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--stack", type=int, default=4, help="encoder frames per audio token")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (saves memory)")
+    parser.add_argument("--save-every", type=int, default=500)
+    parser.add_argument("--time-limit", type=float, default=0, help="stop and save after this many minutes")
+    parser.add_argument("--validate", help="manifest for a validation WER at the end (never trained on)")
+    parser.add_argument("--validate-limit", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.manual_seed(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    tokenizer, llm, encoder, projector, projector_config, lora_config, lora_params = build_models(args, device)
+    prompt = PromptIds.from_tokenizer(tokenizer)
+    start_step = 0
+    if args.resume:
+        adapter = SpeechAdapter.load(args.resume)
+        projector.load_state_dict(adapter.projector)
+        llm.load_state_dict({k: v.to(device) for k, v in adapter.lora.items()}, strict=False)
+        start_step = adapter.info.get("steps", 0)
+    utterances = [u for source in args.data for u in read_corpus(source)]
+    log.info("training on %d utterances (%.1f h)", len(utterances), sum(u.duration for u in utterances) / 3600)
+    loader = DataLoader(SessionStream(utterances, not args.no_augment, args.seed + start_step), batch_size=args.batch,
+                        num_workers=args.workers, collate_fn=list, prefetch_factor=4 if args.workers else None)
+    optimizer = torch.optim.AdamW([{"params": projector.parameters(), "lr": args.lr},
+                                   {"params": lora_params, "lr": args.lr / 2}], weight_decay=0.01)
+    warmup = min(200, args.steps // 10)
+    schedule = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    out = Path(args.out)
+
+    def save(step: int, extra: dict) -> None:
+        info = {"steps": step, "data": args.data, "lora_rank": args.lora_rank, "seconds": round(time.time() - t0),
+                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", **extra}
+        SpeechAdapter(projector_config, lora_config, projector.state_dict(), lora_state_dict(llm), info).save(out)
+
+    t0, step, running = time.time(), start_step, []
+    llm.train()
+    for batch in loader:
+        embeds, labels, mask = session_batch(batch, tokenizer, prompt, llm, encoder, projector, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(projector.parameters()) + lora_params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        running.append(loss.item())
+        if step % 50 == 0:
+            log.info("step %d loss %.3f lr %.2e %.1f s", step, sum(running) / len(running), scheduler.get_last_lr()[0], time.time() - t0)
+            running = []
+        over_time = args.time_limit and time.time() - t0 > args.time_limit * 60
+        if step % args.save_every == 0 or step >= start_step + args.steps or over_time:
+            save(step, {})
+        if step >= start_step + args.steps or over_time:
+            break
+    llm.eval()
+    result = {}
+    if args.validate:
+        result = validate(args.validate, args.validate_limit, tokenizer, prompt, llm, encoder, projector)
+        log.info("validation %s", json.dumps(result))
+    save(step, {"validation": result})
+
+
+if __name__ == "__main__":
+    main()
