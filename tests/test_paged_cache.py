@@ -84,3 +84,23 @@ def test_allocator_rejects_overdraw_without_losing_pages():
         alloc.allocate(2)
     alloc.free(pages)
     assert sorted(alloc.allocate(3)) == [0, 1, 2]
+
+
+def test_truncate_frees_pages_and_restores_exact_stats():
+    gen = torch.Generator().manual_seed(3)
+    cache = PagedKVCache(CacheShape(2, 8, 16, 2, 8), torch.float32, "cpu")
+    seq = cache.add_sequence()
+    keys = torch.randn(50, 2, 8, generator=gen)
+    slots = cache.reserve([seq], [50])
+    for layer in range(2):
+        cache.write(layer, keys, keys, slots)
+    cache.truncate(seq, 21)
+    assert cache.seq_lens[seq] == 21 and len(cache.seq_pages[seq]) == 2 and cache.allocator.num_free == 6
+    last = cache.seq_pages[seq][1]
+    torch.testing.assert_close(cache.key_stats[1, last, :, STAT_MEAN], keys[16:21].mean(0))
+    torch.testing.assert_close(cache.key_stats[1, last, :, STAT_MAX], keys[16:21].amax(0))
+    new = torch.randn(3, 2, 8, generator=gen)
+    slots = cache.reserve([seq], [3])
+    assert slots.tolist() == [last * 16 + 5, last * 16 + 6, last * 16 + 7]
+    with pytest.raises(ValueError):
+        cache.truncate(seq, 99)

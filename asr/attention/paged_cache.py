@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from asr.attention.append import NUM_STATS, append_kv
+from asr.attention.append import NUM_STATS, append_kv, page_key_stats
 from asr.errors import CacheCapacityError
 
 
@@ -114,6 +114,23 @@ class PagedKVCache:
             slots.extend(pages[pos // size] * size + pos % size for pos in range(start, start + count))
             self.seq_lens[seq_id] = start + count
         return torch.tensor(slots, dtype=torch.int64, device=self.k.device)
+
+    def truncate(self, seq_id: int, length: int) -> None:
+        """Drop a sequence's tokens from ``length`` on (e.g. a generation loop that was cut out),
+        freeing emptied pages and recomputing the key statistics of the new last page."""
+        if not 0 <= length <= self.seq_lens[seq_id]:
+            raise ValueError(f"cannot truncate a {self.seq_lens[seq_id]}-token sequence to {length}")
+        size = self.page_size
+        pages = self.seq_pages[seq_id]
+        keep = -(-length // size)
+        self.allocator.free(pages[keep:])
+        del pages[keep:]
+        self.seq_lens[seq_id] = length
+        if length % size:
+            last = torch.tensor([pages[-1]], device=self.k.device)
+            fill = torch.tensor([length % size], device=self.k.device)
+            for layer in range(self.shape.num_layers):
+                self.key_stats[layer, last] = page_key_stats(self.k[layer, last], fill).to(self.key_stats.dtype)
 
     def write(self, layer: int, new_k: torch.Tensor, new_v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         """Store one layer's new keys/values ([tokens, kv_heads, head_dim]) at reserved slots."""
