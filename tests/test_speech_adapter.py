@@ -10,7 +10,7 @@ from asr.speech.lora import LoraConfig, add_lora, lora_state_dict, merge_lora
 from asr.speech.projector import FrameStackProjector, ProjectorConfig
 from asr.speech.sessions import IGNORE, pad_sessions, session_inputs
 from asr.speech.prompt import PromptIds
-from training.corpora import read_corpus
+from asr.corpus import read_corpus
 
 
 class TinyBlock(nn.Module):

@@ -31,7 +31,7 @@ from asr.speech.lora import LoraConfig, add_lora, lora_state_dict  # noqa: E402
 from asr.speech.projector import FrameStackProjector, ProjectorConfig  # noqa: E402
 from asr.speech.prompt import PromptIds  # noqa: E402
 from asr.speech.sessions import pad_sessions, session_inputs  # noqa: E402
-from training.corpora import Utterance, read_corpus  # noqa: E402
+from asr.corpus import Utterance, read_corpus  # noqa: E402
 from training.synth.augment import augment_waveform  # noqa: E402
 
 log = logging.getLogger("train_asr")

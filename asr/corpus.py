@@ -1,4 +1,4 @@
-"""Speech corpora for training and validation: manifest.jsonl files and LibriSpeech-layout trees."""
+"""Speech corpora for training and evaluation: manifest.jsonl files and LibriSpeech-layout trees."""
 
 from __future__ import annotations
 
