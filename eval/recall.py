@@ -100,8 +100,9 @@ def synthetic_qk(n: int, q_heads: int, kv_heads: int, seq: int, d: int, page_siz
 def capture_real_qk(model_dir: str, text: str, num_queries: int, max_tokens: int):
     """Post-RoPE queries and keys of every layer of a Hugging Face causal LM reading ``text``.
 
-    Returns a list over layers of (q [num_queries, q_heads, d], keys [num_queries, kv_heads, seq, d]):
-    the last ``num_queries`` positions each attend the whole prefix, truncated to that position.
+    Returns (samples, tokens read): one (q [1, q_heads, d], keys [1, kv_heads, t + 1, d]) per layer
+    and query position t, positions spread over the last quarter of the text, each query with
+    exactly its causal prefix.
     """
     from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -119,15 +120,9 @@ def capture_real_qk(model_dir: str, text: str, num_queries: int, max_tokens: int
     with torch.no_grad():
         model(ids)
     seq = ids.shape[1]
-    layers = []
-    for query, key in captured:
-        positions = range(seq - num_queries, seq)
-        q = torch.stack([query[:, t] for t in positions])
-        # every query sees its own prefix; pad to a common length is not possible, so use the
-        # prefix of the earliest query (the last num_queries tokens differ by < num_queries keys)
-        keys = key[None, :, : seq - num_queries + 1].expand(num_queries, -1, -1, -1)
-        layers.append((q, keys))
-    return layers, seq
+    positions = torch.linspace(seq * 3 // 4, seq - 1, num_queries).long().tolist()
+    samples = [(query[None, :, t], key[None, :, : t + 1]) for query, key in captured for t in positions]
+    return samples, seq
 
 
 def measure(source: str, qk_sets, context: int, page_size: int) -> list[RecallRow]:
@@ -181,7 +176,8 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, default=16)
     parser.add_argument("--samples", type=int, default=8, help="synthetic queries")
     parser.add_argument("--model", help="Hugging Face model directory for real queries/keys")
-    parser.add_argument("--text", help="long real text file read by --model")
+    parser.add_argument("--text", help="long real text file read by --model (default: Python's own reference "
+                        "documentation, pydoc_data.topics)")
     parser.add_argument("--max-tokens", type=int, default=8192)
     parser.add_argument("--queries", type=int, default=8, help="real query positions per layer")
     parser.add_argument("--seed", type=int, default=0)
@@ -191,9 +187,14 @@ def main() -> None:
     q, keys = synthetic_qk(args.samples, 16, 4, args.context, 128, args.page_size, args.seed)
     rows = measure("synthetic", [(q[i : i + 1], keys[i : i + 1]) for i in range(args.samples)], args.context, args.page_size)
     if args.model:
-        text = Path(args.text).read_text(errors="replace")
-        layers, seq = capture_real_qk(args.model, text, args.queries, args.max_tokens)
-        rows += measure(f"real: {Path(args.model).name} on {Path(args.text).name}", layers, seq, args.page_size)
+        if args.text:
+            text, text_name = Path(args.text).read_text(errors="replace"), Path(args.text).name
+        else:
+            from pydoc_data.topics import topics
+
+            text, text_name = "\n\n".join(topics.values()), "Python reference docs"
+        samples, seq = capture_real_qk(args.model, text, args.queries, args.max_tokens)
+        rows += measure(f"real: {Path(args.model).name} on {text_name}", samples, seq, args.page_size)
     print_table(rows)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,179 @@
+"""Batch WER/CER of a transcription system over a manifest, resumable, shardable with torchrun.
+
+    python eval/wer.py ../shared/data/speech_dev/manifest.jsonl --output outputs/wer-dev
+    python eval/wer.py MANIFEST --system faster-whisper --output outputs/wer-fw     # outside anchor
+    python eval/wer.py MANIFEST --longform 5 --attention unique --budget 512       # long recordings
+    torchrun --nproc-per-node 4 eval/wer.py MANIFEST --device cuda --output DIR   # one shard a rank
+
+Manifest lines: {"id", "audio" (relative to the manifest), "text"}. Writes per-utterance
+``utterances.csv`` (appended as it goes: a rerun skips finished ids) and ``summary.json`` with
+top-level ``wer`` and ``cer`` (fractions over normalised text) and the real-time factor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from asr.corpus import read_manifest  # noqa: E402
+from asr.errors import AsrError  # noqa: E402
+from asr.normalize import error_rates  # noqa: E402
+
+SAMPLE_RATE = 16000
+LONGFORM_GAP_S = 0.5  # silence between concatenated utterances
+FIELDS = ["id", "duration", "seconds", "wer", "cer", "reference", "hypothesis"]
+
+
+@dataclass
+class Item:
+    """One scored recording: a manifest utterance or a concatenation of consecutive ones."""
+
+    id: str
+    audio: list[Path]
+    text: str
+
+    def load(self) -> np.ndarray:
+        from asr.speech.audio import load_audio
+
+        gap = np.zeros(int(LONGFORM_GAP_S * SAMPLE_RATE), dtype=np.float32)
+        parts = []
+        for path in self.audio:
+            parts += [load_audio(str(path), SAMPLE_RATE), gap]
+        return np.concatenate(parts[:-1])
+
+
+def build_items(manifest: Path, longform_minutes: float, limit: int | None) -> list[Item]:
+    """Utterances in manifest order; with longform, consecutive ones joined into ~M-minute recordings."""
+    rows = read_manifest(manifest)[: limit or None]
+    ids = [json.loads(line)["id"] for line in manifest.read_text().splitlines() if line.strip()][: len(rows)]
+    if not longform_minutes:
+        return [Item(i, [r.audio], r.text) for i, r in zip(ids, rows)]
+    items, current, seconds = [], [], 0.0
+    for utt_id, row in zip(ids, rows):
+        current.append((utt_id, row))
+        seconds += (row.duration or 0.0) + LONGFORM_GAP_S
+        if seconds >= longform_minutes * 60:
+            items.append(current)
+            current, seconds = [], 0.0
+    if current:
+        items.append(current)
+    return [Item(f"{group[0][0]}..{group[-1][0]}", [r.audio for _, r in group], " ".join(r.text for _, r in group))
+            for group in items]
+
+
+def load_system(args):
+    """A function audio [samples] float32 16 kHz -> transcript text."""
+    if args.system == "speech-llm":
+        from asr.speech.pipeline import TranscribeOptions, load_transcriber
+
+        options = TranscribeOptions(attention=args.attention, budget_tokens=args.budget, device=args.device)
+        transcriber = load_transcriber(args.model, options)
+        return lambda audio: transcriber.transcribe(audio).text
+    if args.system == "faster-whisper":
+        from faster_whisper import WhisperModel
+
+        from asr.speech.whisper_weights import faster_whisper_dir
+
+        model = WhisperModel(str(faster_whisper_dir()), device="cpu" if args.device == "cpu" else "cuda",
+                             compute_type="int8" if args.device == "cpu" else "float16", cpu_threads=os.cpu_count() or 2)
+        return lambda audio: " ".join(s.text.strip() for s in model.transcribe(audio, language="en", beam_size=5)[0])
+    if args.system == "whisper-hf":
+        from asr.speech.whisper_reference import WhisperReference
+
+        reference = WhisperReference(args.model, device=args.device)
+        return reference.transcribe
+    raise AsrError(f"unknown system {args.system!r}")
+
+
+def shard() -> tuple[int, int]:
+    """(rank, world size) under torchrun, else (0, 1)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def finished_ids(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    with path.open() as f:
+        return {row["id"] for row in csv.DictReader(f)}
+
+
+def run_shard(items: list[Item], transcribe, path: Path, desc: str) -> None:
+    done = finished_ids(path)
+    todo = [item for item in items if item.id not in done]
+    new_file = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        if new_file:
+            writer.writeheader()
+        for item in tqdm(todo, desc=desc):
+            audio = item.load()
+            start = time.perf_counter()
+            hypothesis = transcribe(audio)
+            seconds = time.perf_counter() - start
+            wer, cer = error_rates([item.text], [hypothesis])
+            writer.writerow({"id": item.id, "duration": round(len(audio) / SAMPLE_RATE, 3), "seconds": round(seconds, 3),
+                             "wer": round(wer, 4), "cer": round(cer, 4), "reference": item.text, "hypothesis": hypothesis})
+            f.flush()
+
+
+def merge(out: Path, world: int, items: list[Item], args) -> dict:
+    rows = {}
+    for rank in range(world):
+        with (out / f"utterances.rank{rank}.csv").open() as f:
+            rows.update({row["id"]: row for row in csv.DictReader(f)})
+    ordered = [rows[item.id] for item in items if item.id in rows]
+    with (out / "utterances.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        writer.writeheader()
+        writer.writerows(ordered)
+    wer, cer = error_rates([r["reference"] for r in ordered], [r["hypothesis"] for r in ordered])
+    audio_s = sum(float(r["duration"]) for r in ordered)
+    compute_s = sum(float(r["seconds"]) for r in ordered)
+    summary = {"wer": wer, "cer": cer, "rtf": compute_s / audio_s, "items": len(ordered), "audio_seconds": audio_s,
+               "system": args.system, "attention": args.attention, "budget": args.budget, "longform_minutes": args.longform,
+               "device": args.device, "manifest": str(args.manifest)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("manifest", type=Path)
+    parser.add_argument("--output", type=Path, default=Path("outputs/wer"))
+    parser.add_argument("--system", default="speech-llm", choices=["speech-llm", "faster-whisper", "whisper-hf"])
+    parser.add_argument("--model", help="speech model directory (default: the embedded one)")
+    parser.add_argument("--attention", default="unique", choices=["unique", "dense", "quest"])
+    parser.add_argument("--budget", type=int, default=2048, help="decode token budget of sparse attention")
+    parser.add_argument("--longform", type=float, default=0, help="join consecutive utterances into ~M-minute recordings")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--limit", type=int, help="only the first N manifest lines")
+    args = parser.parse_args()
+
+    rank, world = shard()
+    items = build_items(args.manifest, args.longform, args.limit)
+    args.output.mkdir(parents=True, exist_ok=True)
+    transcribe = load_system(args)
+    run_shard(items[rank::world], transcribe, args.output / f"utterances.rank{rank}.csv", f"wer rank {rank}")
+    if rank != 0:
+        return
+    while not all((args.output / f"utterances.rank{r}.csv").exists() and
+                  len(finished_ids(args.output / f"utterances.rank{r}.csv")) == len(items[r::world]) for r in range(world)):
+        time.sleep(2)  # other ranks still running
+    summary = merge(args.output, world, items, args)
+    print(f"{summary['system']:<14} {summary['attention']:<7} items {summary['items']:>4}  "
+          f"WER {100 * summary['wer']:.2f}%  CER {100 * summary['cer']:.2f}%  RTF {summary['rtf']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
