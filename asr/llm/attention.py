@@ -1,0 +1,105 @@
+"""Attention of the decoder over the paged KV cache, in prefill and in decode.
+
+The runner builds one ``StepContext`` per forward (host work, once per step); every layer reads it.
+
+- Prefill: the new tokens of ONE sequence (possibly appended to a context already in the cache). Their
+  K/V are written to the pages, then the sequence's whole K/V (cached + new) is gathered from the pages
+  and attended with SDPA under a causal mask shifted by the cached length.
+- Decode: one new token per sequence. K/V are written with a graph-safe append (each token lands in a
+  distinct page, so no de-duplication is needed), then ``decode_attention`` (dense or top-k pages).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from asr.attention import DecodeMetadata, PagedKVCache, UniqueConfig, decode_attention
+from asr.attention.append import page_key_stats
+
+
+@dataclass
+class StepContext:
+    """What every layer of one forward shares.
+
+    cache: the paged KV cache; slot_mapping: [tokens] int64 slots of the new tokens.
+    Prefill (``decode is None``): context_slots: [context_len] int64 slots of every token of the
+        sequence (cached + new, in order); start: tokens already cached before this chunk.
+    Decode: decode: page table and lengths (including the new token); sparse: top-k page choice, or
+        None for dense.
+    """
+
+    cache: PagedKVCache
+    slot_mapping: torch.Tensor
+    context_slots: torch.Tensor | None = None
+    start: int = 0
+    decode: DecodeMetadata | None = None
+    sparse: UniqueConfig | None = None
+
+
+def write_decode_kv(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    key_stats: torch.Tensor,
+    new_k: torch.Tensor,
+    new_v: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Append one token per sequence and refresh its page's statistics, without host syncs.
+
+    k_cache, v_cache: [num_pages, kv_heads, page_size, head_dim]; key_stats: [num_pages, kv_heads,
+    NUM_STATS, head_dim]; new_k, new_v: [batch, kv_heads, head_dim]; slot_mapping: [batch] int64 with
+    distinct pages (one token of each sequence; padded rows point at a scratch page).
+    """
+    page_size = k_cache.shape[2]
+    pages, offsets = slot_mapping // page_size, slot_mapping % page_size
+    k_cache[pages, :, offsets] = new_k.to(k_cache.dtype)
+    v_cache[pages, :, offsets] = new_v.to(v_cache.dtype)
+    key_stats[pages] = page_key_stats(k_cache[pages], offsets + 1).to(key_stats.dtype)
+
+
+def gather_context(cache_layer: torch.Tensor, context_slots: torch.Tensor) -> torch.Tensor:
+    """K or V of the tokens at ``context_slots`` ([n] int64): [num_pages, kv_heads, P, d] -> [n, kv_heads, d]."""
+    page_size = cache_layer.shape[2]
+    return cache_layer[context_slots // page_size, :, context_slots % page_size]
+
+
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, scale: float) -> torch.Tensor:
+    """Causal SDPA of ``n`` new queries over ``start + n`` keys (the first ``start`` already cached).
+
+    q: [n, q_heads, d]; k, v: [start + n, kv_heads, d]. Query i sits at position ``start + i``.
+    Returns [n, q_heads, d].
+    """
+    n = q.shape[0]
+    qh, kh, vh = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
+    gqa = q.shape[1] != k.shape[1]
+    if start == 0:
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=gqa)
+    else:
+        q_pos = torch.arange(start, start + n, device=q.device)[:, None]
+        mask = torch.arange(start + n, device=q.device)[None, :] <= q_pos
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    return out[0].transpose(0, 1)
+
+
+def paged_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: StepContext, layer: int, scale: float
+) -> torch.Tensor:
+    """Store this step's K/V in the cache and attend. q: [tokens, q_heads, d]; k, v: [tokens, kv_heads, d].
+
+    Returns [tokens, q_heads, d].
+    """
+    cache = ctx.cache
+    if ctx.decode is None:
+        cache.write(layer, k, v, ctx.slot_mapping)
+        if ctx.start == 0:  # nothing cached before: attend over the fresh K/V directly
+            return prefill_attention(q, k.to(cache.k.dtype), v.to(cache.v.dtype), 0, scale)
+        keys = gather_context(cache.k[layer], ctx.context_slots)
+        values = gather_context(cache.v[layer], ctx.context_slots)
+        return prefill_attention(q, keys, values, ctx.start, scale)
+    write_decode_kv(cache.k[layer], cache.v[layer], cache.key_stats[layer], k, v, ctx.slot_mapping)
+    return decode_attention(
+        q, cache.k[layer], cache.v[layer], cache.key_stats[layer], ctx.decode, scale, ctx.sparse, layer
+    )

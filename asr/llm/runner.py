@@ -1,0 +1,160 @@
+"""Model runner: prefill and decode forwards over the paged cache, CUDA graphs for decode.
+
+Host work (slot reservation, page tables) happens once per step here; layers only read the
+``StepContext``. Decode on CUDA replays a graph captured per batch-size bucket, with fixed-width page
+tables sized for ``max_context`` and padded rows writing to a scratch page.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from asr.attention import DecodeMetadata, PagedKVCache, UniqueConfig
+from asr.llm.attention import StepContext
+from asr.llm.model import CausalLM
+
+log = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    """Runs a CausalLM against a PagedKVCache.
+
+    sparse: the decode page choice (None = dense); max_context: longest sequence (sizes graph page
+    tables); prefill_chunk: new tokens per prefill forward.
+    """
+
+    def __init__(
+        self,
+        model: CausalLM,
+        cache: PagedKVCache,
+        sparse: UniqueConfig | None,
+        max_context: int,
+        max_batch: int,
+        prefill_chunk: int,
+        cuda_graphs: bool,
+    ) -> None:
+        self.model, self.cache, self.sparse = model, cache, sparse
+        self.max_batch, self.prefill_chunk = max_batch, prefill_chunk
+        self.device = cache.k.device
+        self.page_size = cache.page_size
+        self.max_pages = math.ceil(max_context / self.page_size)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        if self.use_graphs:
+            self._capture_graphs()
+
+    # ---------------------------------------------------------------- prefill
+    @torch.inference_mode()
+    def prefill(self, seq_id: int, embeds: torch.Tensor) -> torch.Tensor:
+        """Append ``embeds`` ([n, hidden], n >= 1) to sequence ``seq_id`` in chunks; returns the last
+        position's logits [vocab] float32."""
+        hidden = None
+        for begin in range(0, embeds.shape[0], self.prefill_chunk):
+            chunk = embeds[begin : begin + self.prefill_chunk].to(self.device, self.model.embed_tokens.weight.dtype)
+            start = self.cache.seq_lens[seq_id]
+            slot_mapping = self.cache.reserve([seq_id], [chunk.shape[0]])
+            context_slots = None
+            if start > 0:
+                context_slots = self._context_slots(seq_id, start + chunk.shape[0])
+            positions = torch.arange(start, start + chunk.shape[0], device=self.device)
+            ctx = StepContext(self.cache, slot_mapping, context_slots=context_slots, start=start)
+            hidden = self.model(chunk, positions, ctx)
+        return self.model.logits(hidden[-1:])[0]
+
+    def _context_slots(self, seq_id: int, length: int) -> torch.Tensor:
+        """[length] int64 physical slots of a sequence's first ``length`` tokens."""
+        pages = torch.tensor(self.cache.seq_pages[seq_id], dtype=torch.int64, device=self.device)
+        offsets = torch.arange(self.page_size, device=self.device)
+        return (pages[:, None] * self.page_size + offsets[None, :]).flatten()[:length]
+
+    # ---------------------------------------------------------------- decode
+    @torch.inference_mode()
+    def decode(self, seq_ids: list[int], token_ids: torch.Tensor) -> torch.Tensor:
+        """Feed one token per sequence (``token_ids``: [batch] int64 on device); returns [batch, vocab]
+        float32 logits for each sequence's next token."""
+        batch = len(seq_ids)
+        positions = self.cache.lengths(seq_ids).long()
+        slot_mapping = self.cache.reserve(seq_ids, [1] * batch)
+        bucket = self._bucket(batch)
+        if bucket is None:
+            table = self.cache.page_table(seq_ids)
+            ctx = self._decode_context(slot_mapping, table, self.cache.lengths(seq_ids))
+            return self.model.logits(self.model(self.model.embed_tokens(token_ids), positions, ctx))
+        static = self.static
+        static["token_ids"][:batch] = token_ids
+        static["positions"][:batch] = positions
+        static["slot_mapping"][:batch] = slot_mapping
+        static["page_table"][:batch] = self.cache.page_table(seq_ids, width=self.max_pages)
+        static["seq_lens"][:batch] = self.cache.lengths(seq_ids)
+        if batch < bucket:  # padded rows: the scratch page, never a live sequence's slots
+            static["token_ids"][batch:bucket] = 0
+            static["positions"][batch:bucket] = 0
+            static["slot_mapping"][batch:bucket] = self.scratch_slot
+            static["page_table"][batch:bucket] = self.scratch_page
+            static["seq_lens"][batch:bucket] = 1
+        self.graphs[bucket].replay()
+        return self.graph_logits[bucket][:batch].clone()
+
+    def _decode_context(self, slot_mapping, page_table, seq_lens) -> StepContext:
+        return StepContext(self.cache, slot_mapping, decode=DecodeMetadata(page_table, seq_lens), sparse=self.sparse)
+
+    def pages_read(self, length: int) -> tuple[int, int]:
+        """(pages read, pages a dense decode reads) by one decode step of a ``length``-token context,
+        summed over layers and kv heads."""
+        shape = self.cache.shape
+        pages = math.ceil(length / self.page_size)
+        dense = pages * shape.num_layers * shape.num_kv_heads
+        if self.sparse is None:
+            return dense, dense
+        dense_layers = min(self.sparse.dense_layers, shape.num_layers)
+        sparse_pages = min(pages, self.sparse.num_select)
+        read = (pages * dense_layers + sparse_pages * (shape.num_layers - dense_layers)) * shape.num_kv_heads
+        return read, dense
+
+    # ---------------------------------------------------------------- CUDA graphs
+    def _bucket(self, batch: int) -> int | None:
+        if not self.graphs:
+            return None
+        return next((size for size in sorted(self.graphs) if size >= batch), None)
+
+    @torch.inference_mode()
+    def _capture_graphs(self) -> None:
+        """Capture one decode graph per bucket (1, 2, 4, 8, ... max_batch), largest first, sharing a pool."""
+        cache, n = self.cache, self.max_batch
+        scratch = cache.add_sequence()  # padded rows write to (and read) this one-token sequence
+        self.scratch_slot = scratch_slot = cache.reserve([scratch], [1])[0].item()
+        self.scratch_page = scratch_page = cache.seq_pages[scratch][0]
+        self.graph_logits: dict[int, torch.Tensor] = {}
+        self.static = {
+            "token_ids": torch.zeros(n, dtype=torch.int64, device=self.device),
+            "positions": torch.zeros(n, dtype=torch.int64, device=self.device),
+            "slot_mapping": torch.full((n,), scratch_slot, dtype=torch.int64, device=self.device),
+            "page_table": torch.full((n, self.max_pages), scratch_page, dtype=torch.int32, device=self.device),
+            "seq_lens": torch.ones(n, dtype=torch.int32, device=self.device),
+        }
+        sizes = sorted({min(2**i, n) for i in range(int(math.log2(n)) + 2)} | {n}, reverse=True)
+        pool = None
+        for size in sizes:
+            static = self.static
+            ctx = self._decode_context(static["slot_mapping"][:size], static["page_table"][:size], static["seq_lens"][:size])
+
+            def step() -> torch.Tensor:
+                hidden = self.model(self.model.embed_tokens(static["token_ids"][:size]), static["positions"][:size], ctx)
+                return self.model.logits(hidden)
+
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                step()  # warm-up (kernel autotuning, lazy allocations)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                logits = step()
+            pool = graph.pool()
+            self.graphs[size] = graph
+            self.graph_logits[size] = logits
+        torch.cuda.synchronize()
+        log.info("captured decode CUDA graphs for batch sizes %s", sizes)
