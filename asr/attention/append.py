@@ -66,4 +66,8 @@ def append_kv(
     slot_mapping: torch.Tensor,
 ) -> None:
     """Public append: the Triton kernel on CUDA, the reference elsewhere (same arguments)."""
+    if new_k.is_cuda:
+        from asr.attention.kernels.append import append_kv_triton
+
+        return append_kv_triton(k_cache, v_cache, key_stats, new_k, new_v, slot_mapping)
     append_kv_reference(k_cache, v_cache, key_stats, new_k, new_v, slot_mapping)

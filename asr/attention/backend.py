@@ -8,8 +8,7 @@ import torch
 
 from asr.attention.config import UniqueConfig
 from asr.attention.decode import paged_decode
-from asr.attention.scoring import score_pages
-from asr.attention.selection import select_pages
+from asr.attention.selection import score_and_select_pages
 
 
 @dataclass
@@ -40,10 +39,13 @@ def decode_attention(
     key_stats: [num_pages, kv_heads, NUM_STATS, head_dim]. ``sparse=None`` (or a layer below
     ``sparse.dense_layers``) reads every page; otherwise the top-k pages by ``sparse.method``.
     Returns [batch, q_heads, head_dim].
+
+    On CUDA this is two launches (fused score+select, then split decode and its merge) whose
+    sizes depend on tensor shapes only: no host sync, so a decode step can be captured in a CUDA
+    graph per batch bucket (fixed batch and page-table width).
     """
     chosen = None
     if sparse is not None and layer >= sparse.dense_layers:
-        scores = score_pages(q, key_stats, metadata.page_table, metadata.seq_lens, sparse)
-        chosen = select_pages(scores, metadata.seq_lens, sparse)
+        chosen = score_and_select_pages(q, key_stats, metadata.page_table, metadata.seq_lens, sparse)
     out, _ = paged_decode(q, k_cache, v_cache, metadata.page_table, metadata.seq_lens, scale, chosen)
     return out

@@ -57,5 +57,10 @@ def paged_decode(
     scale: float,
     chosen_pages: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Public decode attention (arguments as ``paged_decode_reference``): kernel on CUDA, reference elsewhere."""
+    """Public decode attention (arguments as ``paged_decode_reference``): kernel on CUDA for
+    fp16/bf16 caches, reference elsewhere."""
+    if q.is_cuda and k_cache.dtype in (torch.float16, torch.bfloat16):
+        from asr.attention.kernels.decode import paged_decode_triton
+
+        return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages)
     return paged_decode_reference(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages)

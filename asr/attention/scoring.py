@@ -102,4 +102,8 @@ def score_pages(
     config: UniqueConfig,
 ) -> torch.Tensor:
     """Public page scoring (arguments as ``score_pages_reference``): kernel on CUDA, reference elsewhere."""
+    if q.is_cuda:
+        from asr.attention.kernels.scoring import score_pages_triton
+
+        return score_pages_triton(q, key_stats, page_table, seq_lens, config)
     return score_pages_reference(q, key_stats, page_table, seq_lens, config)

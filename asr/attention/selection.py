@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 
 from asr.attention.config import UniqueConfig
+from asr.attention.scoring import score_pages
+
+MAX_KERNEL_PAGES = 16384  # the selection kernels hold a row of page scores in registers
 
 
 def force_sink_and_local(scores: torch.Tensor, seq_lens: torch.Tensor, config: UniqueConfig) -> torch.Tensor:
@@ -44,4 +47,25 @@ def select_pages_reference(scores: torch.Tensor, seq_lens: torch.Tensor, config:
 
 def select_pages(scores: torch.Tensor, seq_lens: torch.Tensor, config: UniqueConfig) -> torch.Tensor:
     """Public selection (arguments as ``select_pages_reference``): kernel on CUDA, reference elsewhere."""
+    if scores.is_cuda and scores.shape[-1] <= MAX_KERNEL_PAGES:
+        from asr.attention.kernels.selection import select_pages_triton
+
+        return select_pages_triton(scores, seq_lens, config.page_size, config.num_select, config.sink_pages,
+                                   config.local_pages)
     return select_pages_reference(scores, seq_lens, config)
+
+
+def score_and_select_pages(
+    q: torch.Tensor,
+    key_stats: torch.Tensor,
+    page_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    config: UniqueConfig,
+) -> torch.Tensor:
+    """Score then select (arguments as ``score_pages_reference``), returning chosen pages as
+    ``select_pages_reference``. On CUDA one fused launch scores and selects."""
+    if q.is_cuda and page_table.shape[1] <= MAX_KERNEL_PAGES:
+        from asr.attention.kernels.scoring import score_pages_triton
+
+        return score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)[1]
+    return select_pages(score_pages(q, key_stats, page_table, seq_lens, config), seq_lens, config)

@@ -1,0 +1,107 @@
+"""Top-k page selection with sink and local pages forced in; reference:
+``asr.attention.selection.select_pages_reference``.
+
+One program per (sequence, kv head) holds its row of page scores in registers and finds the
+k-th largest score by an 8-way search over order-preserving integer keys (each step one
+reduction, three bits of key; it stops as soon as exactly k candidates lie above the bound).
+Chosen pages are written in ascending order through a prefix sum, -1 padded. Ties at the bound
+go to the lower page index. ``_select_row`` is shared with the fused score+select kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from asr.attention.kernels.common import check_contiguous, check_device, check_dtype, next_power_of_2
+
+MAX_PAGES = 16384  # a row of scores lives in registers; longer rows use the reference
+SEARCH_WAYS = 8  # thresholds tested per search step
+
+
+@triton.jit
+def _ordered_key(x):
+    """fp32 -> int32 with the same order (flip the magnitude bits of negatives)."""
+    bits = x.to(tl.int32, bitcast=True)
+    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+@triton.jit
+def _select_row(scores_row_ptr, chosen_row_ptr, num_pages, max_pages,
+                NUM_SELECT: tl.constexpr, SINK: tl.constexpr, LOCAL: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WAYS: tl.constexpr):
+    o_n = tl.arange(0, BLOCK_N)
+    m_valid = o_n < num_pages
+    b_score = tl.load(scores_row_ptr + o_n, mask=m_valid & (o_n < max_pages), other=float("-inf"),
+                      cache_modifier=".cg")
+    m_forced = m_valid & ((o_n < SINK) | (o_n >= num_pages - LOCAL))
+    m_cand = m_valid & ~m_forced
+    b_key = _ordered_key(b_score).to(tl.int64)
+    need = NUM_SELECT - tl.sum(m_forced.to(tl.int32), 0)  # candidates to take
+    count_lo = tl.sum(m_cand.to(tl.int32), 0)
+    # invariant: count(key >= lo) == count_lo >= need, count(key >= hi) < need
+    lo = tl.min(tl.where(m_cand, b_key, 2**40), 0)
+    hi = tl.max(tl.where(m_cand, b_key, -(2**40)), 0) + 1
+    if count_lo <= need:  # every candidate fits the budget
+        lo = hi - 2**40
+        need = count_lo
+    o_w = tl.arange(0, WAYS)
+    while (count_lo != need) & (hi - lo > 1):
+        b_t = lo + ((hi - lo) * (o_w + 1).to(tl.int64)) // (WAYS + 1)
+        b_count = tl.sum(((b_key[:, None] >= b_t[None, :]) & m_cand[:, None]).to(tl.int32), 0)
+        m_ge = b_count >= need
+        new_lo = tl.max(tl.where(m_ge, b_t, lo), 0)
+        count_lo = tl.min(tl.where(m_ge, b_count, count_lo), 0)
+        hi = tl.min(tl.where(m_ge, hi, b_t), 0)
+        lo = new_lo
+    m_above = m_cand & (b_key >= hi)
+    m_tie = m_cand & (b_key >= lo) & (b_key < hi)
+    tie_rank = tl.cumsum(m_tie.to(tl.int32), 0)
+    m_take = m_forced | m_above | (m_tie & (tie_rank <= need - tl.sum(m_above.to(tl.int32), 0)))
+    position = tl.cumsum(m_take.to(tl.int32), 0) - 1
+    tl.store(chosen_row_ptr + position, o_n, mask=m_take)
+    num_taken = tl.sum(m_take.to(tl.int32), 0)
+    o_k = tl.arange(0, BLOCK_K)
+    tl.store(chosen_row_ptr + o_k, tl.full([BLOCK_K], -1, tl.int32), mask=(o_k >= num_taken) & (o_k < NUM_SELECT))
+
+
+@triton.jit
+def _select_pages_kernel(scores_ptr, seq_lens_ptr, chosen_ptr, max_pages,
+                         KV_HEADS: tl.constexpr, PAGE_SIZE: tl.constexpr, NUM_SELECT: tl.constexpr,
+                         SINK: tl.constexpr, LOCAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         WAYS: tl.constexpr):
+    i_bh = tl.program_id(0)
+    seq_len = tl.load(seq_lens_ptr + i_bh // KV_HEADS)
+    num_pages = (seq_len + PAGE_SIZE - 1) // PAGE_SIZE
+    _select_row(scores_ptr + i_bh * max_pages, chosen_ptr + i_bh * NUM_SELECT, num_pages, max_pages,
+                NUM_SELECT, SINK, LOCAL, BLOCK_N, BLOCK_K, WAYS)
+
+
+def select_warps(block_n: int) -> int:
+    """Warps of a selection program: about 16 scores per thread."""
+    return max(4, min(32, block_n // 512))
+
+
+def select_pages_triton(scores: torch.Tensor, seq_lens: torch.Tensor, page_size: int, num_select: int,
+                        sink_pages: int, local_pages: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Kernel of ``select_pages_reference``: scores [batch, kv_heads, max_pages] fp32 ->
+    chosen [batch, kv_heads, num_select] int32 ascending, -1 padded (into ``out`` if given)."""
+    batch, kv_heads, max_pages = scores.shape
+    check_device(scores, seq_lens)
+    check_dtype("scores", scores, (torch.float32,))
+    check_dtype("seq_lens", seq_lens, (torch.int32,))
+    check_contiguous("scores", scores)
+    check_contiguous("seq_lens", seq_lens)
+    if max_pages > MAX_PAGES:
+        raise ValueError(f"selection kernel holds at most {MAX_PAGES} pages per row, got {max_pages}")
+    chosen = torch.empty(batch, kv_heads, num_select, dtype=torch.int32, device=scores.device) if out is None else out
+    if chosen.shape != (batch, kv_heads, num_select) or chosen.dtype != torch.int32 or not chosen.is_contiguous():
+        raise ValueError(f"out must be a contiguous int32 [{batch}, {kv_heads}, {num_select}] tensor")
+    block_n = next_power_of_2(max(max_pages, 16))
+    _select_pages_kernel[(batch * kv_heads,)](
+        scores, seq_lens, chosen, max_pages, KV_HEADS=kv_heads, PAGE_SIZE=page_size, NUM_SELECT=num_select,
+        SINK=sink_pages, LOCAL=local_pages, BLOCK_N=block_n, BLOCK_K=next_power_of_2(num_select),
+        WAYS=SEARCH_WAYS, num_warps=select_warps(block_n),
+    )
+    return chosen

@@ -1,0 +1,102 @@
+"""Split paged decode kernel against ``paged_decode_reference`` (fp32 reference on the same
+bf16/fp16 values), dense and sparse, ragged batches, NaN-poisoned slack and outputs."""
+
+import math
+
+import pytest
+import torch
+
+from asr.attention.config import UniqueConfig
+from asr.attention.decode import paged_decode_reference
+from asr.attention.kernels.decode import paged_decode_triton
+from asr.attention.scoring import score_pages_reference
+from asr.attention.selection import select_pages_reference
+from tests.paged_batch import make_paged_batch
+from tests.tolerances import assert_close
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")]
+GQA = [pytest.param((4, 4), id="mha"), pytest.param((8, 2), id="gqa4"), pytest.param((16, 2), id="gqa8")]
+HEAD_DIMS = [pytest.param(64, id="d64"), pytest.param(128, id="d128")]
+PAGE_SIZES = [pytest.param(16, id="P16"), pytest.param(32, id="P32"), pytest.param(64, id="P64")]
+
+
+def reference(batch, scale, chosen=None):
+    """fp32 reference on the kernel's own (rounded) inputs."""
+    return paged_decode_reference(batch.q.float(), batch.k_cache.float(), batch.v_cache.float(), batch.page_table,
+                                  batch.seq_lens, scale, chosen)
+
+
+def run_kernel(batch, scale, chosen=None, num_splits=None):
+    out = torch.full_like(batch.q, float("nan"))
+    lse = torch.full(batch.q.shape[:2], float("nan"), device=batch.q.device)
+    return paged_decode_triton(batch.q, batch.k_cache, batch.v_cache, batch.page_table, batch.seq_lens, scale,
+                               chosen, num_splits=num_splits, out=out, lse=lse)
+
+
+def check(batch, scale, chosen=None, num_splits=None):
+    out, lse = run_kernel(batch, scale, chosen, num_splits)
+    ref_out, ref_lse = reference(batch, scale, chosen)
+    assert_close(out.float(), ref_out, batch.q.dtype)
+    assert_close(lse, ref_lse, torch.float16)  # fp32 logits of the same operands; loose for GPU dot order
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("page_size", PAGE_SIZES)
+@pytest.mark.parametrize("heads", GQA)
+def test_dense_decode_matches_reference(dtype, head_dim, page_size, heads):
+    batch = make_paged_batch([1, 63, 200], *heads, head_dim, page_size, dtype, seed=10, device=DEVICE)
+    check(batch, 1 / math.sqrt(head_dim))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("page_size", PAGE_SIZES)
+@pytest.mark.parametrize("heads", GQA)
+def test_sparse_decode_matches_reference(dtype, head_dim, page_size, heads):
+    batch = make_paged_batch([500, 37, 260], *heads, head_dim, page_size, dtype, seed=11, device=DEVICE)
+    config = UniqueConfig(page_size=page_size, budget_tokens=4 * page_size)
+    scores = score_pages_reference(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
+    chosen = select_pages_reference(scores, batch.seq_lens, config)  # -1 padded for the short sequence
+    check(batch, 1 / math.sqrt(head_dim), chosen)
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 5, 64])
+def test_split_count_does_not_change_result(num_splits):
+    batch = make_paged_batch([1000, 1, 129], 8, 2, 64, 16, torch.bfloat16, seed=12, device=DEVICE)
+    check(batch, 0.125, num_splits=num_splits)
+
+
+def test_full_budget_sparse_equals_dense():
+    batch = make_paged_batch([700, 3, 255], 8, 2, 64, 16, torch.bfloat16, seed=13, device=DEVICE)
+    config = UniqueConfig(page_size=16, budget_tokens=16 * 64)
+    scores = score_pages_reference(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
+    chosen = select_pages_reference(scores, batch.seq_lens, config)
+    sparse_out, sparse_lse = run_kernel(batch, 0.125, chosen)
+    dense_out, dense_lse = run_kernel(batch, 0.125)
+    assert_close(sparse_out, dense_out)
+    assert_close(sparse_lse, dense_lse, torch.float16)
+
+
+def test_rejects_unsupported_inputs():
+    batch = make_paged_batch([40], 4, 4, 64, 16, torch.bfloat16, device=DEVICE)
+    with pytest.raises(TypeError):
+        paged_decode_triton(batch.q, batch.k_cache, batch.v_cache, batch.page_table.long(), batch.seq_lens, 0.1)
+    with pytest.raises(ValueError):
+        paged_decode_triton(batch.q, batch.k_cache.transpose(2, 3), batch.v_cache, batch.page_table,
+                            batch.seq_lens, 0.1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("page_size", [16, 32])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_real_size_decode(page_size, sparse):
+    batch = make_paged_batch([32768, 5000, 17, 20001], 32, 8, 128, page_size, torch.bfloat16, seed=14, device=DEVICE)
+    chosen = None
+    if sparse:
+        config = UniqueConfig(page_size=page_size, budget_tokens=2048)
+        scores = score_pages_reference(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
+        chosen = select_pages_reference(scores, batch.seq_lens, config)
+    check(batch, 1 / math.sqrt(128), chosen)
