@@ -15,10 +15,12 @@ from tests.paged_batch import make_paged_batch
 from tests.tolerances import assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")]
-GQA = [pytest.param((4, 4), id="mha"), pytest.param((8, 2), id="gqa4"), pytest.param((16, 2), id="gqa8")]
-HEAD_DIMS = [pytest.param(64, id="d64"), pytest.param(128, id="d128")]
-PAGE_SIZES = [pytest.param(16, id="P16"), pytest.param(32, id="P32"), pytest.param(64, id="P64")]
+# every dtype x head dim x page size at GQA 4, and the other GQA ratios at one geometry
+SHAPES = [pytest.param(dtype, d, page, (8, 2), id=f"{name}-d{d}-P{page}-gqa4")
+          for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"))
+          for d in (64, 128) for page in (16, 32, 64)]
+SHAPES += [pytest.param(torch.bfloat16, 128, 32, heads, id=f"bf16-d128-P32-{name}")
+           for heads, name in (((4, 4), "mha"), ((16, 2), "gqa8"), ((32, 8), "gqa4x8"))]
 
 
 def reference(batch, scale, chosen=None):
@@ -41,19 +43,13 @@ def check(batch, scale, chosen=None, num_splits=None):
     assert_close(lse, ref_lse, torch.float16)  # fp32 logits of the same operands; loose for GPU dot order
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("head_dim", HEAD_DIMS)
-@pytest.mark.parametrize("page_size", PAGE_SIZES)
-@pytest.mark.parametrize("heads", GQA)
+@pytest.mark.parametrize("dtype, head_dim, page_size, heads", SHAPES)
 def test_dense_decode_matches_reference(dtype, head_dim, page_size, heads):
     batch = make_paged_batch([1, 63, 200], *heads, head_dim, page_size, dtype, seed=10, device=DEVICE)
     check(batch, 1 / math.sqrt(head_dim))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("head_dim", HEAD_DIMS)
-@pytest.mark.parametrize("page_size", PAGE_SIZES)
-@pytest.mark.parametrize("heads", GQA)
+@pytest.mark.parametrize("dtype, head_dim, page_size, heads", SHAPES)
 def test_sparse_decode_matches_reference(dtype, head_dim, page_size, heads):
     batch = make_paged_batch([500, 37, 260], *heads, head_dim, page_size, dtype, seed=11, device=DEVICE)
     config = UniqueConfig(page_size=page_size, budget_tokens=4 * page_size)

@@ -30,6 +30,8 @@ LOG2_E = 1.4426950408889634
 MIN_DOT_ROWS = 16  # tl.dot needs at least 16 rows: small GQA groups are padded
 TOKENS_PER_TILE = 64  # keys per loop step (several pages when pages are small)
 PROGRAMS_PER_SM = 2  # splits are chosen so the grid covers the SMs about this many times
+DECODE_WARPS = 4
+DECODE_STAGES = 2  # software pipelining depth of the K/V loads
 
 
 @triton.jit
@@ -195,7 +197,7 @@ def paged_decode_triton(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), page_table.stride(0), stride_cb, stride_ch,
         KV_HEADS=kv_heads, GROUP=group, BLOCK_G=max(MIN_DOT_ROWS, next_power_of_2(group)), HEAD_DIM=head_dim,
         PAGE_SIZE=page_size, BLOCK_N=block_n, SPARSE=sparse,
-        num_warps=4, num_stages=1 if interpreting() else 2,
+        num_warps=DECODE_WARPS, num_stages=1 if interpreting() else DECODE_STAGES,
     )
     out = torch.empty_like(q) if out is None else out
     lse = torch.empty(batch, q_heads, dtype=torch.float32, device=q.device) if lse is None else lse

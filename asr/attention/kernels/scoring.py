@@ -32,16 +32,17 @@ from asr.attention.kernels.selection import MAX_PAGES, SEARCH_WAYS, _select_row,
 
 METHOD_GAUSS, METHOD_L1, METHOD_QUEST, METHOD_MEAN = 0, 1, 2, 3
 PAGES_PER_PROGRAM = 64  # page tile of one scoring program
+SCORE_WARPS = 4  # warps of an unfused scoring program
 
 
 @triton.jit
 def _score_pages_kernel(
     q_ptr, stats_ptr, page_table_ptr, seq_lens_ptr, scores_ptr, chosen_ptr, counter_ptr,
-    offset_weight, max_pages, stride_qb, stride_qh, stride_sp, stride_sh, stride_tb,
+    offset_weight, max_pages, num_select, stride_qb, stride_qh, stride_sp, stride_sh, stride_tb,
     KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
     PAGE_SIZE: tl.constexpr, BLOCK_P: tl.constexpr, METHOD: tl.constexpr,
     ROW_A: tl.constexpr, ROW_B: tl.constexpr, FUSE_SELECT: tl.constexpr,
-    NUM_SELECT: tl.constexpr, SINK: tl.constexpr, LOCAL: tl.constexpr, BLOCK_N: tl.constexpr,
+    SINK: tl.constexpr, LOCAL: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, WAYS: tl.constexpr,
 ):
     i_bh = tl.program_id(0)
@@ -82,8 +83,8 @@ def _score_pages_kernel(
     if FUSE_SELECT:
         done = tl.atomic_add(counter_ptr + i_bh, 1, sem="acq_rel")
         if done == tl.num_programs(1) - 1:
-            _select_row(row_ptr, chosen_ptr + i_bh * NUM_SELECT, num_pages, max_pages,
-                        NUM_SELECT, SINK, LOCAL, BLOCK_N, BLOCK_K, WAYS)
+            _select_row(row_ptr, chosen_ptr + i_bh * num_select, num_pages, max_pages,
+                        num_select, SINK, LOCAL, BLOCK_N, BLOCK_K, WAYS)
             tl.atomic_xchg(counter_ptr + i_bh, 0)
 
 
@@ -149,12 +150,12 @@ def score_pages_triton(q: torch.Tensor, key_stats: torch.Tensor, page_table: tor
     block_n = next_power_of_2(max(max_pages, 16))
     _score_pages_kernel[(rows, triton.cdiv(max_pages, PAGES_PER_PROGRAM))](
         q, key_stats, page_table, seq_lens, scores, chosen, counters,
-        offset_weight, max_pages, q.stride(0), q.stride(1), key_stats.stride(0), key_stats.stride(1),
+        offset_weight, max_pages, num_select, q.stride(0), q.stride(1), key_stats.stride(0), key_stats.stride(1),
         page_table.stride(0),
         KV_HEADS=kv_heads, GROUP=group, BLOCK_G=next_power_of_2(group), HEAD_DIM=head_dim,
         PAGE_SIZE=config.page_size, BLOCK_P=PAGES_PER_PROGRAM, METHOD=method, ROW_A=row_a, ROW_B=row_b,
-        FUSE_SELECT=select, NUM_SELECT=num_select, SINK=config.sink_pages, LOCAL=config.local_pages,
-        BLOCK_N=block_n, BLOCK_K=next_power_of_2(num_select), WAYS=SEARCH_WAYS,
-        num_warps=select_warps(block_n) if select else 4,
+        FUSE_SELECT=select, SINK=config.sink_pages, LOCAL=config.local_pages,
+        BLOCK_N=block_n if select else 16, BLOCK_K=next_power_of_2(num_select) if select else 16, WAYS=SEARCH_WAYS,
+        num_warps=select_warps(block_n) if select else SCORE_WARPS,
     )
     return (scores, chosen) if select else scores

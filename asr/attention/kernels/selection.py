@@ -28,8 +28,8 @@ def _ordered_key(x):
 
 
 @triton.jit
-def _select_row(scores_row_ptr, chosen_row_ptr, num_pages, max_pages,
-                NUM_SELECT: tl.constexpr, SINK: tl.constexpr, LOCAL: tl.constexpr,
+def _select_row(scores_row_ptr, chosen_row_ptr, num_pages, max_pages, num_select,
+                SINK: tl.constexpr, LOCAL: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WAYS: tl.constexpr):
     o_n = tl.arange(0, BLOCK_N)
     m_valid = o_n < num_pages
@@ -38,7 +38,7 @@ def _select_row(scores_row_ptr, chosen_row_ptr, num_pages, max_pages,
     m_forced = m_valid & ((o_n < SINK) | (o_n >= num_pages - LOCAL))
     m_cand = m_valid & ~m_forced
     b_key = _ordered_key(b_score).to(tl.int64)
-    need = NUM_SELECT - tl.sum(m_forced.to(tl.int32), 0)  # candidates to take
+    need = num_select - tl.sum(m_forced.to(tl.int32), 0)  # candidates to take
     count_lo = tl.sum(m_cand.to(tl.int32), 0)
     # invariant: count(key >= lo) == count_lo >= need, count(key >= hi) < need
     lo = tl.min(tl.where(m_cand, b_key, 2**40), 0)
@@ -63,19 +63,19 @@ def _select_row(scores_row_ptr, chosen_row_ptr, num_pages, max_pages,
     tl.store(chosen_row_ptr + position, o_n, mask=m_take)
     num_taken = tl.sum(m_take.to(tl.int32), 0)
     o_k = tl.arange(0, BLOCK_K)
-    tl.store(chosen_row_ptr + o_k, tl.full([BLOCK_K], -1, tl.int32), mask=(o_k >= num_taken) & (o_k < NUM_SELECT))
+    tl.store(chosen_row_ptr + o_k, tl.full([BLOCK_K], -1, tl.int32), mask=(o_k >= num_taken) & (o_k < num_select))
 
 
 @triton.jit
-def _select_pages_kernel(scores_ptr, seq_lens_ptr, chosen_ptr, max_pages,
-                         KV_HEADS: tl.constexpr, PAGE_SIZE: tl.constexpr, NUM_SELECT: tl.constexpr,
+def _select_pages_kernel(scores_ptr, seq_lens_ptr, chosen_ptr, max_pages, num_select,
+                         KV_HEADS: tl.constexpr, PAGE_SIZE: tl.constexpr,
                          SINK: tl.constexpr, LOCAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          WAYS: tl.constexpr):
     i_bh = tl.program_id(0)
     seq_len = tl.load(seq_lens_ptr + i_bh // KV_HEADS)
     num_pages = (seq_len + PAGE_SIZE - 1) // PAGE_SIZE
-    _select_row(scores_ptr + i_bh * max_pages, chosen_ptr + i_bh * NUM_SELECT, num_pages, max_pages,
-                NUM_SELECT, SINK, LOCAL, BLOCK_N, BLOCK_K, WAYS)
+    _select_row(scores_ptr + i_bh * max_pages, chosen_ptr + i_bh * num_select, num_pages, max_pages,
+                num_select, SINK, LOCAL, BLOCK_N, BLOCK_K, WAYS)
 
 
 def select_warps(block_n: int) -> int:
@@ -100,7 +100,7 @@ def select_pages_triton(scores: torch.Tensor, seq_lens: torch.Tensor, page_size:
         raise ValueError(f"out must be a contiguous int32 [{batch}, {kv_heads}, {num_select}] tensor")
     block_n = next_power_of_2(max(max_pages, 16))
     _select_pages_kernel[(batch * kv_heads,)](
-        scores, seq_lens, chosen, max_pages, KV_HEADS=kv_heads, PAGE_SIZE=page_size, NUM_SELECT=num_select,
+        scores, seq_lens, chosen, max_pages, num_select, KV_HEADS=kv_heads, PAGE_SIZE=page_size,
         SINK=sink_pages, LOCAL=local_pages, BLOCK_N=block_n, BLOCK_K=next_power_of_2(num_select),
         WAYS=SEARCH_WAYS, num_warps=select_warps(block_n),
     )

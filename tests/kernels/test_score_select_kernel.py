@@ -1,0 +1,102 @@
+"""Page scoring, top-k selection and the fused score+select kernel against their references.
+Selections are compared by chosen set size, forced pages and summed scores (ties may differ)."""
+
+import pytest
+import torch
+
+from asr.attention.config import UniqueConfig
+from asr.attention.kernels.scoring import score_pages_triton
+from asr.attention.kernels.selection import select_pages_triton
+from asr.attention.scoring import score_pages_reference
+from asr.attention.selection import select_pages_reference
+from tests.paged_batch import make_paged_batch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CONFIGS = [
+    pytest.param(UniqueConfig(method="unique", offset="gauss", budget_tokens=128), id="gauss"),
+    pytest.param(UniqueConfig(method="unique", offset="l1", lam=0.5, budget_tokens=128), id="l1"),
+    pytest.param(UniqueConfig(method="quest", budget_tokens=128), id="quest"),
+    pytest.param(UniqueConfig(method="mean", budget_tokens=128), id="mean"),
+]
+GQA = [pytest.param((4, 4), id="mha"), pytest.param((8, 2), id="gqa4"), pytest.param((16, 2), id="gqa8")]
+DTYPES = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")]
+
+
+def check_selection(chosen, scores, seq_lens, config):
+    """Same count, ascending, forced pages in, -1 padding, and the reference's summed score."""
+    expected = select_pages_reference(scores, seq_lens, config)
+    assert chosen.shape == expected.shape and chosen.dtype == torch.int32
+    chosen, expected, scores = chosen.cpu(), expected.cpu(), scores.cpu()
+    assert torch.equal(chosen < 0, expected < 0), "different number of chosen pages"
+    for row in range(chosen.shape[0]):
+        num_pages = -(-int(seq_lens[row]) // config.page_size)
+        forced = set(range(min(config.sink_pages, num_pages))) | set(range(max(0, num_pages - config.local_pages), num_pages))
+        for head in range(chosen.shape[1]):
+            got = [p for p in chosen[row, head].tolist() if p >= 0]
+            ref = [p for p in expected[row, head].tolist() if p >= 0]
+            assert got == sorted(set(got)) and all(p < num_pages for p in got)
+            assert forced <= set(got)
+            rest_got = [p for p in got if p not in forced]
+            rest_ref = [p for p in ref if p not in forced]
+            total_got = float(scores[row, head, rest_got].double().sum())
+            total_ref = float(scores[row, head, rest_ref].double().sum())
+            assert total_got == pytest.approx(total_ref, rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("heads", GQA)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scores_match_reference(config, heads, dtype):
+    batch = make_paged_batch([300, 16, 1, 77], *heads, 64, config.page_size, dtype, seed=20, device=DEVICE)
+    expected = score_pages_reference(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
+    scores = score_pages_triton(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("budget_pages", [4, 8, 64])
+@pytest.mark.parametrize("max_pages", [5, 100, 1000])
+def test_selection_matches_reference(budget_pages, max_pages):
+    config = UniqueConfig(page_size=16, budget_tokens=16 * budget_pages)
+    gen = torch.Generator().manual_seed(budget_pages * 1000 + max_pages)
+    seq_lens = torch.tensor([max_pages * 16, 1, max_pages * 8 + 3, 17 * 16], dtype=torch.int32).clamp(max=max_pages * 16)
+    scores = torch.randn(4, 3, max_pages, generator=gen) * 10
+    num_pages = (seq_lens + 15) // 16
+    scores = scores.masked_fill(torch.arange(max_pages)[None, None] >= num_pages[:, None, None], float("-inf"))
+    poisoned = torch.full((4, 3, config.num_select), -7, dtype=torch.int32, device=DEVICE)
+    chosen = select_pages_triton(scores.to(DEVICE), seq_lens.to(DEVICE), 16, config.num_select, 1, 2, out=poisoned)
+    assert chosen is poisoned and (chosen >= -1).all(), "unwritten chosen slots"
+    check_selection(chosen, scores, seq_lens, config)
+
+
+def test_selection_breaks_ties():
+    """Many equal scores: the kernel must still take exactly the budget."""
+    config = UniqueConfig(page_size=16, budget_tokens=16 * 10)
+    gen = torch.Generator().manual_seed(21)
+    scores = torch.randint(0, 3, (2, 2, 300), generator=gen).float()
+    seq_lens = torch.tensor([300 * 16, 200 * 16 - 5], dtype=torch.int32)
+    scores[1, :, 200:] = float("-inf")
+    chosen = select_pages_triton(scores.to(DEVICE), seq_lens.to(DEVICE), 16, config.num_select, 1, 2)
+    check_selection(chosen, scores, seq_lens, config)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_fused_score_select_matches_separate(config):
+    batch = make_paged_batch([2000, 16, 1, 700], 8, 2, 64, config.page_size, torch.bfloat16, seed=22, device=DEVICE)
+    args = (batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
+    scores, chosen = score_pages_triton(*args, select=True)
+    torch.testing.assert_close(scores, score_pages_reference(*args), rtol=1e-4, atol=1e-4)
+    check_selection(chosen, scores, batch.seq_lens, config)
+    _, again = score_pages_triton(*args, select=True)  # counters were reset by the last program
+    assert torch.equal(again, chosen)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("page_size", [16, 32])
+def test_real_size_fused_score_select(page_size):
+    config = UniqueConfig(page_size=page_size, budget_tokens=2048)
+    batch = make_paged_batch([131072, 40000, 3000], 32, 8, 128, page_size, torch.bfloat16, seed=23, device=DEVICE)
+    args = (batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
+    scores, chosen = score_pages_triton(*args, select=True)
+    torch.testing.assert_close(scores, score_pages_reference(*args), rtol=1e-4, atol=1e-3)
+    check_selection(chosen, scores, batch.seq_lens, config)
