@@ -19,3 +19,11 @@ class ContextLengthError(AsrError):
 
 class DocumentError(AsrError):
     """A document given for question answering is missing, binary, empty or too large."""
+
+
+class AudioError(AsrError):
+    """An audio file or buffer cannot be read as sound (missing, empty, corrupt or of an unknown format)."""
+
+
+class ModelLoadError(AsrError):
+    """Model weights are missing, incomplete or in a layout this project cannot read."""
