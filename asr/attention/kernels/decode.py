@@ -205,6 +205,6 @@ def paged_decode_triton(
         raise ValueError("out must be like q with unit last stride and lse a contiguous [batch, q_heads] tensor")
     _combine_splits_kernel[(batch * q_heads,)](
         o_part, lse_part, out, lse, splits, out.stride(0), out.stride(1),
-        Q_HEADS=q_heads, HEAD_DIM=head_dim, BLOCK_S=next_power_of_2(splits), num_warps=4,
+        Q_HEADS=q_heads, HEAD_DIM=head_dim, BLOCK_S=max(2, next_power_of_2(splits)), num_warps=4,
     )
     return out, lse

@@ -28,11 +28,11 @@ from asr.attention.kernels.common import (
     check_dtype,
     next_power_of_2,
 )
-from asr.attention.kernels.selection import MAX_PAGES, SEARCH_WAYS, _select_row, select_warps
+from asr.attention.kernels.selection import MAX_PAGES, _select_row, search_ways, select_warps
 
 METHOD_GAUSS, METHOD_L1, METHOD_QUEST, METHOD_MEAN = 0, 1, 2, 3
 PAGES_PER_PROGRAM = 64  # page tile of one scoring program
-SCORE_WARPS = 4  # warps of an unfused scoring program
+SCORE_WARPS = 8  # warps of an unfused scoring program
 
 
 @triton.jit
@@ -148,6 +148,7 @@ def score_pages_triton(q: torch.Tensor, key_stats: torch.Tensor, page_table: tor
     else:
         chosen, counters = scores, scores  # unused pointers
     block_n = next_power_of_2(max(max_pages, 16))
+    num_warps = select_warps(block_n) if select else SCORE_WARPS
     _score_pages_kernel[(rows, triton.cdiv(max_pages, PAGES_PER_PROGRAM))](
         q, key_stats, page_table, seq_lens, scores, chosen, counters,
         offset_weight, max_pages, num_select, q.stride(0), q.stride(1), key_stats.stride(0), key_stats.stride(1),
@@ -155,7 +156,7 @@ def score_pages_triton(q: torch.Tensor, key_stats: torch.Tensor, page_table: tor
         KV_HEADS=kv_heads, GROUP=group, BLOCK_G=next_power_of_2(group), HEAD_DIM=head_dim,
         PAGE_SIZE=config.page_size, BLOCK_P=PAGES_PER_PROGRAM, METHOD=method, ROW_A=row_a, ROW_B=row_b,
         FUSE_SELECT=select, SINK=config.sink_pages, LOCAL=config.local_pages,
-        BLOCK_N=block_n if select else 16, BLOCK_K=next_power_of_2(num_select) if select else 16, WAYS=SEARCH_WAYS,
-        num_warps=select_warps(block_n) if select else SCORE_WARPS,
+        BLOCK_N=block_n if select else 16, BLOCK_K=next_power_of_2(num_select) if select else 16,
+        WAYS=search_ways(block_n, num_warps), num_warps=num_warps,
     )
     return (scores, chosen) if select else scores

@@ -18,6 +18,8 @@ from asr.attention.kernels.common import check_contiguous, check_device, check_d
 
 MAX_PAGES = 16384  # a row of scores lives in registers; longer rows use the reference
 SEARCH_WAYS = 8  # thresholds tested per search step
+SCORES_PER_THREAD = 8  # sets the warps of a selection program (8: no spills on sm_90 up to 4096 pages)
+MAX_SELECT_WARPS = 16
 
 
 @triton.jit
@@ -37,19 +39,19 @@ def _select_row(scores_row_ptr, chosen_row_ptr, num_pages, max_pages, num_select
                       cache_modifier=".cg")
     m_forced = m_valid & ((o_n < SINK) | (o_n >= num_pages - LOCAL))
     m_cand = m_valid & ~m_forced
-    b_key = _ordered_key(b_score).to(tl.int64)
+    b_key = _ordered_key(b_score)
     need = num_select - tl.sum(m_forced.to(tl.int32), 0)  # candidates to take
     count_lo = tl.sum(m_cand.to(tl.int32), 0)
     # invariant: count(key >= lo) == count_lo >= need, count(key >= hi) < need
-    lo = tl.min(tl.where(m_cand, b_key, 2**40), 0)
-    hi = tl.max(tl.where(m_cand, b_key, -(2**40)), 0) + 1
+    lo = tl.min(tl.where(m_cand, b_key, 2**31 - 1), 0).to(tl.int64)
+    hi = tl.max(tl.where(m_cand, b_key, -(2**31)), 0).to(tl.int64) + 1
     if count_lo <= need:  # every candidate fits the budget
         lo = hi - 2**40
         need = count_lo
     o_w = tl.arange(0, WAYS)
     while (count_lo != need) & (hi - lo > 1):
-        b_t = lo + ((hi - lo) * (o_w + 1).to(tl.int64)) // (WAYS + 1)
-        b_count = tl.sum(((b_key[:, None] >= b_t[None, :]) & m_cand[:, None]).to(tl.int32), 0)
+        b_t = lo + ((hi - lo) * (o_w + 1).to(tl.int64)) // (WAYS + 1)  # in [lo, hi): fits int32
+        b_count = tl.sum(((b_key[:, None] >= b_t.to(tl.int32)[None, :]) & m_cand[:, None]).to(tl.int32), 0)
         m_ge = b_count >= need
         new_lo = tl.max(tl.where(m_ge, b_t, lo), 0)
         count_lo = tl.min(tl.where(m_ge, b_count, count_lo), 0)
@@ -79,8 +81,14 @@ def _select_pages_kernel(scores_ptr, seq_lens_ptr, chosen_ptr, max_pages, num_se
 
 
 def select_warps(block_n: int) -> int:
-    """Warps of a selection program: about 16 scores per thread."""
-    return max(4, min(32, block_n // 512))
+    """Warps of a selection program: about SCORES_PER_THREAD scores per thread."""
+    return max(4, min(MAX_SELECT_WARPS, block_n // (32 * SCORES_PER_THREAD)))
+
+
+def search_ways(block_n: int, num_warps: int) -> int:
+    """Thresholds per search step: halved when a thread holds more than SCORES_PER_THREAD scores
+    (the [scores, ways] compare tile would spill)."""
+    return SEARCH_WAYS if block_n <= 32 * num_warps * SCORES_PER_THREAD else max(2, SEARCH_WAYS // 2)
 
 
 def select_pages_triton(scores: torch.Tensor, seq_lens: torch.Tensor, page_size: int, num_select: int,
@@ -99,9 +107,10 @@ def select_pages_triton(scores: torch.Tensor, seq_lens: torch.Tensor, page_size:
     if chosen.shape != (batch, kv_heads, num_select) or chosen.dtype != torch.int32 or not chosen.is_contiguous():
         raise ValueError(f"out must be a contiguous int32 [{batch}, {kv_heads}, {num_select}] tensor")
     block_n = next_power_of_2(max(max_pages, 16))
+    num_warps = select_warps(block_n)
     _select_pages_kernel[(batch * kv_heads,)](
         scores, seq_lens, chosen, max_pages, num_select, KV_HEADS=kv_heads, PAGE_SIZE=page_size,
         SINK=sink_pages, LOCAL=local_pages, BLOCK_N=block_n, BLOCK_K=next_power_of_2(num_select),
-        WAYS=SEARCH_WAYS, num_warps=select_warps(block_n),
+        WAYS=search_ways(block_n, num_warps), num_warps=num_warps,
     )
     return chosen

@@ -1,0 +1,354 @@
+"""Per-layer decode attention time: dense SDPA vs our paged kernels vs UNIQUE (select + attend).
+
+Every method runs as a CUDA graph replay (as the engine runs a decode step) and is timed with
+``triton.testing.do_bench`` (median, L2 flushed before each replay). The bytes-moved floor of
+UNIQUE is the page statistics its scorer reads plus the chosen K/V pages; of dense attention,
+the whole K/V. Floors are converted to time with the device-to-device copy bandwidth measured
+in the same run (bytes read + written over time).
+
+    python eval/bench_attention.py                       # the full grid, writes JSON + PNG
+    python eval/bench_attention.py --contexts 131072 --batches 1 --budgets 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from asr.attention.append import page_key_stats  # noqa: E402
+from asr.attention.config import UniqueConfig  # noqa: E402
+
+log = logging.getLogger("bench_attention")
+
+STAT_ROWS_READ = 2  # mean+std (unique) or min+max (quest) per page and kv head
+SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--contexts", type=int, nargs="+", default=[8192, 32768, 65536, 131072])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--budgets", type=int, nargs="+", default=[1024, 2048, 4096])
+    p.add_argument("--page-sizes", type=int, nargs="+", default=[16, 32])
+    p.add_argument("--q-heads", type=int, default=32)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--max-tokens", type=int, default=32 * 131072, help="skip batch*context above this (memory)")
+    p.add_argument("--warmup-ms", type=float, default=10.0)
+    p.add_argument("--rep-ms", type=float, default=40.0)
+    p.add_argument("--parts", action="store_true", help="also time unfused variants (score, select, torch topk)")
+    p.add_argument("--output", type=Path, default=Path("eval/results/bench_attention.json"))
+    p.add_argument("--plot", type=Path, default=None, help="PNG path (default: JSON path with .png)")
+    p.add_argument("--sweep", action="store_true",
+                   help="instead of the grid: time tuning variants (SWEEP) at the first context/batch/budget")
+    p.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                   help="override a kernel tuning constant, e.g. decode.TOKENS_PER_TILE=128")
+    return p.parse_args(argv)
+
+
+def apply_overrides(overrides: list[str]) -> None:
+    import importlib
+
+    for item in overrides:
+        name, value = item.split("=")
+        module_name, const = name.rsplit(".", 1)
+        module = importlib.import_module(f"asr.attention.kernels.{module_name}")
+        setattr(module, const, type(getattr(module, const))(value))
+        log.info("override %s = %s", name, value)
+
+
+SWEEP = [[], ["decode.TOKENS_PER_TILE=32"], ["decode.TOKENS_PER_TILE=128"], ["decode.PROGRAMS_PER_SM=1"],
+         ["decode.PROGRAMS_PER_SM=4"], ["decode.DECODE_WARPS=8"], ["decode.DECODE_STAGES=3"],
+         ["decode.DECODE_STAGES=1"], ["scoring.PAGES_PER_PROGRAM=32"], ["scoring.PAGES_PER_PROGRAM=128"],
+         ["selection.SCORES_PER_THREAD=16"], ["selection.SCORES_PER_THREAD=4"], ["selection.SEARCH_WAYS=16"],
+         ["selection.SEARCH_WAYS=4"], ["selection.MAX_SELECT_WARPS=32"]]
+
+
+def sweep(args) -> list[dict]:
+    """Time dense / select / attend / total at one shape for each override set in SWEEP."""
+    import importlib
+
+    from asr.attention.kernels.decode import paged_decode_triton
+    from asr.attention.kernels.scoring import score_pages_triton
+
+    context, batch, budget = args.contexts[0], args.batches[0], args.budgets[0]
+    hq, hkv, d = args.q_heads, args.kv_heads, args.head_dim
+    q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
+    results = []
+    for page_size in args.page_sizes:
+        k_cache, v_cache, key_stats, page_table, seq_lens = make_paged_cache(batch, context, hkv, d, page_size)
+        config = UniqueConfig(page_size=page_size, budget_tokens=budget)
+        chosen = score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)[1]
+        fns = {
+            "dense_paged": lambda: paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, 0.1),
+            "unique_select": lambda: score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True),
+            "unique_attend": lambda: paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, 0.1, chosen),
+            "unique_total": lambda: paged_decode_triton(
+                q, k_cache, v_cache, page_table, seq_lens, 0.1,
+                score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)[1]),
+        }
+        for variant in SWEEP:
+            saved = []
+            for item in variant:
+                name, value = item.split("=")
+                module_name, const = name.rsplit(".", 1)
+                module = importlib.import_module(f"asr.attention.kernels.{module_name}")
+                saved.append((module, const, getattr(module, const)))
+                setattr(module, const, type(getattr(module, const))(value))
+            row = dict(variant=",".join(variant) or "base", page_size=page_size, context=context, batch=batch,
+                       budget=budget)
+            for method, fn in fns.items():
+                row[method] = round(bench_graph(fn, args.warmup_ms, args.rep_ms), 2)
+            for module, const, value in saved:
+                setattr(module, const, value)
+            results.append(row)
+            print(row, flush=True)
+        del k_cache, v_cache, key_stats
+    return results
+
+
+def bench_graph(fn, warmup_ms: float, rep_ms: float) -> float:
+    """Median microseconds of one replay of ``fn`` captured in a CUDA graph."""
+    import triton.testing
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    torch.cuda.synchronize()
+    ms = triton.testing.do_bench(graph.replay, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+    del graph
+    return ms * 1e3
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth in bytes/s (read + written), 1 GiB buffers."""
+    import triton.testing
+
+    src = torch.empty(1 << 29, dtype=torch.float16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def make_paged_cache(batch, context, kv_heads, head_dim, page_size, gen_seed=0):
+    """Random bf16 paged cache with scattered pages and exact key statistics."""
+    pages_per_seq = context // page_size
+    num_pages = batch * pages_per_seq
+    torch.manual_seed(gen_seed)
+    k_cache = torch.randn(num_pages, kv_heads, page_size, head_dim, device="cuda", dtype=torch.bfloat16)
+    v_cache = torch.randn_like(k_cache)
+    key_stats = torch.empty(num_pages, kv_heads, 4, head_dim, device="cuda", dtype=torch.bfloat16)
+    chunk = 1 << 15
+    for start in range(0, num_pages, chunk):
+        pages = k_cache[start : start + chunk]
+        fill = torch.full((pages.shape[0],), page_size, device="cuda")
+        key_stats[start : start + chunk] = page_key_stats(pages, fill).to(torch.bfloat16)
+    page_table = torch.randperm(num_pages, device="cuda").to(torch.int32).view(batch, pages_per_seq)
+    seq_lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
+    return k_cache, v_cache, key_stats, page_table, seq_lens
+
+
+def sdpa_time(q, k_dense, v_dense, scale, args) -> tuple[float, str]:
+    """Best SDPA backend on contiguous [batch, kv_heads, context, d] K/V with GQA."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    best = (math.inf, "none")
+    q4 = q[:, :, None, :]
+    for name in SDPA_BACKENDS:
+        backend = getattr(SDPBackend, name)
+
+        def run():
+            with sdpa_kernel([backend]):
+                return torch.nn.functional.scaled_dot_product_attention(q4, k_dense, v_dense, scale=scale,
+                                                                        enable_gqa=True)
+
+        try:
+            run()
+            torch.cuda.synchronize()
+            t = bench_graph(run, args.warmup_ms, args.rep_ms)
+        except Exception as err:  # a backend that does not take these shapes
+            log.info("SDPA %s unavailable: %s", name, str(err).splitlines()[0][:120])
+            torch.cuda.synchronize()
+            continue
+        log.info("SDPA %s: %.1f us", name, t)
+        best = min(best, (t, name))
+    return best
+
+
+def run(args) -> tuple[list[dict], dict]:
+    from asr.attention.kernels.decode import paged_decode_triton
+    from asr.attention.kernels.scoring import score_pages_triton
+    from asr.attention.kernels.selection import select_pages_triton
+    from asr.attention.selection import select_pages_reference
+
+    apply_overrides(args.set)
+    bandwidth = copy_bandwidth()
+    device = torch.cuda.get_device_name()
+    log.info("%s, copy bandwidth %.2f TB/s", device, bandwidth / 1e12)
+    hq, hkv, d = args.q_heads, args.kv_heads, args.head_dim
+    scale = 1 / math.sqrt(d)
+    elem = 2  # bf16
+    rows: list[dict] = []
+
+    def add(context, batch, budget, page_size, method, time_us, sdpa_us, floor_bytes=None, **extra):
+        row = dict(context=context, batch=batch, budget=budget, page_size=page_size, method=method,
+                   time_us=round(time_us, 2), speedup_vs_sdpa=round(sdpa_us / time_us, 2), **extra)
+        if floor_bytes is not None:
+            floor_us = floor_bytes / bandwidth * 1e6
+            row.update(floor_bytes=floor_bytes, floor_us=round(floor_us, 2), floor_share=round(floor_us / time_us, 3))
+        rows.append(row)
+        log.info("%s", row)
+
+    for context in args.contexts:
+        for batch in args.batches:
+            if batch * context > args.max_tokens:
+                log.info("skip context %d batch %d (over --max-tokens)", context, batch)
+                continue
+            torch.manual_seed(context + batch)
+            q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
+            k_dense = torch.randn(batch, hkv, context, d, device="cuda", dtype=torch.bfloat16)
+            v_dense = torch.randn_like(k_dense)
+            kv_bytes = 2 * k_dense.numel() * elem
+            sdpa_us, sdpa_backend = sdpa_time(q, k_dense, v_dense, scale, args)
+            del k_dense, v_dense
+            add(context, batch, None, None, "sdpa", sdpa_us, sdpa_us, kv_bytes, backend=sdpa_backend)
+            for page_size in args.page_sizes:
+                k_cache, v_cache, key_stats, page_table, seq_lens = make_paged_cache(batch, context, hkv, d, page_size)
+                num_pages = context // page_size
+
+                def dense():
+                    return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale)
+
+                add(context, batch, None, page_size, "dense_paged", bench_graph(dense, args.warmup_ms, args.rep_ms),
+                    sdpa_us, kv_bytes)
+                for budget in args.budgets:
+                    if budget >= context:
+                        continue
+                    for method in ("unique", "quest"):
+                        config = UniqueConfig(page_size=page_size, budget_tokens=budget, method=method)
+                        stats_bytes = batch * hkv * num_pages * STAT_ROWS_READ * d * elem
+                        pages_bytes = 2 * batch * hkv * config.num_select * page_size * d * elem
+                        chosen = score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)[1]
+
+                        def select(config=config):
+                            return score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)
+
+                        def attend(chosen=chosen):
+                            return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen)
+
+                        def total(config=config):
+                            picked = score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)[1]
+                            return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, picked)
+
+                        t_select = bench_graph(select, args.warmup_ms, args.rep_ms)
+                        add(context, batch, budget, page_size, f"{method}_select", t_select, sdpa_us, stats_bytes)
+                        if method == "unique":
+                            t_attend = bench_graph(attend, args.warmup_ms, args.rep_ms)
+                            add(context, batch, budget, page_size, "unique_attend", t_attend, sdpa_us, pages_bytes)
+                        add(context, batch, budget, page_size, f"{method}_total",
+                            bench_graph(total, args.warmup_ms, args.rep_ms), sdpa_us, stats_bytes + pages_bytes)
+                        if not args.parts or method != "unique":
+                            continue
+                        scores = score_pages_triton(q, key_stats, page_table, seq_lens, config)
+
+                        def score_only(config=config):
+                            return score_pages_triton(q, key_stats, page_table, seq_lens, config)
+
+                        def select_kernel(config=config, scores=scores):
+                            return select_pages_triton(scores, seq_lens, page_size, config.num_select,
+                                                       config.sink_pages, config.local_pages)
+
+                        def select_unfused(config=config):
+                            s = score_pages_triton(q, key_stats, page_table, seq_lens, config)
+                            return select_pages_triton(s, seq_lens, page_size, config.num_select,
+                                                       config.sink_pages, config.local_pages)
+
+                        def select_torch(config=config):
+                            s = score_pages_triton(q, key_stats, page_table, seq_lens, config)
+                            return select_pages_reference(s, seq_lens, config)
+
+                        for name, fn, floor in (("unique_score", score_only, stats_bytes),
+                                                ("unique_topk_kernel", select_kernel, None),
+                                                ("unique_select_unfused", select_unfused, stats_bytes),
+                                                ("unique_select_torch_topk", select_torch, stats_bytes)):
+                            add(context, batch, budget, page_size, name, bench_graph(fn, args.warmup_ms, args.rep_ms),
+                                sdpa_us, floor)
+                del k_cache, v_cache, key_stats, page_table, seq_lens
+                torch.cuda.empty_cache()
+    meta = dict(device=device, copy_bandwidth_tbs=round(bandwidth / 1e12, 3), torch=torch.__version__,
+                python=platform.python_version(), command=" ".join(sys.argv), q_heads=hq, kv_heads=hkv, head_dim=d,
+                dtype="bfloat16", overrides=args.set)
+    try:
+        import triton
+
+        meta["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return rows, meta
+
+
+def table(rows: list[dict]) -> str:
+    """One line per (context, batch, page size, budget)."""
+    index = {(r["context"], r["batch"], r["budget"], r["page_size"], r["method"]): r for r in rows}
+    head = (f"{'ctx':>7} {'B':>3} {'P':>3} {'budget':>6} | {'sdpa':>8} {'dense':>8} | {'unique':>7} {'select':>7} "
+            f"{'attend':>7} {'quest':>7} {'q_sel':>7} | {'speedup':>7} {'floor':>6} {'share':>5}")
+    lines = [head, "-" * len(head)]
+    keys = sorted({(r["context"], r["batch"], r["page_size"], r["budget"]) for r in rows if r["budget"]})
+    for ctx, b, p, budget in keys:
+        def t(method, budget_key=budget, page=p):
+            r = index.get((ctx, b, budget_key, page, method))
+            return r["time_us"] if r else float("nan")
+
+        total = index.get((ctx, b, budget, p, "unique_total"))
+        lines.append(
+            f"{ctx:>7} {b:>3} {p:>3} {budget:>6} | {t('sdpa', None, None):>8.1f} {t('dense_paged', None):>8.1f} | "
+            f"{t('unique_total'):>7.1f} {t('unique_select'):>7.1f} {t('unique_attend'):>7.1f} {t('quest_total'):>7.1f} "
+            f"{t('quest_select'):>7.1f} | {total['speedup_vs_sdpa'] if total else float('nan'):>6.1f}x "
+            f"{total['floor_us'] if total else float('nan'):>6.1f} {total['floor_share'] if total else float('nan'):>5.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_attention needs a CUDA device")
+    if args.sweep:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(sweep(args), indent=1))
+        return
+    rows, meta = run(args)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        row.update(device=meta["device"], copy_bandwidth_tbs=meta["copy_bandwidth_tbs"])
+    args.output.write_text(json.dumps(rows, indent=1))
+    log.info("meta: %s", json.dumps(meta))
+    print(f"\n{meta['device']}, copy bandwidth {meta['copy_bandwidth_tbs']} TB/s; times in us per layer "
+          f"(bf16, Hq={meta['q_heads']}, Hkv={meta['kv_heads']}, d={meta['head_dim']}); floor = stats + chosen pages "
+          f"at copy bandwidth, share = floor / unique total")
+    print(table(rows))
+    try:
+        from eval.plot_bench_attention import plot
+
+        plot(args.output, args.plot or args.output.with_suffix(".png"))
+    except Exception as err:  # the plot is a convenience; the JSON is the record
+        log.warning("no plot: %s", err)
+
+
+if __name__ == "__main__":
+    main()
