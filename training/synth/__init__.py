@@ -1,0 +1,1 @@
+"""Synthetic English speech for training the speech adapter: text corpus, TTS voices, augmentation."""
