@@ -176,7 +176,7 @@ def main() -> None:
                         num_workers=args.workers, collate_fn=list, prefetch_factor=4 if args.workers else None)
     optimizer = torch.optim.AdamW([{"params": projector.parameters(), "lr": args.lr},
                                    {"params": lora_params, "lr": args.lr / 2}], weight_decay=0.01)
-    warmup = min(200, args.steps // 10)
+    warmup = max(1, min(200, args.steps // 10))
     schedule = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     out = Path(args.out)

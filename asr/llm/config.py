@@ -45,6 +45,9 @@ class EngineConfig:
     device, dtype: ``None`` picks CUDA + bfloat16 when available, else CPU + float32.
     max_context: longest sequence served (default: the model's limit); longer contexts raise
         ContextLengthError.
+    extend_context: allow ``max_context`` beyond the model's trained limit (RoPE is relative, so
+        attention to recent tokens is unchanged; attention across more than the trained distance is
+        out of distribution). Long-form speech sessions use it: an hour of audio is ~45k positions.
     num_pages: pages in the KV pool (default: ``max_batch`` sequences of ``max_context`` tokens, plus one
         scratch page for padded graph rows).
     max_batch: most sequences decoded together (CUDA graphs are captured up to this batch).
@@ -57,6 +60,7 @@ class EngineConfig:
     device: str | None = None
     dtype: str | None = None
     max_context: int | None = None
+    extend_context: bool = False
     num_pages: int | None = None
     max_batch: int = 8
     prefill_chunk: int = 2048

@@ -45,7 +45,9 @@ class LLMEngine:
         self.model_config: ModelConfig = model.config
         self.device = model.embed_tokens.weight.device
         self.dtype = model.embed_tokens.weight.dtype
-        self.max_context = min(config.max_context or self.model_config.max_context, self.model_config.max_context)
+        self.max_context = config.max_context or self.model_config.max_context
+        if not config.extend_context:
+            self.max_context = min(self.max_context, self.model_config.max_context)
         page_size = config.sparse.page_size
         sparse = None if config.attention == "dense" else replace(config.sparse, method=config.attention)
         num_pages = config.num_pages or config.max_batch * math.ceil(self.max_context / page_size) + 1

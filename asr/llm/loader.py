@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -130,15 +131,25 @@ def map_hf_weights(hf: dict[str, torch.Tensor], config: ModelConfig) -> dict[str
 
 
 def load_model(
-    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    adapt_weights: Callable[[dict[str, torch.Tensor]], None] | None = None,
 ) -> tuple[CausalLM, Path]:
-    """Build the model of a Hugging Face directory or GGUF file; returns it (eval mode) and its HF directory."""
+    """Build the model of a Hugging Face directory or GGUF file; returns it (eval mode) and its HF directory.
+
+    adapt_weights: edits the Hugging Face-named tensors in place before they are mapped (e.g. folds
+    trained LoRA adapters into them).
+    """
     model_dir = resolve_model_dir(path)
     config, raw = read_model_config(model_dir)
     inv_freq, scaling = rope_frequencies(model_dir, raw, config.head_dim)
     with torch.device("meta"):
         model = CausalLM(config, inv_freq, scaling)
-    weights = map_hf_weights(read_hf_weights(model_dir), config)
+    hf_weights = read_hf_weights(model_dir)
+    if adapt_weights is not None:
+        adapt_weights(hf_weights)
+    weights = map_hf_weights(hf_weights, config)
     expected = {name for name, _ in model.named_parameters()}
     missing, unexpected = expected - weights.keys(), weights.keys() - expected
     if missing or unexpected:

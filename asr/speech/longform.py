@@ -1,0 +1,93 @@
+"""Long-form transcription through ONE growing LLM context.
+
+Audio is cut at pauses into chunks (``asr.speech.segmenter``); each chunk's audio embeddings are
+appended to the session's sequence and its transcript is generated right after, so every chunk
+sees all earlier audio and text. Runaway output is cut: a repeating n-gram loop is removed (one
+copy kept) and the chunk is decoded once more with sampling; a transcript past the chunk's token
+budget is stopped. Silence is never sent to the model. Timestamps come from sample positions, so
+they cannot drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from asr.llm.config import SamplingParams
+from asr.speech.model import SpeechModel
+from asr.speech.repetition import LoopConfig, loop_start, token_budget
+from asr.transcript import Segment
+
+RETRY_SAMPLING = dict(temperature=0.5, top_p=0.95, seed=0)  # second try after a loop, as Whisper's fallback
+
+
+@dataclass
+class SessionStats:
+    """Counters of one session: chunks decoded, loops cut, chunks stopped at their budget."""
+
+    chunks: int = 0
+    loops_cut: int = 0
+    budget_stops: int = 0
+    audio_tokens: int = 0
+    text_tokens: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class LongformSession:
+    """One recording (or one live stream) in one sequence of the engine; feed chunks in order."""
+
+    def __init__(self, model: SpeechModel, loop: LoopConfig = LoopConfig()) -> None:
+        self.model, self.loop = model, loop
+        self.engine = model.engine
+        self.seq = self.engine.new_sequence()
+        self.engine.append(self.seq, token_ids=model.prompt.session_start)
+        self.stats = SessionStats()
+
+    def close(self) -> None:
+        self.engine.free(self.seq)
+
+    def __enter__(self) -> "LongformSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def kv_read_share(self) -> float:
+        return self.seq.kv_read_share
+
+    def _generate(self, seconds: float, sampling: dict) -> list[int]:
+        params = SamplingParams(max_tokens=token_budget(seconds, self.loop),
+                                stop_token_ids=(self.model.prompt.end_of_turn,), **sampling)
+        return self.engine.generate(self.seq, params)
+
+    def transcribe_chunk(self, audio: np.ndarray, start_s: float, sample_rate: int = 16000) -> Segment | None:
+        """Append one chunk (<= 30 s) and its transcript to the context; None if it holds no words."""
+        prompt, engine = self.model.prompt, self.engine
+        seconds = len(audio) / sample_rate
+        embeds = self.model.audio_embeddings(audio)
+        engine.append(self.seq, token_ids=prompt.before_audio)
+        engine.append(self.seq, embeds=embeds)
+        engine.append(self.seq, token_ids=prompt.after_audio)
+        before = self.seq.num_tokens
+        tokens = self._generate(seconds, {})
+        cut = loop_start(tokens, self.loop)
+        if cut is not None:
+            self.stats.loops_cut += 1
+            # drop the loop, and re-append the prompt's last token to get its next-token logits back
+            engine.truncate(self.seq, before - 1)
+            engine.append(self.seq, token_ids=prompt.after_audio[-1:])
+            tokens = self._generate(seconds, RETRY_SAMPLING)
+            retry_cut = loop_start(tokens, self.loop)
+            if retry_cut is not None:
+                engine.truncate(self.seq, before + retry_cut)
+                tokens = tokens[:retry_cut]
+        elif len(tokens) >= token_budget(seconds, self.loop):
+            self.stats.budget_stops += 1
+        engine.append(self.seq, token_ids=prompt.after_transcript)
+        self.stats.chunks += 1
+        self.stats.audio_tokens += embeds.shape[0]
+        self.stats.text_tokens += len(tokens)
+        text = engine.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        return Segment(start_s, start_s + seconds, text) if text else None

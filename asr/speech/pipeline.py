@@ -1,0 +1,100 @@
+"""File transcription: load audio, cut it at pauses, run a long-form session, report everything.
+
+Every second of the input ends up in a segment (speech) or in ``Transcript.skipped`` (silence, or a
+chunk that could not be decoded), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from tqdm import tqdm
+
+from asr.attention.config import UniqueConfig
+from asr.errors import AudioError
+from asr.llm.config import EngineConfig
+from asr.llm.engine import LLMEngine
+from asr.speech.longform import LongformSession
+from asr.speech.model import SpeechModel, load_speech_model
+from asr.speech.repetition import LoopConfig
+from asr.speech.segmenter import SegmenterConfig, segment
+from asr.transcript import Transcript
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+TOKENS_PER_SECOND_BOUND = 30  # audio (12.5/s) + transcript (<= 10/s) + prompt pieces, generous
+CONTEXT_SLACK = 512
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """attention: ``unique``/``quest`` read the top-k KV pages per decode step, ``dense`` all of them;
+    budget_tokens / page_size: the sparse budget and the cache page size; device / dtype: ``None``
+    picks CUDA+bf16 when available, else CPU+fp32; segmenter / loop: chunking and runaway control."""
+
+    attention: str = "unique"
+    budget_tokens: int = 2048
+    page_size: int = 16
+    device: str | None = None
+    dtype: str | None = None
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+    def engine_config(self, max_context: int | None = None) -> EngineConfig:
+        sparse = UniqueConfig(page_size=self.page_size, budget_tokens=self.budget_tokens)
+        return EngineConfig(attention=self.attention, sparse=sparse, device=self.device, dtype=self.dtype,
+                            max_context=max_context, max_batch=1, extend_context=True)
+
+
+class Transcriber:
+    """Transcribes whole recordings with one speech model; safe to reuse across files."""
+
+    def __init__(self, model: SpeechModel, options: TranscribeOptions) -> None:
+        self.model, self.options = model, options
+
+    def _engine_for(self, seconds: float) -> LLMEngine:
+        """An engine whose cache holds this recording's whole context (model weights shared)."""
+        needed = int(seconds * TOKENS_PER_SECOND_BOUND) + CONTEXT_SLACK
+        base = self.model.engine
+        return LLMEngine(base.model, replace(base.config, max_context=needed), base.tokenizer)
+
+    def transcribe(self, audio: np.ndarray, progress: bool = False, name: str = "") -> Transcript:
+        """audio: [samples] float32 mono 16 kHz."""
+        if audio.size == 0:
+            raise AudioError("the audio is empty (0 samples); nothing to transcribe")
+        started = time.perf_counter()
+        duration = len(audio) / SAMPLE_RATE
+        regions = segment(audio, SAMPLE_RATE, self.options.segmenter)
+        model = replace(self.model, engine=self._engine_for(duration))
+        segments, skipped = [], []
+        bar = tqdm(total=round(duration, 1), unit="s", desc=name or "transcribing", disable=not progress,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
+        with LongformSession(model, self.options.loop) as session:
+            for region in regions:
+                start_s, end_s = region.start / SAMPLE_RATE, region.end / SAMPLE_RATE
+                if region.kind == "silence":
+                    skipped.append((start_s, end_s, "silence"))
+                else:
+                    piece = session.transcribe_chunk(audio[region.start : region.end], start_s, SAMPLE_RATE)
+                    if piece is None:
+                        skipped.append((start_s, end_s, "no speech recognised"))
+                    else:
+                        segments.append(piece)
+                bar.update(end_s - start_s)
+            bar.close()
+            elapsed = time.perf_counter() - started
+            stats = {"duration": round(duration, 3), "seconds": round(elapsed, 3), "rtf": elapsed / duration,
+                     "kv_pages_read": session.kv_read_share, "attention": self.options.attention,
+                     "budget_tokens": self.options.budget_tokens, "chunks": session.stats.chunks,
+                     "loops_cut": session.stats.loops_cut, "budget_stops": session.stats.budget_stops,
+                     "context_tokens": session.seq.num_tokens}
+        return Transcript(segments, duration, skipped, stats)
+
+
+def load_transcriber(model_dir: str | None = None, options: TranscribeOptions = TranscribeOptions()) -> Transcriber:
+    """A transcriber for a speech model directory (default: the embedded model)."""
+    return Transcriber(load_speech_model(model_dir, options.engine_config(max_context=4096)), options)
