@@ -62,6 +62,11 @@ def _package_dir(package: str) -> Path | None:
     return None
 
 
+def _part_number(path: Path) -> int | None:
+    match = _PART.search(path.name)
+    return int(match.group(1)) if match else None
+
+
 def embedded_ct2_files() -> tuple[list[Path], dict[str, Path]]:
     """(``model.bin`` parts in order, side files by name) of the first complete embedded package pair."""
     for packages in EMBEDDED_PACKAGES:
@@ -69,12 +74,11 @@ def embedded_ct2_files() -> tuple[list[Path], dict[str, Path]]:
         if None in dirs:
             continue
         files = [path for directory in dirs for path in sorted(directory.iterdir()) if path.is_file()]
-        parts = sorted((path for path in files if _PART.search(path.name)),
-                       key=lambda path: int(_PART.search(path.name).group(1)))
-        side = {path.name: path for path in files if not _PART.search(path.name)}
-        numbers = [int(_PART.search(path.name).group(1)) for path in parts]
+        parts = sorted((path for path in files if _part_number(path)), key=_part_number)
+        side = {path.name: path for path in files if _part_number(path) is None}
         vocabularies = [name for name in CT2_VOCABULARIES if name in side]
-        if numbers == list(range(1, len(parts) + 1)) and parts and all(n in side for n in CT2_SIDE_FILES) and vocabularies:
+        parts_complete = bool(parts) and [_part_number(path) for path in parts] == list(range(1, len(parts) + 1))
+        if parts_complete and vocabularies and all(name in side for name in CT2_SIDE_FILES):
             return parts, {name: side[name] for name in (*CT2_SIDE_FILES, vocabularies[0])}
     requirements = " ".join(requirement for _, requirement in EMBEDDED_PACKAGES[0])
     raise ModelLoadError(
