@@ -91,6 +91,7 @@ def test_ct2_old_versions_store_item_sizes():
         pytest.param(lambda data: data + b"\0\0\0\0", "unexpected bytes", id="trailing"),
         pytest.param(lambda data: struct.pack("<I", 99) + data[4:], "binary version", id="version"),
         pytest.param(lambda data: b"PK\x03\x04" + data[4:], "not a CTranslate2", id="zip"),
+        pytest.param(lambda data: data[:6] + b"\xff\xfe" + data[8:], "not text", id="spec-name"),
     ],
 )
 def test_ct2_damaged_files_raise(mutate, message):

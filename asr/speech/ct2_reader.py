@@ -68,8 +68,12 @@ class _Cursor:
         return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt)))[0]
 
     def string(self) -> str:
+        start = self.offset
         raw = bytes(self.take(self.unpack("H")))
-        return raw.rstrip(b"\0").decode("utf-8")
+        try:
+            return raw.rstrip(b"\0").decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ModelLoadError(f"{self.source}: the name at offset {start} is not text; the file is corrupt") from error
 
 
 def _read_variable(cursor: _Cursor, binary_version: int) -> tuple[str, torch.Tensor]:
