@@ -73,7 +73,8 @@ class _Cursor:
         try:
             return raw.rstrip(b"\0").decode("utf-8")
         except UnicodeDecodeError as error:
-            raise ModelLoadError(f"{self.source}: the name at offset {start} is not text; the file is corrupt") from error
+            message = f"{self.source}: the name at offset {start} is not text; the file is corrupt"
+            raise ModelLoadError(message) from error
 
 
 def _read_variable(cursor: _Cursor, binary_version: int) -> tuple[str, torch.Tensor]:
