@@ -40,7 +40,8 @@ def test_cleaner_drops_unspeakable(text):
 @pytest.mark.parametrize("raw, spoken", [
     pytest.param("It cost $3.50 in 1999.", "It cost three dollars and fifty cents in nineteen ninety-nine.", id="money-year"),
     pytest.param("Meet at 7:05 on the 21st.", "Meet at seven oh five on the twenty-first.", id="time-ordinal"),
-    pytest.param("About 2,500 people, or 4.5% of them.", "About two thousand five hundred people, or four point five% of them.", id="count-decimal"),
+    pytest.param("About 2,500 people, or 4.5% of them.",
+                 "About two thousand five hundred people, or four point five% of them.", id="count-decimal"),
     pytest.param("Back in the 1980s it was 12:00.", "Back in the nineteen eighties it was twelve o'clock.", id="decade-clock"),
 ])
 def test_numbers_become_words(raw, spoken):
@@ -130,3 +131,25 @@ def test_manifest_and_shards_round_trip(tmp_path):
     assert read_manifest(manifest) == rows
     for row in rows:
         assert (tmp_path / "copy" / row.audio).read_bytes() == (dataset / row.audio).read_bytes()
+
+
+def test_planner_is_seeded_and_keeps_documents_together():
+    from training.synth.plan import MAX_MULTI_WORDS, Planner
+    from training.synth.text_corpus import Corpus
+    from training.synth.voices import Voice
+
+    sentences = tuple(f"Sentence {chr(65 + n % 26)} of document number {n // 10} is here." for n in range(60))
+    sources = tuple(f"fortune:doc{n // 10}" if n < 30 else "template" for n in range(60))
+    voices = {"espeak": [Voice("espeak", f"en-us+m{n}") for n in range(1, 4)], "flite": [Voice("flite", "slt")]}
+    planner, again = Planner(Corpus(sentences, sources), voices, seed=5), Planner(Corpus(sentences, sources), voices, seed=5)
+    plans = [planner.plan(i) for i in range(200)]
+    assert plans == [again.plan(i) for i in range(200)]
+    assert plans != [Planner(Corpus(sentences, sources), voices, seed=6).plan(i) for i in range(200)]
+    assert {p.voice.family for p in plans} == {"espeak", "flite"}
+    multi = [p for p in plans if p.text.count(".") > 1]
+    assert multi, "some utterances should read several sentences"
+    for plan in multi:
+        positions = [n for n, sentence in enumerate(sentences) if sentence in plan.text]
+        assert positions == list(range(positions[0], positions[0] + len(positions)))
+        assert len({sources[n] for n in positions}) == 1
+        assert len(plan.text.split()) <= MAX_MULTI_WORDS

@@ -52,7 +52,7 @@ def render(job: tuple[Path, int, UtterancePlan]) -> ManifestRow | None:
     out, seed, plan = job
     try:
         samples = synthesize(plan.text, plan.voice, plan.style)
-    except (SynthesisError, OSError, ValueError) as error:
+    except (SynthesisError, RuntimeError, OSError, ValueError) as error:  # RuntimeError: libsndfile
         log.warning("utterance %d skipped: %s", plan.index, error)
         return None
     duration = len(samples) / SAMPLE_RATE

