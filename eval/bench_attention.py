@@ -66,11 +66,19 @@ def apply_overrides(overrides: list[str]) -> None:
         log.info("override %s = %s", name, value)
 
 
-SWEEP = [[], ["decode.TOKENS_PER_TILE=32"], ["decode.TOKENS_PER_TILE=128"], ["decode.PROGRAMS_PER_SM=1"],
-         ["decode.PROGRAMS_PER_SM=4"], ["decode.DECODE_WARPS=8"], ["decode.DECODE_STAGES=3"],
-         ["decode.DECODE_STAGES=1"], ["scoring.PAGES_PER_PROGRAM=32"], ["scoring.PAGES_PER_PROGRAM=128"],
-         ["selection.SCORES_PER_THREAD=16"], ["selection.SCORES_PER_THREAD=4"], ["selection.SEARCH_WAYS=16"],
-         ["selection.SEARCH_WAYS=4"], ["selection.MAX_SELECT_WARPS=32"]]
+SWEEP = [[], ["decode.TOKENS_PER_TILE=128", "decode.DECODE_WARPS=8"], ["decode.TOKENS_PER_TILE=32"],
+         ["decode.PROGRAMS_PER_SM=1"], ["decode.PROGRAMS_PER_SM=4"], ["decode.DECODE_WARPS=8"],
+         ["decode.DECODE_STAGES=3"], ["scoring.PAGES_PER_TILE=32"], ["scoring.PAGES_PER_TILE=128"],
+         ["scoring.SCORE_PROGRAMS_PER_SM=1"], ["scoring.SCORE_PROGRAMS_PER_SM=4"], ["scoring.SCORE_STAGES=2"],
+         ["scoring.SCORE_STAGES=4"], ["scoring.SCORE_WARPS=4"], ["selection.SCORES_PER_THREAD=16"],
+         ["selection.SCORES_PER_THREAD=4"], ["selection.SEARCH_WAYS=16"], ["selection.SEARCH_WAYS=4"],
+         ["selection.RANKED_SCORES=64"], ["selection.RANKED_SCORES=256"]]
+
+
+def graph_floor_us(args) -> float:
+    """Replay time of a graph holding one tiny kernel: the timing floor of any graph here."""
+    x = torch.zeros(32, device="cuda")
+    return bench_graph(lambda: x.add_(1), args.warmup_ms, args.rep_ms)
 
 
 def sweep(args) -> list[dict]:
@@ -79,7 +87,9 @@ def sweep(args) -> list[dict]:
 
     from asr.attention.kernels.decode import paged_decode_triton
     from asr.attention.kernels.scoring import score_pages_triton
+    from asr.attention.kernels.selection import select_pages_triton
 
+    print({"graph_floor_us": round(graph_floor_us(args), 2)}, flush=True)
     context, batch, budget = args.contexts[0], args.batches[0], args.budgets[0]
     hq, hkv, d = args.q_heads, args.kv_heads, args.head_dim
     q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
@@ -88,7 +98,10 @@ def sweep(args) -> list[dict]:
         k_cache, v_cache, key_stats, page_table, seq_lens = make_paged_cache(batch, context, hkv, d, page_size)
         config = UniqueConfig(page_size=page_size, budget_tokens=budget)
         chosen = score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)[1]
+        scores = score_pages_triton(q, key_stats, page_table, seq_lens, config)
         fns = {
+            "score": lambda: score_pages_triton(q, key_stats, page_table, seq_lens, config),
+            "topk": lambda: select_pages_triton(scores, seq_lens, page_size, config.num_select, 1, 2),
             "dense_paged": lambda: paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, 0.1),
             "unique_select": lambda: score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True),
             "unique_attend": lambda: paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, 0.1, chosen),
@@ -198,6 +211,7 @@ def run(args) -> tuple[list[dict], dict]:
 
     apply_overrides(args.set)
     bandwidth = copy_bandwidth()
+    graph_floor = graph_floor_us(args)
     device = torch.cuda.get_device_name()
     log.info("%s, copy bandwidth %.2f TB/s", device, bandwidth / 1e12)
     hq, hkv, d = args.q_heads, args.kv_heads, args.head_dim
@@ -292,7 +306,7 @@ def run(args) -> tuple[list[dict], dict]:
                 torch.cuda.empty_cache()
     meta = dict(device=device, copy_bandwidth_tbs=round(bandwidth / 1e12, 3), torch=torch.__version__,
                 python=platform.python_version(), command=" ".join(sys.argv), q_heads=hq, kv_heads=hkv, head_dim=d,
-                dtype="bfloat16", overrides=args.set)
+                dtype="bfloat16", overrides=args.set, graph_floor_us=round(graph_floor, 2))
     try:
         import triton
 

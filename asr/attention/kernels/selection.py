@@ -1,10 +1,10 @@
 """Top-k page selection with sink and local pages forced in; reference:
 ``asr.attention.selection.select_pages_reference``.
 
-One program per (sequence, kv head) holds its row of page scores in registers and finds the
-k-th largest score by an 8-way search over order-preserving integer keys (each step one
-reduction, three bits of key; it stops as soon as exactly k candidates lie above the bound).
-Chosen pages are written in ascending order through a prefix sum, -1 padded. Ties at the bound
+One program per (sequence, kv head) holds its row of page scores in registers and brackets the
+k-th largest score by a few 8-way searches (each one reduction over the row), then ranks the
+few scores left in the bracket exactly (see ``_select_row``). Chosen pages are written in
+ascending order through a prefix sum, -1 padded. Ties at the bound
 go to the lower page index. ``_select_row`` is shared with the fused score+select kernel.
 """
 
@@ -20,6 +20,7 @@ MAX_PAGES = 16384  # a row of scores lives in registers; longer rows use the ref
 SEARCH_WAYS = 8  # thresholds tested per search step
 SCORES_PER_THREAD = 8  # sets the warps of a selection program (8: no spills on sm_90 up to 4096 pages)
 MAX_SELECT_WARPS = 16
+RANKED_SCORES = 128  # scores left near the k-th are ranked exactly against each other
 
 
 @triton.jit
@@ -30,9 +31,22 @@ def _ordered_key(x):
 
 
 @triton.jit
-def _select_row(scores_row_ptr, chosen_row_ptr, num_pages, max_pages, num_select,
-                SINK: tl.constexpr, LOCAL: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WAYS: tl.constexpr):
+def _key_value(key):
+    """Inverse of ``_ordered_key`` (int64 key in int32 range -> fp32)."""
+    key = key.to(tl.int32)
+    return tl.where(key < 0, key ^ 0x7FFFFFFF, key).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _select_row(scores_row_ptr, chosen_row_ptr, scratch_row_ptr, num_pages, max_pages, num_select,
+                SINK: tl.constexpr, LOCAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                WAYS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Top ``num_select`` of one row. Keys are order-preserving ints; the bound [lo, hi) always
+    holds the k-th largest candidate: count(key >= lo) = count_lo >= need > count(key >= hi) =
+    count_hi. (1) WAYS-way search, thresholds spaced by value (keys when values cannot split),
+    until at most BLOCK_C candidates lie in [lo, hi); (2) those are compacted through
+    ``scratch_row_ptr`` and ranked exactly against each other ([BLOCK_C, BLOCK_C] compares);
+    (3) a prefix sum writes the chosen pages in ascending order."""
     o_n = tl.arange(0, BLOCK_N)
     m_valid = o_n < num_pages
     b_score = tl.load(scores_row_ptr + o_n, mask=m_valid & (o_n < max_pages), other=float("-inf"),
@@ -42,21 +56,38 @@ def _select_row(scores_row_ptr, chosen_row_ptr, num_pages, max_pages, num_select
     b_key = _ordered_key(b_score)
     need = num_select - tl.sum(m_forced.to(tl.int32), 0)  # candidates to take
     count_lo = tl.sum(m_cand.to(tl.int32), 0)
-    # invariant: count(key >= lo) == count_lo >= need, count(key >= hi) < need
+    count_hi = count_lo * 0
     lo = tl.min(tl.where(m_cand, b_key, 2**31 - 1), 0).to(tl.int64)
     hi = tl.max(tl.where(m_cand, b_key, -(2**31)), 0).to(tl.int64) + 1
     if count_lo <= need:  # every candidate fits the budget
         lo = hi - 2**40
         need = count_lo
     o_w = tl.arange(0, WAYS)
-    while (count_lo != need) & (hi - lo > 1):
-        b_t = lo + ((hi - lo) * (o_w + 1).to(tl.int64)) // (WAYS + 1)  # in [lo, hi): fits int32
+    while (count_lo > need) & (count_lo - count_hi > BLOCK_C) & (hi - lo > 1):
+        lo_value = _key_value(lo)
+        step = (_key_value(hi - 1) - lo_value) / (WAYS + 1)
+        b_t = _ordered_key(lo_value + step * (o_w + 1).to(tl.float32)).to(tl.int64)
+        b_t_linear = lo + ((hi - lo) * (o_w + 1).to(tl.int64)) // (WAYS + 1)
+        b_t = tl.where((b_t > lo) & (b_t < hi), b_t, b_t_linear)  # in [lo, hi): fits int32
         b_count = tl.sum(((b_key[:, None] >= b_t.to(tl.int32)[None, :]) & m_cand[:, None]).to(tl.int32), 0)
         m_ge = b_count >= need
         new_lo = tl.max(tl.where(m_ge, b_t, lo), 0)
         count_lo = tl.min(tl.where(m_ge, b_count, count_lo), 0)
         hi = tl.min(tl.where(m_ge, hi, b_t), 0)
+        count_hi = tl.max(tl.where(m_ge, count_hi, b_count), 0)
         lo = new_lo
+    if (count_lo > need) & (count_lo - count_hi <= BLOCK_C):
+        m_in = m_cand & (b_key >= lo) & (b_key < hi)
+        tl.store(scratch_row_ptr + tl.cumsum(m_in.to(tl.int32), 0) - 1, b_key, mask=m_in)
+        tl.debug_barrier()
+        o_c = tl.arange(0, BLOCK_C)
+        m_c = o_c < count_lo - count_hi
+        c_key = tl.load(scratch_row_ptr + o_c, mask=m_c, other=-(2**31))
+        before = (c_key[None, :] > c_key[:, None]) | ((c_key[None, :] == c_key[:, None]) & (o_c[None, :] < o_c[:, None]))
+        rank = tl.sum((before & m_c[None, :]).to(tl.int32), 1)  # 0 = largest, ties by page index
+        kth = tl.max(tl.where(m_c & (rank == need - count_hi - 1), c_key, -(2**31)), 0).to(tl.int64)
+        lo = kth
+        hi = kth + 1
     m_above = m_cand & (b_key >= hi)
     m_tie = m_cand & (b_key >= lo) & (b_key < hi)
     tie_rank = tl.cumsum(m_tie.to(tl.int32), 0)
@@ -69,15 +100,15 @@ def _select_row(scores_row_ptr, chosen_row_ptr, num_pages, max_pages, num_select
 
 
 @triton.jit
-def _select_pages_kernel(scores_ptr, seq_lens_ptr, chosen_ptr, max_pages, num_select,
+def _select_pages_kernel(scores_ptr, seq_lens_ptr, chosen_ptr, scratch_ptr, max_pages, num_select,
                          KV_HEADS: tl.constexpr, PAGE_SIZE: tl.constexpr,
                          SINK: tl.constexpr, LOCAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         WAYS: tl.constexpr):
+                         WAYS: tl.constexpr, BLOCK_C: tl.constexpr):
     i_bh = tl.program_id(0)
     seq_len = tl.load(seq_lens_ptr + i_bh // KV_HEADS)
     num_pages = (seq_len + PAGE_SIZE - 1) // PAGE_SIZE
-    _select_row(scores_ptr + i_bh * max_pages, chosen_ptr + i_bh * num_select, num_pages, max_pages,
-                num_select, SINK, LOCAL, BLOCK_N, BLOCK_K, WAYS)
+    _select_row(scores_ptr + i_bh * max_pages, chosen_ptr + i_bh * num_select, scratch_ptr + i_bh * BLOCK_C,
+                num_pages, max_pages, num_select, SINK, LOCAL, BLOCK_N, BLOCK_K, WAYS, BLOCK_C)
 
 
 def select_warps(block_n: int) -> int:
@@ -108,9 +139,10 @@ def select_pages_triton(scores: torch.Tensor, seq_lens: torch.Tensor, page_size:
         raise ValueError(f"out must be a contiguous int32 [{batch}, {kv_heads}, {num_select}] tensor")
     block_n = next_power_of_2(max(max_pages, 16))
     num_warps = select_warps(block_n)
+    scratch = torch.empty(batch * kv_heads * RANKED_SCORES, dtype=torch.int32, device=scores.device)
     _select_pages_kernel[(batch * kv_heads,)](
-        scores, seq_lens, chosen, max_pages, num_select, KV_HEADS=kv_heads, PAGE_SIZE=page_size,
+        scores, seq_lens, chosen, scratch, max_pages, num_select, KV_HEADS=kv_heads, PAGE_SIZE=page_size,
         SINK=sink_pages, LOCAL=local_pages, BLOCK_N=block_n, BLOCK_K=next_power_of_2(num_select),
-        WAYS=search_ways(block_n, num_warps), num_warps=num_warps,
+        WAYS=search_ways(block_n, num_warps), BLOCK_C=RANKED_SCORES, num_warps=num_warps,
     )
     return chosen
