@@ -4,7 +4,8 @@
 # calls only then). Everything lands in $STAGE (default /tmp/asr).
 #   gpu_stage.sh copy DIR      copy DIR's files into $STAGE; install any wheels among them into /tmp/site
 #   gpu_stage.sh llm SHA256    join $STAGE/gguf.part*, check the checksum, dequantise into $STAGE/llm
-#   gpu_stage.sh tts           unpack $STAGE/*.tar speech shards into $STAGE/tts
+#   gpu_stage.sh tts NAME GLOB unpack the speech shards $STAGE/GLOB into the dataset $STAGE/NAME
+#                              (one dataset per generated set: their shards share manifest names)
 set -euo pipefail
 STAGE=${STAGE:-/tmp/asr}
 mkdir -p "$STAGE"
@@ -23,8 +24,8 @@ gguf_to_hf_dir(Path('$STAGE/model.gguf'), Path('$STAGE/llm'))"
         ls -la "$STAGE/llm" ;;
     tts)
         PYTHONPATH=/tmp/site:. python3 -c "import glob; from pathlib import Path; \
-from training.synth.shards import unpack_shards; unpack_shards(sorted(map(Path, glob.glob('$STAGE/*.tar'))), Path('$STAGE/tts'))"
-        wc -l "$STAGE/tts/manifest.jsonl" ;;
+from training.synth.shards import unpack_shards; unpack_shards(sorted(map(Path, glob.glob('$STAGE/$3'))), Path('$STAGE/$2'))"
+        wc -l "$STAGE/$2/manifest.jsonl" ;;
     *)
-        echo "usage: gpu_stage.sh copy DIR | llm SHA256 | tts" >&2; exit 2 ;;
+        echo "usage: gpu_stage.sh copy DIR | llm SHA256 | tts NAME GLOB" >&2; exit 2 ;;
 esac
