@@ -63,7 +63,7 @@ class EngineConfig:
     extend_context: bool = False
     num_pages: int | None = None
     max_batch: int = 8
-    prefill_chunk: int = 2048
+    prefill_chunk: int = 8192
     cuda_graphs: bool = True
 
     def __post_init__(self) -> None:

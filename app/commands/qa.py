@@ -1,0 +1,45 @@
+"""``asr qa --doc FILE --question "..."``: answer a question about a long text document (answer streams)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "qa", help="answer a question about a text document",
+        description="Put a long text document into the LLM's context and stream the answer to a question.")
+    parser.add_argument("--doc", required=True, help="UTF-8 text file")
+    parser.add_argument("--question", required=True, help="the question to answer")
+    parser.add_argument("--attention", default="unique", choices=["unique", "dense", "quest"],
+                        help="decode attention: top-k pages (unique, quest) or every page (dense)")
+    parser.add_argument("--budget", type=int, default=1024, help="tokens each sparse decode step reads")
+    parser.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
+    parser.add_argument("--max-tokens", type=int, default=256, help="longest answer in tokens")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--model", help="Hugging Face directory or GGUF file (default: the embedded model)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from asr.attention import UniqueConfig
+    from asr.llm.config import EngineConfig, SamplingParams
+    from asr.llm.embedded import embedded_llm_dir
+    from asr.llm.engine import LLMEngine
+    from asr.llm.qa import answer, read_document
+
+    document = read_document(args.doc)  # fail fast, before loading the model
+    sparse = UniqueConfig(page_size=args.page_size, budget_tokens=args.budget)
+    config = EngineConfig(attention=args.attention, sparse=sparse, device=args.device, max_batch=1, cuda_graphs=False)
+    engine = LLMEngine.from_pretrained(args.model or embedded_llm_dir(), config)
+
+    def show(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    answer(engine, document, args.question, SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens),
+           on_text=show)
+    sys.stdout.write("\n")
+    return 0

@@ -1,0 +1,92 @@
+"""Question answering over a long text document: read it, place it in the chat template, stream the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from asr.errors import ContextLengthError, DocumentError
+from asr.llm.config import SamplingParams
+from asr.llm.engine import LLMEngine
+
+# Larger files are refused before reading: far beyond any supported context (~4 bytes per token).
+MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
+# A file whose first block holds a NUL byte is binary (the test `file` and git use).
+BINARY_PROBE_BYTES = 8192
+SYSTEM_PROMPT = "You answer questions about the document the user gives. Answer briefly, from the document only."
+
+
+def read_document(path: str | Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> str:
+    """The text of a UTF-8 document; DocumentError for missing, unreadable, binary, empty or oversized files."""
+    path = Path(path)
+    if not path.is_file():
+        raise DocumentError(f"document {path} does not exist (or is not a file); give the path of a text file")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise DocumentError(
+            f"document {path} is {size / 2**20:.1f} MiB, above the {max_bytes / 2**20:.0f} MiB limit; "
+            "give a shorter text (or the part that holds the answer)"
+        )
+    data = path.read_bytes()
+    if b"\x00" in data[:BINARY_PROBE_BYTES]:
+        raise DocumentError(f"document {path} is a binary file; convert it to plain text (UTF-8) first")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DocumentError(
+            f"document {path} is not UTF-8 text (byte {error.start}); convert it to UTF-8 plain text first"
+        ) from error
+    if not text.strip():
+        raise DocumentError(f"document {path} is empty; give a file with text in it")
+    return text
+
+
+def qa_prompt(engine: LLMEngine, document: str, question: str) -> list[int]:
+    """Token ids of the chat prompt holding the document and then the question."""
+    user = f"Document:\n\n{document.strip()}\n\nQuestion: {question.strip()}"
+    return engine.chat_prompt([{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}])
+
+
+class TextStream:
+    """Turns streamed token ids into text pieces (holding back incomplete UTF-8 characters)."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None]) -> None:
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.token_ids: list[int] = []
+        self.emitted = 0
+
+    def __call__(self, token_id: int) -> None:
+        self.token_ids.append(token_id)
+        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return
+        if len(text) > self.emitted:
+            self.on_text(text[self.emitted :])
+            self.emitted = len(text)
+
+
+def answer(
+    engine: LLMEngine,
+    document: str,
+    question: str,
+    params: SamplingParams = SamplingParams(max_tokens=256),
+    on_text: Callable[[str], None] | None = None,
+) -> str:
+    """Answer ``question`` about ``document``; ``on_text`` receives the answer as it is generated."""
+    prompt = qa_prompt(engine, document, question)
+    needed = len(prompt) + 1
+    if needed > engine.max_context:
+        raise ContextLengthError(
+            f"the document and question take {len(prompt)} tokens, above the model's context limit of "
+            f"{engine.max_context} tokens; shorten the document by about "
+            f"{len(prompt) + params.max_tokens - engine.max_context} tokens (keep the part that holds the "
+            "answer) or use a model with a longer context (--model)"
+        )
+    seq = engine.new_sequence()
+    try:
+        engine.append(seq, token_ids=prompt)
+        stream = TextStream(engine.tokenizer, on_text or (lambda _text: None))
+        tokens = engine.generate(seq, params, on_token=stream)
+    finally:
+        engine.free(seq)
+    return engine.tokenizer.decode(tokens, skip_special_tokens=True).strip()

