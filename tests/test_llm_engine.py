@@ -132,11 +132,29 @@ def test_batch_of_ragged_requests_equals_one_by_one(tmp_path):
     engine = engine_for(tmp_path, attention="unique", budget=16)
     prompts = [token_ids(n, seed=n) for n in (1, 9, 63, 30, 17)]  # 5 requests, max_batch 4: two waves
     params = [SamplingParams(max_tokens=n, ignore_eos=True) for n in (5, 9, 3, 7, 1)]
+    free_pages = engine.cache.allocator.num_free
     batched = engine.generate_batch(prompts, params)
     single = [engine.generate_batch([p], q)[0] for p, q in zip(prompts, params)]
     assert batched == single
     assert [len(out) for out in batched] == [5, 9, 3, 7, 1]
-    assert engine.cache.allocator.num_free == engine.cache.shape.num_pages  # every page returned
+    assert engine.cache.allocator.num_free == free_pages  # every page returned
+
+
+def test_switching_attention_keeps_the_context(tmp_path):
+    """Prefill once; dense, unique and quest answers from the same sequence, rolled back in between."""
+    save_tiny_model("llama", tmp_path)
+    engine = engine_for(tmp_path)
+    seq = engine.new_sequence()
+    engine.append(seq, token_ids=token_ids(70, seed=8))
+    length, logits = seq.num_tokens, seq.next_logits.clone()
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    outputs = {}
+    for attention in ("dense", "unique", "quest", "dense"):
+        engine.set_attention(attention, UniqueConfig(page_size=4, budget_tokens=128, sink_pages=1, local_pages=1))
+        outputs.setdefault(attention, []).append(engine.generate(seq, params))
+        engine.truncate(seq, length)
+        seq.next_logits = logits
+    assert outputs["dense"][0] == outputs["dense"][1] == outputs["unique"][0] == outputs["quest"][0]
 
 
 def test_stop_tokens_end_generation_and_are_not_returned(tmp_path):

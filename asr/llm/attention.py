@@ -5,8 +5,8 @@ The runner builds one ``StepContext`` per forward (host work, once per step); ev
 - Prefill: the new tokens of ONE sequence (possibly appended to a context already in the cache). Their
   K/V are written to the pages, then the sequence's whole K/V (cached + new) is gathered from the pages
   and attended with SDPA under a causal mask shifted by the cached length.
-- Decode: one new token per sequence. K/V are written with a graph-safe append (each token lands in a
-  distinct page, so no de-duplication is needed), then ``decode_attention`` (dense or top-k pages).
+- Decode: one new token per sequence: ``PagedKVCache.write`` (the append kernel on CUDA, capturable in a
+  graph), then ``decode_attention`` (dense or top-k pages).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from asr.attention import DecodeMetadata, PagedKVCache, UniqueConfig, decode_attention
-from asr.attention.append import page_key_stats
 
 
 @dataclass
@@ -37,27 +36,6 @@ class StepContext:
     start: int = 0
     decode: DecodeMetadata | None = None
     sparse: UniqueConfig | None = None
-
-
-def write_decode_kv(
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    key_stats: torch.Tensor,
-    new_k: torch.Tensor,
-    new_v: torch.Tensor,
-    slot_mapping: torch.Tensor,
-) -> None:
-    """Append one token per sequence and refresh its page's statistics, without host syncs.
-
-    k_cache, v_cache: [num_pages, kv_heads, page_size, head_dim]; key_stats: [num_pages, kv_heads,
-    NUM_STATS, head_dim]; new_k, new_v: [batch, kv_heads, head_dim]; slot_mapping: [batch] int64 with
-    distinct pages (one token of each sequence; padded rows point at a scratch page).
-    """
-    page_size = k_cache.shape[2]
-    pages, offsets = slot_mapping // page_size, slot_mapping % page_size
-    k_cache[pages, :, offsets] = new_k.to(k_cache.dtype)
-    v_cache[pages, :, offsets] = new_v.to(v_cache.dtype)
-    key_stats[pages] = page_key_stats(k_cache[pages], offsets + 1).to(key_stats.dtype)
 
 
 def gather_context(cache_layer: torch.Tensor, context_slots: torch.Tensor) -> torch.Tensor:
@@ -99,7 +77,7 @@ def paged_attention(
         keys = gather_context(cache.k[layer], ctx.context_slots)
         values = gather_context(cache.v[layer], ctx.context_slots)
         return prefill_attention(q, keys, values, ctx.start, scale)
-    write_decode_kv(cache.k[layer], cache.v[layer], cache.key_stats[layer], k, v, ctx.slot_mapping)
+    cache.write(layer, k, v, ctx.slot_mapping)
     return decode_attention(
         q, cache.k[layer], cache.v[layer], cache.key_stats[layer], ctx.decode, scale, ctx.sparse, layer
     )

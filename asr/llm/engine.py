@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from asr.attention import CacheShape, PagedKVCache
+from asr.attention import CacheShape, PagedKVCache, UniqueConfig
 from asr.errors import ContextLengthError
 from asr.llm.config import EngineConfig, ModelConfig, SamplingParams
 from asr.llm.loader import load_model
@@ -49,14 +49,28 @@ class LLMEngine:
         if not config.extend_context:
             self.max_context = min(self.max_context, self.model_config.max_context)
         page_size = config.sparse.page_size
-        sparse = None if config.attention == "dense" else replace(config.sparse, method=config.attention)
         num_pages = config.num_pages or config.max_batch * math.ceil(self.max_context / page_size) + 1
         mc = self.model_config
         shape = CacheShape(mc.num_layers, num_pages, page_size, mc.num_kv_heads, mc.head_dim)
         self.cache = PagedKVCache(shape, self.dtype, self.device)
-        self.runner = ModelRunner(
-            model, self.cache, sparse, self.max_context, config.max_batch, config.prefill_chunk, config.cuda_graphs
-        )
+        self._runners: dict[UniqueConfig | None, ModelRunner] = {}
+        self.set_attention(config.attention, config.sparse)
+
+    def set_attention(self, attention: str, sparse: UniqueConfig | None = None) -> None:
+        """Switch decode attention (``dense``, ``unique``, ``quest``) over the same cache and sequences;
+        ``sparse`` (budget, sink/local pages...) must keep the cache's page size. Runners (and their CUDA
+        graphs) are kept per setting, so switching back is free."""
+        sparse = sparse or self.config.sparse
+        if sparse.page_size != self.cache.page_size:
+            raise ValueError(f"page_size {sparse.page_size} differs from the cache's {self.cache.page_size}")
+        choice = None if attention == "dense" else replace(sparse, method=attention)
+        if choice not in self._runners:
+            config = self.config
+            self._runners[choice] = ModelRunner(
+                self.model, self.cache, choice, self.max_context, config.max_batch, config.prefill_chunk,
+                config.cuda_graphs,
+            )
+        self.runner = self._runners[choice]
 
     @classmethod
     def from_pretrained(cls, path: str | Path, config: EngineConfig = EngineConfig()) -> "LLMEngine":
@@ -75,10 +89,16 @@ class LLMEngine:
     def free(self, seq: Sequence) -> None:
         """Give a sequence's pages back."""
         self.cache.free_sequence(seq.seq_id)
+        self._invalidate_page_tables()
+
+    def _invalidate_page_tables(self) -> None:
+        for runner in self._runners.values():
+            runner.invalidate_page_table()
 
     def truncate(self, seq: Sequence, length: int) -> None:
         """Roll a sequence back to its first ``length`` positions (next_logits is cleared: append next)."""
         self.cache.truncate(seq.seq_id, length)
+        self._invalidate_page_tables()
         seq.num_tokens, seq.next_logits = length, None
         del seq.token_ids[length:]
 
@@ -160,10 +180,13 @@ class LLMEngine:
         active = [i for i, p in enumerate(params) if p.max_tokens > 0]
         while active:
             logits = torch.stack([seqs[i].next_logits for i in active])
-            temperatures = torch.tensor([params[i].temperature for i in active], device=self.device)
-            top_ps = torch.tensor([params[i].top_p for i in active], device=self.device)
             all_greedy = all(params[i].temperature == 0 for i in active)
-            tokens = sample(logits, temperatures, top_ps, all_greedy, generator).tolist()
+            if all_greedy:
+                tokens = logits.argmax(dim=-1).tolist()  # the step's one host sync
+            else:
+                temperatures = torch.tensor([params[i].temperature for i in active], device=self.device)
+                top_ps = torch.tensor([params[i].top_p for i in active], device=self.device)
+                tokens = sample(logits, temperatures, top_ps, False, generator).tolist()
             feed: list[int] = []
             for i, token in zip(active, tokens):
                 if token in stops[i]:

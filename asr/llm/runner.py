@@ -43,6 +43,13 @@ class ModelRunner:
         self.max_pages = math.ceil(max_context / self.page_size)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        # padded graph rows write to (and read) this one-token scratch sequence, never a live one
+        scratch = cache.add_sequence()
+        self.scratch_slot = int(cache.reserve([scratch], [1])[0])
+        self.scratch_page = cache.seq_pages[scratch][0]
+        self.page_table = torch.full((max_batch, self.max_pages), self.scratch_page, dtype=torch.int32, device=self.device)
+        self._table_seqs: list[int] = []
+        self._table_counts: list[int] = []
         if self.use_graphs:
             self._capture_graphs()
 
@@ -76,27 +83,52 @@ class ModelRunner:
         """Feed one token per sequence (``token_ids``: [batch] int64 on device); returns [batch, vocab]
         float32 logits for each sequence's next token."""
         batch = len(seq_ids)
-        positions = self.cache.lengths(seq_ids).long()
+        lengths = [self.cache.seq_lens[s] for s in seq_ids]
         slot_mapping = self.cache.reserve(seq_ids, [1] * batch)
+        page_table = self._update_page_table(seq_ids)
+        # one host-to-device copy for the per-step integers
+        step = torch.tensor([lengths, [n + 1 for n in lengths]], dtype=torch.int64).to(self.device, non_blocking=True)
+        positions, seq_lens = step[0], step[1].int()
         bucket = self._bucket(batch)
         if bucket is None:
-            table = self.cache.page_table(seq_ids)
-            ctx = self._decode_context(slot_mapping, table, self.cache.lengths(seq_ids))
+            width = max(math.ceil((n + 1) / self.page_size) for n in lengths)
+            ctx = self._decode_context(slot_mapping, page_table[:batch, :width], seq_lens)
             return self.model.logits(self.model(self.model.embed_tokens(token_ids), positions, ctx))
         static = self.static
         static["token_ids"][:batch] = token_ids
         static["positions"][:batch] = positions
         static["slot_mapping"][:batch] = slot_mapping
-        static["page_table"][:batch] = self.cache.page_table(seq_ids, width=self.max_pages)
-        static["seq_lens"][:batch] = self.cache.lengths(seq_ids)
+        static["seq_lens"][:batch] = seq_lens
         if batch < bucket:  # padded rows: the scratch page, never a live sequence's slots
             static["token_ids"][batch:bucket] = 0
             static["positions"][batch:bucket] = 0
             static["slot_mapping"][batch:bucket] = self.scratch_slot
-            static["page_table"][batch:bucket] = self.scratch_page
             static["seq_lens"][batch:bucket] = 1
         self.graphs[bucket].replay()
         return self.graph_logits[bucket][:batch].clone()
+
+    def _update_page_table(self, seq_ids: list[int]) -> torch.Tensor:
+        """The device page table [max_batch, max_pages] with rows for ``seq_ids`` (padded rows hold the
+        scratch page). Kept between steps: only pages allocated since the last step are copied."""
+        counts = [len(self.cache.seq_pages[s]) for s in seq_ids]
+        table = self.page_table
+        if list(seq_ids) != self._table_seqs:
+            table.fill_(self.scratch_page)
+            table[: len(seq_ids)] = self.cache.page_table(seq_ids, width=self.max_pages)
+        else:
+            rows, cols, pages = [], [], []
+            for row, (seq_id, count) in enumerate(zip(seq_ids, counts)):
+                for col in range(self._table_counts[row], count):
+                    rows.append(row), cols.append(col), pages.append(self.cache.seq_pages[seq_id][col])
+            if pages:
+                update = torch.tensor([rows, cols, pages], dtype=torch.int64).to(self.device)
+                table[update[0], update[1]] = update[2].int()
+        self._table_seqs, self._table_counts = list(seq_ids), counts
+        return table
+
+    def invalidate_page_table(self) -> None:
+        """Forget the kept page table (after a sequence was truncated or freed)."""
+        self._table_seqs = []
 
     def _decode_context(self, slot_mapping, page_table, seq_lens) -> StepContext:
         return StepContext(self.cache, slot_mapping, decode=DecodeMetadata(page_table, seq_lens), sparse=self.sparse)
@@ -123,16 +155,13 @@ class ModelRunner:
     @torch.inference_mode()
     def _capture_graphs(self) -> None:
         """Capture one decode graph per bucket (1, 2, 4, 8, ... max_batch), largest first, sharing a pool."""
-        cache, n = self.cache, self.max_batch
-        scratch = cache.add_sequence()  # padded rows write to (and read) this one-token sequence
-        self.scratch_slot = scratch_slot = cache.reserve([scratch], [1])[0].item()
-        self.scratch_page = scratch_page = cache.seq_pages[scratch][0]
+        n = self.max_batch
         self.graph_logits: dict[int, torch.Tensor] = {}
         self.static = {
             "token_ids": torch.zeros(n, dtype=torch.int64, device=self.device),
             "positions": torch.zeros(n, dtype=torch.int64, device=self.device),
-            "slot_mapping": torch.full((n,), scratch_slot, dtype=torch.int64, device=self.device),
-            "page_table": torch.full((n, self.max_pages), scratch_page, dtype=torch.int32, device=self.device),
+            "slot_mapping": torch.full((n,), self.scratch_slot, dtype=torch.int64, device=self.device),
+            "page_table": self.page_table,
             "seq_lens": torch.ones(n, dtype=torch.int32, device=self.device),
         }
         sizes = sorted({min(2**i, n) for i in range(int(math.log2(n)) + 2)} | {n}, reverse=True)

@@ -4,8 +4,7 @@
 Grid: (batch * kv_heads, splits). A program owns one kv head of one sequence and a contiguous
 run of page slots (logical pages when dense, entries of ``chosen_pages`` when sparse); it keeps
 every query head of the GQA group on the same K/V tiles (one ``tl.dot`` per tile) and writes an
-normalised partial (output, log2-sum-exp); the split that finishes its row last (a per-row
-atomic counter) merges the row's splits by log-sum-exp, so a decode is one launch.
+unnormalised partial (output, log2-sum-exp). A second kernel merges the splits by log-sum-exp.
 All sizes derive from tensor shapes, never from tensor values: no host sync, graph-capturable.
 """
 
@@ -25,8 +24,6 @@ from asr.attention.kernels.common import (
     check_last_dim_contiguous,
     interpreting,
     next_power_of_2,
-    num_sms,
-    zeroed_counters,
 )
 
 LOG2_E = 1.4426950408889634
@@ -40,11 +37,11 @@ DECODE_STAGES = 2  # software pipelining depth of the K/V loads
 @triton.jit
 def _paged_decode_split_kernel(
     q_ptr, k_ptr, v_ptr, page_table_ptr, seq_lens_ptr, chosen_ptr, o_part_ptr, lse_part_ptr,
-    out_ptr, lse_ptr, counter_ptr, scale_log2, slots_per_split, num_slots, stride_ob, stride_oh,
+    scale_log2, slots_per_split, num_slots,
     stride_qb, stride_qh, stride_kp, stride_kh, stride_kt, stride_vp, stride_vh, stride_vt,
     stride_tb, stride_cb, stride_ch,
     KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-    PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPARSE: tl.constexpr, BLOCK_S: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPARSE: tl.constexpr,
 ):
     i_bh = tl.program_id(0)
     i_s = tl.program_id(1)
@@ -99,25 +96,40 @@ def _paged_decode_split_kernel(
     p_o = o_part_ptr + (o_qh[:, None] * num_splits + i_s) * HEAD_DIM + o_d[None, :]
     tl.store(p_o, b_out, mask=m_g[:, None])
     tl.store(lse_part_ptr + o_qh * num_splits + i_s, b_lse, mask=m_g)
-    # the split that finishes a (sequence, kv head) last merges all its splits
-    done = tl.atomic_add(counter_ptr + i_bh, 1, sem="acq_rel")
-    if done == num_splits - 1:
-        o_s = tl.arange(0, BLOCK_S)
-        m_s = o_s < num_splits
-        for g in tl.static_range(GROUP):
-            i_qh = i_b * KV_HEADS * GROUP + i_h * GROUP + g
-            b_part_lse = tl.load(lse_part_ptr + i_qh * num_splits + o_s, mask=m_s, other=float("-inf"),
-                                 cache_modifier=".cg")
-            b_part = tl.load(o_part_ptr + (i_qh * num_splits + o_s)[:, None] * HEAD_DIM + o_d[None, :],
-                             mask=m_s[:, None], other=0.0, cache_modifier=".cg")
-            b_max = tl.max(b_part_lse, 0)
-            b_w = tl.where(m_s, tl.exp2(b_part_lse - b_max), 0.0)
-            b_sum = tl.sum(b_w, 0)
-            b_merged = tl.sum(b_part * b_w[:, None], 0) / b_sum
-            tl.store(out_ptr + i_b * stride_ob + (i_h * GROUP + g) * stride_oh + o_d,
-                     b_merged.to(out_ptr.dtype.element_ty))
-            tl.store(lse_ptr + i_qh, (b_max + tl.log2(b_sum)) * 0.6931471805599453)
-        tl.atomic_xchg(counter_ptr + i_bh, 0)
+
+
+@triton.jit
+def _combine_splits_kernel(
+    o_part_ptr, lse_part_ptr, out_ptr, lse_ptr, num_splits, stride_ob, stride_oh,
+    Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    i_bq = tl.program_id(0)
+    i_b = i_bq // Q_HEADS
+    i_q = i_bq % Q_HEADS
+    o_s = tl.arange(0, BLOCK_S)
+    m_s = o_s < num_splits
+    o_d = tl.arange(0, HEAD_DIM)
+    b_lse = tl.load(lse_part_ptr + i_bq * num_splits + o_s, mask=m_s, other=float("-inf"))
+    b_max = tl.max(b_lse, 0)
+    b_w = tl.exp2(b_lse - b_max)
+    b_w = tl.where(m_s, b_w, 0.0)
+    b_sum = tl.sum(b_w, 0)
+    b_o = tl.load(o_part_ptr + (i_bq * num_splits + o_s)[:, None] * HEAD_DIM + o_d[None, :], mask=m_s[:, None], other=0.0)
+    b_out = tl.sum(b_o * b_w[:, None], 0) / b_sum
+    tl.store(out_ptr + i_b * stride_ob + i_q * stride_oh + o_d, b_out.to(out_ptr.dtype.element_ty))
+    tl.store(lse_ptr + i_bq, (b_max + tl.log2(b_sum)) * 0.6931471805599453)
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNT[index]
 
 
 def plan_splits(rows: int, num_slots: int, pages_per_tile: int, num_sms: int) -> tuple[int, int]:
@@ -172,24 +184,27 @@ def paged_decode_triton(
     block_n = max(TOKENS_PER_TILE, page_size)
     pages_per_tile = block_n // page_size
     if num_splits is None:
-        splits, slots_per_split = plan_splits(batch * kv_heads, num_slots, pages_per_tile, num_sms(q.device))
+        splits, slots_per_split = plan_splits(batch * kv_heads, num_slots, pages_per_tile, _num_sms(q.device))
     else:
         slots_per_split = math.ceil(math.ceil(num_slots / num_splits) / pages_per_tile) * pages_per_tile
         splits = math.ceil(num_slots / slots_per_split)
     o_part = torch.empty(batch * q_heads * splits * head_dim, dtype=torch.float32, device=q.device)
     lse_part = torch.empty(batch * q_heads * splits, dtype=torch.float32, device=q.device)
+    _paged_decode_split_kernel[(batch * kv_heads, splits)](
+        q, k_cache, v_cache, page_table, seq_lens, chosen_arg, o_part, lse_part,
+        scale * LOG2_E, slots_per_split, num_slots,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), page_table.stride(0), stride_cb, stride_ch,
+        KV_HEADS=kv_heads, GROUP=group, BLOCK_G=max(MIN_DOT_ROWS, next_power_of_2(group)), HEAD_DIM=head_dim,
+        PAGE_SIZE=page_size, BLOCK_N=block_n, SPARSE=sparse,
+        num_warps=DECODE_WARPS, num_stages=1 if interpreting() else DECODE_STAGES,
+    )
     out = torch.empty_like(q) if out is None else out
     lse = torch.empty(batch, q_heads, dtype=torch.float32, device=q.device) if lse is None else lse
     if out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1 or not lse.is_contiguous():
         raise ValueError("out must be like q with unit last stride and lse a contiguous [batch, q_heads] tensor")
-    counters = zeroed_counters("paged_decode", q.device, batch * kv_heads)
-    _paged_decode_split_kernel[(batch * kv_heads, splits)](
-        q, k_cache, v_cache, page_table, seq_lens, chosen_arg, o_part, lse_part, out, lse, counters,
-        scale * LOG2_E, slots_per_split, num_slots, out.stride(0), out.stride(1),
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), page_table.stride(0), stride_cb, stride_ch,
-        KV_HEADS=kv_heads, GROUP=group, BLOCK_G=max(MIN_DOT_ROWS, next_power_of_2(group)), HEAD_DIM=head_dim,
-        PAGE_SIZE=page_size, BLOCK_N=block_n, SPARSE=sparse, BLOCK_S=max(2, next_power_of_2(splits)),
-        num_warps=DECODE_WARPS, num_stages=1 if interpreting() else DECODE_STAGES,
+    _combine_splits_kernel[(batch * q_heads,)](
+        o_part, lse_part, out, lse, splits, out.stride(0), out.stride(1),
+        Q_HEADS=q_heads, HEAD_DIM=head_dim, BLOCK_S=max(2, next_power_of_2(splits)), num_warps=4,
     )
     return out, lse
