@@ -23,6 +23,18 @@ class DecodeMetadata:
     seq_lens: torch.Tensor
 
 
+def fits_budget_on_host(metadata: DecodeMetadata, sparse: UniqueConfig) -> bool:
+    """True when every sequence fits the token budget, so top-k would choose every page anyway.
+
+    Checked only where lengths live on the host (CPU): there it saves scoring and a padded gather;
+    on CUDA it would be a device sync, so the graph-captured path always selects.
+    """
+    seq_lens = metadata.seq_lens
+    if seq_lens.is_cuda:
+        return False
+    return int(seq_lens.max()) <= sparse.num_select * sparse.page_size
+
+
 def decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -45,7 +57,7 @@ def decode_attention(
     graph per batch bucket (fixed batch and page-table width).
     """
     chosen = None
-    if sparse is not None and layer >= sparse.dense_layers:
+    if sparse is not None and layer >= sparse.dense_layers and not fits_budget_on_host(metadata, sparse):
         chosen = score_and_select_pages(q, key_stats, metadata.page_table, metadata.seq_lens, sparse)
     out, _ = paged_decode(q, k_cache, v_cache, metadata.page_table, metadata.seq_lens, scale, chosen)
     return out
