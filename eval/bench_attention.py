@@ -30,7 +30,7 @@ from asr.attention.config import UniqueConfig  # noqa: E402
 log = logging.getLogger("bench_attention")
 
 STAT_ROWS_READ = 2  # mean+std (unique) or min+max (quest) per page and kv head
-SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
+SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION")  # EFFICIENT_ATTENTION takes no GQA decode
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,7 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=32 * 131072, help="skip batch*context above this (memory)")
     p.add_argument("--warmup-ms", type=float, default=10.0)
     p.add_argument("--rep-ms", type=float, default=40.0)
-    p.add_argument("--parts", action="store_true", help="also time unfused variants (score, select, torch topk)")
+    p.add_argument("--parts", action="store_true",
+                   help="also time unfused variants (score, top-k kernel, torch topk) at the longest context, "
+                        "smallest batch")
     p.add_argument("--output", type=Path, default=Path("eval/results/bench_attention.json"))
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: JSON path with .png)")
     p.add_argument("--sweep", action="store_true",
@@ -176,6 +178,34 @@ def make_paged_cache(batch, context, kv_heads, head_dim, page_size, gen_seed=0):
     return k_cache, v_cache, key_stats, page_table, seq_lens
 
 
+def verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config, context, batch) -> dict:
+    """Check the timed kernels at this size: fused selection against the reference top-k of the
+    same scores (summed score of the chosen pages), and the sparse decode against its fp32
+    reference over the same pages."""
+    from asr.attention.decode import paged_decode_reference
+    from asr.attention.kernels.decode import paged_decode_triton
+    from asr.attention.kernels.scoring import score_pages_triton
+    from asr.attention.selection import select_pages_reference
+
+    scores, chosen = score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)
+    expected = select_pages_reference(scores, seq_lens, config)
+
+    def picked(pages):
+        return scores.gather(-1, pages.long().clamp(min=0)).masked_fill(pages < 0, 0).double()
+
+    gap = (picked(chosen).sum(-1) - picked(expected).sum(-1)).abs() / picked(expected).abs().sum(-1)
+    selection_gap = float(gap.max())
+    out, _ = paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen)
+    ref, _ = paged_decode_reference(q.float(), k_cache, v_cache, page_table, seq_lens, scale, chosen)
+    rel_rms = float((out.float() - ref).norm() / ref.norm())
+    check = dict(context=context, batch=batch, page_size=config.page_size, budget=config.budget_tokens,
+                 selection_rel_gap=selection_gap, decode_rel_rms=rel_rms,
+                 ok=bool(selection_gap < 1e-5 and rel_rms < 1e-2 and not torch.isnan(out).any()))
+    if not check["ok"]:
+        log.warning("CHECK FAILED %s", check)
+    return check
+
+
 def sdpa_time(q, k_dense, v_dense, scale, args) -> tuple[float, str]:
     """Best SDPA backend on contiguous [batch, kv_heads, context, d] K/V with GQA."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -218,6 +248,7 @@ def run(args) -> tuple[list[dict], dict]:
     scale = 1 / math.sqrt(d)
     elem = 2  # bf16
     rows: list[dict] = []
+    checks: list[dict] = []
 
     def add(context, batch, budget, page_size, method, time_us, sdpa_us, floor_bytes=None, **extra):
         row = dict(context=context, batch=batch, budget=budget, page_size=page_size, method=method,
@@ -276,7 +307,11 @@ def run(args) -> tuple[list[dict], dict]:
                             add(context, batch, budget, page_size, "unique_attend", t_attend, sdpa_us, pages_bytes)
                         add(context, batch, budget, page_size, f"{method}_total",
                             bench_graph(total, args.warmup_ms, args.rep_ms), sdpa_us, stats_bytes + pages_bytes)
-                        if not args.parts or method != "unique":
+                        if method == "unique":
+                            checks.append(verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config,
+                                                 context, batch))
+                        if not (args.parts and method == "unique" and context == max(args.contexts)
+                                and batch == min(args.batches)):
                             continue
                         scores = score_pages_triton(q, key_stats, page_table, seq_lens, config)
 
@@ -304,9 +339,11 @@ def run(args) -> tuple[list[dict], dict]:
                                 sdpa_us, floor)
                 del k_cache, v_cache, key_stats, page_table, seq_lens
                 torch.cuda.empty_cache()
+                args.output.parent.mkdir(parents=True, exist_ok=True)
+                args.output.write_text(json.dumps(rows, indent=1))  # partial results survive a time limit
     meta = dict(device=device, copy_bandwidth_tbs=round(bandwidth / 1e12, 3), torch=torch.__version__,
                 python=platform.python_version(), command=" ".join(sys.argv), q_heads=hq, kv_heads=hkv, head_dim=d,
-                dtype="bfloat16", overrides=args.set, graph_floor_us=round(graph_floor, 2))
+                dtype="bfloat16", overrides=args.set, graph_floor_us=round(graph_floor, 2), checks=checks)
     try:
         import triton
 
@@ -351,11 +388,13 @@ def main(argv=None) -> None:
     for row in rows:
         row.update(device=meta["device"], copy_bandwidth_tbs=meta["copy_bandwidth_tbs"])
     args.output.write_text(json.dumps(rows, indent=1))
-    log.info("meta: %s", json.dumps(meta))
+    args.output.with_suffix(".meta.json").write_text(json.dumps(meta, indent=1))
     print(f"\n{meta['device']}, copy bandwidth {meta['copy_bandwidth_tbs']} TB/s; times in us per layer "
           f"(bf16, Hq={meta['q_heads']}, Hkv={meta['kv_heads']}, d={meta['head_dim']}); floor = stats + chosen pages "
           f"at copy bandwidth, share = floor / unique total")
     print(table(rows))
+    bad = [c for c in meta["checks"] if not c["ok"]]
+    print(f"checks: {len(meta['checks']) - len(bad)}/{len(meta['checks'])} ok; graph floor {meta['graph_floor_us']} us")
     try:
         from eval.plot_bench_attention import plot
 

@@ -4,7 +4,9 @@
 Grid: (batch * kv_heads, splits). A program owns one kv head of one sequence and a contiguous
 run of page slots (logical pages when dense, entries of ``chosen_pages`` when sparse); it keeps
 every query head of the GQA group on the same K/V tiles (one ``tl.dot`` per tile) and writes an
-unnormalised partial (output, log2-sum-exp). A second kernel merges the splits by log-sum-exp.
+normalised partial (output, log2-sum-exp). A second kernel merges the splits by log-sum-exp
+(merging inside the last split through an atomic counter measured slower on the H100: 20.5 us
+against 14.5 us for the sparse attend at 128k, B=1, budget 2048).
 All sizes derive from tensor shapes, never from tensor values: no host sync, graph-capturable.
 """
 
@@ -24,6 +26,7 @@ from asr.attention.kernels.common import (
     check_last_dim_contiguous,
     interpreting,
     next_power_of_2,
+    num_sms,
 )
 
 LOG2_E = 1.4426950408889634
@@ -120,18 +123,6 @@ def _combine_splits_kernel(
     tl.store(lse_ptr + i_bq, (b_max + tl.log2(b_sum)) * 0.6931471805599453)
 
 
-_SM_COUNT: dict[int, int] = {}
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNT[index]
-
-
 def plan_splits(rows: int, num_slots: int, pages_per_tile: int, num_sms: int) -> tuple[int, int]:
     """(splits, slots_per_split) so that rows * splits covers the SMs ~PROGRAMS_PER_SM times,
     each split a whole number of tiles. Depends on shapes only (graph-safe)."""
@@ -184,7 +175,7 @@ def paged_decode_triton(
     block_n = max(TOKENS_PER_TILE, page_size)
     pages_per_tile = block_n // page_size
     if num_splits is None:
-        splits, slots_per_split = plan_splits(batch * kv_heads, num_slots, pages_per_tile, _num_sms(q.device))
+        splits, slots_per_split = plan_splits(batch * kv_heads, num_slots, pages_per_tile, num_sms(q.device))
     else:
         slots_per_split = math.ceil(math.ceil(num_slots / num_splits) / pages_per_tile) * pages_per_tile
         splits = math.ceil(num_slots / slots_per_split)

@@ -35,7 +35,7 @@ from asr.attention.kernels.common import (
 from asr.attention.kernels.selection import MAX_PAGES, RANKED_SCORES, _select_row, search_ways, select_warps
 
 METHOD_GAUSS, METHOD_L1, METHOD_QUEST, METHOD_MEAN = 0, 1, 2, 3
-PAGES_PER_TILE = 64  # pages scored per loop step
+PAGES_PER_TILE = 128  # pages scored per loop step
 SCORE_PROGRAMS_PER_SM = 2  # programs per row are chosen so the grid covers the SMs this many times
 SCORE_WARPS = 8  # warps of an unfused scoring program
 SCORE_STAGES = 3  # software pipelining depth of the tile loop
