@@ -1,4 +1,5 @@
-"""AudioEncoder on the embedded Whisper base: frame counts, truncation, batching, no gradients."""
+"""AudioEncoder on the embedded Whisper base: frame counts, truncation, batching, no gradients; the
+CTranslate2 backend against the torch one."""
 
 import json
 from pathlib import Path
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from asr.errors import AudioError
+from asr.errors import AudioError, ModelLoadError
 from asr.speech.encoder import CHUNK_SAMPLES, AudioEncoder, num_frames
 from tests.tolerances import assert_close
 
@@ -24,7 +25,7 @@ def test_num_frames_is_ceil_of_50_per_second(samples, frames):
 
 @pytest.fixture(scope="module")
 def encoder():
-    return AudioEncoder.load(None, device="cpu")
+    return AudioEncoder.load(None, device="cpu", backend="torch")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_frames_are_the_whisper_encoder_output_truncated(encoder, chunks, padded
     padded_audio = np.stack([np.pad(chunk, (0, CHUNK_SAMPLES - len(chunk))) for chunk in chunks])
     features = torch.from_numpy(extractor._np_extract_fbank_features(padded_audio, "cpu")).float()
     with torch.no_grad():
-        full = encoder.encoder(features).last_hidden_state
+        full = encoder.backend(features)
     assert full.shape == (2, 1500, 512)
     for index, length in enumerate(lengths.tolist()):
         assert_close(frames[index, :length], full[index, :length], dtype=torch.float16)  # log-mel paths differ ~1e-6
@@ -73,7 +74,7 @@ def test_frames_are_the_whisper_encoder_output_truncated(encoder, chunks, padded
 @pytest.mark.slow
 def test_frames_carry_no_graph_but_feed_a_trainable_layer(encoder, padded):
     frames = padded[0]
-    assert not frames.requires_grad and not any(p.requires_grad for p in encoder.encoder.parameters())
+    assert not frames.requires_grad and not any(p.requires_grad for p in encoder.backend.module.parameters())
     layer = torch.nn.Linear(encoder.dim, 4)
     layer(frames).square().mean().backward()
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
@@ -87,3 +88,38 @@ def test_frames_carry_no_graph_but_feed_a_trainable_layer(encoder, padded):
 def test_bad_chunks_raise(encoder, chunk):
     with pytest.raises(AudioError, match="split long audio first"):
         encoder.encode([np.zeros(1600, np.float32), chunk])
+
+
+@pytest.fixture(scope="module")
+def ct2_encoder():
+    pytest.importorskip("ctranslate2")
+    return AudioEncoder.load(None, device="cpu")
+
+
+def test_auto_backend_is_ctranslate2_on_the_cpu_and_torch_when_asked(ct2_encoder, encoder):
+    assert ct2_encoder.backend.name == "ctranslate2" and encoder.backend.name == "torch"
+    assert ct2_encoder.dim == encoder.dim == 512
+
+
+def test_ctranslate2_backend_refuses_a_hugging_face_directory(tmp_path):
+    pytest.importorskip("ctranslate2")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="backend='torch'"):
+        AudioEncoder.load(tmp_path, device="cpu", backend="ctranslate2")
+
+
+@pytest.mark.slow
+def test_ctranslate2_frames_match_the_torch_backend(ct2_encoder, chunks, padded):
+    """The projector is trained on torch-backend frames: CT2's fp32 encoder must give the same ones."""
+    frames, lengths = ct2_encoder.encode_padded(chunks, batch_size=2)
+    expected, expected_lengths = padded
+    assert frames.dtype == torch.float32 and frames.device.type == "cpu"
+    assert torch.equal(lengths, expected_lengths) and frames.shape == expected.shape
+    assert torch.all(frames[1, 51:] == 0)
+    for index, length in enumerate(lengths.tolist()):
+        actual, reference = frames[index, :length].double(), expected[index, :length].double()
+        rel_rms = (actual - reference).norm() / reference.norm()
+        assert rel_rms < 1e-4, f"chunk {index}: relative RMS {rel_rms:.2e}"
+        assert_close(actual, reference, dtype=torch.float16)
+    listed = ct2_encoder.encode(chunks[:1])
+    assert listed[0].shape == (142, 512) and not listed[0].requires_grad

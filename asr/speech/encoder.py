@@ -2,6 +2,12 @@
 
 Whisper's encoder always sees 30 s (3000 log-mel frames, zero-padded) and gives 1500 frames, one per
 20 ms (50 per second). Each chunk keeps the ceil(seconds * 50) frames that cover its real audio.
+
+Two backends run the same weights on the same log-mel features (Hugging Face's feature extractor):
+``TorchEncoder`` (the Hugging Face ``WhisperEncoder``; CUDA, training, and the fallback) and
+``Ct2Encoder`` (CTranslate2's fp32 encoder, about 2.5x faster on the CPU, features equal to ~1e-6
+relative, so a projector trained on the torch backend reads them unchanged). ``AudioEncoder.load``
+picks CTranslate2 on the CPU when it imports and the weights are a CTranslate2 model (the embedded one).
 """
 
 from __future__ import annotations
@@ -9,11 +15,12 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 
-from asr.errors import AudioError
+from asr.errors import AudioError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -30,46 +37,129 @@ def num_frames(num_samples: int) -> int:
     return math.ceil(num_samples / SAMPLES_PER_FRAME)
 
 
+Backend = Literal["auto", "torch", "ctranslate2"]
+
+
+class EncoderBackend(Protocol):
+    """Runs the Whisper encoder: log-mel [batch, mels, 3000] float32 -> [batch, 1500, dim]."""
+
+    name: str
+    dim: int
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchEncoder:
+    """Hugging Face ``WhisperEncoder`` (frozen, eval mode) on ``device`` in ``dtype``; returns the
+    hidden states there, in ``dtype``."""
+
+    name = "torch"
+
+    def __init__(self, module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+        self.module = module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.device, self.dtype = device, dtype
+        self.dim: int = module.config.d_model
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return self.module(features.to(device=self.device, dtype=self.dtype)).last_hidden_state
+
+
+class Ct2Encoder:
+    """CTranslate2's Whisper encoder on the CPU in float32 (weights widened from their stored fp16 once,
+    as the torch backend does); returns float32 CPU tensors."""
+
+    name = "ctranslate2"
+
+    def __init__(self, ct2_dir: Path, threads: int) -> None:
+        import ctranslate2
+
+        from asr.speech.ct2_reader import read_ct2
+
+        self.model = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type="float32",
+                                                intra_threads=threads)
+        self.dim: int = read_ct2(ct2_dir / "model.bin").variables["encoder/layer_norm/gamma"].shape[0]
+        self.num_mels: int = self.model.n_mels
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        import ctranslate2
+
+        storage = ctranslate2.StorageView.from_array(features.cpu().float().contiguous().numpy())
+        return torch.from_numpy(np.array(self.model.encode(storage)))
+
+
+def _ct2_dir(model_dir: str | Path | None) -> Path | None:
+    """The CTranslate2 directory holding ``model_dir``'s weights (None: the embedded base), or None
+    when it is a Hugging Face directory."""
+    from asr.speech.whisper_weights import faster_whisper_dir
+
+    if model_dir is None:
+        return faster_whisper_dir()
+    return Path(model_dir) if (Path(model_dir) / "model.bin").is_file() else None
+
+
+def _ct2_importable() -> bool:
+    try:
+        import ctranslate2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class AudioEncoder:
-    """Whisper encoder (no gradients, eval mode) with its log-mel front end.
+    """Whisper encoder (no gradients) with its log-mel front end, on a backend (``TorchEncoder`` or
+    ``Ct2Encoder``).
 
     On CUDA it computes in ``dtype`` (fp16/bf16); on the CPU always in float32 (half-precision
-    matmuls there are slow). Outputs come from ``torch.no_grad`` (not inference mode), so a trainable
-    projector can take them as inputs.
+    matmuls there are slow). Outputs carry no graph (``torch.no_grad``, not inference mode), so a
+    trainable projector can take them as inputs.
     """
 
-    def __init__(self, encoder: torch.nn.Module, feature_extractor, device: torch.device, dtype: torch.dtype) -> None:
-        self.encoder = encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    def __init__(self, backend: EncoderBackend, feature_extractor, device: torch.device, dtype: torch.dtype) -> None:
+        self.backend = backend
         self.feature_extractor = feature_extractor
         self.device, self.dtype = device, dtype
-        self.dim: int = encoder.config.d_model
+        self.dim: int = backend.dim
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, device: str | torch.device = "cpu",
-             dtype: torch.dtype = torch.float16) -> "AudioEncoder":
-        """Encoder of a Whisper directory (Hugging Face or CTranslate2; None: the embedded base)."""
-        from transformers import WhisperFeatureExtractor
+             dtype: torch.dtype = torch.float16, backend: Backend = "auto") -> "AudioEncoder":
+        """Encoder of a Whisper directory (Hugging Face or CTranslate2; None: the embedded base).
 
-        from asr.speech.whisper_weights import load_whisper
+        backend: "auto" takes CTranslate2 on the CPU when ``ctranslate2`` imports and the weights are a
+        CTranslate2 directory (the embedded base is one), else torch; "ctranslate2" insists (CPU only);
+        "torch" is the Hugging Face encoder.
+        """
+        from transformers import WhisperFeatureExtractor
 
         device = torch.device(device)
         dtype = dtype if device.type == "cuda" else torch.float32
-        whisper = load_whisper(model_dir, dtype=dtype)
-        extractor = WhisperFeatureExtractor(feature_size=whisper.config.num_mel_bins)
-        return cls(whisper.get_encoder(), extractor, device, dtype)
+        ct2_dir = _ct2_dir(model_dir) if device.type == "cpu" and backend != "torch" else None
+        if backend == "ctranslate2" and (ct2_dir is None or not _ct2_importable()):
+            raise ModelLoadError(f"the CTranslate2 encoder needs the CPU, the ctranslate2 package "
+                                 f"(`pip install ctranslate2`) and a CTranslate2 Whisper directory; got device "
+                                 f"{device} and {model_dir}: use backend='torch' or 'auto'")
+        if ct2_dir is not None and _ct2_importable():
+            encoder: EncoderBackend = Ct2Encoder(ct2_dir, threads=torch.get_num_threads())
+            num_mels = encoder.num_mels
+        else:
+            from asr.speech.whisper_weights import load_whisper
+
+            whisper = load_whisper(model_dir, dtype=dtype)
+            encoder, num_mels = TorchEncoder(whisper.get_encoder(), device, dtype), whisper.config.num_mel_bins
+        log.info("audio encoder: %s backend on %s", encoder.name, device)
+        return cls(encoder, WhisperFeatureExtractor(feature_size=num_mels), device, dtype)
 
     def log_mel(self, chunks: list[np.ndarray]) -> torch.Tensor:
-        """chunks: float32 16 kHz [samples <= 480000] each -> [batch, mels, 3000] on the device, ``dtype``."""
+        """chunks: float32 16 kHz [samples <= 480000] each -> [batch, mels, 3000] float32 on the device."""
         for index, chunk in enumerate(chunks):
             if chunk.ndim != 1 or not 0 < len(chunk) <= CHUNK_SAMPLES:
                 raise AudioError(f"chunk {index} has shape {chunk.shape}; the encoder takes mono chunks of "
                                  f"1 to {CHUNK_SAMPLES} samples (<= {CHUNK_SECONDS} s at {SAMPLE_RATE} Hz): split "
                                  "long audio first")
-        features = self.feature_extractor(
+        return self.feature_extractor(
             [np.asarray(chunk, dtype=np.float32) for chunk in chunks], sampling_rate=SAMPLE_RATE,
             return_tensors="pt", device=str(self.device),
-        ).input_features
-        return features.to(device=self.device, dtype=self.dtype)
+        ).input_features.to(device=self.device, dtype=torch.float32)
 
     @torch.no_grad()
     def encode_padded(self, chunks: list[np.ndarray], batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +170,7 @@ class AudioEncoder:
         frames = torch.zeros(len(chunks), width, self.dim, device=self.device, dtype=self.dtype)
         for start in range(0, len(chunks), batch_size):
             batch = chunks[start : start + batch_size]
-            hidden = self.encoder(self.log_mel(batch)).last_hidden_state  # [batch, 1500, dim]
+            hidden = self.backend(self.log_mel(batch))  # [batch, 1500, dim]
             for offset, length in enumerate(lengths[start : start + batch_size].tolist()):
                 frames[start + offset, :length] = hidden[offset, :length]
         return frames, lengths.to(self.device)
