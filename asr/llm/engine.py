@@ -49,10 +49,13 @@ class LLMEngine:
         if not config.extend_context:
             self.max_context = min(self.max_context, self.model_config.max_context)
         page_size = config.sparse.page_size
+        # max_batch full sequences plus the scratch page
         num_pages = config.num_pages or config.max_batch * math.ceil(self.max_context / page_size) + 1
         mc = self.model_config
         shape = CacheShape(mc.num_layers, num_pages, page_size, mc.num_kv_heads, mc.head_dim)
         self.cache = PagedKVCache(shape, self.dtype, self.device)
+        self._scratch_seq = self.cache.add_sequence()  # padded CUDA-graph rows write here
+        self.cache.reserve([self._scratch_seq], [1])
         self._runners: dict[UniqueConfig | None, ModelRunner] = {}
         self.set_attention(config.attention, config.sparse)
 
@@ -68,7 +71,7 @@ class LLMEngine:
             config = self.config
             self._runners[choice] = ModelRunner(
                 self.model, self.cache, choice, self.max_context, config.max_batch, config.prefill_chunk,
-                config.cuda_graphs,
+                config.cuda_graphs, self._scratch_seq,
             )
         self.runner = self._runners[choice]
 

@@ -23,7 +23,8 @@ class ModelRunner:
     """Runs a CausalLM against a PagedKVCache.
 
     sparse: the decode page choice (None = dense); max_context: longest sequence (sizes graph page
-    tables); prefill_chunk: new tokens per prefill forward.
+    tables); prefill_chunk: new tokens per prefill forward; scratch_seq: a one-token cache sequence that
+    padded graph rows write to and read (never a live sequence).
     """
 
     def __init__(
@@ -35,6 +36,7 @@ class ModelRunner:
         max_batch: int,
         prefill_chunk: int,
         cuda_graphs: bool,
+        scratch_seq: int,
     ) -> None:
         self.model, self.cache, self.sparse = model, cache, sparse
         self.max_batch, self.prefill_chunk = max_batch, prefill_chunk
@@ -43,10 +45,8 @@ class ModelRunner:
         self.max_pages = math.ceil(max_context / self.page_size)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
-        # padded graph rows write to (and read) this one-token scratch sequence, never a live one
-        scratch = cache.add_sequence()
-        self.scratch_slot = int(cache.reserve([scratch], [1])[0])
-        self.scratch_page = cache.seq_pages[scratch][0]
+        self.scratch_page = cache.seq_pages[scratch_seq][0]
+        self.scratch_slot = self.scratch_page * self.page_size
         self.page_table = torch.full((max_batch, self.max_pages), self.scratch_page, dtype=torch.int32, device=self.device)
         self._table_seqs: list[int] = []
         self._table_counts: list[int] = []

@@ -1,0 +1,204 @@
+"""End-to-end decode speed of the engine: dense vs UNIQUE top-k pages, against the bytes-moved floor.
+
+A Llama-3.2-1B-shaped model with random weights (speed does not depend on the values) decodes greedily
+from B sequences whose caches hold ``context`` tokens of random keys/values (filled directly, with exact
+page statistics: a 128k prefill would only cost time). Each setting times ``--steps`` decode steps of
+``LLMEngine.generate_many`` (CUDA-graph step, sampling, host loop: what a user waits for) after warm-up.
+
+Floor of one step = bytes that must cross device memory / measured device-to-device copy bandwidth
+(bytes read + written per second):
+  dense:  every weight once + every cached K/V of every sequence;
+  unique: every weight once + mean/std page statistics of every page + K/V of the chosen pages.
+
+    python eval/bench_decode.py                      # H100: 16k..128k, B in {1, 8}
+    python eval/bench_decode.py --device cpu --model tiny --contexts 512 1024 --steps 4   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from asr.attention import UniqueConfig
+from asr.attention.append import page_key_stats
+from asr.llm.config import EngineConfig, ModelConfig, SamplingParams
+from asr.llm.engine import LLMEngine
+from asr.llm.loader import random_model
+
+log = logging.getLogger("bench_decode")
+
+MODELS = {
+    # Llama-3.2-1B: 16 layers, hidden 2048, GQA 32:8, head_dim 64, tied 128256-token embedding
+    "llama-3.2-1b": ModelConfig("llama", 128256, 2048, 8192, 16, 32, 8, 64, 1e-5, 131072, tie_word_embeddings=True),
+    "tiny": ModelConfig("llama", 1024, 128, 256, 2, 4, 2, 64, 1e-5, 8192, tie_word_embeddings=True),
+}
+# transformers generate, SDPA + static cache, B=1, Llama-3.2-1B shapes on the H100 (from the issue)
+HF_ANCHOR_MS = {32768: 9.0, 131072: 25.0}
+STATS_READ_BY_UNIQUE = 2  # mean and std rows of a page's key statistics
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="llama-3.2-1b", choices=sorted(MODELS))
+    parser.add_argument("--contexts", type=int, nargs="+", default=[16384, 32768, 65536, 131072])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--budget", type=int, default=2048, help="UNIQUE tokens read per step and kv head")
+    parser.add_argument("--page-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=32, help="timed decode steps per setting")
+    parser.add_argument("--warmup", type=int, default=4, help="untimed decode steps per setting")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--no-graphs", action="store_true", help="eager decode (no CUDA graphs)")
+    parser.add_argument("--output", type=Path, default=Path("eval/results"), help="directory for bench_decode.json")
+    return parser.parse_args(argv)
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Device-to-device copy bandwidth in bytes/s (read + written), 1 GiB buffers, median of 20."""
+    if device.type != "cuda":
+        return float("nan")
+    src = torch.empty(2**29, dtype=torch.bfloat16, device=device).normal_()
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(25):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del src, dst
+    return 2 * 2**30 / sorted(times[5:])[len(times[5:]) // 2]
+
+
+def fill_random_context(engine: LLMEngine, seqs, context: int, seed: int = 0) -> None:
+    """Give each sequence ``context`` cached tokens of random K/V (exact page statistics)."""
+    cache = engine.cache
+    gen = torch.Generator(cache.k.device).manual_seed(seed)
+    for seq in seqs:
+        cache.reserve([seq.seq_id], [context])
+        seq.num_tokens, seq.token_ids = context, [None] * context
+        seq.next_logits = torch.zeros(engine.model_config.vocab_size, device=cache.k.device)
+    pages = torch.tensor(sorted(p for s in seqs for p in cache.seq_pages[s.seq_id]), device=cache.k.device)
+    fill = torch.full((8192,), cache.page_size, device=cache.k.device)
+    for layer in range(cache.shape.num_layers):
+        for chunk in pages.split(8192):
+            shape = (len(chunk), *cache.k.shape[2:])
+            cache.k[layer, chunk] = torch.randn(shape, generator=gen, device=chunk.device, dtype=cache.k.dtype)
+            cache.v[layer, chunk] = torch.randn(shape, generator=gen, device=chunk.device, dtype=cache.v.dtype)
+            stats = page_key_stats(cache.k[layer, chunk], fill[: len(chunk)])
+            cache.key_stats[layer, chunk] = stats.to(cache.key_stats.dtype)
+    for seq in seqs:  # the last page of each sequence is partial when context % page_size
+        engine.truncate(seq, context)
+        seq.next_logits = torch.zeros(engine.model_config.vocab_size, device=cache.k.device)
+
+
+def floor_bytes(model: torch.nn.Module, config: ModelConfig, batch: int, context: int, sparse: UniqueConfig | None,
+                page_size: int, kv_bytes: int) -> dict:
+    """Bytes one decode step must move: weights once, plus dense K/V or page stats + chosen pages."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    per_token_kv = config.num_layers * config.num_kv_heads * config.head_dim * 2 * kv_bytes
+    if sparse is None:
+        return dict(weights=weights, kv=batch * context * per_token_kv, stats=0)
+    pages = math.ceil(context / page_size)
+    stats = batch * pages * config.num_layers * config.num_kv_heads * STATS_READ_BY_UNIQUE * config.head_dim * kv_bytes
+    chosen = min(pages, sparse.num_select) * page_size
+    return dict(weights=weights, kv=batch * chosen * per_token_kv, stats=stats)
+
+
+def time_decode(engine: LLMEngine, seqs, steps: int, warmup: int) -> float:
+    """Seconds per decode step of ``generate_many`` over ``seqs`` (rolled back afterwards)."""
+    context = seqs[0].num_tokens
+    params = [SamplingParams(max_tokens=warmup, ignore_eos=True)] * len(seqs)
+    engine.generate_many(seqs, params)
+    timed = [SamplingParams(max_tokens=steps, ignore_eos=True)] * len(seqs)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    engine.generate_many(seqs, timed)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    for seq in seqs:
+        engine.truncate(seq, context)
+        seq.next_logits = torch.zeros(engine.model_config.vocab_size, device=engine.device)
+    # generate_many feeds every returned token: ``steps`` forwards (the first token comes from next_logits)
+    return elapsed / steps
+
+
+def run(args) -> tuple[list[dict], dict]:
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model_config = MODELS[args.model]
+    bandwidth = copy_bandwidth(device)
+    model = random_model(model_config, device, dtype)
+    sparse = UniqueConfig(page_size=args.page_size, budget_tokens=args.budget)
+    rows = []
+    for context in sorted(args.contexts):
+        config = EngineConfig(
+            attention="dense", sparse=sparse, device=str(device), max_context=context + args.steps + args.warmup + 8,
+            max_batch=max(args.batches), cuda_graphs=not args.no_graphs,
+        )
+        engine = LLMEngine(model, config)
+        seqs = [engine.new_sequence() for _ in range(max(args.batches))]
+        fill_random_context(engine, seqs, context, seed=context)
+        for attention in ("dense", "unique"):
+            engine.set_attention(attention, sparse)
+            for batch in args.batches:
+                step_s = time_decode(engine, seqs[:batch], args.steps, args.warmup)
+                moved = floor_bytes(model, model_config, batch, context, None if attention == "dense" else sparse,
+                                    args.page_size, engine.cache.k.element_size())
+                floor_s = sum(moved.values()) / bandwidth
+                rows.append(dict(context=context, batch=batch, attention=attention, ms_per_step=step_s * 1e3,
+                                 tokens_per_s=batch / step_s, floor_ms=floor_s * 1e3, over_floor=step_s / floor_s,
+                                 bytes_weights=moved["weights"], bytes_kv=moved["kv"], bytes_stats=moved["stats"],
+                                 budget=args.budget if attention == "unique" else None))
+                log.info("%s", rows[-1])
+        del engine, seqs
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    for row in rows:
+        if row["attention"] == "unique":
+            dense = next(r for r in rows if r["attention"] == "dense" and r["context"] == row["context"]
+                         and r["batch"] == row["batch"])
+            row["speedup_vs_dense"] = dense["ms_per_step"] / row["ms_per_step"]
+        anchor = HF_ANCHOR_MS.get(row["context"]) if row["batch"] == 1 else None
+        row["hf_sdpa_static_ms"] = anchor
+    meta = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                copy_bandwidth_tbs=bandwidth / 1e12, torch=torch.__version__, model=args.model,
+                model_config=asdict(model_config), dtype=str(dtype), page_size=args.page_size, budget=args.budget,
+                steps=args.steps, cuda_graphs=not args.no_graphs,
+                hf_anchor_note="transformers generate, SDPA + static cache, B=1, measured on the H100 (issue)")
+    return rows, meta
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| context | B | attention | ms/step | tokens/s | floor ms | x floor | unique speed-up | HF ms (B=1) |",
+             "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        speedup = f"{r['speedup_vs_dense']:.2f}x" if r.get("speedup_vs_dense") else ""
+        anchor = f"{r['hf_sdpa_static_ms']:.1f}" if r.get("hf_sdpa_static_ms") else ""
+        lines.append(f"| {r['context']} | {r['batch']} | {r['attention']} | {r['ms_per_step']:.2f} | "
+                     f"{r['tokens_per_s']:.0f} | {r['floor_ms']:.2f} | {r['over_floor']:.2f} | {speedup} | {anchor} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rows, meta = run(args)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "bench_decode.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    print(f"\n{meta['device']}, copy bandwidth {meta['copy_bandwidth_tbs']:.2f} TB/s, budget {args.budget} tokens, "
+          f"page {args.page_size}, {meta["dtype"]}, CUDA graphs {meta['cuda_graphs']}")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
