@@ -87,9 +87,6 @@ def build_models(args, device):
     projector_config = ProjectorConfig(encoder_dim=encoder.dim, llm_dim=llm.config.hidden_size, stack=args.stack)
     projector = FrameStackProjector(projector_config).to(device)
     lora_params = [p for n, p in llm.named_parameters() if n.endswith((".lora_a", ".lora_b"))]
-    for p in lora_params:
-        p.data = p.data.float()
-        p.requires_grad_(True)
     return tokenizer, llm, encoder, projector, projector_config, lora_config, lora_params
 
 

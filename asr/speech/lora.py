@@ -29,8 +29,9 @@ class LoraLinear(nn.Module):
         super().__init__()
         self.base = base
         self.scale = config.scale
-        self.lora_a = nn.Parameter(torch.randn(config.rank, base.in_features) / base.in_features**0.5)
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, config.rank))
+        device = base.weight.device  # float32 adapters beside base weights of any dtype
+        self.lora_a = nn.Parameter(torch.randn(config.rank, base.in_features, device=device) / base.in_features**0.5)
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, config.rank, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         delta = (x.to(self.lora_a.dtype) @ self.lora_a.T) @ self.lora_b.T
