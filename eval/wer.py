@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -62,7 +63,8 @@ def build_items(manifest: Path, longform_minutes: float, limit: int | None) -> l
     items, current, seconds = [], [], 0.0
     for utt_id, row in zip(ids, rows):
         current.append((utt_id, row))
-        seconds += (row.duration or 0.0) + LONGFORM_GAP_S
+        # A manifest without durations would otherwise join everything into one recording.
+        seconds += (row.duration or sf.info(str(row.audio)).duration) + LONGFORM_GAP_S
         if seconds >= longform_minutes * 60:
             items.append(current)
             current, seconds = [], 0.0
@@ -73,7 +75,10 @@ def build_items(manifest: Path, longform_minutes: float, limit: int | None) -> l
 
 
 def load_system(args):
-    """A function audio [samples] float32 16 kHz -> transcript text."""
+    """A function audio [samples] float32 16 kHz -> transcript text. ``args.device`` "cuda" means this
+    rank's GPU (``cuda:$LOCAL_RANK``) under torchrun."""
+    if args.device == "cuda":
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     if args.system == "speech-llm":
         from asr.speech.pipeline import TranscribeOptions, load_transcriber
 
@@ -85,8 +90,10 @@ def load_system(args):
 
         from asr.speech.whisper_weights import faster_whisper_dir
 
-        model = WhisperModel(str(faster_whisper_dir()), device="cpu" if args.device == "cpu" else "cuda",
-                             compute_type="int8" if args.device == "cpu" else "float16", cpu_threads=os.cpu_count() or 2)
+        on_cpu = args.device == "cpu"
+        model = WhisperModel(str(faster_whisper_dir()), device="cpu" if on_cpu else "cuda",
+                             device_index=0 if on_cpu else torch_device_index(args.device),
+                             compute_type="int8" if on_cpu else "float16", cpu_threads=os.cpu_count() or 2)
         return lambda audio: " ".join(s.text.strip() for s in model.transcribe(audio, language="en", beam_size=5)[0])
     if args.system == "whisper-hf":
         from asr.speech.whisper_reference import WhisperReference
@@ -94,6 +101,11 @@ def load_system(args):
         reference = WhisperReference(args.model, device=args.device)
         return reference.transcribe
     raise AsrError(f"unknown system {args.system!r}")
+
+
+def torch_device_index(device: str) -> int:
+    """"cuda:1" -> 1, "cuda" -> 0."""
+    return int(device.partition(":")[2] or 0)
 
 
 def shard() -> tuple[int, int]:
@@ -108,10 +120,30 @@ def finished_ids(path: Path) -> set[str]:
         return {row["id"] for row in csv.DictReader(f)}
 
 
+def drop_partial_row(path: Path) -> None:
+    """Cut a row a killed run left half-written (no closing newline), so appending starts a clean row."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def score(reference: str, hypothesis: str) -> tuple[float | str, float | str]:
+    """(wer, cer) of one item, blank when its normalised reference is empty (nothing to score)."""
+    try:
+        wer, cer = error_rates([reference], [hypothesis])
+    except ValueError:
+        return "", ""
+    return round(wer, 4), round(cer, 4)
+
+
 def run_shard(items: list[Item], transcribe, path: Path, desc: str) -> None:
+    """Transcribe and score the items whose id ``path`` lacks, appending one CSV row each."""
+    drop_partial_row(path)
     done = finished_ids(path)
     todo = [item for item in items if item.id not in done]
-    new_file = not path.exists()
+    new_file = not path.exists() or path.stat().st_size == 0
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, FIELDS)
         if new_file:
@@ -121,13 +153,14 @@ def run_shard(items: list[Item], transcribe, path: Path, desc: str) -> None:
             start = time.perf_counter()
             hypothesis = transcribe(audio)
             seconds = time.perf_counter() - start
-            wer, cer = error_rates([item.text], [hypothesis])
+            wer, cer = score(item.text, hypothesis)
             writer.writerow({"id": item.id, "duration": round(len(audio) / SAMPLE_RATE, 3), "seconds": round(seconds, 3),
-                             "wer": round(wer, 4), "cer": round(cer, 4), "reference": item.text, "hypothesis": hypothesis})
+                             "wer": wer, "cer": cer, "reference": item.text, "hypothesis": hypothesis})
             f.flush()
 
 
 def merge(out: Path, world: int, items: list[Item], args) -> dict:
+    """Join the ranks' CSVs into ``utterances.csv`` (item order) and write ``summary.json``."""
     rows = {}
     for rank in range(world):
         with (out / f"utterances.rank{rank}.csv").open() as f:
