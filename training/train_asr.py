@@ -173,9 +173,19 @@ def main() -> None:
                         num_workers=args.workers, collate_fn=list, prefetch_factor=4 if args.workers else None)
     optimizer = torch.optim.AdamW([{"params": projector.parameters(), "lr": args.lr},
                                    {"params": lora_params, "lr": args.lr / 2}], weight_decay=0.01)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     warmup = max(1, min(200, args.steps // 10))
-    schedule = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    def set_lr(step: int, elapsed_s: float) -> float:
+        """Linear warm-up, then cosine decay over the steps or the time limit, whichever ends first."""
+        progress = step / args.steps
+        if args.time_limit:
+            progress = max(progress, elapsed_s / (args.time_limit * 60))
+        factor = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * factor
+        return base_lrs[0] * factor
+
     out = Path(args.out)
 
     def save(step: int, extra: dict) -> None:
@@ -186,18 +196,18 @@ def main() -> None:
     t0, step, running = time.time(), start_step, []
     llm.train()
     for batch in loader:
+        lr = set_lr(step - start_step, time.time() - t0)
         embeds, labels, mask = session_batch(batch, tokenizer, prompt, llm, encoder, projector, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(projector.parameters()) + lora_params, 1.0)
         optimizer.step()
-        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         running.append(loss.item())
         if step % 50 == 0:
-            log.info("step %d loss %.3f lr %.2e %.1f s", step, sum(running) / len(running), scheduler.get_last_lr()[0], time.time() - t0)
+            log.info("step %d loss %.3f lr %.2e %.1f s", step, sum(running) / len(running), lr, time.time() - t0)
             running = []
         over_time = args.time_limit and time.time() - t0 > args.time_limit * 60
         if step % args.save_every == 0 or step >= start_step + args.steps or over_time:
