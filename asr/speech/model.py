@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asr.errors import ModelLoadError
 from asr.llm.config import EngineConfig
 from asr.llm.engine import LLMEngine, resolve_device
 from asr.llm.loader import load_model
@@ -59,6 +60,10 @@ def load_speech_model(model_dir: str | Path | None, engine_config: EngineConfig)
     from asr.speech.encoder import AudioEncoder
 
     adapter_dir = Path(model_dir) if model_dir else EMBEDDED_ADAPTER
+    if model_dir is None and not (adapter_dir / "adapter.json").exists():
+        raise ModelLoadError(
+            "this version ships no trained speech adapter yet; train one with training/train_asr.py "
+            "and pass its directory with --model DIR")
     adapter = SpeechAdapter.load(adapter_dir)
     device, dtype = resolve_device(engine_config)
     llm_path = _resolve(adapter_dir, adapter.info.get("llm")) or str(embedded_llm_dir())

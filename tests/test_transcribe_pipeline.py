@@ -1,0 +1,92 @@
+"""The transcription pipeline end to end on real weights (embedded Whisper base + SmolLM2) with an
+untrained adapter built here: it checks plumbing, coverage of the timeline and error handling, not
+accuracy (the accuracy test needs the trained adapter)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from app.cli import main as cli_main
+from asr.errors import AudioError
+from asr.speech.adapter import SpeechAdapter
+from asr.speech.lora import LoraConfig
+from asr.speech.pipeline import TranscribeOptions, Transcriber
+from asr.speech.projector import FrameStackProjector, ProjectorConfig
+from asr.speech.repetition import LoopConfig
+
+pytestmark = pytest.mark.slow
+SR = 16000
+DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_dev"
+SHORT_BUDGET = LoopConfig(tokens_per_second=1.0, extra_tokens=3)  # keep generation short on the CPU
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    projector = FrameStackProjector(ProjectorConfig())
+    directory = tmp_path_factory.mktemp("adapter")
+    SpeechAdapter(ProjectorConfig(), LoraConfig(rank=2), projector.state_dict(), {}, {"note": "untrained"}).save(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def transcriber(adapter_dir):
+    from asr.speech.model import load_speech_model
+
+    options = TranscribeOptions(attention="unique", budget_tokens=128, loop=SHORT_BUDGET, device="cpu")
+    return Transcriber(load_speech_model(adapter_dir, options.engine_config(max_context=2048)), options)
+
+
+def speechlike(seconds, seed):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.2 * np.sin(2 * np.pi * 180 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def test_every_second_is_a_segment_or_reported(transcriber):
+    quiet = np.zeros(int(4 * SR), dtype=np.float32)
+    audio = np.concatenate([speechlike(3, 0), quiet, speechlike(2, 1)])
+    transcript = transcriber.transcribe(audio)
+    spans = sorted([(s.start, s.end) for s in transcript.segments] + [(a, b) for a, b, _ in transcript.skipped])
+    assert spans[0][0] == 0.0 and spans[-1][1] == pytest.approx(len(audio) / SR)
+    assert all(abs(a[1] - b[0]) < 1e-6 for a, b in zip(spans[:-1], spans[1:])), "a gap: audio was dropped"
+    assert any(reason == "silence" and b - a > 3.5 for a, b, reason in transcript.skipped)
+    stats = transcript.stats
+    assert stats["chunks"] == 2 and 0 < stats["kv_pages_read"] <= 1 and stats["rtf"] > 0
+    assert stats["context_tokens"] > 2 * 12  # audio tokens of both chunks are in one context
+
+
+def test_pure_silence_gives_no_text_and_empty_audio_is_an_error(transcriber):
+    transcript = transcriber.transcribe(np.zeros(3 * SR, dtype=np.float32))
+    assert transcript.segments == [] and transcript.skipped[0][2] == "silence"
+    with pytest.raises(AudioError, match="empty"):
+        transcriber.transcribe(np.zeros(0, dtype=np.float32))
+
+
+def test_cli_writes_outputs_and_keeps_going_past_bad_files(adapter_dir, tmp_path, capsys):
+    good = tmp_path / "good.wav"
+    sf.write(good, speechlike(2, 2), SR)
+    corrupt = tmp_path / "corrupt.flac"
+    corrupt.write_bytes(b"fLaC" + bytes(200))
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    out = tmp_path / "out"
+    code = cli_main(["transcribe", str(corrupt), str(good), str(empty), "--model", str(adapter_dir),
+                     "--format", "all", "--output", str(out), "--device", "cpu", "--budget", "128"])
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["good.json", "good.srt", "good.txt", "good.vtt"]
+    captured = capsys.readouterr()
+    assert "corrupt.flac" in captured.err and "empty.wav" in captured.err and "2 of 3 files failed" in captured.err
+    assert "good.wav: 0:00:02 of audio, real-time factor" in captured.out
+
+
+def test_default_model_error_says_what_to_do(tmp_path, capsys, monkeypatch):
+    import asr.speech.model as model
+
+    monkeypatch.setattr(model, "EMBEDDED_ADAPTER", tmp_path / "none")
+    sf.write(tmp_path / "a.wav", speechlike(1, 3), SR)
+    assert cli_main(["transcribe", str(tmp_path / "a.wav"), "--output", str(tmp_path)]) == 2
+    assert "--model" in capsys.readouterr().err
