@@ -196,7 +196,7 @@ def main(argv=None) -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "bench_decode.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     print(f"\n{meta['device']}, copy bandwidth {meta['copy_bandwidth_tbs']:.2f} TB/s, budget {args.budget} tokens, "
-          f"page {args.page_size}, {meta["dtype"]}, CUDA graphs {meta['cuda_graphs']}")
+          f"page {args.page_size}, {meta['dtype']}, CUDA graphs {meta['cuda_graphs']}")
     print(table(rows))
 
 

@@ -25,14 +25,15 @@ FAMILIES = [
 ]
 
 
-def save_tiny_model(family: str, directory, vocab_size: int = VOCAB, max_context: int = 512, seed: int = 0):
-    """Save a 2-layer random ``family`` model (GQA 4:2, head_dim 16) to ``directory``; returns the HF model."""
+def save_tiny_model(family: str, directory, vocab_size: int = VOCAB, max_context: int = 512, seed: int = 0,
+                    head_dim: int = 16):
+    """Save a 2-layer random ``family`` model (GQA 4:2) to ``directory``; returns the HF model."""
     from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     classes = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config, "mistral": MistralConfig}
     config = classes[family](
         vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=max_context,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=max_context,
         tie_word_embeddings=family == "llama", eos_token_id=vocab_size - 1, bos_token_id=0, pad_token_id=0,
     )
     torch.manual_seed(seed)
@@ -217,7 +218,7 @@ def test_embedded_model_matches_transformers():
 def test_cuda_graph_decode_matches_eager_and_transformers(tmp_path, attention):
     """bf16 on CUDA: graph-replayed decode (ragged batch of 3 in the bucket of 4) equals eager decode,
     and prefill logits stay near transformers' fp32 forward."""
-    hf = save_tiny_model("qwen2", tmp_path)
+    hf = save_tiny_model("qwen2", tmp_path, head_dim=64)  # the decode kernels take head_dim 64/128/256
     prompts = [token_ids(n, seed=n) for n in (5, 70, 33)]
     params = SamplingParams(max_tokens=8, ignore_eos=True)
     outputs, step_logits = [], []

@@ -173,6 +173,7 @@ def random_model(
     torch.manual_seed(seed)
     with torch.device(device):
         model = CausalLM(config, inv_freq).to(dtype)
+    model.rotary.inv_freq = inv_freq.to(device)  # rope frequencies stay float32 on the model's device
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.dim() >= 2:
