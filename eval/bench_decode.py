@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -121,10 +121,12 @@ def time_decode(engine: LLMEngine, seqs, steps: int, warmup: int) -> float:
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    engine.generate_many(seqs, timed)
+    outputs = engine.generate_many(seqs, timed)
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
+    if any(len(tokens) != steps for tokens in outputs):
+        raise RuntimeError(f"decoded {[len(t) for t in outputs]} tokens instead of {steps} (context limit?)")
     for seq in seqs:
         engine.truncate(seq, context)
         seq.next_logits = torch.zeros(engine.model_config.vocab_size, device=engine.device)
@@ -135,14 +137,16 @@ def time_decode(engine: LLMEngine, seqs, steps: int, warmup: int) -> float:
 def run(args) -> tuple[list[dict], dict]:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model_config = MODELS[args.model]
+    # random weights: let the engine serve the longest context asked for (+ decode room) whatever the real limit
+    margin = args.steps + args.warmup + 8
+    model_config = replace(MODELS[args.model], max_context=max(MODELS[args.model].max_context, max(args.contexts) + margin))
     bandwidth = copy_bandwidth(device)
     model = random_model(model_config, device, dtype)
     sparse = UniqueConfig(page_size=args.page_size, budget_tokens=args.budget)
     rows = []
     for context in sorted(args.contexts):
         config = EngineConfig(
-            attention="dense", sparse=sparse, device=str(device), max_context=context + args.steps + args.warmup + 8,
+            attention="dense", sparse=sparse, device=str(device), max_context=context + margin,
             max_batch=max(args.batches), cuda_graphs=not args.no_graphs,
         )
         engine = LLMEngine(model, config)

@@ -25,10 +25,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # one fused kernel where torch has it (decode runs ~2 norms per layer: launches matter)
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 class RotaryEmbedding(nn.Module):
@@ -44,17 +42,22 @@ class RotaryEmbedding(nn.Module):
         self.attention_scaling = attention_scaling
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: [tokens] -> cos, sin: [tokens, 1, head_dim] in ``dtype``."""
-        freqs = positions[:, None].float() * self.inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
-        return (emb.cos() * self.attention_scaling).to(dtype), (emb.sin() * self.attention_scaling).to(dtype)
+        """positions: [tokens] -> cos, signed_sin: [tokens, 1, head_dim] in ``dtype``.
+
+        signed_sin = (-sin, sin) over the two halves, so that rotation is ``x*cos + roll(x)*signed_sin``
+        (HF's ``rotate_half(x) * sin`` with the sign folded in, once per step instead of per layer).
+        """
+        freqs = positions[:, None].float() * self.inv_freq.float()[None, :]
+        cos, sin = freqs.cos() * self.attention_scaling, freqs.sin() * self.attention_scaling
+        cos = torch.cat((cos, cos), dim=-1)[:, None, :]
+        signed_sin = torch.cat((-sin, sin), dim=-1)[:, None, :]
+        return cos.to(dtype), signed_sin.to(dtype)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [tokens, heads, head_dim]; cos, sin: [tokens, 1, head_dim]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x: [tokens, heads, head_dim]; cos, signed_sin: [tokens, 1, head_dim] (three kernels)."""
+    rolled = torch.roll(x, x.shape[-1] // 2, dims=-1)  # (x2, x1)
+    return torch.addcmul(x * cos, rolled, signed_sin)
 
 
 class Attention(nn.Module):
@@ -72,13 +75,16 @@ class Attention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         tokens = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split(self.split, dim=-1)
-        q = q.view(tokens, self.num_heads, self.head_dim)
-        k = k.view(tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(tokens, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qkv = self.qkv_proj(hidden)
+        v = qkv[:, self.split[0] + self.split[1] :].view(tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is None:  # rotate q and k together: one set of launches per layer
+            qk = qkv[:, : self.split[0] + self.split[1]].view(tokens, self.num_heads + self.num_kv_heads, self.head_dim)
+            q, k = apply_rotary(qk, cos, sin).split((self.num_heads, self.num_kv_heads), dim=1)
+        else:
+            q, k, _ = qkv.split(self.split, dim=-1)
+            q = self.q_norm(q.view(tokens, self.num_heads, self.head_dim))
+            k = self.k_norm(k.view(tokens, self.num_kv_heads, self.head_dim))
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = paged_attention(q, k, v, ctx, self.layer, self.scale)
         return self.o_proj(out.reshape(tokens, -1))
 
