@@ -24,7 +24,7 @@ def read_document(path: str | Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> str:
     size = path.stat().st_size
     if size > max_bytes:
         raise DocumentError(
-            f"document {path} is {size / 2**20:.1f} MiB, above the {max_bytes / 2**20:.0f} MiB limit; "
+            f"document {path} is {size:,} bytes, above the {max_bytes:,}-byte limit; "
             "give a shorter text (or the part that holds the answer)"
         )
     data = path.read_bytes()
