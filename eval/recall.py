@@ -175,7 +175,8 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=16384, help="synthetic context length in tokens")
     parser.add_argument("--page-size", type=int, default=16)
     parser.add_argument("--samples", type=int, default=8, help="synthetic queries")
-    parser.add_argument("--model", help="Hugging Face model directory for real queries/keys")
+    parser.add_argument("--model", help="Hugging Face model directory for real queries/keys ('embedded': the "
+                        "embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--text", help="long real text file read by --model (default: Python's own reference "
                         "documentation, pydoc_data.topics)")
     parser.add_argument("--max-tokens", type=int, default=8192)
@@ -193,8 +194,13 @@ def main() -> None:
             from pydoc_data.topics import topics
 
             text, text_name = "\n\n".join(topics.values()), "Python reference docs"
-        samples, seq = capture_real_qk(args.model, text, args.queries, args.max_tokens)
-        rows += measure(f"real: {Path(args.model).name} on {text_name}", samples, seq, args.page_size)
+        model_dir = args.model
+        if model_dir == "embedded":
+            from asr.llm.embedded import embedded_llm_dir
+
+            model_dir = str(embedded_llm_dir())
+        samples, seq = capture_real_qk(model_dir, text, args.queries, args.max_tokens)
+        rows += measure(f"real: {Path(model_dir).name} on {text_name}", samples, seq, args.page_size)
     print_table(rows)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

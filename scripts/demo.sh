@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-python eval/recall.py --output outputs/recall "$@"
+python eval/recall.py --model embedded --output outputs/recall "$@"
