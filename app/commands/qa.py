@@ -12,8 +12,10 @@ def register(subparsers) -> None:
         description="Put a long text document into the LLM's context and stream the answer to a question.")
     parser.add_argument("--doc", required=True, help="UTF-8 text file")
     parser.add_argument("--question", required=True, help="the question to answer")
-    parser.add_argument("--attention", default="unique", choices=["unique", "dense", "quest"],
-                        help="decode attention: top-k pages (unique, quest) or every page (dense)")
+    # dense by default: on the embedded 135M model page-statistics selection loses exact copying
+    # (names, numbers) a few tokens into an answer (eval/longqa.py, BENCHMARKS.md)
+    parser.add_argument("--attention", default="dense", choices=["dense", "unique", "quest"],
+                        help="decode attention: every page (dense, default) or top-k pages (unique, quest)")
     parser.add_argument("--budget", type=int, default=1024, help="tokens each sparse decode step reads")
     parser.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
     parser.add_argument("--max-tokens", type=int, default=256, help="longest answer in tokens")
