@@ -39,6 +39,7 @@ SAMPLE_RATE = 16000
 MAX_CHUNK_SECONDS = 30.0
 TURN_COUNTS, TURN_WEIGHTS = (1, 2, 3), (0.6, 0.25, 0.15)
 SILENT_CHUNK_SHARE = 0.03  # chunks of noise only, whose transcript is empty
+LORA_GROUP = 1  # optimizer parameter groups: projector, then LoRA
 
 
 class SessionStream(IterableDataset):
@@ -143,7 +144,11 @@ def main() -> None:
     parser.add_argument("--resume", help="adapter directory to continue from")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=24, help="sessions per step")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-3, help="projector learning rate")
+    parser.add_argument("--lora-lr-scale", type=float, default=0.5, help="LoRA learning rate = lr * this")
+    parser.add_argument("--lora-start", type=int, default=0,
+                        help="steps of projector-only warm-up before LoRA trains (the LLM's text prior "
+                        "cannot stand in for listening while the projector learns to align)")
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--stack", type=int, default=4, help="encoder frames per audio token")
     parser.add_argument("--workers", type=int, default=8)
@@ -151,7 +156,8 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (saves memory)")
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--time-limit", type=float, default=0, help="stop and save after this many minutes")
-    parser.add_argument("--validate", help="manifest for a validation WER at the end (never trained on)")
+    parser.add_argument("--validate", nargs="+", default=[], help="manifests for validation WER at the end "
+                        "(never trained on: real speech, and held-out synthetic speech to see memorisation)")
     parser.add_argument("--validate-limit", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -172,7 +178,7 @@ def main() -> None:
     loader = DataLoader(SessionStream(utterances, not args.no_augment, args.seed + start_step), batch_size=args.batch,
                         num_workers=args.workers, collate_fn=list, prefetch_factor=4 if args.workers else None)
     optimizer = torch.optim.AdamW([{"params": projector.parameters(), "lr": args.lr},
-                                   {"params": lora_params, "lr": args.lr / 2}], weight_decay=0.01)
+                                   {"params": lora_params, "lr": args.lr * args.lora_lr_scale}], weight_decay=0.01)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     warmup = max(1, min(200, args.steps // 10))
 
@@ -182,8 +188,9 @@ def main() -> None:
         if args.time_limit:
             progress = max(progress, elapsed_s / (args.time_limit * 60))
         factor = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * factor
+        for index, (group, base) in enumerate(zip(optimizer.param_groups, base_lrs)):
+            frozen = index == LORA_GROUP and step < args.lora_start
+            group["lr"] = 0.0 if frozen else base * factor
         return base_lrs[0] * factor
 
     out = Path(args.out)
@@ -216,9 +223,9 @@ def main() -> None:
             break
     llm.eval()
     result = {}
-    if args.validate:
-        result = validate(args.validate, args.validate_limit, tokenizer, prompt, llm, encoder, projector)
-        log.info("validation %s", json.dumps(result))
+    for manifest in args.validate:
+        result[manifest] = validate(manifest, args.validate_limit, tokenizer, prompt, llm, encoder, projector)
+        log.info("validation %s %s", manifest, json.dumps(result[manifest]))
     save(step, {"validation": result})
 
 
