@@ -9,10 +9,6 @@ class CacheCapacityError(AsrError):
     """The paged KV cache has no free page left for a request."""
 
 
-class ModelLoadError(AsrError):
-    """A model directory or GGUF file cannot be read as a supported decoder-only LLM."""
-
-
 class ContextLengthError(AsrError):
     """A prompt or document does not fit the model's (or engine's) context limit."""
 
