@@ -129,7 +129,7 @@ def make_synthetic(engine: LLMEngine, task: str, context: int, rng: random.Rando
         question = f"What {'are all the special magic numbers' if plural else 'is the special magic number'} for {keys[0]} mentioned in the provided text?"
         prefix = f"The special magic {noun} for {keys[0]} mentioned in the provided text {'are' if plural else 'is'}"
         prompt = chat(engine, f"{intro}{text}\n\n{question}", prefix)
-        return Sample(task, prompt, answers, 48 if plural else 16)
+        return Sample(task, prompt, answers, 40 if plural else 12)
     # variable tracking: VAR A = value; VAR B = VAR A; ... and a distractor chain
     names = ["".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5)) for _ in range(10)]
     value, other = random_number(rng)[:5], random_number(rng)[:5]
@@ -144,7 +144,7 @@ def make_synthetic(engine: LLMEngine, task: str, context: int, rng: random.Rando
     question = f"Question: Find all variables that are assigned the value {value} in the text above."
     prefix = (f"Answer: According to the chain(s) of variable assignment in the text above, 5 variables are "
               f"assigned the value {value}, they are:")
-    return Sample(task, chat(engine, f"{intro}{text}\n\n{question}", prefix), names[:5], 40)
+    return Sample(task, chat(engine, f"{intro}{text}\n\n{question}", prefix), names[:5], 32)
 
 
 def make_doc_question(engine: LLMEngine, document: str, context: int, index: int, rng: random.Random) -> Sample:
@@ -158,7 +158,7 @@ def make_doc_question(engine: LLMEngine, document: str, context: int, index: int
     window = document[start : start + chars]
     prompt = qa_prompt(engine, window, question)
     return Sample("doc", prompt[: engine.max_context - 40] if len(prompt) > engine.max_context - 40 else prompt,
-                  answers, 32, any_answer=True)
+                  answers, 24, any_answer=True)
 
 
 def score(sample: Sample, text: str) -> float:
@@ -227,6 +227,19 @@ def table(summary: list[dict], contexts: list[int], columns: list[tuple[str, int
     return "\n".join(lines)
 
 
+def write_results(args, engine: LLMEngine, rows: list[dict], contexts: list[int], seconds: float) -> tuple[dict, str]:
+    summary = summarize(rows)
+    columns = [("dense", 1)] + [(m, d) for m in args.methods for d in args.budgets]
+    meta = dict(model=str(args.model or "embedded SmolLM2-135M-Instruct"), device=str(engine.device),
+                dtype=str(engine.dtype), contexts=contexts, samples=args.samples, seed=args.seed,
+                page_size=args.page_size, seconds=round(seconds, 1), doc=str(args.doc))
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "longqa.json").write_text(json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1))
+    text = table(summary, contexts, columns)
+    (args.output / "longqa.md").write_text(text + "\n")
+    return meta, text
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -249,15 +262,8 @@ def main(argv=None) -> None:
                     samples.append(make_synthetic(engine, task, context, rng))
         for begin in tqdm(range(0, len(samples), args.batch), desc=f"context {context}"):
             rows.extend(evaluate(engine, samples[begin : begin + args.batch], context, args))
-    summary = summarize(rows)
-    columns = [("dense", 1)] + [(m, d) for m in args.methods for d in args.budgets]
-    meta = dict(model=str(args.model or "embedded SmolLM2-135M-Instruct"), device=str(engine.device),
-                dtype=str(engine.dtype), contexts=contexts, samples=args.samples, seed=args.seed,
-                page_size=args.page_size, seconds=round(time.time() - started, 1), doc=str(args.doc))
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "longqa.json").write_text(json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1))
-    text = table(summary, contexts, columns)
-    (args.output / "longqa.md").write_text(text + "\n")
+        done = contexts[: contexts.index(context) + 1]
+        meta, text = write_results(args, engine, rows, done, time.time() - started)  # after every context
     print(f"\n{meta['model']} on {meta['device']} ({meta['dtype']}), {args.samples} samples per task and context, "
           f"budget = context / N, page {args.page_size}")
     print(text)
