@@ -99,7 +99,6 @@ def test_truncate_frees_pages_and_restores_exact_stats():
     last = cache.seq_pages[seq][1]
     torch.testing.assert_close(cache.key_stats[1, last, :, STAT_MEAN], keys[16:21].mean(0))
     torch.testing.assert_close(cache.key_stats[1, last, :, STAT_MAX], keys[16:21].amax(0))
-    new = torch.randn(3, 2, 8, generator=gen)
     slots = cache.reserve([seq], [3])
     assert slots.tolist() == [last * 16 + 5, last * 16 + 6, last * 16 + 7]
     with pytest.raises(ValueError):

@@ -94,7 +94,7 @@ def build_models(args, device):
 def session_batch(batch, tokenizer, prompt, llm, encoder, projector, device):
     chunks = [wave for session in batch for wave, _ in session]
     frames = encoder.encode(chunks)  # list of [frames, encoder_dim]
-    embeds, cursor, sessions = [], 0, []
+    cursor, sessions = 0, []
     for session in batch:
         audio = []
         for _ in session:
