@@ -59,5 +59,5 @@ def decode_attention(
     chosen = None
     if sparse is not None and layer >= sparse.dense_layers and not fits_budget_on_host(metadata, sparse):
         chosen = score_and_select_pages(q, key_stats, metadata.page_table, metadata.seq_lens, sparse)
-    out, _ = paged_decode(q, k_cache, v_cache, metadata.page_table, metadata.seq_lens, scale, chosen)
+    out, _ = paged_decode(q, k_cache, v_cache, metadata.page_table, metadata.seq_lens, scale, chosen, need_lse=False)
     return out

@@ -3,6 +3,39 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+
+def gather_attended(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    chosen_pages: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keys and values each (sequence, kv head) attends, gathered from the pages.
+
+    Arguments as ``paged_decode_reference``. Returns keys, values: [batch, kv_heads, n, head_dim]
+    (cache dtype; slots past a sequence's end or in unused pages zeroed) and token_ok:
+    [batch, kv_heads, n] bool, with n = pages attended * page_size.
+    """
+    batch = page_table.shape[0]
+    _, kv_heads, page_size, head_dim = k_cache.shape
+    if chosen_pages is None:
+        logical = torch.arange(page_table.shape[1], device=k_cache.device)
+        chosen_pages = logical.expand(batch, kv_heads, -1)
+    chosen = chosen_pages.long()
+    num_select = chosen.shape[-1]
+    num_pages = (seq_lens.long() + page_size - 1) // page_size
+    page_ok = (chosen >= 0) & (chosen < num_pages[:, None, None])
+    physical = page_table.long().gather(1, chosen.clamp(min=0).view(batch, -1)).view(batch, kv_heads, num_select)
+    head = torch.arange(kv_heads, device=k_cache.device)[None, :, None]
+    position = chosen[..., None] * page_size + torch.arange(page_size, device=k_cache.device)
+    token_ok = (page_ok[..., None] & (position < seq_lens.long()[:, None, None, None])).flatten(2)
+    # slack past a sequence's end is never read: zero it (it may hold anything, NaN included)
+    keys = k_cache[physical, head].flatten(2, 3).masked_fill(~token_ok[..., None], 0.0)
+    values = v_cache[physical, head].flatten(2, 3).masked_fill(~token_ok[..., None], 0.0)
+    return keys, values, token_ok
 
 
 def paged_decode_reference(
@@ -24,28 +57,34 @@ def paged_decode_reference(
     natural-log sum of exp(scale * q . k) over the attended keys.
     """
     batch, q_heads, head_dim = q.shape
-    _, kv_heads, page_size, _ = k_cache.shape
-    if chosen_pages is None:
-        logical = torch.arange(page_table.shape[1], device=q.device)
-        chosen_pages = logical.expand(batch, kv_heads, -1)
-    chosen = chosen_pages.long()
-    num_select = chosen.shape[-1]
-    num_pages = (seq_lens.long() + page_size - 1) // page_size
-    page_ok = (chosen >= 0) & (chosen < num_pages[:, None, None])
-    physical = page_table.long().gather(1, chosen.clamp(min=0).view(batch, -1)).view(batch, kv_heads, num_select)
-    head = torch.arange(kv_heads, device=q.device)[None, :, None]
-    keys = k_cache[physical, head].float()  # [batch, kv_heads, num_select, page_size, d]
-    values = v_cache[physical, head].float()
-    position = chosen[..., None] * page_size + torch.arange(page_size, device=q.device)
-    token_ok = page_ok[..., None] & (position < seq_lens.long()[:, None, None, None])
+    kv_heads = k_cache.shape[1]
+    keys, values, token_ok = gather_attended(k_cache, v_cache, page_table, seq_lens, chosen_pages)
     qg = q.float().view(batch, kv_heads, q_heads // kv_heads, head_dim)
-    logits = torch.einsum("bhgd,bhptd->bhgpt", qg, keys) * scale
-    logits = logits.masked_fill(~token_ok[:, :, None], float("-inf")).flatten(3)
+    logits = torch.einsum("bhgd,bhnd->bhgn", qg, keys.float()) * scale
+    logits = logits.masked_fill(~token_ok[:, :, None], float("-inf"))
     lse = logits.logsumexp(dim=-1)
     probs = (logits - lse[..., None]).exp()
-    values = values.masked_fill(~token_ok[..., None], 0.0)  # slack past a sequence's end is never read
-    out = torch.einsum("bhgn,bhnd->bhgd", probs, values.flatten(2, 3))
+    out = torch.einsum("bhgn,bhnd->bhgd", probs, values.float())
     return out.reshape(batch, q_heads, head_dim).to(q.dtype), lse.reshape(batch, q_heads)
+
+
+def paged_decode_sdpa(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    chosen_pages: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The CPU execution path when no LSE is needed: one fused SDPA over the gathered pages
+    (arguments as ``paged_decode_reference``; returns out only)."""
+    batch, q_heads, head_dim = q.shape
+    kv_heads = k_cache.shape[1]
+    keys, values, token_ok = gather_attended(k_cache, v_cache, page_table, seq_lens, chosen_pages)
+    qg = q.to(keys.dtype).view(batch, kv_heads, q_heads // kv_heads, head_dim)
+    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=token_ok[:, :, None, :], scale=scale)
+    return out.reshape(batch, q_heads, head_dim).to(q.dtype)
 
 
 def paged_decode(
@@ -56,11 +95,15 @@ def paged_decode(
     seq_lens: torch.Tensor,
     scale: float,
     chosen_pages: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    need_lse: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Public decode attention (arguments as ``paged_decode_reference``): kernel on CUDA for
-    fp16/bf16 caches, reference elsewhere."""
+    fp16/bf16 caches; elsewhere the reference, or one SDPA when ``need_lse`` is False (then the
+    returned lse is None)."""
     if q.is_cuda and k_cache.dtype in (torch.float16, torch.bfloat16):
         from asr.attention.kernels.decode import paged_decode_triton
 
         return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages)
+    if not need_lse:
+        return paged_decode_sdpa(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages), None
     return paged_decode_reference(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages)

@@ -33,14 +33,16 @@ CONTEXT_SLACK = 512
 @dataclass(frozen=True)
 class TranscribeOptions:
     """attention: ``unique``/``quest`` read the top-k KV pages per decode step, ``dense`` all of them;
-    budget_tokens / page_size: the sparse budget and the cache page size; device / dtype: ``None``
-    picks CUDA+bf16 when available, else CPU+fp32; segmenter / loop: chunking and runaway control."""
+    budget_tokens / page_size: the sparse budget and the cache page size; device: ``None`` picks CUDA
+    when available; dtype: the LLM's weights and cache (bfloat16 on both devices: on a 2-core CPU it
+    decodes 1.45x faster than float32 at 0.3% logit error); segmenter / loop: chunking and runaway
+    control."""
 
     attention: str = "unique"
     budget_tokens: int = 2048
     page_size: int = 16
     device: str | None = None
-    dtype: str | None = None
+    dtype: str | None = "bfloat16"
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
 
