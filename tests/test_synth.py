@@ -71,6 +71,22 @@ def test_espeak_utterance_has_speech():
     assert (frame_rms > 0.05).mean() > 0.4, "most 25 ms frames should carry speech energy"
 
 
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (training/setup_tts.sh)")
+@pytest.mark.parametrize("codec", ["vorbis", "opus"])
+def test_rendered_utterance_round_trips_in_either_codec(codec, tmp_path):
+    from training.synth.dataset import render
+    from training.synth.plan import UtterancePlan
+    from training.synth.voices import Voice, VoiceStyle
+
+    text = "Please call me back at half past four, or leave a message after the tone."
+    plan = UtterancePlan(index=3, text=text, voice=Voice("espeak", "en-us+f2"), style=VoiceStyle(), source="test")
+    row = render((tmp_path, 5, plan, codec))
+    assert row is not None and row.text == text and row.id == "s5-0000003"
+    audio, rate = sf.read(str(tmp_path / row.audio))
+    assert rate == SAMPLE_RATE and abs(len(audio) / rate - row.duration) < 0.1
+    assert sf.info(str(tmp_path / row.audio)).subtype == codec.upper()
+
+
 @pytest.mark.parametrize("color", NOISE_COLORS)
 @pytest.mark.parametrize("snr_db", [0.0, 10.0, 30.0])
 def test_add_noise_hits_snr(color, snr_db):

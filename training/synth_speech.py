@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=0.0, help="hours of audio to generate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--codec", choices=["vorbis", "opus"], default="vorbis",
+                        help="Ogg audio codec: opus is about half the bytes (for carrying data to a GPU)")
     parser.add_argument("--corpus-cache", type=Path, default=Path(".cache/synth_corpus.jsonl"))
     parser.add_argument("--pack-mb", type=float, default=0.0, help="after generating, pack into tar shards of this size")
     parser.add_argument("--shard-dir", type=Path, help="where shards go (default OUT/shards)")
@@ -50,7 +52,7 @@ def main() -> None:
         print(unpack_shards([Path(p) for p in glob.glob(args.unpack)], args.out))
         return
     if args.hours > 0:
-        generate(GenerateConfig(args.out, args.hours, args.seed, args.workers, args.corpus_cache))
+        generate(GenerateConfig(args.out, args.hours, args.seed, args.workers, args.corpus_cache, args.codec))
     if args.pack_mb > 0:
         for shard in pack_shards(args.out, args.shard_dir or args.out / "shards", args.pack_mb):
             print(shard, f"{shard.stat().st_size / 2**20:.1f} MiB")
