@@ -32,6 +32,7 @@ from asr.speech.projector import FrameStackProjector, ProjectorConfig  # noqa: E
 from asr.speech.prompt import PromptIds  # noqa: E402
 from asr.speech.sessions import pad_sessions, session_inputs  # noqa: E402
 from asr.corpus import Utterance, read_corpus  # noqa: E402
+from training.ctc_head import VocabularyCtcHead  # noqa: E402
 from training.synth.augment import augment_waveform  # noqa: E402
 
 log = logging.getLogger("train_asr")
@@ -92,17 +93,20 @@ def build_models(args, device):
 
 
 def session_batch(batch, tokenizer, prompt, llm, encoder, projector, device):
+    """Sessions -> (embeds, labels, attention mask) for the LLM, and (audio tokens [chunks, tokens,
+    hidden], their lengths [chunks], transcript ids per chunk) for the CTC head."""
     chunks = [wave for session in batch for wave, _ in session]
-    frames = encoder.encode(chunks)  # list of [frames, encoder_dim]
+    frames, frame_lengths = encoder.encode_padded(chunks)  # [chunks, frames, encoder_dim], [chunks]
+    audio = projector(frames.float())  # [chunks, tokens, hidden]
+    audio_lengths = (frame_lengths + projector.config.stack - 1) // projector.config.stack
+    texts = [tokenizer(text, add_special_tokens=False).input_ids for session in batch for _, text in session]
     cursor, sessions = 0, []
     for session in batch:
-        audio = []
-        for _ in session:
-            audio.append(projector(frames[cursor][None].float())[0])
-            cursor += 1
-        texts = [tokenizer(text, add_special_tokens=False).input_ids for _, text in session]
-        sessions.append(session_inputs(audio, texts, prompt, llm.get_input_embeddings()))
-    return pad_sessions(sessions)
+        turns = range(cursor, cursor + len(session))
+        sessions.append(session_inputs([audio[i, : audio_lengths[i]] for i in turns], [texts[i] for i in turns],
+                                       prompt, llm.get_input_embeddings()))
+        cursor += len(session)
+    return pad_sessions(sessions), (audio, audio_lengths, texts)
 
 
 @torch.no_grad()
@@ -149,6 +153,9 @@ def main() -> None:
     parser.add_argument("--lora-start", type=int, default=0,
                         help="steps of projector-only warm-up before LoRA trains (the LLM's text prior "
                         "cannot stand in for listening while the projector learns to align)")
+    parser.add_argument("--ctc-weight", type=float, default=0.5,
+                        help="weight of the auxiliary CTC loss of the audio tokens against the transcript "
+                        "over the LLM's vocabulary (0: off)")
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--stack", type=int, default=4, help="encoder frames per audio token")
     parser.add_argument("--workers", type=int, default=8)
@@ -177,7 +184,8 @@ def main() -> None:
     log.info("training on %d utterances (%.1f h)", len(utterances), sum(u.duration for u in utterances) / 3600)
     loader = DataLoader(SessionStream(utterances, not args.no_augment, args.seed + start_step), batch_size=args.batch,
                         num_workers=args.workers, collate_fn=list, prefetch_factor=4 if args.workers else None)
-    optimizer = torch.optim.AdamW([{"params": projector.parameters(), "lr": args.lr},
+    ctc_head = VocabularyCtcHead(llm.get_input_embeddings().weight.detach()).to(device)
+    optimizer = torch.optim.AdamW([{"params": list(projector.parameters()) + list(ctc_head.parameters()), "lr": args.lr},
                                    {"params": lora_params, "lr": args.lr * args.lora_lr_scale}], weight_decay=0.01)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     warmup = max(1, min(200, args.steps // 10))
@@ -200,27 +208,34 @@ def main() -> None:
                 "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", **extra}
         SpeechAdapter(projector_config, lora_config, projector.state_dict(), lora_state_dict(llm), info).save(out)
 
-    t0, step, running = time.time(), start_step, []
+    t0, step, running, waited = time.time(), start_step, [], 0.0
     llm.train()
+    fetched = time.time()
     for batch in loader:
+        waited += time.time() - fetched
         lr = set_lr(step - start_step, time.time() - t0)
-        embeds, labels, mask = session_batch(batch, tokenizer, prompt, llm, encoder, projector, device)
+        (embeds, labels, mask), (audio, audio_lengths, texts) = session_batch(
+            batch, tokenizer, prompt, llm, encoder, projector, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
-        loss.backward()
+            lm_loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+        ctc_loss = ctc_head(audio, audio_lengths, texts) if args.ctc_weight else torch.zeros((), device=device)
+        (lm_loss + args.ctc_weight * ctc_loss).backward()
         torch.nn.utils.clip_grad_norm_(list(projector.parameters()) + lora_params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        running.append(loss.item())
+        running.append((lm_loss.item(), ctc_loss.item()))
         if step % 50 == 0:
-            log.info("step %d loss %.3f lr %.2e %.1f s", step, sum(running) / len(running), lr, time.time() - t0)
+            lm, ctc = (sum(column) / len(running) for column in zip(*running))
+            log.info("step %d loss %.3f ctc %.3f lr %.2e %.1f s (%.1f s waiting for data)", step, lm, ctc, lr,
+                     time.time() - t0, waited)
             running = []
         over_time = args.time_limit and time.time() - t0 > args.time_limit * 60
         if step % args.save_every == 0 or step >= start_step + args.steps or over_time:
             save(step, {})
         if step >= start_step + args.steps or over_time:
             break
+        fetched = time.time()
     llm.eval()
     result = {}
     for manifest in args.validate:
