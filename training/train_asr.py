@@ -38,7 +38,7 @@ from training.synth.augment import augment_waveform  # noqa: E402
 log = logging.getLogger("train_asr")
 SAMPLE_RATE = 16000
 MAX_CHUNK_SECONDS = 30.0
-TURN_COUNTS, TURN_WEIGHTS = (1, 2, 3), (0.6, 0.25, 0.15)
+TURN_COUNTS, TURN_WEIGHTS = (1, 2, 3, 6), (0.5, 0.25, 0.15, 0.1)  # some long sessions: long-form contexts
 SILENT_CHUNK_SHARE = 0.03  # chunks of noise only, whose transcript is empty
 LORA_GROUP = 1  # optimizer parameter groups: projector, then LoRA
 
