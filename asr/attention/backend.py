@@ -52,12 +52,13 @@ def decode_attention(
     ``sparse.dense_layers``) reads every page; otherwise the top-k pages by ``sparse.method``.
     Returns [batch, q_heads, head_dim].
 
-    On CUDA this is two launches (fused score+select, then split decode and its merge) whose
+    On CUDA this is three launches (fused score+select, then split decode and its merge) whose
     sizes depend on tensor shapes only: no host sync, so a decode step can be captured in a CUDA
     graph per batch bucket (fixed batch and page-table width).
     """
-    chosen = None
+    chosen = chosen_physical = None
     if sparse is not None and layer >= sparse.dense_layers and not fits_budget_on_host(metadata, sparse):
-        chosen = score_and_select_pages(q, key_stats, metadata.page_table, metadata.seq_lens, sparse)
-    out, _ = paged_decode(q, k_cache, v_cache, metadata.page_table, metadata.seq_lens, scale, chosen, need_lse=False)
+        chosen, chosen_physical = score_and_select_pages(q, key_stats, metadata.page_table, metadata.seq_lens, sparse)
+    out, _ = paged_decode(q, k_cache, v_cache, metadata.page_table, metadata.seq_lens, scale, chosen, need_lse=False,
+                          chosen_physical=chosen_physical)
     return out

@@ -96,14 +96,16 @@ def paged_decode(
     scale: float,
     chosen_pages: torch.Tensor | None = None,
     need_lse: bool = True,
+    chosen_physical: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Public decode attention (arguments as ``paged_decode_reference``): kernel on CUDA for
     fp16/bf16 caches; elsewhere the reference, or one SDPA when ``need_lse`` is False (then the
-    returned lse is None)."""
+    returned lse is None). ``chosen_physical``: the chosen pages' ids in ``page_table`` if the
+    selector gave them (the kernel then skips the page-table lookup)."""
     if q.is_cuda and k_cache.dtype in (torch.float16, torch.bfloat16):
         from asr.attention.kernels.decode import paged_decode_triton
 
-        return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages)
+        return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages, chosen_physical)
     if not need_lse:
         return paged_decode_sdpa(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages), None
     return paged_decode_reference(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages)

@@ -50,8 +50,9 @@ def select_pages(scores: torch.Tensor, seq_lens: torch.Tensor, config: UniqueCon
     if scores.is_cuda and scores.shape[-1] <= MAX_KERNEL_PAGES:
         from asr.attention.kernels.selection import select_pages_triton
 
-        return select_pages_triton(scores, seq_lens, config.page_size, config.num_select, config.sink_pages,
-                                   config.local_pages)
+        page_table = torch.arange(scores.shape[-1], dtype=torch.int32, device=scores.device).expand(scores.shape[0], -1)
+        return select_pages_triton(scores, seq_lens, page_table, config.page_size, config.num_select,
+                                   config.sink_pages, config.local_pages)[0]
     return select_pages_reference(scores, seq_lens, config)
 
 
@@ -61,11 +62,13 @@ def score_and_select_pages(
     page_table: torch.Tensor,
     seq_lens: torch.Tensor,
     config: UniqueConfig,
-) -> torch.Tensor:
-    """Score then select (arguments as ``score_pages_reference``), returning chosen pages as
-    ``select_pages_reference``. On CUDA one fused launch scores and selects."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Score then select (arguments as ``score_pages_reference``). Returns chosen pages as
+    ``select_pages_reference`` gives them and, on CUDA, their physical ids in ``page_table``
+    (same shape, -1 padded; None elsewhere). On CUDA one fused launch scores and selects."""
     if q.is_cuda and page_table.shape[1] <= MAX_KERNEL_PAGES:
         from asr.attention.kernels.scoring import score_pages_triton
 
-        return score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)[1]
-    return select_pages(score_pages(q, key_stats, page_table, seq_lens, config), seq_lens, config)
+        _, chosen, chosen_physical = score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)
+        return chosen, chosen_physical
+    return select_pages(score_pages(q, key_stats, page_table, seq_lens, config), seq_lens, config), None

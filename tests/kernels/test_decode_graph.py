@@ -41,7 +41,7 @@ def test_decode_step_replays_from_cuda_graph(sparse):
         chosen = None
         if sparse is not None:
             # eager kernels choose the pages (the reference could break near-ties differently)
-            chosen = score_and_select_pages(q, batch.key_stats, metadata.page_table, metadata.seq_lens, sparse)
+            chosen, _ = score_and_select_pages(q, batch.key_stats, metadata.page_table, metadata.seq_lens, sparse)
         expected, _ = paged_decode_reference(q.float(), batch.k_cache.float(), batch.v_cache.float(),
                                              metadata.page_table, metadata.seq_lens, scale, chosen)
         assert_close(out.float(), expected, torch.bfloat16)

@@ -29,15 +29,21 @@ def reference(batch, scale, chosen=None):
                                   batch.seq_lens, scale, chosen)
 
 
-def run_kernel(batch, scale, chosen=None, num_splits=None):
+def physical_ids(chosen, page_table):
+    """The chosen logical pages' ids in the page table, -1 where none (as the fused selector gives them)."""
+    gathered = page_table.long().gather(1, chosen.long().clamp(min=0).flatten(1)).view(chosen.shape)
+    return gathered.masked_fill(chosen < 0, -1).to(torch.int32)
+
+
+def run_kernel(batch, scale, chosen=None, num_splits=None, chosen_physical=None):
     out = torch.full_like(batch.q, float("nan"))
     lse = torch.full(batch.q.shape[:2], float("nan"), device=batch.q.device)
     return paged_decode_triton(batch.q, batch.k_cache, batch.v_cache, batch.page_table, batch.seq_lens, scale,
-                               chosen, num_splits=num_splits, out=out, lse=lse)
+                               chosen, chosen_physical, num_splits=num_splits, out=out, lse=lse)
 
 
-def check(batch, scale, chosen=None, num_splits=None):
-    out, lse = run_kernel(batch, scale, chosen, num_splits)
+def check(batch, scale, chosen=None, num_splits=None, chosen_physical=None):
+    out, lse = run_kernel(batch, scale, chosen, num_splits, chosen_physical)
     ref_out, ref_lse = reference(batch, scale, chosen)
     assert_close(out.float(), ref_out, batch.q.dtype)
     assert_close(lse, ref_lse, torch.float16)  # fp32 logits of the same operands; loose for GPU dot order
@@ -55,7 +61,7 @@ def test_sparse_decode_matches_reference(dtype, head_dim, page_size, heads):
     config = UniqueConfig(page_size=page_size, budget_tokens=4 * page_size)
     scores = score_pages_reference(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
     chosen = select_pages_reference(scores, batch.seq_lens, config)  # -1 padded for the short sequence
-    check(batch, 1 / math.sqrt(head_dim), chosen)
+    check(batch, 1 / math.sqrt(head_dim), chosen, chosen_physical=physical_ids(chosen, batch.page_table))
 
 
 @pytest.mark.parametrize("num_splits", [1, 2, 5, 64])
@@ -95,4 +101,5 @@ def test_real_size_decode(page_size, sparse):
         config = UniqueConfig(page_size=page_size, budget_tokens=2048)
         scores = score_pages_reference(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
         chosen = select_pages_reference(scores, batch.seq_lens, config)
-    check(batch, 1 / math.sqrt(128), chosen)
+    check(batch, 1 / math.sqrt(128), chosen, chosen_physical=None if chosen is None else
+          physical_ids(chosen, batch.page_table))

@@ -1,10 +1,12 @@
 """Page scoring, top-k selection and the fused score+select kernel against their references.
-Selections are compared by chosen set size, forced pages and summed scores (ties may differ)."""
+Selections are compared by chosen set size, forced pages and summed scores (ties may differ);
+physical page ids by the page table."""
 
 import pytest
 import torch
 
 from asr.attention.config import UniqueConfig
+from asr.attention.kernels import scoring
 from asr.attention.kernels.scoring import score_pages_triton
 from asr.attention.kernels.selection import select_pages_triton
 from asr.attention.scoring import score_pages_reference
@@ -20,6 +22,17 @@ CONFIGS = [
 ]
 GQA = [pytest.param((4, 4), id="mha"), pytest.param((8, 2), id="gqa4"), pytest.param((16, 2), id="gqa8")]
 DTYPES = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")]
+
+
+def check_physical(chosen_physical, chosen, page_table):
+    """Physical ids are the page table's entries of the chosen pages, -1 where none."""
+    chosen, page_table = chosen.long().cpu(), page_table.long().cpu()
+    expected = page_table.gather(1, chosen.clamp(min=0).flatten(1)).view(chosen.shape).masked_fill(chosen < 0, -1)
+    assert torch.equal(chosen_physical.long().cpu(), expected)
+
+
+def identity_table(batch, max_pages):
+    return torch.arange(max_pages, dtype=torch.int32, device=DEVICE).expand(batch, -1)
 
 
 def check_selection(chosen, scores, seq_lens, config):
@@ -63,9 +76,12 @@ def test_selection_matches_reference(budget_pages, max_pages):
     num_pages = (seq_lens + 15) // 16
     scores = scores.masked_fill(torch.arange(max_pages)[None, None] >= num_pages[:, None, None], float("-inf"))
     poisoned = torch.full((4, 3, config.num_select), -7, dtype=torch.int32, device=DEVICE)
-    chosen = select_pages_triton(scores.to(DEVICE), seq_lens.to(DEVICE), 16, config.num_select, 1, 2, out=poisoned)
+    page_table = torch.randperm(4 * max_pages, generator=gen).to(torch.int32).view(4, max_pages).to(DEVICE)
+    chosen, physical = select_pages_triton(scores.to(DEVICE), seq_lens.to(DEVICE), page_table, 16, config.num_select,
+                                           1, 2, out=poisoned)
     assert chosen is poisoned and (chosen >= -1).all(), "unwritten chosen slots"
     check_selection(chosen, scores, seq_lens, config)
+    check_physical(physical, chosen, page_table)
 
 
 def test_selection_breaks_ties():
@@ -75,19 +91,52 @@ def test_selection_breaks_ties():
     scores = torch.randint(0, 3, (2, 2, 300), generator=gen).float()
     seq_lens = torch.tensor([300 * 16, 200 * 16 - 5], dtype=torch.int32)
     scores[1, :, 200:] = float("-inf")
-    chosen = select_pages_triton(scores.to(DEVICE), seq_lens.to(DEVICE), 16, config.num_select, 1, 2)
+    chosen, _ = select_pages_triton(scores.to(DEVICE), seq_lens.to(DEVICE), identity_table(2, 300), 16,
+                                    config.num_select, 1, 2)
     check_selection(chosen, scores, seq_lens, config)
+
+
+def check_fused(batch, config):
+    args = (batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
+    scores, chosen, physical = score_pages_triton(*args, select=True)
+    torch.testing.assert_close(scores, score_pages_reference(*args), rtol=1e-4, atol=1e-4)
+    check_selection(chosen, scores, batch.seq_lens, config)
+    check_physical(physical, chosen, batch.page_table)
+    _, again, _ = score_pages_triton(*args, select=True)  # counters were reset by the last programs
+    assert torch.equal(again, chosen)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_fused_score_select_matches_separate(config):
     batch = make_paged_batch([2000, 16, 1, 700], 8, 2, 64, config.page_size, torch.bfloat16, seed=22, device=DEVICE)
-    args = (batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
-    scores, chosen = score_pages_triton(*args, select=True)
-    torch.testing.assert_close(scores, score_pages_reference(*args), rtol=1e-4, atol=1e-4)
-    check_selection(chosen, scores, batch.seq_lens, config)
-    _, again = score_pages_triton(*args, select=True)  # counters were reset by the last program
-    assert torch.equal(again, chosen)
+    check_fused(batch, config)
+
+
+# (budget pages, programs per SM): one or several groups per row, one or several programs per group
+TOURNAMENTS = [pytest.param(8, 2, id="k8-groups"), pytest.param(8, 64, id="k8-groups-of-programs"),
+               pytest.param(64, 64, id="k64-groups-of-programs"), pytest.param(3, 64, id="k3-forced-only")]
+
+
+@pytest.mark.parametrize("budget_pages, programs_per_sm", TOURNAMENTS)
+def test_fused_selection_across_groups(budget_pages, programs_per_sm, monkeypatch):
+    """Long ragged rows cut into several selection groups, each scored by several programs."""
+    monkeypatch.setattr(scoring, "SCORE_PROGRAMS_PER_SM", programs_per_sm)
+    config = UniqueConfig(page_size=16, budget_tokens=16 * budget_pages)
+    batch = make_paged_batch([9000, 2100, 40, 5000], 8, 2, 64, 16, torch.bfloat16, seed=24, device=DEVICE)
+    block_k = 1 << (config.num_select - 1).bit_length()
+    assert scoring.plan_groups(batch.page_table.shape[1], block_k) < batch.page_table.shape[1]
+    check_fused(batch, config)
+
+
+def test_fused_selection_breaks_ties_across_groups(monkeypatch):
+    """Pages share three distinct statistics, so scores tie across groups and programs."""
+    monkeypatch.setattr(scoring, "SCORE_PROGRAMS_PER_SM", 64)
+    config = UniqueConfig(page_size=16, budget_tokens=16 * 20)
+    batch = make_paged_batch([9000, 3000], 8, 2, 64, 16, torch.bfloat16, seed=25, device=DEVICE)
+    gen = torch.Generator().manual_seed(25)
+    pool = batch.key_stats[:3].clone()
+    batch.key_stats.copy_(pool[torch.randint(0, 3, (batch.key_stats.shape[0],), generator=gen).to(DEVICE)])
+    check_fused(batch, config)
 
 
 @pytest.mark.gpu
@@ -97,6 +146,7 @@ def test_real_size_fused_score_select(page_size):
     config = UniqueConfig(page_size=page_size, budget_tokens=2048)
     batch = make_paged_batch([131072, 40000, 3000], 32, 8, 128, page_size, torch.bfloat16, seed=23, device=DEVICE)
     args = (batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
-    scores, chosen = score_pages_triton(*args, select=True)
+    scores, chosen, physical = score_pages_triton(*args, select=True)
     torch.testing.assert_close(scores, score_pages_reference(*args), rtol=1e-4, atol=1e-3)
     check_selection(chosen, scores, batch.seq_lens, config)
+    check_physical(physical, chosen, batch.page_table)

@@ -39,12 +39,12 @@ DECODE_STAGES = 2  # software pipelining depth of the K/V loads
 
 @triton.jit
 def _paged_decode_split_kernel(
-    q_ptr, k_ptr, v_ptr, page_table_ptr, seq_lens_ptr, chosen_ptr, o_part_ptr, lse_part_ptr,
+    q_ptr, k_ptr, v_ptr, page_table_ptr, seq_lens_ptr, chosen_ptr, physical_ptr, o_part_ptr, lse_part_ptr,
     scale_log2, slots_per_split, num_slots,
     stride_qb, stride_qh, stride_kp, stride_kh, stride_kt, stride_vp, stride_vh, stride_vt,
     stride_tb, stride_cb, stride_ch,
     KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-    PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPARSE: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPARSE: tl.constexpr, HAS_PHYSICAL: tl.constexpr,
 ):
     i_bh = tl.program_id(0)
     i_s = tl.program_id(1)
@@ -77,7 +77,11 @@ def _paged_decode_split_kernel(
         else:
             logical = o_slot
         m_page = m_slot & (logical >= 0) & (logical < num_pages)
-        physical = tl.load(page_table_ptr + i_b * stride_tb + logical, mask=m_page, other=0).to(tl.int64)
+        if HAS_PHYSICAL:  # loaded beside the logical pages, not after them
+            physical = tl.load(physical_ptr + i_b * stride_cb + i_h * stride_ch + o_slot, mask=m_slot, other=0)
+            physical = tl.where(m_page, physical, 0).to(tl.int64)
+        else:
+            physical = tl.load(page_table_ptr + i_b * stride_tb + logical, mask=m_page, other=0).to(tl.int64)
         m_tok = m_page & (logical * PAGE_SIZE + o_tok < seq_len)
         p_k = k_ptr + physical[:, None] * stride_kp + i_h * stride_kh + o_tok[:, None] * stride_kt + o_d[None, :]
         p_v = v_ptr + physical[:, None] * stride_vp + i_h * stride_vh + o_tok[:, None] * stride_vt + o_d[None, :]
@@ -140,12 +144,15 @@ def paged_decode_triton(
     seq_lens: torch.Tensor,
     scale: float,
     chosen_pages: torch.Tensor | None = None,
+    chosen_physical: torch.Tensor | None = None,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Kernel of ``paged_decode_reference`` (same arguments and results); fp16/bf16 caches.
 
+    chosen_physical: optional ids in ``page_table`` of ``chosen_pages`` (same shape and strides, as
+    the fused selector writes them): saves the dependent page-table load.
     num_splits: override the number of splits per (sequence, kv head) (tuning and tests).
     out, lse: optional result buffers ([batch, q_heads, head_dim] q.dtype, [batch, q_heads] fp32).
     """
@@ -168,6 +175,10 @@ def paged_decode_triton(
         check_last_dim_contiguous("chosen_pages", chosen_pages)
         num_slots = chosen_pages.shape[-1]
         chosen_arg, stride_cb, stride_ch = chosen_pages, chosen_pages.stride(0), chosen_pages.stride(1)
+        if chosen_physical is not None:
+            check_dtype("chosen_physical", chosen_physical, (torch.int32,))
+            if chosen_physical.shape != chosen_pages.shape or chosen_physical.stride() != chosen_pages.stride():
+                raise ValueError("chosen_physical must have the shape and strides of chosen_pages")
     else:
         num_slots = page_table.shape[1]
         chosen_arg, stride_cb, stride_ch = page_table, 0, 0
@@ -182,12 +193,13 @@ def paged_decode_triton(
     o_part = torch.empty(batch * q_heads * splits * head_dim, dtype=torch.float32, device=q.device)
     lse_part = torch.empty(batch * q_heads * splits, dtype=torch.float32, device=q.device)
     _paged_decode_split_kernel[(batch * kv_heads, splits)](
-        q, k_cache, v_cache, page_table, seq_lens, chosen_arg, o_part, lse_part,
+        q, k_cache, v_cache, page_table, seq_lens, chosen_arg,
+        chosen_physical if chosen_physical is not None else chosen_arg, o_part, lse_part,
         scale * LOG2_E, slots_per_split, num_slots,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), page_table.stride(0), stride_cb, stride_ch,
         KV_HEADS=kv_heads, GROUP=group, BLOCK_G=max(MIN_DOT_ROWS, next_power_of_2(group)), HEAD_DIM=head_dim,
-        PAGE_SIZE=page_size, BLOCK_N=block_n, SPARSE=sparse,
+        PAGE_SIZE=page_size, BLOCK_N=block_n, SPARSE=sparse, HAS_PHYSICAL=sparse and chosen_physical is not None,
         num_warps=DECODE_WARPS, num_stages=1 if interpreting() else DECODE_STAGES,
     )
     out = torch.empty_like(q) if out is None else out

@@ -6,10 +6,16 @@ unique/gauss ``mean . sum_g q + (std^2) . lam sum_g q^2 / (2 sqrt d)``, unique/l
 ``mean . sum_g q + std . lam sum_g |q|``, quest ``max . sum_g relu(q) + min . sum_g min(q, 0)``,
 mean ``mean . sum_g q``. So a page costs two stat rows (one for ``mean``) whatever the group size.
 
-Grid: (batch * kv_heads, programs per row); a program scores every programs-per-row-th tile of
-BLOCK_P pages (a loop, so the loads of the next tile overlap this one's arithmetic). Fused: each program also bumps a per-row counter after
-writing its scores; the program that finishes a row last selects its top-k (``_select_row``)
-and resets the counter, so one launch scores and selects.
+Grid: (batch * kv_heads, programs per row); a program scores one contiguous run of
+``pages_per_program`` pages in tiles of PAGES_PER_TILE, so even a single sequence keeps every SM
+busy. Fused selection is a two-level tournament in the same launch, so no one program ranks a
+whole row: a row is cut into groups of ``group_pages`` pages; the program that finishes a group
+last (a per-group counter) takes the group's top ``num_select`` pages (forced pages first) and
+writes them, in page order, as the group's candidates; the program that finishes the row's last
+group (a per-row counter) takes the top ``num_select`` of the union of candidates and writes the
+chosen logical pages and their physical ids. Every page of the global top-k is in its group's
+top-k under the same order (score, then lower page), so the result is exact. Counters are reset
+by the programs that read them last.
 """
 
 from __future__ import annotations
@@ -32,24 +38,36 @@ from asr.attention.kernels.common import (
     num_sms as _num_sms,
     zeroed_counters,
 )
-from asr.attention.kernels.selection import MAX_PAGES, RANKED_SCORES, _select_row, search_ways, select_warps
+from asr.attention.kernels.selection import (
+    MAX_PAGES,
+    MIN_KEY,
+    RANKED_SCORES,
+    _emit_chosen,
+    _forced_mask,
+    _ordered_key,
+    _top_mask,
+    search_ways,
+    select_warps,
+)
 
 METHOD_GAUSS, METHOD_L1, METHOD_QUEST, METHOD_MEAN = 0, 1, 2, 3
-PAGES_PER_TILE = 128  # pages scored per loop step
-SCORE_PROGRAMS_PER_SM = 2  # programs per row are chosen so the grid covers the SMs this many times
-SCORE_WARPS = 8  # warps of an unfused scoring program
+PAGES_PER_TILE = 64  # pages scored per loop step
+SCORE_PROGRAMS_PER_SM = 2  # pages per program are chosen so the grid covers the SMs about this many times
+MAX_PAGES_PER_PROGRAM = 1024  # unfused: longest run of pages one program scores
+SCORE_WARPS = 8  # fewest warps of a scoring program
 SCORE_STAGES = 3  # software pipelining depth of the tile loop
 
 
 @triton.jit
 def _score_pages_kernel(
-    q_ptr, stats_ptr, page_table_ptr, seq_lens_ptr, scores_ptr, chosen_ptr, counter_ptr, scratch_ptr,
-    offset_weight, max_pages, num_tiles, num_select, stride_qb, stride_qh, stride_sp, stride_sh, stride_tb,
+    q_ptr, stats_ptr, page_table_ptr, seq_lens_ptr, scores_ptr, chosen_ptr, physical_ptr, counter_ptr,
+    cand_key_ptr, cand_page_ptr, scratch_ptr,
+    offset_weight, max_pages, num_select, num_groups, stride_qb, stride_qh, stride_sp, stride_sh, stride_tb,
     KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-    PAGE_SIZE: tl.constexpr, BLOCK_P: tl.constexpr, METHOD: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, BLOCK_P: tl.constexpr, PAGES_PER_PROGRAM: tl.constexpr, METHOD: tl.constexpr,
     ROW_A: tl.constexpr, ROW_B: tl.constexpr, FUSE_SELECT: tl.constexpr,
-    SINK: tl.constexpr, LOCAL: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, WAYS: tl.constexpr, BLOCK_C: tl.constexpr,
+    SINK: tl.constexpr, LOCAL: tl.constexpr, GROUP_PAGES: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_F: tl.constexpr, WAYS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     i_bh = tl.program_id(0)
     i_p = tl.program_id(1)
@@ -73,10 +91,12 @@ def _score_pages_kernel(
             b_wb = tl.sum(tl.abs(b_q), 0) * offset_weight
 
     row_ptr = scores_ptr + i_bh * max_pages
-    for i_tile in range(i_p, num_tiles, tl.num_programs(1)):
-        o_p = i_tile * BLOCK_P + tl.arange(0, BLOCK_P)
+    page_table_row_ptr = page_table_ptr + i_b * stride_tb
+    first_page = i_p * PAGES_PER_PROGRAM
+    for tile_page in range(first_page, tl.minimum(first_page + PAGES_PER_PROGRAM, max_pages), BLOCK_P):
+        o_p = tile_page + tl.arange(0, BLOCK_P)
         m_p = o_p < num_pages
-        physical = tl.load(page_table_ptr + i_b * stride_tb + o_p, mask=m_p, other=0).to(tl.int64)
+        physical = tl.load(page_table_row_ptr + o_p, mask=m_p, other=0).to(tl.int64)
         p_stat = stats_ptr + physical[:, None] * stride_sp + i_h * stride_sh + o_d[None, :]
         b_a = tl.load(p_stat + ROW_A * HEAD_DIM, mask=m_p[:, None], other=0.0).to(tl.float32)
         b_score = tl.sum(b_a * b_wa[None, :], 1)
@@ -88,11 +108,47 @@ def _score_pages_kernel(
         b_score = tl.where(m_p, b_score, float("-inf"))
         tl.store(row_ptr + o_p, b_score, mask=o_p < max_pages)
     if FUSE_SELECT:
-        done = tl.atomic_add(counter_ptr + i_bh, 1, sem="acq_rel")
-        if done == tl.num_programs(1) - 1:
-            _select_row(row_ptr, chosen_ptr + i_bh * num_select, scratch_ptr + i_bh * BLOCK_C, num_pages,
-                        max_pages, num_select, SINK, LOCAL, BLOCK_N, BLOCK_K, WAYS, BLOCK_C)
-            tl.atomic_xchg(counter_ptr + i_bh, 0)
+        # level 1: the last program of a group picks the group's candidates
+        programs_per_group: tl.constexpr = GROUP_PAGES // PAGES_PER_PROGRAM
+        i_grp = i_p // programs_per_group
+        group_counter = counter_ptr + i_bh * (num_groups + 1) + i_grp
+        group_size = tl.minimum(programs_per_group, tl.num_programs(1) - i_grp * programs_per_group)
+        tl.debug_barrier()  # every thread's scores are stored before the counter releases them
+        if tl.atomic_add(group_counter, 1, sem="acq_rel") == group_size - 1:
+            tl.atomic_xchg(group_counter, 0)
+            o_n = i_grp * GROUP_PAGES + tl.arange(0, GROUP_PAGES)
+            m_valid = o_n < num_pages
+            b_score = tl.load(row_ptr + o_n, mask=m_valid, other=float("-inf"), cache_modifier=".cg")
+            m_forced = _forced_mask(o_n, num_pages, SINK, LOCAL)
+            need = num_select - tl.sum(m_forced.to(tl.int32), 0)
+            b_key = _ordered_key(b_score)
+            scratch_row_ptr = scratch_ptr + (i_bh * (num_groups + 1) + i_grp) * BLOCK_C
+            m_take = m_forced | _top_mask(b_key, m_valid & ~m_forced, need, scratch_row_ptr, WAYS, BLOCK_C)
+            o_k = tl.arange(0, BLOCK_K)
+            cand_offset = (i_bh * num_groups + i_grp) * BLOCK_K
+            position = tl.cumsum(m_take.to(tl.int32), 0) - 1
+            tl.store(cand_key_ptr + cand_offset + o_k, tl.full([BLOCK_K], MIN_KEY, tl.int32))
+            tl.store(cand_page_ptr + cand_offset + o_k, tl.full([BLOCK_K], -1, tl.int32))
+            tl.debug_barrier()
+            tl.store(cand_key_ptr + cand_offset + position, b_key, mask=m_take)
+            tl.store(cand_page_ptr + cand_offset + position, o_n, mask=m_take)
+            # level 2: the last group of a row picks from the union of the groups' candidates
+            row_counter = counter_ptr + i_bh * (num_groups + 1) + num_groups
+            tl.debug_barrier()
+            if tl.atomic_add(row_counter, 1, sem="acq_rel") == num_groups - 1:
+                tl.atomic_xchg(row_counter, 0)
+                o_f = tl.arange(0, BLOCK_F)
+                m_f = o_f < num_groups * BLOCK_K
+                c_key = tl.load(cand_key_ptr + i_bh * num_groups * BLOCK_K + o_f, mask=m_f, other=MIN_KEY,
+                                cache_modifier=".cg")
+                c_page = tl.load(cand_page_ptr + i_bh * num_groups * BLOCK_K + o_f, mask=m_f, other=-1,
+                                 cache_modifier=".cg")
+                c_forced = _forced_mask(c_page, num_pages, SINK, LOCAL)
+                need = num_select - tl.sum(c_forced.to(tl.int32), 0)
+                scratch_row_ptr = scratch_ptr + (i_bh * (num_groups + 1) + num_groups) * BLOCK_C
+                c_take = c_forced | _top_mask(c_key, (c_page >= 0) & ~c_forced, need, scratch_row_ptr, WAYS, BLOCK_C)
+                _emit_chosen(c_take, c_page, chosen_ptr + i_bh * num_select, physical_ptr + i_bh * num_select,
+                             page_table_row_ptr, num_select, BLOCK_K)
 
 
 def _method(config: UniqueConfig, head_dim: int) -> tuple[int, int, int, float]:
@@ -106,12 +162,26 @@ def _method(config: UniqueConfig, head_dim: int) -> tuple[int, int, int, float]:
     return METHOD_L1, STAT_MEAN, STAT_STD, config.lam
 
 
+def plan_groups(max_pages: int, block_k: int) -> int:
+    """Pages per selection group: about sqrt(max_pages * block_k), so a group's top-k and the
+    final top-k over num_groups * block_k candidates rank about as many scores each."""
+    return max(PAGES_PER_TILE, next_power_of_2(math.isqrt(max_pages * block_k)))
+
+
+def plan_pages_per_program(rows: int, max_pages: int, most: int, num_sms: int) -> int:
+    """Pages per scoring program (a power of two, PAGES_PER_TILE to ``most``) so that the grid
+    covers the SMs about SCORE_PROGRAMS_PER_SM times. Depends on shapes only (graph-safe)."""
+    wanted = triton.cdiv(rows * max_pages, SCORE_PROGRAMS_PER_SM * num_sms)
+    return min(most, max(PAGES_PER_TILE, next_power_of_2(wanted)))
+
+
 def score_pages_triton(q: torch.Tensor, key_stats: torch.Tensor, page_table: torch.Tensor, seq_lens: torch.Tensor,
                        config: UniqueConfig, select: bool = False):
     """Kernel of ``score_pages_reference`` (same arguments, scores [batch, kv_heads, max_pages] fp32).
 
-    select=True also runs the top-k selection in the same launch and returns (scores, chosen)
-    with chosen as ``select_pages_reference`` gives it.
+    select=True also selects in the same launch and returns (scores, chosen, chosen_physical):
+    chosen [batch, kv_heads, num_select] int32 as ``select_pages_reference`` gives it and
+    chosen_physical the same pages' ids in ``page_table`` (-1 padded).
     """
     batch, q_heads, head_dim = q.shape
     _, kv_heads, num_stats, _ = key_stats.shape
@@ -132,27 +202,37 @@ def score_pages_triton(q: torch.Tensor, key_stats: torch.Tensor, page_table: tor
     method, row_a, row_b, offset_weight = _method(config, head_dim)
     group = q_heads // kv_heads
     rows = batch * kv_heads
-    scores = torch.empty(batch, kv_heads, max_pages, dtype=torch.float32, device=q.device)
     num_select = config.num_select
+    block_k = next_power_of_2(num_select)
+    device = q.device
+    scores = torch.empty(batch, kv_heads, max_pages, dtype=torch.float32, device=device)
     if select:
-        chosen = torch.empty(batch, kv_heads, num_select, dtype=torch.int32, device=q.device)
-        counters = zeroed_counters("score_select", q.device, rows)
+        group_pages = plan_groups(max_pages, block_k)
+        num_groups = triton.cdiv(max_pages, group_pages)
+        block_f = next_power_of_2(num_groups * block_k)
+        pages_per_program = plan_pages_per_program(rows, max_pages, group_pages, _num_sms(device))
+        chosen = torch.empty(batch, kv_heads, num_select, dtype=torch.int32, device=device)
+        physical = torch.empty_like(chosen)
+        counters = zeroed_counters("score_select", device, rows * (num_groups + 1))
+        cand_keys = torch.empty(rows * num_groups * block_k, dtype=torch.int32, device=device)
+        cand_pages = torch.empty_like(cand_keys)
+        scratch = torch.empty(rows * (num_groups + 1) * RANKED_SCORES, dtype=torch.int32, device=device)
+        num_warps = max(SCORE_WARPS, select_warps(max(group_pages, block_f)))
+        ways = search_ways(max(group_pages, block_f), num_warps)
     else:
-        chosen, counters = scores, scores  # unused pointers
-    scratch = torch.empty(rows * RANKED_SCORES if select else 1, dtype=torch.int32, device=q.device)
-    block_n = next_power_of_2(max(max_pages, 16))
-    num_warps = select_warps(block_n) if select else SCORE_WARPS
-    num_tiles = triton.cdiv(max_pages, PAGES_PER_TILE)
-    programs = min(num_tiles, triton.cdiv(SCORE_PROGRAMS_PER_SM * _num_sms(q.device), rows))
+        group_pages = num_groups = block_f = ways = 16  # unused
+        pages_per_program = plan_pages_per_program(rows, max_pages, MAX_PAGES_PER_PROGRAM, _num_sms(device))
+        chosen = physical = counters = cand_keys = cand_pages = scratch = scores  # unused pointers
+        num_warps = SCORE_WARPS
+    programs = triton.cdiv(max_pages, pages_per_program)
     _score_pages_kernel[(rows, programs)](
-        q, key_stats, page_table, seq_lens, scores, chosen, counters, scratch,
-        offset_weight, max_pages, num_tiles, num_select, q.stride(0), q.stride(1), key_stats.stride(0), key_stats.stride(1),
-        page_table.stride(0),
+        q, key_stats, page_table, seq_lens, scores, chosen, physical, counters, cand_keys, cand_pages, scratch,
+        offset_weight, max_pages, num_select, num_groups, q.stride(0), q.stride(1), key_stats.stride(0),
+        key_stats.stride(1), page_table.stride(0),
         KV_HEADS=kv_heads, GROUP=group, BLOCK_G=next_power_of_2(group), HEAD_DIM=head_dim,
-        PAGE_SIZE=config.page_size, BLOCK_P=PAGES_PER_TILE, METHOD=method, ROW_A=row_a, ROW_B=row_b,
-        FUSE_SELECT=select, SINK=config.sink_pages, LOCAL=config.local_pages,
-        BLOCK_N=block_n if select else 16, BLOCK_K=next_power_of_2(num_select) if select else 16,
-        WAYS=search_ways(block_n, num_warps), BLOCK_C=RANKED_SCORES, num_warps=num_warps,
-        num_stages=1 if interpreting() else SCORE_STAGES,
+        PAGE_SIZE=config.page_size, BLOCK_P=PAGES_PER_TILE, PAGES_PER_PROGRAM=pages_per_program, METHOD=method,
+        ROW_A=row_a, ROW_B=row_b, FUSE_SELECT=select, SINK=config.sink_pages, LOCAL=config.local_pages,
+        GROUP_PAGES=group_pages, BLOCK_K=block_k, BLOCK_F=block_f, WAYS=ways, BLOCK_C=RANKED_SCORES,
+        num_warps=num_warps, num_stages=1 if interpreting() else SCORE_STAGES,
     )
-    return (scores, chosen) if select else scores
+    return (scores, chosen, physical) if select else scores

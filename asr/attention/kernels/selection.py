@@ -1,11 +1,15 @@
 """Top-k page selection with sink and local pages forced in; reference:
 ``asr.attention.selection.select_pages_reference``.
 
-One program per (sequence, kv head) holds its row of page scores in registers and brackets the
-k-th largest score by a few 8-way searches (each one reduction over the row), then ranks the
-few scores left in the bracket exactly (see ``_select_row``). Chosen pages are written in
-ascending order through a prefix sum, -1 padded. Ties at the bound
-go to the lower page index. ``_select_row`` is shared with the fused score+select kernel.
+``_top_mask`` takes the ``need`` largest of a tile of candidate scores held in registers: it
+brackets the need-th largest by a few WAYS-way searches (each one reduction over the tile), then
+ranks the few scores left in the bracket exactly. Ties at the bound go to the lower position,
+i.e. the lower page index, since tiles hold pages in ascending order. ``_emit_chosen`` writes the
+taken pages in that order through a prefix sum, -1 padded, with their physical page ids.
+
+The unfused kernel here runs one program per (sequence, kv head) row; the fused score+select
+kernel (``scoring.py``) uses the same two functions on groups of a row and then on the union of
+the groups' winners.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ SEARCH_WAYS = 4  # thresholds tested per search step (4 beat 8 and 16 on the H10
 SCORES_PER_THREAD = 8  # sets the warps of a selection program (8: no spills on sm_90 up to 4096 pages)
 MAX_SELECT_WARPS = 16
 RANKED_SCORES = 128  # scores left near the k-th are ranked exactly against each other
+MIN_KEY = -(2**31)  # ordered key below every score (-inf maps above it)
 
 
 @triton.jit
@@ -38,28 +43,20 @@ def _key_value(key):
 
 
 @triton.jit
-def _select_row(scores_row_ptr, chosen_row_ptr, scratch_row_ptr, num_pages, max_pages, num_select,
-                SINK: tl.constexpr, LOCAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                WAYS: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Top ``num_select`` of one row. Keys are order-preserving ints; the bound [lo, hi) always
-    holds the k-th largest candidate: count(key >= lo) = count_lo >= need > count(key >= hi) =
-    count_hi. (1) WAYS-way search, thresholds spaced by value (keys when values cannot split),
-    until at most BLOCK_C candidates lie in [lo, hi); (2) those are compacted through
-    ``scratch_row_ptr`` and ranked exactly against each other ([BLOCK_C, BLOCK_C] compares);
-    (3) a prefix sum writes the chosen pages in ascending order."""
-    o_n = tl.arange(0, BLOCK_N)
-    m_valid = o_n < num_pages
-    b_score = tl.load(scores_row_ptr + o_n, mask=m_valid & (o_n < max_pages), other=float("-inf"),
-                      cache_modifier=".cg")
-    m_forced = m_valid & ((o_n < SINK) | (o_n >= num_pages - LOCAL))
-    m_cand = m_valid & ~m_forced
-    b_key = _ordered_key(b_score)
-    need = num_select - tl.sum(m_forced.to(tl.int32), 0)  # candidates to take
+def _top_mask(b_key, m_cand, need, scratch_ptr, WAYS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Mask of the ``need`` largest keys among ``m_cand`` (ties to the lower position).
+
+    b_key: [BLOCK] int32 ordered keys; m_cand: [BLOCK] bool; scratch_ptr: BLOCK_C int32 of
+    scratch. The bound [lo, hi) always holds the need-th largest candidate: count(key >= lo) =
+    count_lo >= need > count(key >= hi) = count_hi. (1) WAYS-way search, thresholds spaced by
+    value (keys when values cannot split), until at most BLOCK_C candidates lie in [lo, hi);
+    (2) those are compacted through ``scratch_ptr`` and ranked exactly ([BLOCK_C, BLOCK_C]
+    compares); (3) the ties at the bound are taken in position order."""
     count_lo = tl.sum(m_cand.to(tl.int32), 0)
     count_hi = count_lo * 0
     lo = tl.min(tl.where(m_cand, b_key, 2**31 - 1), 0).to(tl.int64)
     hi = tl.max(tl.where(m_cand, b_key, -(2**31)), 0).to(tl.int64) + 1
-    if count_lo <= need:  # every candidate fits the budget
+    if count_lo <= need:  # every candidate fits
         lo = hi - 2**40
         need = count_lo
     o_w = tl.arange(0, WAYS)
@@ -78,37 +75,62 @@ def _select_row(scores_row_ptr, chosen_row_ptr, scratch_row_ptr, num_pages, max_
         lo = new_lo
     if (count_lo > need) & (count_lo - count_hi <= BLOCK_C):
         m_in = m_cand & (b_key >= lo) & (b_key < hi)
-        tl.store(scratch_row_ptr + tl.cumsum(m_in.to(tl.int32), 0) - 1, b_key, mask=m_in)
+        tl.store(scratch_ptr + tl.cumsum(m_in.to(tl.int32), 0) - 1, b_key, mask=m_in)
         tl.debug_barrier()
         o_c = tl.arange(0, BLOCK_C)
         m_c = o_c < count_lo - count_hi
-        c_key = tl.load(scratch_row_ptr + o_c, mask=m_c, other=-(2**31))
+        c_key = tl.load(scratch_ptr + o_c, mask=m_c, other=-(2**31))
         before = (c_key[None, :] > c_key[:, None]) | ((c_key[None, :] == c_key[:, None]) & (o_c[None, :] < o_c[:, None]))
-        rank = tl.sum((before & m_c[None, :]).to(tl.int32), 1)  # 0 = largest, ties by page index
+        rank = tl.sum((before & m_c[None, :]).to(tl.int32), 1)  # 0 = largest, ties by position
         kth = tl.max(tl.where(m_c & (rank == need - count_hi - 1), c_key, -(2**31)), 0).to(tl.int64)
         lo = kth
         hi = kth + 1
     m_above = m_cand & (b_key >= hi)
     m_tie = m_cand & (b_key >= lo) & (b_key < hi)
     tie_rank = tl.cumsum(m_tie.to(tl.int32), 0)
-    m_take = m_forced | m_above | (m_tie & (tie_rank <= need - tl.sum(m_above.to(tl.int32), 0)))
-    position = tl.cumsum(m_take.to(tl.int32), 0) - 1
-    tl.store(chosen_row_ptr + position, o_n, mask=m_take)
-    num_taken = tl.sum(m_take.to(tl.int32), 0)
-    o_k = tl.arange(0, BLOCK_K)
-    tl.store(chosen_row_ptr + o_k, tl.full([BLOCK_K], -1, tl.int32), mask=(o_k >= num_taken) & (o_k < num_select))
+    return (m_above | (m_tie & (tie_rank <= need - tl.sum(m_above.to(tl.int32), 0)))) & (need > 0)
 
 
 @triton.jit
-def _select_pages_kernel(scores_ptr, seq_lens_ptr, chosen_ptr, scratch_ptr, max_pages, num_select,
+def _forced_mask(b_page, num_pages, SINK: tl.constexpr, LOCAL: tl.constexpr):
+    """Pages always read: the first SINK and the last LOCAL of a sequence (b_page < 0: none)."""
+    return (b_page >= 0) & (b_page < num_pages) & ((b_page < SINK) | (b_page >= num_pages - LOCAL))
+
+
+@triton.jit
+def _emit_chosen(m_take, b_page, chosen_row_ptr, physical_row_ptr, page_table_row_ptr, num_select,
+                 BLOCK_K: tl.constexpr):
+    """Write the taken pages (b_page, in ascending order) and their physical ids, -1 padded."""
+    position = tl.cumsum(m_take.to(tl.int32), 0) - 1
+    physical = tl.load(page_table_row_ptr + b_page, mask=m_take, other=0)
+    tl.store(chosen_row_ptr + position, b_page, mask=m_take)
+    tl.store(physical_row_ptr + position, physical, mask=m_take)
+    num_taken = tl.sum(m_take.to(tl.int32), 0)
+    o_k = tl.arange(0, BLOCK_K)
+    m_pad = (o_k >= num_taken) & (o_k < num_select)
+    tl.store(chosen_row_ptr + o_k, tl.full([BLOCK_K], -1, tl.int32), mask=m_pad)
+    tl.store(physical_row_ptr + o_k, tl.full([BLOCK_K], -1, tl.int32), mask=m_pad)
+
+
+@triton.jit
+def _select_pages_kernel(scores_ptr, seq_lens_ptr, page_table_ptr, chosen_ptr, physical_ptr, scratch_ptr,
+                         max_pages, num_select, stride_tb,
                          KV_HEADS: tl.constexpr, PAGE_SIZE: tl.constexpr,
                          SINK: tl.constexpr, LOCAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          WAYS: tl.constexpr, BLOCK_C: tl.constexpr):
     i_bh = tl.program_id(0)
-    seq_len = tl.load(seq_lens_ptr + i_bh // KV_HEADS)
+    i_b = i_bh // KV_HEADS
+    seq_len = tl.load(seq_lens_ptr + i_b)
     num_pages = (seq_len + PAGE_SIZE - 1) // PAGE_SIZE
-    _select_row(scores_ptr + i_bh * max_pages, chosen_ptr + i_bh * num_select, scratch_ptr + i_bh * BLOCK_C,
-                num_pages, max_pages, num_select, SINK, LOCAL, BLOCK_N, BLOCK_K, WAYS, BLOCK_C)
+    o_n = tl.arange(0, BLOCK_N)
+    m_valid = o_n < num_pages
+    b_score = tl.load(scores_ptr + i_bh * max_pages + o_n, mask=m_valid & (o_n < max_pages), other=float("-inf"))
+    m_forced = _forced_mask(o_n, num_pages, SINK, LOCAL)
+    need = num_select - tl.sum(m_forced.to(tl.int32), 0)
+    m_take = m_forced | _top_mask(_ordered_key(b_score), m_valid & ~m_forced, need, scratch_ptr + i_bh * BLOCK_C,
+                                  WAYS, BLOCK_C)
+    _emit_chosen(m_take, o_n, chosen_ptr + i_bh * num_select, physical_ptr + i_bh * num_select,
+                 page_table_ptr + i_b * stride_tb, num_select, BLOCK_K)
 
 
 def select_warps(block_n: int) -> int:
@@ -122,27 +144,34 @@ def search_ways(block_n: int, num_warps: int) -> int:
     return SEARCH_WAYS if block_n <= 32 * num_warps * SCORES_PER_THREAD else max(2, SEARCH_WAYS // 2)
 
 
-def select_pages_triton(scores: torch.Tensor, seq_lens: torch.Tensor, page_size: int, num_select: int,
-                        sink_pages: int, local_pages: int, out: torch.Tensor | None = None) -> torch.Tensor:
+def select_pages_triton(scores: torch.Tensor, seq_lens: torch.Tensor, page_table: torch.Tensor, page_size: int,
+                        num_select: int, sink_pages: int, local_pages: int,
+                        out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Kernel of ``select_pages_reference``: scores [batch, kv_heads, max_pages] fp32 ->
-    chosen [batch, kv_heads, num_select] int32 ascending, -1 padded (into ``out`` if given)."""
+    (chosen, chosen_physical), both [batch, kv_heads, num_select] int32: logical pages ascending,
+    -1 padded (into ``out`` if given), and their ids in ``page_table`` ([batch, >= max_pages] int32)."""
     batch, kv_heads, max_pages = scores.shape
-    check_device(scores, seq_lens)
+    check_device(scores, seq_lens, page_table)
     check_dtype("scores", scores, (torch.float32,))
     check_dtype("seq_lens", seq_lens, (torch.int32,))
+    check_dtype("page_table", page_table, (torch.int32,))
     check_contiguous("scores", scores)
     check_contiguous("seq_lens", seq_lens)
+    if page_table.stride(-1) != 1 or page_table.shape[0] != batch:
+        raise ValueError("page_table must be [batch, max_pages] with unit stride in its last dim")
     if max_pages > MAX_PAGES:
         raise ValueError(f"selection kernel holds at most {MAX_PAGES} pages per row, got {max_pages}")
     chosen = torch.empty(batch, kv_heads, num_select, dtype=torch.int32, device=scores.device) if out is None else out
     if chosen.shape != (batch, kv_heads, num_select) or chosen.dtype != torch.int32 or not chosen.is_contiguous():
         raise ValueError(f"out must be a contiguous int32 [{batch}, {kv_heads}, {num_select}] tensor")
+    physical = torch.empty_like(chosen)
     block_n = next_power_of_2(max(max_pages, 16))
     num_warps = select_warps(block_n)
     scratch = torch.empty(batch * kv_heads * RANKED_SCORES, dtype=torch.int32, device=scores.device)
     _select_pages_kernel[(batch * kv_heads,)](
-        scores, seq_lens, chosen, scratch, max_pages, num_select, KV_HEADS=kv_heads, PAGE_SIZE=page_size,
-        SINK=sink_pages, LOCAL=local_pages, BLOCK_N=block_n, BLOCK_K=next_power_of_2(num_select),
-        WAYS=search_ways(block_n, num_warps), BLOCK_C=RANKED_SCORES, num_warps=num_warps,
+        scores, seq_lens, page_table, chosen, physical, scratch, max_pages, num_select, page_table.stride(0),
+        KV_HEADS=kv_heads, PAGE_SIZE=page_size, SINK=sink_pages, LOCAL=local_pages, BLOCK_N=block_n,
+        BLOCK_K=next_power_of_2(num_select), WAYS=search_ways(block_n, num_warps), BLOCK_C=RANKED_SCORES,
+        num_warps=num_warps,
     )
-    return chosen
+    return chosen, physical
