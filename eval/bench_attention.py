@@ -68,13 +68,11 @@ def apply_overrides(overrides: list[str]) -> None:
         log.info("override %s = %s", name, value)
 
 
-SWEEP = [[], ["decode.TOKENS_PER_TILE=128", "decode.DECODE_WARPS=8"], ["decode.TOKENS_PER_TILE=32"],
-         ["decode.PROGRAMS_PER_SM=1"], ["decode.PROGRAMS_PER_SM=4"], ["decode.DECODE_WARPS=8"],
-         ["decode.DECODE_STAGES=3"], ["scoring.PAGES_PER_TILE=32"], ["scoring.PAGES_PER_TILE=128"],
-         ["scoring.SCORE_PROGRAMS_PER_SM=1"], ["scoring.SCORE_PROGRAMS_PER_SM=4"], ["scoring.SCORE_STAGES=2"],
-         ["scoring.SCORE_STAGES=4"], ["scoring.SCORE_WARPS=4"], ["selection.SCORES_PER_THREAD=16"],
-         ["selection.SCORES_PER_THREAD=4"], ["selection.SEARCH_WAYS=16"], ["selection.SEARCH_WAYS=4"],
-         ["selection.RANKED_SCORES=64"], ["selection.RANKED_SCORES=256"]]
+SWEEP = [[], ["scoring.SCORE_PROGRAMS_PER_SM=1"], ["scoring.SCORE_PROGRAMS_PER_SM=4"],
+         ["scoring.PAGES_PER_TILE=32"], ["scoring.PAGES_PER_TILE=128"], ["scoring.SCORE_WARPS=4"],
+         ["scoring.SCORE_WARPS=16"], ["scoring.SCORE_STAGES=2"], ["selection.SEARCH_WAYS=8"],
+         ["decode.PROGRAMS_PER_SM=1"], ["decode.PROGRAMS_PER_SM=4", "decode.TOKENS_PER_TILE=32"],
+         ["decode.TOKENS_PER_TILE=128", "decode.DECODE_WARPS=8"], ["decode.DECODE_STAGES=3"]]
 
 
 def graph_floor_us(args) -> float:
@@ -99,17 +97,18 @@ def sweep(args) -> list[dict]:
     for page_size in args.page_sizes:
         k_cache, v_cache, key_stats, page_table, seq_lens = make_paged_cache(batch, context, hkv, d, page_size)
         config = UniqueConfig(page_size=page_size, budget_tokens=budget)
-        chosen = score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)[1]
+        _, chosen, physical = score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)
         scores = score_pages_triton(q, key_stats, page_table, seq_lens, config)
         fns = {
             "score": lambda: score_pages_triton(q, key_stats, page_table, seq_lens, config),
-            "topk": lambda: select_pages_triton(scores, seq_lens, page_size, config.num_select, 1, 2),
+            "topk": lambda: select_pages_triton(scores, seq_lens, page_table, page_size, config.num_select, 1, 2),
             "dense_paged": lambda: paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, 0.1),
             "unique_select": lambda: score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True),
-            "unique_attend": lambda: paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, 0.1, chosen),
+            "unique_attend": lambda: paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, 0.1, chosen,
+                                                         physical),
             "unique_total": lambda: paged_decode_triton(
                 q, k_cache, v_cache, page_table, seq_lens, 0.1,
-                score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)[1]),
+                *score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)[1:]),
         }
         for variant in SWEEP:
             saved = []
@@ -187,7 +186,7 @@ def verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config, 
     from asr.attention.kernels.scoring import score_pages_triton
     from asr.attention.selection import select_pages_reference
 
-    scores, chosen = score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)
+    scores, chosen, physical = score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)
     expected = select_pages_reference(scores, seq_lens, config)
 
     def picked(pages):
@@ -195,12 +194,14 @@ def verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config, 
 
     gap = (picked(chosen).sum(-1) - picked(expected).sum(-1)).abs() / picked(expected).abs().sum(-1)
     selection_gap = float(gap.max())
-    out, _ = paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen)
+    expected_physical = page_table.gather(1, chosen.clamp(min=0).flatten(1)).view(chosen.shape).masked_fill(chosen < 0, -1)
+    physical_ok = bool(torch.equal(physical, expected_physical))
+    out, _ = paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen, physical)
     ref, _ = paged_decode_reference(q.float(), k_cache, v_cache, page_table, seq_lens, scale, chosen)
     rel_rms = float((out.float() - ref).norm() / ref.norm())
     check = dict(context=context, batch=batch, page_size=config.page_size, budget=config.budget_tokens,
-                 selection_rel_gap=selection_gap, decode_rel_rms=rel_rms,
-                 ok=bool(selection_gap < 1e-5 and rel_rms < 1e-2 and not torch.isnan(out).any()))
+                 selection_rel_gap=selection_gap, decode_rel_rms=rel_rms, physical_ok=physical_ok,
+                 ok=bool(selection_gap < 1e-5 and rel_rms < 1e-2 and physical_ok and not torch.isnan(out).any()))
     if not check["ok"]:
         log.warning("CHECK FAILED %s", check)
     return check
@@ -288,17 +289,21 @@ def run(args) -> tuple[list[dict], dict]:
                         config = UniqueConfig(page_size=page_size, budget_tokens=budget, method=method)
                         stats_bytes = batch * hkv * num_pages * STAT_ROWS_READ * d * elem
                         pages_bytes = 2 * batch * hkv * config.num_select * page_size * d * elem
-                        chosen = score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)[1]
+                        _, chosen, physical = score_pages_triton(q, key_stats, page_table, seq_lens, config,
+                                                                 select=True)
 
                         def select(config=config):
                             return score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)
 
-                        def attend(chosen=chosen):
-                            return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen)
+                        def attend(chosen=chosen, physical=physical):
+                            return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen,
+                                                       physical)
 
                         def total(config=config):
-                            picked = score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)[1]
-                            return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, picked)
+                            _, picked, picked_physical = score_pages_triton(q, key_stats, page_table, seq_lens, config,
+                                                                            select=True)
+                            return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, picked,
+                                                       picked_physical)
 
                         t_select = bench_graph(select, args.warmup_ms, args.rep_ms)
                         add(context, batch, budget, page_size, f"{method}_select", t_select, sdpa_us, stats_bytes)
@@ -319,12 +324,12 @@ def run(args) -> tuple[list[dict], dict]:
                             return score_pages_triton(q, key_stats, page_table, seq_lens, config)
 
                         def select_kernel(config=config, scores=scores):
-                            return select_pages_triton(scores, seq_lens, page_size, config.num_select,
+                            return select_pages_triton(scores, seq_lens, page_table, page_size, config.num_select,
                                                        config.sink_pages, config.local_pages)
 
                         def select_unfused(config=config):
                             s = score_pages_triton(q, key_stats, page_table, seq_lens, config)
-                            return select_pages_triton(s, seq_lens, page_size, config.num_select,
+                            return select_pages_triton(s, seq_lens, page_table, page_size, config.num_select,
                                                        config.sink_pages, config.local_pages)
 
                         def select_torch(config=config):
