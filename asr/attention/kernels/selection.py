@@ -25,7 +25,7 @@ SEARCH_WAYS = 4  # thresholds tested per search step (4 beat 8 and 16 on the H10
 SCORES_PER_THREAD = 8  # sets the warps of a selection program (8: no spills on sm_90 up to 4096 pages)
 MAX_SELECT_WARPS = 16
 RANKED_SCORES = 128  # scores left near the k-th are ranked exactly against each other
-MIN_KEY = -(2**31)  # ordered key below every score (-inf maps above it)
+MIN_KEY = tl.constexpr(-(2**31))  # ordered key below every score (-inf maps above it)
 
 
 @triton.jit
