@@ -112,25 +112,31 @@ def test_fused_score_select_matches_separate(config):
     check_fused(batch, config)
 
 
-# (budget pages, programs per SM): one or several groups per row, one or several programs per group
-TOURNAMENTS = [pytest.param(8, 2, id="k8-groups"), pytest.param(8, 64, id="k8-groups-of-programs"),
+# (budget pages, programs per SM): one or several programs per group
+TOURNAMENTS = [pytest.param(8, 1, id="k8-groups"), pytest.param(8, 64, id="k8-groups-of-programs"),
                pytest.param(64, 64, id="k64-groups-of-programs"), pytest.param(3, 64, id="k3-forced-only")]
+
+
+MANY_SMS = 64  # the interpreter's device has 4 SMs; this many lets 8 rows split into groups
 
 
 @pytest.mark.parametrize("budget_pages, programs_per_sm", TOURNAMENTS)
 def test_fused_selection_across_groups(budget_pages, programs_per_sm, monkeypatch):
     """Long ragged rows cut into several selection groups, each scored by several programs."""
-    monkeypatch.setattr(scoring, "SCORE_PROGRAMS_PER_SM", programs_per_sm)
+    monkeypatch.setattr(scoring, "FUSED_PROGRAMS_PER_SM", programs_per_sm)
+    monkeypatch.setattr(scoring, "_num_sms", lambda device: MANY_SMS)
     config = UniqueConfig(page_size=16, budget_tokens=16 * budget_pages)
     batch = make_paged_batch([9000, 2100, 40, 5000], 8, 2, 64, 16, torch.bfloat16, seed=24, device=DEVICE)
+    rows, max_pages = 4 * 2, batch.page_table.shape[1]
     block_k = 1 << (config.num_select - 1).bit_length()
-    assert scoring.plan_groups(batch.page_table.shape[1], block_k) < batch.page_table.shape[1]
+    assert scoring.plan_groups(rows, max_pages, block_k, MANY_SMS) < max_pages
     check_fused(batch, config)
 
 
 def test_fused_selection_breaks_ties_across_groups(monkeypatch):
     """Pages share three distinct statistics, so scores tie across groups and programs."""
-    monkeypatch.setattr(scoring, "SCORE_PROGRAMS_PER_SM", 64)
+    monkeypatch.setattr(scoring, "FUSED_PROGRAMS_PER_SM", 64)
+    monkeypatch.setattr(scoring, "_num_sms", lambda device: MANY_SMS)
     config = UniqueConfig(page_size=16, budget_tokens=16 * 20)
     batch = make_paged_batch([9000, 3000], 8, 2, 64, 16, torch.bfloat16, seed=25, device=DEVICE)
     gen = torch.Generator().manual_seed(25)

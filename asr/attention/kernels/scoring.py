@@ -8,8 +8,9 @@ mean ``mean . sum_g q``. So a page costs two stat rows (one for ``mean``) whatev
 
 Grid: (batch * kv_heads, programs per row); a program scores one contiguous run of
 ``pages_per_program`` pages in tiles of PAGES_PER_TILE, so even a single sequence keeps every SM
-busy. Fused selection is a two-level tournament in the same launch, so no one program ranks a
-whole row: a row is cut into groups of ``group_pages`` pages; the program that finishes a group
+busy. Fused selection is a two-level tournament in the same launch, so with few rows no one
+program ranks a whole row: a row is cut into groups of ``group_pages`` pages (one group, the
+whole row, once rows fill the SMs); the program that finishes a group
 last (a per-group counter) takes the group's top ``num_select`` pages (forced pages first) and
 writes them, in page order, as the group's candidates; the program that finishes the row's last
 group (a per-row counter) takes the top ``num_select`` of the union of candidates and writes the
@@ -52,7 +53,8 @@ from asr.attention.kernels.selection import (
 
 METHOD_GAUSS, METHOD_L1, METHOD_QUEST, METHOD_MEAN = 0, 1, 2, 3
 PAGES_PER_TILE = 64  # pages scored per loop step
-SCORE_PROGRAMS_PER_SM = 2  # pages per program are chosen so the grid covers the SMs about this many times
+SCORE_PROGRAMS_PER_SM = 4  # unfused: the grid covers the SMs about this many times (4 beat 1 and 2 on the H100)
+FUSED_PROGRAMS_PER_SM = 1  # fused: the selection's registers leave one resident program per SM (1 beat 2 and 4)
 MAX_PAGES_PER_PROGRAM = 1024  # unfused: longest run of pages one program scores
 SCORE_WARPS = 8  # fewest warps of a scoring program
 SCORE_STAGES = 3  # software pipelining depth of the tile loop
@@ -62,9 +64,10 @@ SCORE_STAGES = 3  # software pipelining depth of the tile loop
 def _score_pages_kernel(
     q_ptr, stats_ptr, page_table_ptr, seq_lens_ptr, scores_ptr, chosen_ptr, physical_ptr, counter_ptr,
     cand_key_ptr, cand_page_ptr, scratch_ptr,
-    offset_weight, max_pages, num_select, num_groups, stride_qb, stride_qh, stride_sp, stride_sh, stride_tb,
+    offset_weight, max_pages, num_select, num_groups, pages_per_program, programs_per_group,
+    stride_qb, stride_qh, stride_sp, stride_sh, stride_tb,
     KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-    PAGE_SIZE: tl.constexpr, BLOCK_P: tl.constexpr, PAGES_PER_PROGRAM: tl.constexpr, METHOD: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, BLOCK_P: tl.constexpr, METHOD: tl.constexpr,
     ROW_A: tl.constexpr, ROW_B: tl.constexpr, FUSE_SELECT: tl.constexpr,
     SINK: tl.constexpr, LOCAL: tl.constexpr, GROUP_PAGES: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_F: tl.constexpr, WAYS: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -92,8 +95,8 @@ def _score_pages_kernel(
 
     row_ptr = scores_ptr + i_bh * max_pages
     page_table_row_ptr = page_table_ptr + i_b * stride_tb
-    first_page = i_p * PAGES_PER_PROGRAM
-    for tile_page in range(first_page, tl.minimum(first_page + PAGES_PER_PROGRAM, max_pages), BLOCK_P):
+    first_page = i_p * pages_per_program
+    for tile_page in range(first_page, tl.minimum(first_page + pages_per_program, max_pages), BLOCK_P):
         o_p = tile_page + tl.arange(0, BLOCK_P)
         m_p = o_p < num_pages
         physical = tl.load(page_table_row_ptr + o_p, mask=m_p, other=0).to(tl.int64)
@@ -109,7 +112,6 @@ def _score_pages_kernel(
         tl.store(row_ptr + o_p, b_score, mask=o_p < max_pages)
     if FUSE_SELECT:
         # level 1: the last program of a group picks the group's candidates
-        programs_per_group: tl.constexpr = GROUP_PAGES // PAGES_PER_PROGRAM
         i_grp = i_p // programs_per_group
         group_counter = counter_ptr + i_bh * (num_groups + 1) + i_grp
         group_size = tl.minimum(programs_per_group, tl.num_programs(1) - i_grp * programs_per_group)
@@ -124,31 +126,35 @@ def _score_pages_kernel(
             b_key = _ordered_key(b_score)
             scratch_row_ptr = scratch_ptr + (i_bh * (num_groups + 1) + i_grp) * BLOCK_C
             m_take = m_forced | _top_mask(b_key, m_valid & ~m_forced, need, scratch_row_ptr, WAYS, BLOCK_C)
-            o_k = tl.arange(0, BLOCK_K)
-            cand_offset = (i_bh * num_groups + i_grp) * BLOCK_K
-            position = tl.cumsum(m_take.to(tl.int32), 0) - 1
-            tl.store(cand_key_ptr + cand_offset + o_k, tl.full([BLOCK_K], MIN_KEY, tl.int32))
-            tl.store(cand_page_ptr + cand_offset + o_k, tl.full([BLOCK_K], -1, tl.int32))
-            tl.debug_barrier()
-            tl.store(cand_key_ptr + cand_offset + position, b_key, mask=m_take)
-            tl.store(cand_page_ptr + cand_offset + position, o_n, mask=m_take)
-            # level 2: the last group of a row picks from the union of the groups' candidates
-            row_counter = counter_ptr + i_bh * (num_groups + 1) + num_groups
-            tl.debug_barrier()
-            if tl.atomic_add(row_counter, 1, sem="acq_rel") == num_groups - 1:
-                tl.atomic_xchg(row_counter, 0)
-                o_f = tl.arange(0, BLOCK_F)
-                m_f = o_f < num_groups * BLOCK_K
-                c_key = tl.load(cand_key_ptr + i_bh * num_groups * BLOCK_K + o_f, mask=m_f, other=MIN_KEY,
-                                cache_modifier=".cg")
-                c_page = tl.load(cand_page_ptr + i_bh * num_groups * BLOCK_K + o_f, mask=m_f, other=-1,
-                                 cache_modifier=".cg")
-                c_forced = _forced_mask(c_page, num_pages, SINK, LOCAL)
-                need = num_select - tl.sum(c_forced.to(tl.int32), 0)
-                scratch_row_ptr = scratch_ptr + (i_bh * (num_groups + 1) + num_groups) * BLOCK_C
-                c_take = c_forced | _top_mask(c_key, (c_page >= 0) & ~c_forced, need, scratch_row_ptr, WAYS, BLOCK_C)
-                _emit_chosen(c_take, c_page, chosen_ptr + i_bh * num_select, physical_ptr + i_bh * num_select,
+            if num_groups == 1:  # the group's winners are the row's
+                _emit_chosen(m_take, o_n, chosen_ptr + i_bh * num_select, physical_ptr + i_bh * num_select,
                              page_table_row_ptr, num_select, BLOCK_K)
+            else:
+                o_k = tl.arange(0, BLOCK_K)
+                cand_offset = (i_bh * num_groups + i_grp) * BLOCK_K
+                position = tl.cumsum(m_take.to(tl.int32), 0) - 1
+                tl.store(cand_key_ptr + cand_offset + o_k, tl.full([BLOCK_K], MIN_KEY, tl.int32))
+                tl.store(cand_page_ptr + cand_offset + o_k, tl.full([BLOCK_K], -1, tl.int32))
+                tl.debug_barrier()
+                tl.store(cand_key_ptr + cand_offset + position, b_key, mask=m_take)
+                tl.store(cand_page_ptr + cand_offset + position, o_n, mask=m_take)
+                # level 2: the last group of a row picks from the union of the groups' candidates
+                row_counter = counter_ptr + i_bh * (num_groups + 1) + num_groups
+                tl.debug_barrier()
+                if tl.atomic_add(row_counter, 1, sem="acq_rel") == num_groups - 1:
+                    tl.atomic_xchg(row_counter, 0)
+                    o_f = tl.arange(0, BLOCK_F)
+                    m_f = o_f < num_groups * BLOCK_K
+                    c_key = tl.load(cand_key_ptr + i_bh * num_groups * BLOCK_K + o_f, mask=m_f, other=MIN_KEY,
+                                    cache_modifier=".cg")
+                    c_page = tl.load(cand_page_ptr + i_bh * num_groups * BLOCK_K + o_f, mask=m_f, other=-1,
+                                     cache_modifier=".cg")
+                    c_forced = _forced_mask(c_page, num_pages, SINK, LOCAL)
+                    need = num_select - tl.sum(c_forced.to(tl.int32), 0)
+                    scratch_row_ptr = scratch_ptr + (i_bh * (num_groups + 1) + num_groups) * BLOCK_C
+                    c_take = c_forced | _top_mask(c_key, (c_page >= 0) & ~c_forced, need, scratch_row_ptr, WAYS, BLOCK_C)
+                    _emit_chosen(c_take, c_page, chosen_ptr + i_bh * num_select, physical_ptr + i_bh * num_select,
+                                 page_table_row_ptr, num_select, BLOCK_K)
 
 
 def _method(config: UniqueConfig, head_dim: int) -> tuple[int, int, int, float]:
@@ -162,17 +168,21 @@ def _method(config: UniqueConfig, head_dim: int) -> tuple[int, int, int, float]:
     return METHOD_L1, STAT_MEAN, STAT_STD, config.lam
 
 
-def plan_groups(max_pages: int, block_k: int) -> int:
-    """Pages per selection group: about sqrt(max_pages * block_k), so a group's top-k and the
-    final top-k over num_groups * block_k candidates rank about as many scores each."""
-    return max(PAGES_PER_TILE, next_power_of_2(math.isqrt(max_pages * block_k)))
+def plan_groups(rows: int, max_pages: int, block_k: int, num_sms: int) -> int:
+    """Pages per selection group (a power of two). Few rows: about sqrt(max_pages * block_k), so
+    a group's top-k and the final top-k over num_groups * block_k candidates rank about as many
+    scores each; but no more groups than leave each an SM (rows >= SMs: one group, the whole row)."""
+    balanced = max(PAGES_PER_TILE, next_power_of_2(math.isqrt(max_pages * block_k)))
+    most_groups = max(1, num_sms // rows)
+    fewest_pages = next_power_of_2(triton.cdiv(max_pages, 1 << (most_groups.bit_length() - 1)))
+    return max(balanced, fewest_pages)
 
 
-def plan_pages_per_program(rows: int, max_pages: int, most: int, num_sms: int) -> int:
+def plan_pages_per_program(rows: int, max_pages: int, most: int, programs_per_sm: int, num_sms: int) -> int:
     """Pages per scoring program (a power of two, PAGES_PER_TILE to ``most``) so that the grid
-    covers the SMs about SCORE_PROGRAMS_PER_SM times. Depends on shapes only (graph-safe)."""
-    wanted = triton.cdiv(rows * max_pages, SCORE_PROGRAMS_PER_SM * num_sms)
-    return min(most, max(PAGES_PER_TILE, next_power_of_2(wanted)))
+    covers the SMs about ``programs_per_sm`` times. Depends on shapes only (graph-safe)."""
+    programs_per_row = triton.cdiv(programs_per_sm * num_sms, rows)
+    return min(most, max(PAGES_PER_TILE, next_power_of_2(triton.cdiv(max_pages, programs_per_row))))
 
 
 def score_pages_triton(q: torch.Tensor, key_stats: torch.Tensor, page_table: torch.Tensor, seq_lens: torch.Tensor,
@@ -207,10 +217,11 @@ def score_pages_triton(q: torch.Tensor, key_stats: torch.Tensor, page_table: tor
     device = q.device
     scores = torch.empty(batch, kv_heads, max_pages, dtype=torch.float32, device=device)
     if select:
-        group_pages = plan_groups(max_pages, block_k)
+        group_pages = plan_groups(rows, max_pages, block_k, _num_sms(device))
         num_groups = triton.cdiv(max_pages, group_pages)
         block_f = next_power_of_2(num_groups * block_k)
-        pages_per_program = plan_pages_per_program(rows, max_pages, group_pages, _num_sms(device))
+        pages_per_program = plan_pages_per_program(rows, max_pages, group_pages, FUSED_PROGRAMS_PER_SM,
+                                                   _num_sms(device))
         chosen = torch.empty(batch, kv_heads, num_select, dtype=torch.int32, device=device)
         physical = torch.empty_like(chosen)
         counters = zeroed_counters("score_select", device, rows * (num_groups + 1))
@@ -221,16 +232,18 @@ def score_pages_triton(q: torch.Tensor, key_stats: torch.Tensor, page_table: tor
         ways = search_ways(max(group_pages, block_f), num_warps)
     else:
         group_pages = num_groups = block_f = ways = 16  # unused
-        pages_per_program = plan_pages_per_program(rows, max_pages, MAX_PAGES_PER_PROGRAM, _num_sms(device))
+        pages_per_program = plan_pages_per_program(rows, max_pages, MAX_PAGES_PER_PROGRAM, SCORE_PROGRAMS_PER_SM,
+                                                   _num_sms(device))
         chosen = physical = counters = cand_keys = cand_pages = scratch = scores  # unused pointers
         num_warps = SCORE_WARPS
     programs = triton.cdiv(max_pages, pages_per_program)
     _score_pages_kernel[(rows, programs)](
         q, key_stats, page_table, seq_lens, scores, chosen, physical, counters, cand_keys, cand_pages, scratch,
-        offset_weight, max_pages, num_select, num_groups, q.stride(0), q.stride(1), key_stats.stride(0),
+        offset_weight, max_pages, num_select, num_groups, pages_per_program, group_pages // pages_per_program,
+        q.stride(0), q.stride(1), key_stats.stride(0),
         key_stats.stride(1), page_table.stride(0),
         KV_HEADS=kv_heads, GROUP=group, BLOCK_G=next_power_of_2(group), HEAD_DIM=head_dim,
-        PAGE_SIZE=config.page_size, BLOCK_P=PAGES_PER_TILE, PAGES_PER_PROGRAM=pages_per_program, METHOD=method,
+        PAGE_SIZE=config.page_size, BLOCK_P=PAGES_PER_TILE, METHOD=method,
         ROW_A=row_a, ROW_B=row_b, FUSE_SELECT=select, SINK=config.sink_pages, LOCAL=config.local_pages,
         GROUP_PAGES=group_pages, BLOCK_K=block_k, BLOCK_F=block_f, WAYS=ways, BLOCK_C=RANKED_SCORES,
         num_warps=num_warps, num_stages=1 if interpreting() else SCORE_STAGES,
