@@ -68,7 +68,8 @@ def apply_overrides(overrides: list[str]) -> None:
         log.info("override %s = %s", name, value)
 
 
-SWEEP = [[], ["scoring.SCORE_PROGRAMS_PER_SM=1"], ["scoring.SCORE_PROGRAMS_PER_SM=4"],
+SWEEP = [[], ["scoring.FUSED_PROGRAMS_PER_SM=2"], ["scoring.FUSED_PROGRAMS_PER_SM=4"],
+         ["scoring.SCORE_PROGRAMS_PER_SM=2"], ["scoring.SCORE_PROGRAMS_PER_SM=8"],
          ["scoring.PAGES_PER_TILE=32"], ["scoring.PAGES_PER_TILE=128"], ["scoring.SCORE_WARPS=4"],
          ["scoring.SCORE_WARPS=16"], ["scoring.SCORE_STAGES=2"], ["selection.SEARCH_WAYS=8"],
          ["decode.PROGRAMS_PER_SM=1"], ["decode.PROGRAMS_PER_SM=4", "decode.TOKENS_PER_TILE=32"],
