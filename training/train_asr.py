@@ -41,33 +41,47 @@ MAX_CHUNK_SECONDS = 30.0
 TURN_COUNTS, TURN_WEIGHTS = (1, 2, 3, 6), (0.5, 0.25, 0.15, 0.1)  # some long sessions: long-form contexts
 SILENT_CHUNK_SHARE = 0.03  # chunks of noise only, whose transcript is empty
 LORA_GROUP = 1  # optimizer parameter groups: projector, then LoRA
+POOL_BATCHES = 4  # batches drawn together and sorted by length
 
 
 class SessionStream(IterableDataset):
-    """Endless random sessions: lists of (waveform [samples] float32, transcript)."""
+    """Endless batches of random sessions; a session is a list of (waveform [samples] float32,
+    transcript). Each worker draws ``POOL_BATCHES`` batches' worth of sessions at a time and cuts
+    them, sorted by audio length, into batches (yielded in random order), so a batch pads little."""
 
-    def __init__(self, utterances: list[Utterance], augment: bool, seed: int) -> None:
-        self.utterances, self.augment, self.seed = utterances, augment, seed
+    def __init__(self, utterances: list[Utterance], augment: bool, seed: int, batch: int) -> None:
+        self.utterances, self.augment, self.seed, self.batch = utterances, augment, seed, batch
+
+    def _session(self, rng: random.Random, np_rng: np.random.Generator) -> list[tuple[np.ndarray, str]]:
+        session = []
+        for _ in range(rng.choices(TURN_COUNTS, TURN_WEIGHTS)[0]):
+            if rng.random() < SILENT_CHUNK_SHARE:
+                seconds = rng.uniform(1.0, 8.0)
+                noise = np_rng.standard_normal(int(seconds * SAMPLE_RATE)).astype(np.float32)
+                session.append((noise * 10 ** rng.uniform(-4, -2), ""))
+                continue
+            utt = rng.choice(self.utterances)
+            wave = utt.load()[: int(MAX_CHUNK_SECONDS * SAMPLE_RATE)]
+            if self.augment:
+                wave = augment_waveform(wave, SAMPLE_RATE, np_rng)[: int(MAX_CHUNK_SECONDS * SAMPLE_RATE)]
+            session.append((wave, utt.text))
+        return session
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = random.Random(self.seed + (info.id if info else 0))
         np_rng = np.random.default_rng(self.seed + 1000 + (info.id if info else 0))
         while True:
-            turns = rng.choices(TURN_COUNTS, TURN_WEIGHTS)[0]
-            session = []
-            for _ in range(turns):
-                if rng.random() < SILENT_CHUNK_SHARE:
-                    seconds = rng.uniform(1.0, 8.0)
-                    noise = np_rng.standard_normal(int(seconds * SAMPLE_RATE)).astype(np.float32)
-                    session.append((noise * 10 ** rng.uniform(-4, -2), ""))
-                    continue
-                utt = rng.choice(self.utterances)
-                wave = utt.load()[: int(MAX_CHUNK_SECONDS * SAMPLE_RATE)]
-                if self.augment:
-                    wave = augment_waveform(wave, SAMPLE_RATE, np_rng)[: int(MAX_CHUNK_SECONDS * SAMPLE_RATE)]
-                session.append((wave, utt.text))
-            yield session
+            pool = sorted((self._session(rng, np_rng) for _ in range(POOL_BATCHES * self.batch)),
+                          key=lambda session: sum(len(wave) for wave, _ in session))
+            batches = [pool[i : i + self.batch] for i in range(0, len(pool), self.batch)]
+            rng.shuffle(batches)
+            yield from batches
+
+
+def keep_batch(batch: list) -> list:
+    """The loader's collate step: batches arrive whole from ``SessionStream`` (numpy stays numpy)."""
+    return batch
 
 
 def build_models(args, device):
@@ -156,6 +170,7 @@ def main() -> None:
     parser.add_argument("--ctc-weight", type=float, default=0.5,
                         help="weight of the auxiliary CTC loss of the audio tokens against the transcript "
                         "over the LLM's vocabulary (0: off)")
+    parser.add_argument("--ctc-chunks", type=int, default=12, help="chunks per step that the CTC loss sees")
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--stack", type=int, default=4, help="encoder frames per audio token")
     parser.add_argument("--workers", type=int, default=8)
@@ -182,8 +197,8 @@ def main() -> None:
         start_step = adapter.info.get("steps", 0)
     utterances = [u for source in args.data for u in read_corpus(source)]
     log.info("training on %d utterances (%.1f h)", len(utterances), sum(u.duration for u in utterances) / 3600)
-    loader = DataLoader(SessionStream(utterances, not args.no_augment, args.seed + start_step), batch_size=args.batch,
-                        num_workers=args.workers, collate_fn=list, prefetch_factor=4 if args.workers else None)
+    loader = DataLoader(SessionStream(utterances, not args.no_augment, args.seed + start_step, args.batch),
+                        batch_size=None, collate_fn=keep_batch, num_workers=args.workers, prefetch_factor=4 if args.workers else None)
     ctc_head = VocabularyCtcHead(llm.get_input_embeddings().weight.detach()).to(device)
     optimizer = torch.optim.AdamW([{"params": list(projector.parameters()) + list(ctc_head.parameters()), "lr": args.lr},
                                    {"params": lora_params, "lr": args.lr * args.lora_lr_scale}], weight_decay=0.01)
@@ -218,7 +233,9 @@ def main() -> None:
             batch, tokenizer, prompt, llm, encoder, projector, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             lm_loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
-        ctc_loss = ctc_head(audio, audio_lengths, texts) if args.ctc_weight else torch.zeros((), device=device)
+        ctc = slice(0, args.ctc_chunks)  # logits over the whole vocabulary are large: a few chunks a step
+        ctc_loss = (ctc_head(audio[ctc], audio_lengths[ctc], texts[ctc]) if args.ctc_weight
+                    else torch.zeros((), device=device))
         (lm_loss + args.ctc_weight * ctc_loss).backward()
         torch.nn.utils.clip_grad_norm_(list(projector.parameters()) + lora_params, 1.0)
         optimizer.step()
