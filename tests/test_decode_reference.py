@@ -79,7 +79,7 @@ def test_sparse_decode_attends_exactly_the_chosen_pages(heads):
 @pytest.mark.parametrize("lengths", LENGTHS)
 @pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")])
 @pytest.mark.parametrize("sparse", [pytest.param(False, id="dense"), pytest.param(True, id="sparse")])
-def test_cpu_sdpa_path_matches_reference(heads, lengths, dtype, sparse):
+def test_cpu_path_matches_reference(heads, lengths, dtype, sparse):
     from asr.attention.decode import paged_decode
 
     batch = make_paged_batch(lengths, *heads, 64, 16, dtype, seed=4)  # slack is NaN-poisoned
@@ -93,3 +93,28 @@ def test_cpu_sdpa_path_matches_reference(heads, lengths, dtype, sparse):
     assert lse is None
     expected, _ = paged_decode_reference(*args)
     assert_close(out.float(), expected.float(), dtype)
+
+
+@pytest.mark.parametrize("length", [1, 16, 17, 200])
+def test_cpu_path_reads_consecutive_pages_in_place(length):
+    """A lone sequence's pages are consecutive ids: the CPU path reads them as a view (the slack of
+    the last page poisoned with NaN must stay unread), and matches the reference."""
+    from asr.attention.decode import paged_decode
+
+    gen = torch.Generator().manual_seed(length)
+    pages = -(-length // 16)
+    k_cache = torch.full((pages + 4, 2, 16, 64), float("nan"), dtype=torch.bfloat16)
+    v_cache = k_cache.clone()
+    keys, values = torch.randn(2, pages * 16, 2, 64, generator=gen).to(torch.bfloat16)
+    k_cache[2 : 2 + pages] = keys.view(pages, 16, 2, 64).transpose(1, 2)
+    v_cache[2 : 2 + pages] = values.view(pages, 16, 2, 64).transpose(1, 2)
+    last, offset = divmod(length, 16)
+    if offset:
+        k_cache[2 + last, :, offset:] = float("nan")
+        v_cache[2 + last, :, offset:] = float("nan")
+    table = torch.arange(2, 2 + pages, dtype=torch.int32)[None]
+    q = torch.randn(1, 8, 64, generator=gen).to(torch.bfloat16)
+    args = (q, k_cache, v_cache, table, torch.tensor([length], dtype=torch.int32), 0.125)
+    out, _ = paged_decode(*args, need_lse=False)
+    expected, _ = paged_decode_reference(*args)
+    assert_close(out.float(), expected.float(), torch.bfloat16)

@@ -103,3 +103,20 @@ def test_truncate_frees_pages_and_restores_exact_stats():
     assert slots.tolist() == [last * 16 + 5, last * 16 + 6, last * 16 + 7]
     with pytest.raises(ValueError):
         cache.truncate(seq, 99)
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")])
+def test_one_token_append_path_equals_reference(dtype):
+    """The CPU decode step's single-token append gives the general reference's cache and stats."""
+    from asr.attention.append import append_kv, append_kv_reference
+
+    gen = torch.Generator().manual_seed(1)
+    pool = (6, 2, 16, 8)
+    fast = [torch.full(pool, float("nan"), dtype=dtype), torch.zeros(pool, dtype=dtype), torch.zeros(6, 2, 4, 8, dtype=dtype)]
+    slow = [t.clone() for t in fast]
+    for slot in [3 * 16 + i for i in range(20)] + [16 * 5]:  # a full page, a partial one, a fresh one
+        k, v = torch.randn(1, 2, 8, generator=gen) * 2, torch.randn(1, 2, 8, generator=gen)
+        append_kv(*fast, k, v, torch.tensor([slot]))
+        append_kv_reference(*slow, k, v, torch.tensor([slot]))
+    for got, expected in zip(fast, slow):
+        torch.testing.assert_close(got, expected, equal_nan=True, atol=1e-6, rtol=1e-5)

@@ -70,4 +70,24 @@ def append_kv(
         from asr.attention.kernels.append import append_kv_triton
 
         return append_kv_triton(k_cache, v_cache, key_stats, new_k, new_v, slot_mapping)
+    if new_k.shape[0] == 1:
+        return append_one_token(k_cache, v_cache, key_stats, new_k, new_v, int(slot_mapping[0]))
     append_kv_reference(k_cache, v_cache, key_stats, new_k, new_v, slot_mapping)
+
+
+def append_one_token(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    key_stats: torch.Tensor,
+    new_k: torch.Tensor,
+    new_v: torch.Tensor,
+    slot: int,
+) -> None:
+    """``append_kv_reference`` for one token at a host-side ``slot`` (a CPU decode step): the page's
+    statistics come from its filled prefix directly, without masks (about 3x fewer ops)."""
+    page, offset = divmod(slot, k_cache.shape[2])
+    k_cache[page, :, offset] = new_k[0].to(k_cache.dtype)
+    v_cache[page, :, offset] = new_v[0].to(v_cache.dtype)
+    keys = k_cache[page, :, : offset + 1].float()  # [kv_heads, fill, head_dim]
+    std, mean = torch.std_mean(keys, dim=1, correction=0)
+    key_stats[page] = torch.stack([mean, std, keys.amin(dim=1), keys.amax(dim=1)], dim=1).to(key_stats.dtype)
