@@ -1,0 +1,127 @@
+"""Does a very long transcription stay on the audio to its end? Build a long recording from
+manifests with known utterance times, transcribe it (``asr transcribe --format json``), then score
+it window by window: a transcript whose timestamps drift, or whose text degrades late in a long
+context, shows as rising WER in the last windows.
+
+    python eval/longform_drift.py build --manifest ../shared/data/speech_dev/manifest.jsonl \\
+        --manifest .cache/tts_v3/manifest.jsonl:7480 --minutes 60 --output /tmp/hour
+    asr transcribe /tmp/hour/recording.flac --format json --output /tmp/hour/out
+    python eval/longform_drift.py score /tmp/hour/out/recording.json /tmp/hour/spans.json --window 10 \\
+        --output eval/results/longform_drift
+
+``build`` writes ``recording.flac`` (utterances in manifest order, 0.5 s apart) and ``spans.json``
+(start/end seconds and reference text per utterance). ``score`` gives each segment to the window
+holding its midpoint and each reference utterance to the window holding its own, and prints WER
+per window (table, JSON and PNG); the last segments are listed beside the references they overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from asr.corpus import read_manifest  # noqa: E402
+from asr.normalize import error_rates  # noqa: E402
+
+SAMPLE_RATE = 16000
+GAP_S = 0.5
+
+
+def build(manifests: list[str], minutes: float, output: Path) -> None:
+    """manifests: ``PATH`` or ``PATH:FIRST_ROW``; utterances are taken in order until ``minutes``."""
+    from asr.speech.audio import load_audio
+
+    utterances = []
+    for spec in manifests:
+        path, _, first = spec.partition(":")
+        utterances += read_manifest(Path(path))[int(first or 0):]
+    gap = np.zeros(int(GAP_S * SAMPLE_RATE), dtype=np.float32)
+    pieces, spans, cursor = [], [], 0.0
+    for utt in utterances:
+        if cursor >= minutes * 60:
+            break
+        audio = load_audio(str(utt.audio), SAMPLE_RATE)
+        pieces += [audio, gap]
+        spans.append({"start": round(cursor, 3), "end": round(cursor + len(audio) / SAMPLE_RATE, 3), "text": utt.text})
+        cursor += len(audio) / SAMPLE_RATE + GAP_S
+    output.mkdir(parents=True, exist_ok=True)
+    sf.write(output / "recording.flac", np.concatenate(pieces), SAMPLE_RATE)
+    (output / "spans.json").write_text(json.dumps(spans, indent=0))
+    print(f"{len(spans)} utterances, {cursor / 60:.1f} min -> {output / 'recording.flac'}")
+
+
+def score(transcript_path: Path, spans_path: Path, window_min: float, output: Path, last: int) -> None:
+    transcript = json.loads(transcript_path.read_text())
+    spans = json.loads(spans_path.read_text())
+    window_s = window_min * 60
+    windows = int(np.ceil(transcript["duration"] / window_s))
+    rows = []
+    for index in range(windows):
+        lo, hi = index * window_s, (index + 1) * window_s
+        refs = [s["text"] for s in spans if lo <= (s["start"] + s["end"]) / 2 < hi]
+        hyps = [g["text"] for g in transcript["segments"] if lo <= (g["start"] + g["end"]) / 2 < hi]
+        wer, cer = error_rates([" ".join(refs)], [" ".join(hyps)]) if refs else (float("nan"), float("nan"))
+        rows.append({"window": index, "start_min": lo / 60, "end_min": min(hi, transcript["duration"]) / 60,
+                     "utterances": len(refs), "segments": len(hyps), "wer": wer, "cer": cer})
+    print(f"{'window (min)':>14} {'utts':>5} {'segs':>5} {'WER':>7} {'CER':>7}")
+    for r in rows:
+        print(f"{r['start_min']:6.1f}-{r['end_min']:6.1f} {r['utterances']:5d} {r['segments']:5d} "
+              f"{100 * r['wer']:6.1f}% {100 * r['cer']:6.1f}%")
+    print(f"\nlast {last} segments against the references they overlap:")
+    for seg in transcript["segments"][-last:]:
+        overlapping = [s["text"] for s in spans if s["start"] < seg["end"] and s["end"] > seg["start"]]
+        print(f"[{seg['start']:8.1f}-{seg['end']:8.1f}] HYP {seg['text']}\n{'':20} REF {' | '.join(overlapping)}")
+    output.mkdir(parents=True, exist_ok=True)
+    result = {"transcript": str(transcript_path), "window_minutes": window_min, "stats": transcript["stats"],
+              "skipped_seconds": sum(s["end"] - s["start"] for s in transcript["skipped"]), "windows": rows}
+    (output / "longform_drift.json").write_text(json.dumps(result, indent=1))
+    plot(rows, output / "longform_drift.png")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([(r["start_min"] + r["end_min"]) / 2 for r in rows], [100 * r["wer"] for r in rows], "o-", label="WER")
+    ax.plot([(r["start_min"] + r["end_min"]) / 2 for r in rows], [100 * r["cer"] for r in rows], "s--", label="CER")
+    ax.set_xlabel("position in the recording (minutes)")
+    ax.set_ylabel("error rate (%)")
+    ax.set_title("Long-form transcription, one decoder context")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("build", help="build a long recording with known utterance times")
+    make.add_argument("--manifest", action="append", required=True, help="PATH or PATH:FIRST_ROW (repeatable)")
+    make.add_argument("--minutes", type=float, default=60)
+    make.add_argument("--output", type=Path, required=True)
+    check = commands.add_parser("score", help="WER per time window of a long transcript")
+    check.add_argument("transcript", type=Path, help="asr transcribe --format json output")
+    check.add_argument("spans", type=Path, help="spans.json written by build")
+    check.add_argument("--window", type=float, default=10, help="window length in minutes")
+    check.add_argument("--last", type=int, default=5, help="final segments to print beside their references")
+    check.add_argument("--output", type=Path, default=Path("outputs/longform_drift"))
+    args = parser.parse_args()
+    if args.command == "build":
+        build(args.manifest, args.minutes, args.output)
+    else:
+        score(args.transcript, args.spans, args.window, args.output, args.last)
+
+
+if __name__ == "__main__":
+    main()
