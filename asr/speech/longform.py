@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from asr.llm.config import SamplingParams
 from asr.speech.model import SpeechModel
@@ -43,6 +44,7 @@ class LongformSession:
         self.seq = self.engine.new_sequence()
         self.engine.append(self.seq, token_ids=model.prompt.session_start)
         self.stats = SessionStats()
+        self.pending: list[int] = []  # closing tokens of the last transcript, prefilled with the next chunk
 
     def close(self) -> None:
         self.engine.free(self.seq)
@@ -67,9 +69,9 @@ class LongformSession:
         prompt, engine = self.model.prompt, self.engine
         seconds = len(audio) / sample_rate
         embeds = self.model.audio_embeddings(audio)
-        engine.append(self.seq, token_ids=prompt.before_audio)
-        engine.append(self.seq, embeds=embeds)
-        engine.append(self.seq, token_ids=prompt.after_audio)
+        # one prefill per chunk: its cost grows with the context, so the pieces go in together
+        engine.append(self.seq, embeds=torch.cat([engine.embed_tokens(self.pending + prompt.before_audio), embeds,
+                                                  engine.embed_tokens(prompt.after_audio)]))
         before = self.seq.num_tokens
         tokens = self._generate(seconds, {})
         cut = loop_start(tokens, self.loop)
@@ -85,7 +87,7 @@ class LongformSession:
                 tokens = tokens[:retry_cut]
         elif len(tokens) >= token_budget(seconds, self.loop):
             self.stats.budget_stops += 1
-        engine.append(self.seq, token_ids=prompt.after_transcript)
+        self.pending = list(prompt.after_transcript)
         self.stats.chunks += 1
         self.stats.audio_tokens += embeds.shape[0]
         self.stats.text_tokens += len(tokens)
