@@ -75,7 +75,7 @@ def score(transcript_path: Path, spans_path: Path, window_min: float, output: Pa
         print(f"{r['start_min']:6.1f}-{r['end_min']:6.1f} {r['utterances']:5d} {r['segments']:5d} "
               f"{100 * r['wer']:6.1f}% {100 * r['cer']:6.1f}%")
     print(f"\nlast {last} segments against the references they overlap:")
-    for seg in transcript["segments"][-last:]:
+    for seg in transcript["segments"][len(transcript["segments"]) - last:]:
         overlapping = [s["text"] for s in spans if s["start"] < seg["end"] and s["end"] > seg["start"]]
         print(f"[{seg['start']:8.1f}-{seg['end']:8.1f}] HYP {seg['text']}\n{'':20} REF {' | '.join(overlapping)}")
     output.mkdir(parents=True, exist_ok=True)
