@@ -77,12 +77,11 @@ def _pages_view(cache: torch.Tensor, pages: torch.Tensor) -> torch.Tensor:
 
 
 def _softmax_attend(qg: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float,
-                    token_ok: torch.Tensor | None = None) -> torch.Tensor:
+                    token_ok: torch.Tensor) -> torch.Tensor:
     """qg [kv_heads, group, d] over keys/values [kv_heads, n, d] (cache dtype), masked where
     ``token_ok`` [kv_heads, n] is False; matmuls in the cache dtype, softmax in float32."""
     logits = torch.matmul(qg, keys.transpose(1, 2)).float() * scale
-    if token_ok is not None:
-        logits = logits.masked_fill(~token_ok[:, None, :], float("-inf"))
+    logits = logits.masked_fill(~token_ok[:, None, :], float("-inf"))
     return torch.matmul(torch.softmax(logits, dim=-1).to(values.dtype), values)
 
 
