@@ -1,31 +1,50 @@
 #!/usr/bin/env bash
-# Stage training inputs on a lent GPU machine that receives at most 64 MiB per call: run it once per
-# call, back to back, while the machine stays warm (files outside the copied tree survive between
-# calls only then). Everything lands in $STAGE (default /tmp/asr).
-#   gpu_stage.sh copy DIR      copy DIR's files into $STAGE; install any wheels among them into /tmp/site
-#   gpu_stage.sh llm SHA256    join $STAGE/gguf.part*, check the checksum, dequantise into $STAGE/llm
-#   gpu_stage.sh tts NAME GLOB unpack the speech shards $STAGE/GLOB into the dataset $STAGE/NAME
-#                              (one dataset per generated set: their shards share manifest names)
+# Stage training inputs on a lent GPU machine that receives at most 64 MiB per call. Here, pack
+# everything (wheels, the GGUF, the Whisper encoder, speech datasets) into ONE tar split into parts
+# that each fit a call; there, append one part per call, back to back while the machine stays warm
+# (files outside the copied tree survive between calls only then), and unpack after the last.
+# Everything lands in $STAGE (default /tmp/asr).
+#   gpu_stage.sh pack OUT MB PATH...  (here) tar PATHs (by their base names, links followed) into
+#                                     OUT/p00/part, OUT/p01/part, ... of at most MB megabytes each,
+#                                     and write OUT/SHA256 of the whole tar
+#   gpu_stage.sh part FILE            (there) append FILE to $STAGE/bundle.tar
+#   gpu_stage.sh unpack SHA256        (there) check the joined tar, extract it into $STAGE, install
+#                                     the wheels in it into /tmp/site
+#   gpu_stage.sh llm SHA256           (there) check $STAGE/model.gguf, dequantise it into $STAGE/llm
 set -euo pipefail
 STAGE=${STAGE:-/tmp/asr}
-mkdir -p "$STAGE"
 case "$1" in
-    copy)
-        cp -r "$2"/. "$STAGE"/
-        if ls "$STAGE"/*.whl >/dev/null 2>&1; then
-            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$STAGE"/*.whl
+    pack)
+        out=$2 mb=$3; shift 3
+        links=$(mktemp -d)
+        for path in "$@"; do ln -s "$(realpath "$path")" "$links/$(basename "$path")"; done
+        rm -rf "$out" && mkdir -p "$out"
+        tar -chf "$out/bundle.tar" -C "$links" .
+        sha256sum "$out/bundle.tar" | cut -d' ' -f1 > "$out/SHA256"
+        split -d -b "${mb}000000" "$out/bundle.tar" "$out/part-"
+        rm "$out/bundle.tar" "$links"/* && rmdir "$links"
+        for part in "$out"/part-*; do
+            mkdir "$out/p${part##*-}" && mv "$part" "$out/p${part##*-}/part"
+        done
+        ls -l "$out"/p*/part; cat "$out/SHA256" ;;
+    part)
+        mkdir -p "$STAGE"
+        cat "$2" >> "$STAGE/bundle.tar"
+        ls -l "$STAGE/bundle.tar" ;;
+    unpack)
+        echo "$2  $STAGE/bundle.tar" | sha256sum -c -
+        tar -xf "$STAGE/bundle.tar" -C "$STAGE" && rm "$STAGE/bundle.tar"
+        wheels=$(find "$STAGE" -maxdepth 2 -name '*.whl')
+        if [ -n "$wheels" ]; then
+            # shellcheck disable=SC2086
+            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels
         fi
         ls -la "$STAGE" ;;
     llm)
-        cat "$STAGE"/gguf.part* > "$STAGE/model.gguf"
         echo "$2  $STAGE/model.gguf" | sha256sum -c -
         PYTHONPATH=/tmp/site:. python3 -c "from pathlib import Path; from asr.llm.embedded import gguf_to_hf_dir; \
 gguf_to_hf_dir(Path('$STAGE/model.gguf'), Path('$STAGE/llm'))"
         ls -la "$STAGE/llm" ;;
-    tts)
-        PYTHONPATH=/tmp/site:. python3 -c "import glob; from pathlib import Path; \
-from training.synth.shards import unpack_shards; unpack_shards(sorted(map(Path, glob.glob('$STAGE/$3'))), Path('$STAGE/$2'))"
-        wc -l "$STAGE/$2/manifest.jsonl" ;;
     *)
-        echo "usage: gpu_stage.sh copy DIR | llm SHA256 | tts NAME GLOB" >&2; exit 2 ;;
+        echo "usage: gpu_stage.sh pack OUT MB PATH... | part FILE | unpack SHA256 | llm SHA256" >&2; exit 2 ;;
 esac

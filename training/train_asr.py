@@ -33,6 +33,7 @@ from asr.speech.prompt import PromptIds  # noqa: E402
 from asr.speech.sessions import pad_sessions, session_inputs  # noqa: E402
 from asr.corpus import Utterance, read_corpus  # noqa: E402
 from training.ctc_head import VocabularyCtcHead  # noqa: E402
+from training.spec_augment import SpecAugment  # noqa: E402
 from training.synth.augment import augment_waveform  # noqa: E402
 
 log = logging.getLogger("train_asr")
@@ -106,11 +107,12 @@ def build_models(args, device):
     return tokenizer, llm, encoder, projector, projector_config, lora_config, lora_params
 
 
-def session_batch(batch, tokenizer, prompt, llm, encoder, projector, device):
+def session_batch(batch, tokenizer, prompt, llm, encoder, projector, features_transform=None):
     """Sessions -> (embeds, labels, attention mask) for the LLM, and (audio tokens [chunks, tokens,
     hidden], their lengths [chunks], transcript ids per chunk) for the CTC head."""
     chunks = [wave for session in batch for wave, _ in session]
-    frames, frame_lengths = encoder.encode_padded(chunks)  # [chunks, frames, encoder_dim], [chunks]
+    # [chunks, frames, encoder_dim], [chunks]
+    frames, frame_lengths = encoder.encode_padded(chunks, features_transform=features_transform)
     audio = projector(frames.float())  # [chunks, tokens, hidden]
     audio_lengths = (frame_lengths + projector.config.stack - 1) // projector.config.stack
     texts = [tokenizer(text, add_special_tokens=False).input_ids for session in batch for _, text in session]
@@ -174,7 +176,7 @@ def main() -> None:
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--stack", type=int, default=4, help="encoder frames per audio token")
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--no-augment", action="store_true", help="no waveform augmentation and no SpecAugment")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (saves memory)")
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--time-limit", type=float, default=0, help="stop and save after this many minutes")
@@ -230,7 +232,7 @@ def main() -> None:
         waited += time.time() - fetched
         lr = set_lr(step - start_step, time.time() - t0)
         (embeds, labels, mask), (audio, audio_lengths, texts) = session_batch(
-            batch, tokenizer, prompt, llm, encoder, projector, device)
+            batch, tokenizer, prompt, llm, encoder, projector, None if args.no_augment else SpecAugment())
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             lm_loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
         ctc = slice(0, args.ctc_chunks)  # logits over the whole vocabulary are large: a few chunks a step

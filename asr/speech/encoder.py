@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Callable, Literal, Protocol
 
 import numpy as np
 import torch
@@ -29,7 +29,8 @@ SAMPLE_RATE = 16000
 CHUNK_SECONDS = 30
 CHUNK_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE
 # Log-mel hop 160 samples, then the encoder's second convolution has stride 2: one frame per 320 samples.
-SAMPLES_PER_FRAME = 320
+HOP_SAMPLES = 160
+SAMPLES_PER_FRAME = 2 * HOP_SAMPLES
 FRAMES_PER_SECOND = SAMPLE_RATE // SAMPLES_PER_FRAME
 
 
@@ -39,6 +40,8 @@ def num_frames(num_samples: int) -> int:
 
 
 Backend = Literal["auto", "torch", "ctranslate2"]
+# (log-mel [batch, mels, 3000] float32, valid mel frames per chunk) -> edited log-mel, same shape
+FeaturesTransform = Callable[[torch.Tensor, list[int]], torch.Tensor]
 
 
 class EncoderBackend(Protocol):
@@ -163,15 +166,20 @@ class AudioEncoder:
         ).input_features.to(device=self.device, dtype=torch.float32)
 
     @torch.no_grad()
-    def encode_padded(self, chunks: list[np.ndarray], batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_padded(self, chunks: list[np.ndarray], batch_size: int = 16,
+                      features_transform: FeaturesTransform | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """chunks -> (frames [batch, max_frames, dim] in ``dtype``, zero past each length;
-        lengths [batch] int64), both on the device. Runs ``batch_size`` chunks at a time."""
+        lengths [batch] int64), both on the device. Runs ``batch_size`` chunks at a time;
+        ``features_transform`` (training augmentation) edits each batch's log-mel first."""
         lengths = torch.tensor([num_frames(len(chunk)) for chunk in chunks], dtype=torch.int64)
         width = int(lengths.max()) if len(chunks) else 0
         frames = torch.zeros(len(chunks), width, self.dim, device=self.device, dtype=self.dtype)
         for start in range(0, len(chunks), batch_size):
             batch = chunks[start : start + batch_size]
-            hidden = self.backend(self.log_mel(batch))  # [batch, 1500, dim]
+            features = self.log_mel(batch)
+            if features_transform is not None:
+                features = features_transform(features, [len(chunk) // HOP_SAMPLES for chunk in batch])
+            hidden = self.backend(features)  # [batch, 1500, dim]
             for offset, length in enumerate(lengths[start : start + batch_size].tolist()):
                 frames[start + offset, :length] = hidden[offset, :length]
         return frames, lengths.to(self.device)
