@@ -90,3 +90,18 @@ def test_default_model_error_says_what_to_do(tmp_path, capsys, monkeypatch):
     sf.write(tmp_path / "a.wav", speechlike(1, 3), SR)
     assert cli_main(["transcribe", str(tmp_path / "a.wav"), "--output", str(tmp_path)]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_long_context_moves_old_pages_closer(transcriber):
+    """With a small distance ceiling, a session of several chunks collapses its oldest pages and still
+    transcribes every chunk into the same context."""
+    from asr.llm.distance_cap import DistanceCap
+    from asr.speech.longform import LongformSession
+
+    with LongformSession(transcriber.model, SHORT_BUDGET, DistanceCap(max_distance=96, slack=32)) as session:
+        for index in range(4):
+            session.transcribe_chunk(speechlike(6, 10 + index), 6.0 * index)
+        seq = session.seq
+        assert session.stats.chunks == 4
+        assert seq.collapsed_pages > 0
+        assert seq.num_tokens - seq.collapsed_position <= 96 + 32 + 6 * 13 + 40  # cap + one chunk's tokens

@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     parser.add_argument("--attention", default="unique", choices=["unique", "dense", "quest"],
                         help="decode attention: top-k pages (unique, quest) or every page (dense)")
     parser.add_argument("--budget", type=int, default=2048, help="tokens each sparse decode step reads")
+    parser.add_argument("--max-distance", type=int, default=4096,
+                        help="farthest a cached key may sit from the newest token before old pages are moved "
+                        "closer, so hour-long contexts stay in the range the model was trained on (0: never)")
     parser.add_argument("--model", help="speech model directory (default: the embedded model)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.set_defaults(handler=run)
@@ -42,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     formats = list(WRITERS) if args.format == "all" else [args.format]
     writers = {fmt: get_writer(fmt) for fmt in formats}
     args.output.mkdir(parents=True, exist_ok=True)
-    transcriber = load_transcriber(args.model, TranscribeOptions(attention=args.attention, budget_tokens=args.budget,
-                                                                 device=args.device))
+    options = TranscribeOptions(attention=args.attention, budget_tokens=args.budget, device=args.device,
+                                max_distance=args.max_distance or None)
+    transcriber = load_transcriber(args.model, options)
     failed = 0
     for path in args.files:
         try:

@@ -19,6 +19,7 @@ import torch
 from asr.attention import CacheShape, PagedKVCache, UniqueConfig
 from asr.errors import ContextLengthError
 from asr.llm.config import EngineConfig, ModelConfig, SamplingParams
+from asr.llm.distance_cap import DistanceCap, cap_distances
 from asr.llm.loader import load_model
 from asr.llm.model import CausalLM
 from asr.llm.runner import ModelRunner
@@ -104,6 +105,12 @@ class LLMEngine:
         self._invalidate_page_tables()
         seq.num_tokens, seq.next_logits = length, None
         del seq.token_ids[length:]
+        seq.collapsed_pages = min(seq.collapsed_pages, length // self.cache.page_size)
+
+    def cap_distances(self, seq: Sequence, cap: DistanceCap) -> bool:
+        """Keep ``seq``'s keys within ``cap`` of its next position (``asr.llm.distance_cap``); True if
+        old pages were moved."""
+        return cap_distances(self.cache, seq, self.model.rotary.inv_freq, cap)
 
     @torch.inference_mode()
     def embed_tokens(self, token_ids: Seq[int] | torch.Tensor) -> torch.Tensor:

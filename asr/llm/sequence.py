@@ -17,6 +17,8 @@ class Sequence:
     ``append`` and by every generated token), None before anything was appended.
     pages_read / pages_dense: KV pages (x layers x kv heads) that decode steps of this sequence read,
     and what dense decode would have read: their ratio is the share of the KV cache read.
+    collapsed_pages / collapsed_position: the first ``collapsed_pages`` pages hold keys moved to
+    ``collapsed_position`` (``asr.llm.distance_cap``); later tokens sit at their own index.
     """
 
     seq_id: int
@@ -25,6 +27,8 @@ class Sequence:
     next_logits: torch.Tensor | None = None
     pages_read: int = 0
     pages_dense: int = 0
+    collapsed_pages: int = 0
+    collapsed_position: int = 0
 
     @property
     def kv_read_share(self) -> float:

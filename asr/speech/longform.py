@@ -5,7 +5,8 @@ appended to the session's sequence and its transcript is generated right after, 
 sees all earlier audio and text. Runaway output is cut: a repeating n-gram loop is removed (one
 copy kept) and the chunk is decoded once more with sampling; a transcript past the chunk's token
 budget is stopped. Silence is never sent to the model. Timestamps come from sample positions, so
-they cannot drift.
+they cannot drift. Past the distances the model was trained on, old pages are moved closer before
+each chunk (``asr.llm.distance_cap``), so an hour stays in one context without leaving that range.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from asr.llm.config import SamplingParams
+from asr.llm.distance_cap import DistanceCap
 from asr.speech.model import SpeechModel
 from asr.speech.repetition import LoopConfig, loop_start, token_budget
 from asr.transcript import Segment
@@ -38,8 +40,9 @@ class SessionStats:
 class LongformSession:
     """One recording (or one live stream) in one sequence of the engine; feed chunks in order."""
 
-    def __init__(self, model: SpeechModel, loop: LoopConfig = LoopConfig()) -> None:
-        self.model, self.loop = model, loop
+    def __init__(self, model: SpeechModel, loop: LoopConfig = LoopConfig(),
+                 distance_cap: DistanceCap | None = DistanceCap()) -> None:
+        self.model, self.loop, self.distance_cap = model, loop, distance_cap
         self.engine = model.engine
         self.seq = self.engine.new_sequence()
         self.engine.append(self.seq, token_ids=model.prompt.session_start)
@@ -69,6 +72,8 @@ class LongformSession:
         prompt, engine = self.model.prompt, self.engine
         seconds = len(audio) / sample_rate
         embeds = self.model.audio_embeddings(audio)
+        if self.distance_cap is not None:
+            engine.cap_distances(self.seq, self.distance_cap)
         # one prefill per chunk: its cost grows with the context, so the pieces go in together
         engine.append(self.seq, embeds=torch.cat([engine.embed_tokens(self.pending + prompt.before_audio), embeds,
                                                   engine.embed_tokens(prompt.after_audio)]))

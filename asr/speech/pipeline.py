@@ -16,6 +16,7 @@ from tqdm import tqdm
 from asr.attention.config import UniqueConfig
 from asr.errors import AudioError
 from asr.llm.config import EngineConfig
+from asr.llm.distance_cap import DistanceCap
 from asr.llm.engine import LLMEngine
 from asr.speech.longform import LongformSession
 from asr.speech.model import SpeechModel, load_speech_model
@@ -36,7 +37,8 @@ class TranscribeOptions:
     budget_tokens / page_size: the sparse budget and the cache page size; device: ``None`` picks CUDA
     when available; dtype: the LLM's weights and cache (bfloat16 on both devices: on a 2-core CPU it
     decodes 1.45x faster than float32 at 0.3% logit error); segmenter / loop: chunking and runaway
-    control."""
+    control; max_distance: the farthest a key may sit from the next position before old pages are
+    moved closer (``asr.llm.distance_cap``; None keeps every key at its own position)."""
 
     attention: str = "unique"
     budget_tokens: int = 2048
@@ -45,6 +47,7 @@ class TranscribeOptions:
     dtype: str | None = "bfloat16"
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    max_distance: int | None = DistanceCap.max_distance
 
     def engine_config(self, max_context: int | None = None) -> EngineConfig:
         sparse = UniqueConfig(page_size=self.page_size, budget_tokens=self.budget_tokens)
@@ -75,7 +78,8 @@ class Transcriber:
         segments, skipped = [], []
         bar = tqdm(total=round(duration, 1), unit="s", desc=name or "transcribing", disable=not progress,
                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
-        with LongformSession(model, self.options.loop) as session:
+        cap = None if self.options.max_distance is None else DistanceCap(self.options.max_distance)
+        with LongformSession(model, self.options.loop, cap) as session:
             for region in regions:
                 start_s, end_s = region.start / SAMPLE_RATE, region.end / SAMPLE_RATE
                 if region.kind == "silence":
@@ -93,7 +97,7 @@ class Transcriber:
                      "kv_pages_read": session.kv_read_share, "attention": self.options.attention,
                      "budget_tokens": self.options.budget_tokens, "chunks": session.stats.chunks,
                      "loops_cut": session.stats.loops_cut, "budget_stops": session.stats.budget_stops,
-                     "context_tokens": session.seq.num_tokens}
+                     "context_tokens": session.seq.num_tokens, "max_distance": self.options.max_distance}
         return Transcript(segments, duration, skipped, stats)
 
 

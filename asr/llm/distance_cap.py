@@ -1,0 +1,76 @@
+"""A ceiling on query-key distances for contexts longer than the model was trained on.
+
+Rotary attention depends only on the distance between a query's and a key's positions. A model that
+never saw distances past its training context (SmolLM2-135M: 8k tokens; the speech adapter: a few
+thousand) degrades over an hour of audio (~55k tokens). As in LM-Infinite's distance ceiling, old keys
+are moved closer, page by page: once the oldest key still at its own position lies more than
+``max_distance + slack`` behind the next position ``n``, every whole page behind ``n - max_distance``
+is re-rotated to that one position (``Sequence.collapsed_position``) and its key statistics are
+recomputed. The keys stay in the cache and are still found by content (dense attention, or the top-k
+page choice); they only lose their order among themselves. New tokens keep their own positions, so the
+runner, the kernels and the CUDA graphs are untouched; the work is one pass over the collapsed keys
+every ``slack`` tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from asr.attention.append import page_key_stats
+from asr.attention.paged_cache import PagedKVCache
+from asr.llm.sequence import Sequence
+
+
+@dataclass(frozen=True)
+class DistanceCap:
+    """Keys stay within ``max_distance + slack`` (+ one page) of the next position; collapsing
+    happens at most once per ``slack`` new tokens."""
+
+    max_distance: int = 4096
+    slack: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.max_distance < 1 or self.slack < 1:
+            raise ValueError(f"max_distance and slack must be positive, got {self.max_distance}, {self.slack}")
+
+
+def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Move rotary-embedded keys by ``delta`` positions (rotate-half convention, no attention scaling:
+    the keys already carry it). keys: [..., tokens, head_dim]; delta: [..., tokens] int (broadcast
+    against keys' leading dims); inv_freq: [head_dim // 2]. Returns float32 [..., tokens, head_dim]."""
+    angles = delta[..., None].float() * inv_freq.float()  # [..., tokens, head_dim // 2]
+    cos, sin = torch.cat((angles.cos(), angles.cos()), -1), torch.cat((-angles.sin(), angles.sin()), -1)
+    x = keys.float()
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin
+
+
+@torch.inference_mode()
+def cap_distances(cache: PagedKVCache, seq: Sequence, inv_freq: torch.Tensor, cap: DistanceCap) -> bool:
+    """Collapse ``seq``'s old pages if its oldest uncollapsed key is too far behind; True if it did.
+
+    Before: pages ``[0, seq.collapsed_pages)`` sit at ``seq.collapsed_position``, later tokens at their
+    own index. After: pages ``[0, m)`` with ``m = (n - max_distance) // page_size`` sit at
+    ``n - max_distance``.
+    """
+    size = cache.page_size
+    oldest = seq.collapsed_position if seq.collapsed_pages else 0
+    if seq.num_tokens - oldest <= cap.max_distance + cap.slack:
+        return False
+    target = seq.num_tokens - cap.max_distance
+    count = target // size
+    if count <= seq.collapsed_pages:
+        return False
+    pages = torch.tensor(cache.seq_pages[seq.seq_id][:count], device=cache.k.device)
+    # current position of every slot of those pages: collapsed ones share one, the rest their index
+    positions = torch.arange(count * size, device=cache.k.device).view(count, size)
+    positions[: seq.collapsed_pages] = seq.collapsed_position
+    delta = (target - positions)[:, None, :]  # [pages, 1 (kv heads), page_size]
+    full = torch.full((count,), size, device=cache.k.device)
+    for layer in range(cache.shape.num_layers):
+        rotated = rotate_keys(cache.k[layer, pages], delta, inv_freq)
+        cache.k[layer, pages] = rotated.to(cache.k.dtype)
+        cache.key_stats[layer, pages] = page_key_stats(cache.k[layer, pages], full).to(cache.key_stats.dtype)
+    seq.collapsed_pages, seq.collapsed_position = count, target
+    return True
