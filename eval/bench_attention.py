@@ -46,8 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-ms", type=float, default=10.0)
     p.add_argument("--rep-ms", type=float, default=40.0)
     p.add_argument("--parts", action="store_true",
-                   help="also time unfused variants (score, top-k kernel, torch topk) at the longest context, "
-                        "smallest batch")
+                   help="at the longest context and smallest batch also time the top-k kernel alone and the "
+                        "step without programmatic dependent launch")
     p.add_argument("--output", type=Path, default=Path("eval/results/bench_attention.json"))
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: JSON path with .png)")
     p.add_argument("--sweep", action="store_true",
@@ -68,12 +68,10 @@ def apply_overrides(overrides: list[str]) -> None:
         log.info("override %s = %s", name, value)
 
 
-SWEEP = [[], ["scoring.FUSED_PROGRAMS_PER_SM=2"], ["scoring.FUSED_PROGRAMS_PER_SM=4"],
-         ["scoring.SCORE_PROGRAMS_PER_SM=2"], ["scoring.SCORE_PROGRAMS_PER_SM=8"],
-         ["scoring.PAGES_PER_TILE=32"], ["scoring.PAGES_PER_TILE=128"], ["scoring.SCORE_WARPS=4"],
-         ["scoring.SCORE_WARPS=16"], ["scoring.SCORE_STAGES=2"], ["selection.SEARCH_WAYS=8"],
-         ["decode.PROGRAMS_PER_SM=1"], ["decode.PROGRAMS_PER_SM=4", "decode.TOKENS_PER_TILE=32"],
-         ["decode.TOKENS_PER_TILE=128", "decode.DECODE_WARPS=8"], ["decode.DECODE_STAGES=3"]]
+SWEEP = [[], ["common.PDL=0"], ["scoring.SCORE_PROGRAMS_PER_SM=2"], ["scoring.SCORE_PROGRAMS_PER_SM=8"],
+         ["scoring.STAT_ROWS_PER_TILE=16"], ["scoring.STAT_ROWS_PER_TILE=64"], ["scoring.SCORE_STAGES=1"],
+         ["decode.SELECT_PROGRAMS_PER_SM=2"], ["decode.SELECT_DECODE_WARPS=8"], ["selection.SEARCH_WAYS=8"],
+         ["decode.PROGRAMS_PER_SM=1"], ["decode.TOKENS_PER_TILE=128", "decode.DECODE_WARPS=8"]]
 
 
 def graph_floor_us(args) -> float:
@@ -82,13 +80,41 @@ def graph_floor_us(args) -> float:
     return bench_graph(lambda: x.add_(1), args.warmup_ms, args.rep_ms)
 
 
-def sweep(args) -> list[dict]:
-    """Time dense / select / attend / total at one shape for each override set in SWEEP."""
-    import importlib
-
+def step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config) -> dict:
+    """The UNIQUE decode step and its parts at one shape, as graph-capturable callables:
+    score (scoring kernel), select_attend (the decode kernel selecting its own pages from given
+    scores, and its merge), attend (decode over given chosen pages), total (score then
+    select_attend: what the engine runs), topk (the stand-alone top-k kernel on given scores)
+    and separate (score, top-k kernel, attend: three kernels instead of two)."""
     from asr.attention.kernels.decode import paged_decode_triton
     from asr.attention.kernels.scoring import score_pages_triton
     from asr.attention.kernels.selection import select_pages_triton
+
+    scores = score_pages_triton(q, key_stats, page_table, seq_lens, config)
+    chosen, physical = select_pages_triton(scores, seq_lens, page_table, config.page_size, config.num_select,
+                                           config.sink_pages, config.local_pages)
+
+    def score():
+        return score_pages_triton(q, key_stats, page_table, seq_lens, config)
+
+    def select_attend(page_scores=scores):
+        return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, page_scores=page_scores,
+                                   sparse=config)
+
+    def topk(page_scores=scores):
+        return select_pages_triton(page_scores, seq_lens, page_table, config.page_size, config.num_select,
+                                   config.sink_pages, config.local_pages)
+
+    def attend(picked=chosen, picked_physical=physical):
+        return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, picked, picked_physical)
+
+    return dict(score=score, select_attend=select_attend, attend=attend, topk=topk,
+                total=lambda: select_attend(score()), separate=lambda: attend(*topk(score())))
+
+
+def sweep(args) -> list[dict]:
+    """Time the step's parts at one shape for each override set in SWEEP."""
+    import importlib
 
     print({"graph_floor_us": round(graph_floor_us(args), 2)}, flush=True)
     context, batch, budget = args.contexts[0], args.batches[0], args.budgets[0]
@@ -98,19 +124,7 @@ def sweep(args) -> list[dict]:
     for page_size in args.page_sizes:
         k_cache, v_cache, key_stats, page_table, seq_lens = make_paged_cache(batch, context, hkv, d, page_size)
         config = UniqueConfig(page_size=page_size, budget_tokens=budget)
-        _, chosen, physical = score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)
-        scores = score_pages_triton(q, key_stats, page_table, seq_lens, config)
-        fns = {
-            "score": lambda: score_pages_triton(q, key_stats, page_table, seq_lens, config),
-            "topk": lambda: select_pages_triton(scores, seq_lens, page_table, page_size, config.num_select, 1, 2),
-            "dense_paged": lambda: paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, 0.1),
-            "unique_select": lambda: score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True),
-            "unique_attend": lambda: paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, 0.1, chosen,
-                                                         physical),
-            "unique_total": lambda: paged_decode_triton(
-                q, k_cache, v_cache, page_table, seq_lens, 0.1,
-                *score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)[1:]),
-        }
+        fns = step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, 1 / math.sqrt(d), config)
         for variant in SWEEP:
             saved = []
             for item in variant:
@@ -121,8 +135,8 @@ def sweep(args) -> list[dict]:
                 setattr(module, const, type(getattr(module, const))(value))
             row = dict(variant=",".join(variant) or "base", page_size=page_size, context=context, batch=batch,
                        budget=budget)
-            for method, fn in fns.items():
-                row[method] = round(bench_graph(fn, args.warmup_ms, args.rep_ms), 2)
+            for part in ("score", "select_attend", "total", "separate"):
+                row[part] = round(bench_graph(fns[part], args.warmup_ms, args.rep_ms), 2)
             for module, const, value in saved:
                 setattr(module, const, value)
             results.append(row)
@@ -179,30 +193,45 @@ def make_paged_cache(batch, context, kv_heads, head_dim, page_size, gen_seed=0):
 
 
 def verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config, context, batch) -> dict:
-    """Check the timed kernels at this size: fused selection against the reference top-k of the
-    same scores (summed score of the chosen pages), and the sparse decode against its fp32
-    reference over the same pages."""
+    """Check the timed kernels at this size: the decode kernel's own selection and the top-k
+    kernel against the reference top-k of the same scores (summed score of the chosen pages),
+    physical ids against the page table, and both decodes against the fp32 reference over the
+    same pages."""
     from asr.attention.decode import paged_decode_reference
     from asr.attention.kernels.decode import paged_decode_triton
     from asr.attention.kernels.scoring import score_pages_triton
+    from asr.attention.kernels.selection import select_pages_triton
     from asr.attention.selection import select_pages_reference
 
-    scores, chosen, physical = score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)
+    scores = score_pages_triton(q, key_stats, page_table, seq_lens, config)
     expected = select_pages_reference(scores, seq_lens, config)
+    out, _, chosen, physical = paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale,
+                                                   page_scores=scores, sparse=config, return_chosen=True)
+    topk_chosen, topk_physical = select_pages_triton(scores, seq_lens, page_table, config.page_size, config.num_select,
+                                                     config.sink_pages, config.local_pages)
+    sep_out, _ = paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, topk_chosen, topk_physical)
 
     def picked(pages):
         return scores.gather(-1, pages.long().clamp(min=0)).masked_fill(pages < 0, 0).double()
 
-    gap = (picked(chosen).sum(-1) - picked(expected).sum(-1)).abs() / picked(expected).abs().sum(-1)
-    selection_gap = float(gap.max())
-    expected_physical = page_table.gather(1, chosen.clamp(min=0).flatten(1)).view(chosen.shape).masked_fill(chosen < 0, -1)
-    physical_ok = bool(torch.equal(physical, expected_physical))
-    out, _ = paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen, physical)
-    ref, _ = paged_decode_reference(q.float(), k_cache, v_cache, page_table, seq_lens, scale, chosen)
-    rel_rms = float((out.float() - ref).norm() / ref.norm())
+    def gap(pages):
+        return float(((picked(pages).sum(-1) - picked(expected).sum(-1)).abs() / picked(expected).abs().sum(-1)).max())
+
+    def physical_ok(pages, ids):
+        want = page_table.gather(1, pages.clamp(min=0).flatten(1)).view(pages.shape).masked_fill(pages < 0, -1)
+        return bool(torch.equal(ids, want))
+
+    def rel_rms(result, pages):
+        ref, _ = paged_decode_reference(q.float(), k_cache, v_cache, page_table, seq_lens, scale, pages)
+        return float((result.float() - ref).norm() / ref.norm())
+
     check = dict(context=context, batch=batch, page_size=config.page_size, budget=config.budget_tokens,
-                 selection_rel_gap=selection_gap, decode_rel_rms=rel_rms, physical_ok=physical_ok,
-                 ok=bool(selection_gap < 1e-5 and rel_rms < 1e-2 and physical_ok and not torch.isnan(out).any()))
+                 selection_rel_gap=gap(chosen), topk_rel_gap=gap(topk_chosen),
+                 decode_rel_rms=rel_rms(out, chosen), separate_rel_rms=rel_rms(sep_out, topk_chosen),
+                 physical_ok=physical_ok(chosen, physical) and physical_ok(topk_chosen, topk_physical))
+    check["ok"] = bool(max(check["selection_rel_gap"], check["topk_rel_gap"]) < 1e-5 and check["physical_ok"]
+                       and max(check["decode_rel_rms"], check["separate_rel_rms"]) < 1e-2
+                       and not torch.isnan(out).any())
     if not check["ok"]:
         log.warning("CHECK FAILED %s", check)
     return check
@@ -236,16 +265,14 @@ def sdpa_time(q, k_dense, v_dense, scale, args) -> tuple[float, str]:
 
 
 def run(args) -> tuple[list[dict], dict]:
+    from asr.attention.kernels import common
     from asr.attention.kernels.decode import paged_decode_triton
-    from asr.attention.kernels.scoring import score_pages_triton
-    from asr.attention.kernels.selection import select_pages_triton
-    from asr.attention.selection import select_pages_reference
 
     apply_overrides(args.set)
     bandwidth = copy_bandwidth()
     graph_floor = graph_floor_us(args)
     device = torch.cuda.get_device_name()
-    log.info("%s, copy bandwidth %.2f TB/s", device, bandwidth / 1e12)
+    log.info("%s, copy bandwidth %.2f TB/s, graph floor %.2f us", device, bandwidth / 1e12, graph_floor)
     hq, hkv, d = args.q_heads, args.kv_heads, args.head_dim
     scale = 1 / math.sqrt(d)
     elem = 2  # bf16
@@ -286,63 +313,27 @@ def run(args) -> tuple[list[dict], dict]:
                 for budget in args.budgets:
                     if budget >= context:
                         continue
+                    parts = args.parts and context == max(args.contexts) and batch == min(args.batches)
                     for method in ("unique", "quest"):
                         config = UniqueConfig(page_size=page_size, budget_tokens=budget, method=method)
                         stats_bytes = batch * hkv * num_pages * STAT_ROWS_READ * d * elem
                         pages_bytes = 2 * batch * hkv * config.num_select * page_size * d * elem
-                        _, chosen, physical = score_pages_triton(q, key_stats, page_table, seq_lens, config,
-                                                                 select=True)
-
-                        def select(config=config):
-                            return score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)
-
-                        def attend(chosen=chosen, physical=physical):
-                            return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen,
-                                                       physical)
-
-                        def total(config=config):
-                            _, picked, picked_physical = score_pages_triton(q, key_stats, page_table, seq_lens, config,
-                                                                            select=True)
-                            return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, picked,
-                                                       picked_physical)
-
-                        t_select = bench_graph(select, args.warmup_ms, args.rep_ms)
-                        add(context, batch, budget, page_size, f"{method}_select", t_select, sdpa_us, stats_bytes)
-                        if method == "unique":
-                            t_attend = bench_graph(attend, args.warmup_ms, args.rep_ms)
-                            add(context, batch, budget, page_size, "unique_attend", t_attend, sdpa_us, pages_bytes)
-                        add(context, batch, budget, page_size, f"{method}_total",
-                            bench_graph(total, args.warmup_ms, args.rep_ms), sdpa_us, stats_bytes + pages_bytes)
+                        fns = step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config)
+                        timed = ("total",) if method == "quest" else ("total", "score", "select_attend", "attend",
+                                                                      "separate")
+                        floors = dict(total=stats_bytes + pages_bytes, score=stats_bytes, attend=pages_bytes,
+                                      select_attend=pages_bytes, separate=stats_bytes + pages_bytes)
+                        for part in timed + (("topk",) if parts and method == "unique" else ()):
+                            add(context, batch, budget, page_size, f"{method}_{part}",
+                                bench_graph(fns[part], args.warmup_ms, args.rep_ms), sdpa_us, floors.get(part))
+                        if parts and method == "unique":  # the step without programmatic dependent launch
+                            pdl, common.PDL = common.PDL, 0
+                            add(context, batch, budget, page_size, "unique_total_no_pdl",
+                                bench_graph(fns["total"], args.warmup_ms, args.rep_ms), sdpa_us, floors["total"])
+                            common.PDL = pdl
                         if method == "unique":
                             checks.append(verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config,
                                                  context, batch))
-                        if not (args.parts and method == "unique" and context == max(args.contexts)
-                                and batch == min(args.batches)):
-                            continue
-                        scores = score_pages_triton(q, key_stats, page_table, seq_lens, config)
-
-                        def score_only(config=config):
-                            return score_pages_triton(q, key_stats, page_table, seq_lens, config)
-
-                        def select_kernel(config=config, scores=scores):
-                            return select_pages_triton(scores, seq_lens, page_table, page_size, config.num_select,
-                                                       config.sink_pages, config.local_pages)
-
-                        def select_unfused(config=config):
-                            s = score_pages_triton(q, key_stats, page_table, seq_lens, config)
-                            return select_pages_triton(s, seq_lens, page_table, page_size, config.num_select,
-                                                       config.sink_pages, config.local_pages)
-
-                        def select_torch(config=config):
-                            s = score_pages_triton(q, key_stats, page_table, seq_lens, config)
-                            return select_pages_reference(s, seq_lens, config)
-
-                        for name, fn, floor in (("unique_score", score_only, stats_bytes),
-                                                ("unique_topk_kernel", select_kernel, None),
-                                                ("unique_select_unfused", select_unfused, stats_bytes),
-                                                ("unique_select_torch_topk", select_torch, stats_bytes)):
-                            add(context, batch, budget, page_size, name, bench_graph(fn, args.warmup_ms, args.rep_ms),
-                                sdpa_us, floor)
                 del k_cache, v_cache, key_stats, page_table, seq_lens
                 torch.cuda.empty_cache()
                 args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -362,8 +353,8 @@ def run(args) -> tuple[list[dict], dict]:
 def table(rows: list[dict]) -> str:
     """One line per (context, batch, page size, budget)."""
     index = {(r["context"], r["batch"], r["budget"], r["page_size"], r["method"]): r for r in rows}
-    head = (f"{'ctx':>7} {'B':>3} {'P':>3} {'budget':>6} | {'sdpa':>8} {'dense':>8} | {'unique':>7} {'select':>7} "
-            f"{'attend':>7} {'quest':>7} {'q_sel':>7} | {'speedup':>7} {'floor':>6} {'share':>5}")
+    head = (f"{'ctx':>7} {'B':>3} {'P':>3} {'budget':>6} | {'sdpa':>8} {'dense':>8} | {'unique':>7} {'score':>6} "
+            f"{'sel+att':>7} {'attend':>6} {'separ':>7} {'quest':>7} | {'speedup':>7} {'floor':>6} {'share':>5}")
     lines = [head, "-" * len(head)]
     keys = sorted({(r["context"], r["batch"], r["page_size"], r["budget"]) for r in rows if r["budget"]})
     for ctx, b, p, budget in keys:
@@ -374,8 +365,9 @@ def table(rows: list[dict]) -> str:
         total = index.get((ctx, b, budget, p, "unique_total"))
         lines.append(
             f"{ctx:>7} {b:>3} {p:>3} {budget:>6} | {t('sdpa', None, None):>8.1f} {t('dense_paged', None):>8.1f} | "
-            f"{t('unique_total'):>7.1f} {t('unique_select'):>7.1f} {t('unique_attend'):>7.1f} {t('quest_total'):>7.1f} "
-            f"{t('quest_select'):>7.1f} | {total['speedup_vs_sdpa'] if total else float('nan'):>6.1f}x "
+            f"{t('unique_total'):>7.1f} {t('unique_score'):>6.1f} {t('unique_select_attend'):>7.1f} "
+            f"{t('unique_attend'):>6.1f} {t('unique_separate'):>7.1f} {t('quest_total'):>7.1f} | "
+            f"{total['speedup_vs_sdpa'] if total else float('nan'):>6.1f}x "
             f"{total['floor_us'] if total else float('nan'):>6.1f} {total['floor_share'] if total else float('nan'):>5.2f}")
     return "\n".join(lines)
 

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from asr.attention.config import UniqueConfig
-from asr.attention.decode import paged_decode
-from asr.attention.selection import score_and_select_pages
+from asr.attention.decode import paged_decode, unique_decode
 
 
 @dataclass
@@ -52,13 +51,14 @@ def decode_attention(
     ``sparse.dense_layers``) reads every page; otherwise the top-k pages by ``sparse.method``.
     Returns [batch, q_heads, head_dim].
 
-    On CUDA this is three launches (fused score+select, then split decode and its merge) whose
-    sizes depend on tensor shapes only: no host sync, so a decode step can be captured in a CUDA
-    graph per batch bucket (fixed batch and page-table width).
+    On CUDA sparse decode is three launches (scoring, then the split decode that selects its
+    own pages, then its merge; dense: the last two) whose sizes depend on tensor shapes only: no
+    host sync, so a decode step can be captured in a CUDA graph per batch bucket (fixed batch
+    and page-table width).
     """
-    chosen = chosen_physical = None
     if sparse is not None and layer >= sparse.dense_layers and not fits_budget_on_host(metadata, sparse):
-        chosen, chosen_physical = score_and_select_pages(q, key_stats, metadata.page_table, metadata.seq_lens, sparse)
-    out, _ = paged_decode(q, k_cache, v_cache, metadata.page_table, metadata.seq_lens, scale, chosen, need_lse=False,
-                          chosen_physical=chosen_physical)
+        out, _ = unique_decode(q, k_cache, v_cache, key_stats, metadata.page_table, metadata.seq_lens, scale, sparse,
+                               need_lse=False)
+    else:
+        out, _ = paged_decode(q, k_cache, v_cache, metadata.page_table, metadata.seq_lens, scale, need_lse=False)
     return out

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from asr.attention.config import UniqueConfig
+from asr.attention.scoring import score_pages
+from asr.attention.selection import MAX_KERNEL_PAGES, select_pages
+
 
 def gather_attended(
     k_cache: torch.Tensor,
@@ -165,3 +169,30 @@ def paged_decode(
     if not need_lse:
         return paged_decode_cpu(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages), None
     return paged_decode_reference(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages)
+
+
+def unique_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    key_stats: torch.Tensor,
+    page_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    config: UniqueConfig,
+    need_lse: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Public sparse decode: score the pages, take the top ``config.num_select`` per sequence and
+    kv head, attend over them (arguments as ``paged_decode_reference`` plus key_stats
+    [num_pages, kv_heads, NUM_STATS, head_dim]). On CUDA with fp16/bf16 caches: the scoring
+    kernel, then the decode kernel that selects its own pages (and its merge), sizes from shapes
+    only (graph-capturable); elsewhere the references (or the CPU path when ``need_lse`` is False)."""
+    if q.is_cuda and k_cache.dtype in (torch.float16, torch.bfloat16) and page_table.shape[1] <= MAX_KERNEL_PAGES:
+        from asr.attention.kernels.decode import paged_decode_triton
+        from asr.attention.kernels.scoring import score_pages_triton
+
+        scores = score_pages_triton(q, key_stats, page_table, seq_lens, config)
+        return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, page_scores=scores,
+                                   sparse=config)
+    chosen = select_pages(score_pages(q, key_stats, page_table, seq_lens, config), seq_lens, config)
+    return paged_decode(q, k_cache, v_cache, page_table, seq_lens, scale, chosen, need_lse)

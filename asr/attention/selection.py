@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from asr.attention.config import UniqueConfig
-from asr.attention.scoring import score_pages
 
 MAX_KERNEL_PAGES = 16384  # the selection kernels hold a row of page scores in registers
 
@@ -54,21 +53,3 @@ def select_pages(scores: torch.Tensor, seq_lens: torch.Tensor, config: UniqueCon
         return select_pages_triton(scores, seq_lens, page_table, config.page_size, config.num_select,
                                    config.sink_pages, config.local_pages)[0]
     return select_pages_reference(scores, seq_lens, config)
-
-
-def score_and_select_pages(
-    q: torch.Tensor,
-    key_stats: torch.Tensor,
-    page_table: torch.Tensor,
-    seq_lens: torch.Tensor,
-    config: UniqueConfig,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Score then select (arguments as ``score_pages_reference``). Returns chosen pages as
-    ``select_pages_reference`` gives them and, on CUDA, their physical ids in ``page_table``
-    (same shape, -1 padded; None elsewhere). On CUDA one fused launch scores and selects."""
-    if q.is_cuda and page_table.shape[1] <= MAX_KERNEL_PAGES:
-        from asr.attention.kernels.scoring import score_pages_triton
-
-        _, chosen, chosen_physical = score_pages_triton(q, key_stats, page_table, seq_lens, config, select=True)
-        return chosen, chosen_physical
-    return select_pages(score_pages(q, key_stats, page_table, seq_lens, config), seq_lens, config), None

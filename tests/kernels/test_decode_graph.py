@@ -9,7 +9,8 @@ import torch
 from asr.attention.backend import DecodeMetadata, decode_attention
 from asr.attention.config import UniqueConfig
 from asr.attention.decode import paged_decode_reference
-from asr.attention.selection import score_and_select_pages
+from asr.attention.kernels.decode import paged_decode_triton
+from asr.attention.kernels.scoring import score_pages_triton
 from tests.paged_batch import make_paged_batch
 from tests.tolerances import assert_close
 
@@ -41,7 +42,9 @@ def test_decode_step_replays_from_cuda_graph(sparse):
         chosen = None
         if sparse is not None:
             # eager kernels choose the pages (the reference could break near-ties differently)
-            chosen, _ = score_and_select_pages(q, batch.key_stats, metadata.page_table, metadata.seq_lens, sparse)
+            scores = score_pages_triton(q, batch.key_stats, metadata.page_table, metadata.seq_lens, sparse)
+            chosen = paged_decode_triton(q, batch.k_cache, batch.v_cache, metadata.page_table, metadata.seq_lens, scale,
+                                         page_scores=scores, sparse=sparse, return_chosen=True)[2]
         expected, _ = paged_decode_reference(q.float(), batch.k_cache.float(), batch.v_cache.float(),
                                              metadata.page_table, metadata.seq_lens, scale, chosen)
         assert_close(out.float(), expected, torch.bfloat16)

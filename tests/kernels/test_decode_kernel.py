@@ -9,6 +9,7 @@ import torch
 from asr.attention.config import UniqueConfig
 from asr.attention.decode import paged_decode_reference
 from asr.attention.kernels.decode import paged_decode_triton
+from asr.attention.kernels.scoring import score_pages_triton
 from asr.attention.scoring import score_pages_reference
 from asr.attention.selection import select_pages_reference
 from tests.paged_batch import make_paged_batch
@@ -62,6 +63,24 @@ def test_sparse_decode_matches_reference(dtype, head_dim, page_size, heads):
     scores = score_pages_reference(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
     chosen = select_pages_reference(scores, batch.seq_lens, config)  # -1 padded for the short sequence
     check(batch, 1 / math.sqrt(head_dim), chosen, chosen_physical=physical_ids(chosen, batch.page_table))
+
+
+@pytest.mark.parametrize("dtype, head_dim, page_size, heads", SHAPES)
+def test_decode_with_own_selection_matches_reference(dtype, head_dim, page_size, heads):
+    """Scores in, top-k inside the decode kernel: the output is the reference's over the pages it chose."""
+    batch = make_paged_batch([500, 37, 260], *heads, head_dim, page_size, dtype, seed=15, device=DEVICE)
+    config = UniqueConfig(page_size=page_size, budget_tokens=4 * page_size)
+    scores = score_pages_triton(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
+    out = torch.full_like(batch.q, float("nan"))
+    lse = torch.full(batch.q.shape[:2], float("nan"), device=batch.q.device)
+    out, lse, chosen, _ = paged_decode_triton(batch.q, batch.k_cache, batch.v_cache, batch.page_table, batch.seq_lens,
+                                              1 / math.sqrt(head_dim), page_scores=scores, sparse=config,
+                                              return_chosen=True, out=out, lse=lse)
+    expected = select_pages_reference(scores, batch.seq_lens, config)
+    assert torch.equal(chosen < 0, expected < 0)
+    ref_out, ref_lse = reference(batch, 1 / math.sqrt(head_dim), chosen)
+    assert_close(out.float(), ref_out, dtype)
+    assert_close(lse, ref_lse, torch.float16)
 
 
 @pytest.mark.parametrize("num_splits", [1, 2, 5, 64])

@@ -1,4 +1,4 @@
-"""Page scoring, top-k selection and the fused score+select kernel against their references.
+"""Page scoring, the top-k selection kernel and the decode kernel's own selection against their references.
 Selections are compared by chosen set size, forced pages and summed scores (ties may differ);
 physical page ids by the page table."""
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from asr.attention.config import UniqueConfig
-from asr.attention.kernels import scoring
+from asr.attention.kernels.decode import paged_decode_triton
 from asr.attention.kernels.scoring import score_pages_triton
 from asr.attention.kernels.selection import select_pages_triton
 from asr.attention.scoring import score_pages_reference
@@ -96,63 +96,55 @@ def test_selection_breaks_ties():
     check_selection(chosen, scores, seq_lens, config)
 
 
-def check_fused(batch, config):
+def select_in_decode(batch, config, num_splits=None):
+    """Scores from the scoring kernel, then the decode kernel's own selection: (scores, chosen, physical)."""
+    scores = score_pages_triton(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
+    _, _, chosen, physical = paged_decode_triton(batch.q, batch.k_cache, batch.v_cache, batch.page_table,
+                                                 batch.seq_lens, 0.125, page_scores=scores, sparse=config,
+                                                 return_chosen=True, num_splits=num_splits)
+    return scores, chosen, physical
+
+
+def check_select_in_decode(batch, config, num_splits=None):
+    scores, chosen, physical = select_in_decode(batch, config, num_splits)
     args = (batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
-    scores, chosen, physical = score_pages_triton(*args, select=True)
     torch.testing.assert_close(scores, score_pages_reference(*args), rtol=1e-4, atol=1e-4)
     check_selection(chosen, scores, batch.seq_lens, config)
     check_physical(physical, chosen, batch.page_table)
-    _, again, _ = score_pages_triton(*args, select=True)  # counters were reset by the last programs
-    assert torch.equal(again, chosen)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_fused_score_select_matches_separate(config):
+def test_decode_selects_as_reference(config):
     batch = make_paged_batch([2000, 16, 1, 700], 8, 2, 64, config.page_size, torch.bfloat16, seed=22, device=DEVICE)
-    check_fused(batch, config)
+    check_select_in_decode(batch, config)
 
 
-# (budget pages, programs per SM): one or several programs per group
-TOURNAMENTS = [pytest.param(8, 1, id="k8-groups"), pytest.param(8, 64, id="k8-groups-of-programs"),
-               pytest.param(64, 64, id="k64-groups-of-programs"), pytest.param(3, 64, id="k3-forced-only")]
-
-
-MANY_SMS = 64  # the interpreter's device has 4 SMs; this many lets 8 rows split into groups
-
-
-@pytest.mark.parametrize("budget_pages, programs_per_sm", TOURNAMENTS)
-def test_fused_selection_across_groups(budget_pages, programs_per_sm, monkeypatch):
-    """Long ragged rows cut into several selection groups, each scored by several programs."""
-    monkeypatch.setattr(scoring, "FUSED_PROGRAMS_PER_SM", programs_per_sm)
-    monkeypatch.setattr(scoring, "_num_sms", lambda device: MANY_SMS)
+@pytest.mark.parametrize("budget_pages", [3, 8, 64])
+def test_decode_selection_on_long_ragged_rows(budget_pages):
+    """Rows longer and shorter than the budget; every split selects the same pages."""
     config = UniqueConfig(page_size=16, budget_tokens=16 * budget_pages)
     batch = make_paged_batch([9000, 2100, 40, 5000], 8, 2, 64, 16, torch.bfloat16, seed=24, device=DEVICE)
-    rows, max_pages = 4 * 2, batch.page_table.shape[1]
-    block_k = 1 << (config.num_select - 1).bit_length()
-    assert scoring.plan_groups(rows, max_pages, block_k, MANY_SMS) < max_pages
-    check_fused(batch, config)
+    check_select_in_decode(batch, config, num_splits=3)
 
 
-def test_fused_selection_breaks_ties_across_groups(monkeypatch):
-    """Pages share three distinct statistics, so scores tie across groups and programs."""
-    monkeypatch.setattr(scoring, "FUSED_PROGRAMS_PER_SM", 64)
-    monkeypatch.setattr(scoring, "_num_sms", lambda device: MANY_SMS)
+def test_decode_selection_breaks_ties():
+    """Pages share three distinct statistics, so many scores tie."""
     config = UniqueConfig(page_size=16, budget_tokens=16 * 20)
     batch = make_paged_batch([9000, 3000], 8, 2, 64, 16, torch.bfloat16, seed=25, device=DEVICE)
     gen = torch.Generator().manual_seed(25)
     pool = batch.key_stats[:3].clone()
     batch.key_stats.copy_(pool[torch.randint(0, 3, (batch.key_stats.shape[0],), generator=gen).to(DEVICE)])
-    check_fused(batch, config)
+    check_select_in_decode(batch, config, num_splits=4)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("page_size", [16, 32])
-def test_real_size_fused_score_select(page_size):
+def test_real_size_score_select(page_size):
     config = UniqueConfig(page_size=page_size, budget_tokens=2048)
     batch = make_paged_batch([131072, 40000, 3000], 32, 8, 128, page_size, torch.bfloat16, seed=23, device=DEVICE)
     args = (batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
-    scores, chosen, physical = score_pages_triton(*args, select=True)
+    scores, chosen, physical = select_in_decode(batch, config)
     torch.testing.assert_close(scores, score_pages_reference(*args), rtol=1e-4, atol=1e-3)
     check_selection(chosen, scores, batch.seq_lens, config)
     check_physical(physical, chosen, batch.page_table)

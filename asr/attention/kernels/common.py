@@ -71,3 +71,16 @@ def zeroed_counters(name: str, device: torch.device, count: int) -> torch.Tensor
         if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
             _COUNTERS[key] = counters
     return counters
+
+
+PDL = 1  # programmatic dependent launch between a step's kernels (0: off; the benchmark compares both)
+PDL_MIN_CAPABILITY = 9  # griddepcontrol needs Hopper or newer
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """Launch dependent kernels with programmatic dependent launch: each may start (and load what
+    earlier kernels wrote) while its predecessor finishes, and waits (``gdc_wait``) before
+    reading the predecessor's results. Off under the interpreter and before Hopper."""
+    if not PDL or device.type != "cuda" or interpreting():
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= PDL_MIN_CAPABILITY
