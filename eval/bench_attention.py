@@ -54,24 +54,40 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="instead of the grid: time tuning variants (SWEEP) at the first context/batch/budget")
     p.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
                    help="override a kernel tuning constant, e.g. decode.TOKENS_PER_TILE=128")
+    p.add_argument("--set-from-sweep", type=Path, default=None, metavar="SWEEP_JSON",
+                   help="also apply the overrides a --sweep run found faster (best_overrides)")
+    p.add_argument("--compile-workers", type=int, default=0,
+                   help="compile every kernel variant first in this many processes (small page pools); with "
+                        "--set-from-sweep only when the sweep changed a constant")
+    p.add_argument("--compile-only", action="store_true",
+                   help="only compile the grid's and the sweep's (first context, batch, budget) kernels, then exit")
     return p.parse_args(argv)
 
 
-def apply_overrides(overrides: list[str]) -> None:
+def apply_overrides(overrides: list[str]) -> list[tuple]:
+    """Set kernel tuning constants (``module.NAME=value``); returns what ``restore`` needs."""
     import importlib
 
+    saved = []
     for item in overrides:
         name, value = item.split("=")
         module_name, const = name.rsplit(".", 1)
         module = importlib.import_module(f"asr.attention.kernels.{module_name}")
+        saved.append((module, const, getattr(module, const)))
         setattr(module, const, type(getattr(module, const))(value))
         log.info("override %s = %s", name, value)
+    return saved
+
+
+def restore(saved: list[tuple]) -> None:
+    for module, const, value in reversed(saved):
+        setattr(module, const, value)
 
 
 SWEEP = [[], ["common.PDL=0"], ["scoring.SCORE_PROGRAMS_PER_SM=2"], ["scoring.SCORE_PROGRAMS_PER_SM=8"],
          ["scoring.STAT_ROWS_PER_TILE=16"], ["scoring.STAT_ROWS_PER_TILE=64"], ["scoring.SCORE_STAGES=1"],
          ["decode.SELECT_PROGRAMS_PER_SM=2"], ["decode.SELECT_DECODE_WARPS=8"], ["selection.SEARCH_WAYS=8"],
-         ["decode.PROGRAMS_PER_SM=1"], ["decode.TOKENS_PER_TILE=128", "decode.DECODE_WARPS=8"]]
+         ["selection.SEARCH_WAYS=2"], ["decode.SELECT_TOKENS_PER_TILE=32"], ["decode.SELECT_TOKENS_PER_TILE=128"]]
 
 
 def graph_floor_us(args) -> float:
@@ -114,10 +130,10 @@ def step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, 
 
 def sweep(args) -> list[dict]:
     """Time the step's parts at one shape for each override set in SWEEP."""
-    import importlib
-
-    print({"graph_floor_us": round(graph_floor_us(args), 2)}, flush=True)
     context, batch, budget = args.contexts[0], args.batches[0], args.budgets[0]
+    if args.compile_workers:
+        compile_all(sweep_tasks(args), args.compile_workers)
+    print({"graph_floor_us": round(graph_floor_us(args), 2)}, flush=True)
     hq, hkv, d = args.q_heads, args.kv_heads, args.head_dim
     q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
     results = []
@@ -126,19 +142,12 @@ def sweep(args) -> list[dict]:
         config = UniqueConfig(page_size=page_size, budget_tokens=budget)
         fns = step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, 1 / math.sqrt(d), config)
         for variant in SWEEP:
-            saved = []
-            for item in variant:
-                name, value = item.split("=")
-                module_name, const = name.rsplit(".", 1)
-                module = importlib.import_module(f"asr.attention.kernels.{module_name}")
-                saved.append((module, const, getattr(module, const)))
-                setattr(module, const, type(getattr(module, const))(value))
+            saved = apply_overrides(variant)
             row = dict(variant=",".join(variant) or "base", page_size=page_size, context=context, batch=batch,
                        budget=budget)
-            for part in ("score", "select_attend", "total", "separate"):
+            for part in ("score", "total"):
                 row[part] = round(bench_graph(fns[part], args.warmup_ms, args.rep_ms), 2)
-            for module, const, value in saved:
-                setattr(module, const, value)
+            restore(saved)
             results.append(row)
             print(row, flush=True)
         del k_cache, v_cache, key_stats
@@ -174,10 +183,12 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
-def make_paged_cache(batch, context, kv_heads, head_dim, page_size, gen_seed=0):
-    """Random bf16 paged cache with scattered pages and exact key statistics."""
+def make_paged_cache(batch, context, kv_heads, head_dim, page_size, gen_seed=0, pool_pages=None):
+    """Random bf16 paged cache with scattered pages and exact key statistics. pool_pages: a pool
+    of that many pages that every page-table entry points into (the shapes and strides of the
+    full cache at a fraction of its memory: for compiling, not timing)."""
     pages_per_seq = context // page_size
-    num_pages = batch * pages_per_seq
+    num_pages = batch * pages_per_seq if pool_pages is None else pool_pages
     torch.manual_seed(gen_seed)
     k_cache = torch.randn(num_pages, kv_heads, page_size, head_dim, device="cuda", dtype=torch.bfloat16)
     v_cache = torch.randn_like(k_cache)
@@ -187,9 +198,88 @@ def make_paged_cache(batch, context, kv_heads, head_dim, page_size, gen_seed=0):
         pages = k_cache[start : start + chunk]
         fill = torch.full((pages.shape[0],), page_size, device="cuda")
         key_stats[start : start + chunk] = page_key_stats(pages, fill).to(torch.bfloat16)
-    page_table = torch.randperm(num_pages, device="cuda").to(torch.int32).view(batch, pages_per_seq)
+    if pool_pages is None:
+        page_table = torch.randperm(num_pages, device="cuda").to(torch.int32).view(batch, pages_per_seq)
+    else:
+        page_table = torch.randint(0, pool_pages, (batch, pages_per_seq), device="cuda", dtype=torch.int32)
     seq_lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
     return k_cache, v_cache, key_stats, page_table, seq_lens
+
+
+COMPILE_POOL_PAGES = 64
+
+
+def compile_task(task) -> str:
+    """Run every kernel variant one grid point uses once (Triton compiles it into its on-disk cache)."""
+    overrides, context, batch, page_size, budgets, parts, hq, hkv, d = task
+    from asr.attention.kernels import common
+    from asr.attention.kernels.decode import paged_decode_triton
+
+    saved = apply_overrides(overrides)
+    k_cache, v_cache, key_stats, page_table, seq_lens = make_paged_cache(batch, context, hkv, d, page_size,
+                                                                         pool_pages=COMPILE_POOL_PAGES)
+    q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
+    scale = 1 / math.sqrt(d)
+    paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale)
+    for budget in budgets:
+        for method in ("unique", "quest"):
+            config = UniqueConfig(page_size=page_size, budget_tokens=budget, method=method)
+            fns = step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config)
+            for fn in fns.values():
+                fn()
+            if parts:
+                pdl, common.PDL = common.PDL, 0
+                fns["total"]()
+                common.PDL = pdl
+            verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config, context, batch)
+    torch.cuda.synchronize()
+    restore(saved)
+    return f"compiled {overrides or 'base'} ctx={context} B={batch} P={page_size}"
+
+
+def compile_all(tasks: list, workers: int) -> None:
+    """Compile the kernels of many grid points in parallel processes: timing then loads them from
+    Triton's cache instead of compiling one after another."""
+    import multiprocessing
+    import time
+
+    start = time.time()
+    try:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for message in pool.imap_unordered(compile_task, tasks):
+                log.info("%s (%.0f s)", message, time.time() - start)
+    except Exception as err:  # timing still compiles what is missing, one kernel after another
+        log.warning("parallel compile failed after %.0f s: %r", time.time() - start, err)
+
+
+def grid_tasks(args, overrides=None) -> list:
+    return [(overrides if overrides is not None else args.set, context, batch, page_size,
+             [b for b in args.budgets if b < context],
+             args.parts and context == max(args.contexts) and batch == min(args.batches),
+             args.q_heads, args.kv_heads, args.head_dim)
+            for context in args.contexts for batch in args.batches if batch * context <= args.max_tokens
+            for page_size in args.page_sizes]
+
+
+def sweep_tasks(args) -> list:
+    context, batch, budget = args.contexts[0], args.batches[0], args.budgets[0]
+    return [(variant, context, batch, page_size, [budget], False, args.q_heads, args.kv_heads, args.head_dim)
+            for variant in SWEEP[1:] for page_size in args.page_sizes]
+
+
+def best_overrides(sweep_rows: list[dict], margin: float = 0.05) -> list[str]:
+    """From a sweep: per tuning constant (or set of constants), the variant with the fastest
+    step if it beats the base by more than ``margin``; the union of those overrides."""
+    base = {r["page_size"]: r["total"] for r in sweep_rows if r["variant"] == "base"}
+    groups: dict[str, tuple[float, str]] = {}
+    for r in sweep_rows:
+        if r["variant"] == "base":
+            continue
+        ratio = r["total"] / base[r["page_size"]]
+        knobs = ",".join(sorted(item.split("=")[0] for item in r["variant"].split(",")))
+        if ratio < 1 - margin and ratio < groups.get(knobs, (1.0, ""))[0]:
+            groups[knobs] = (ratio, r["variant"])
+    return [item for _, variant in groups.values() for item in variant.split(",")]
 
 
 def verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config, context, batch) -> dict:
@@ -269,6 +359,8 @@ def run(args) -> tuple[list[dict], dict]:
     from asr.attention.kernels.decode import paged_decode_triton
 
     apply_overrides(args.set)
+    if args.compile_workers:
+        compile_all(grid_tasks(args), args.compile_workers)
     bandwidth = copy_bandwidth()
     graph_floor = graph_floor_us(args)
     device = torch.cuda.get_device_name()
@@ -377,6 +469,15 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_attention needs a CUDA device")
+    if args.set_from_sweep is not None:
+        chosen = best_overrides(json.loads(args.set_from_sweep.read_text()))
+        log.info("overrides from %s: %s", args.set_from_sweep, chosen or "none")
+        args.set = args.set + chosen
+        if not chosen:  # the base variants were compiled with the sweep's (--compile-only)
+            args.compile_workers = 0
+    if args.compile_only:
+        compile_all(grid_tasks(args) + sweep_tasks(args), max(1, args.compile_workers))
+        return
     if args.sweep:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(sweep(args), indent=1))

@@ -73,7 +73,8 @@ def zeroed_counters(name: str, device: torch.device, count: int) -> torch.Tensor
     return counters
 
 
-PDL = 1  # programmatic dependent launch between a step's kernels (0: off; the benchmark compares both)
+# programmatic dependent launch between a step's kernels (ASR_ATTENTION_PDL=0: off; the benchmark compares both)
+PDL = int(os.environ.get("ASR_ATTENTION_PDL", "1"))
 PDL_MIN_CAPABILITY = 9  # griddepcontrol needs Hopper or newer
 
 

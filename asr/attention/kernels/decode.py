@@ -44,6 +44,7 @@ LOG2_E = 1.4426950408889634
 MIN_DOT_ROWS = 16  # tl.dot needs at least 16 rows: small GQA groups are padded
 TOKENS_PER_TILE = 64  # keys per loop step (several pages when pages are small)
 PROGRAMS_PER_SM = 2  # splits are chosen so the grid covers the SMs about this many times
+SELECT_TOKENS_PER_TILE = 64  # the same with the in-kernel selection
 SELECT_PROGRAMS_PER_SM = 1  # the same with the in-kernel selection (one 16-warp program fits an SM)
 DECODE_WARPS = 4
 SELECT_DECODE_WARPS = 16  # with the in-kernel selection: a row of 8192 scores fits 128 registers (8 warps: 216 at 4096)
@@ -169,11 +170,14 @@ def _combine_splits_kernel(
     tl.store(lse_ptr + i_bq, (b_max + tl.log2(b_sum)) * 0.6931471805599453)
 
 
-def plan_splits(rows: int, num_slots: int, pages_per_tile: int, programs: int) -> tuple[int, int]:
+def plan_splits(rows: int, num_slots: int, pages_per_tile: int, programs: int, at_most: bool = False
+                ) -> tuple[int, int]:
     """(splits, slots_per_split) so that rows * splits is about ``programs`` (a multiple of the
-    SMs), each split a whole number of tiles. Depends on shapes only (graph-safe)."""
+    SMs; ``at_most``: no more, where a second wave would repeat the selection), each split a
+    whole number of tiles. Depends on shapes only (graph-safe)."""
     tiles = max(1, math.ceil(num_slots / pages_per_tile))
-    splits = max(1, min(tiles, math.ceil(programs / max(rows, 1))))
+    per_row = programs // max(rows, 1) if at_most else math.ceil(programs / max(rows, 1))
+    splits = max(1, min(tiles, per_row))
     slots_per_split = math.ceil(tiles / splits) * pages_per_tile
     return math.ceil(num_slots / slots_per_split), slots_per_split
 
@@ -245,11 +249,12 @@ def paged_decode_triton(
     else:
         num_slots = max_pages
     group = q_heads // kv_heads
-    block_n = max(TOKENS_PER_TILE, page_size)
+    block_n = max(SELECT_TOKENS_PER_TILE if select else TOKENS_PER_TILE, page_size)
     pages_per_tile = block_n // page_size
     if num_splits is None:
         per_sm = SELECT_PROGRAMS_PER_SM if select else PROGRAMS_PER_SM
-        splits, slots_per_split = plan_splits(batch * kv_heads, num_slots, pages_per_tile, per_sm * num_sms(q.device))
+        splits, slots_per_split = plan_splits(batch * kv_heads, num_slots, pages_per_tile, per_sm * num_sms(q.device),
+                                              at_most=select)
     else:
         slots_per_split = math.ceil(math.ceil(num_slots / num_splits) / pages_per_tile) * pages_per_tile
         splits = math.ceil(num_slots / slots_per_split)
