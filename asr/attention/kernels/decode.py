@@ -89,10 +89,12 @@ def _paged_decode_split_kernel(
     if not SPARSE:
         slot_end = tl.minimum(slot_end, num_pages)
     if SELECT:  # every split of a row takes the row's top-k itself, then attends its share of the slots
-        if USE_PDL:
-            tl.extra.cuda.gdc_wait()  # the scores of the kernel before are written
         o_sel = tl.arange(0, BLOCK_S)
         m_valid = o_sel < num_pages
+        # the row's page table is no output of the scoring kernel: loaded while it finishes
+        b_physical = tl.load(page_table_ptr + i_b * stride_tb + o_sel, mask=m_valid, other=0)
+        if USE_PDL:
+            tl.extra.cuda.gdc_wait()  # the scores of the kernel before are written
         b_score = tl.load(scores_ptr + i_bh * max_pages + o_sel, mask=m_valid, other=float("-inf"))
         m_forced = _forced_mask(o_sel, num_pages, SINK, LOCAL)
         need = num_slots - tl.sum(m_forced.to(tl.int32), 0)
@@ -105,20 +107,24 @@ def _paged_decode_split_kernel(
         position = tl.cumsum(m_take.to(tl.int32), 0) - 1  # slot of each taken page, in page order
         slot_end = tl.minimum(slot_end, tl.sum(m_take.to(tl.int32), 0))
         m_mine = m_take & (position >= slot_begin) & (position < slot_end)
-        slot_list_ptr = scratch_row_ptr + BLOCK_C  # this split's pages, compacted
+        slot_list_ptr = scratch_row_ptr + BLOCK_C  # this split's pages, compacted: logical, then physical ids
         tl.store(slot_list_ptr + position - slot_begin, o_sel, mask=m_mine)
+        tl.store(slot_list_ptr + slots_per_split + position - slot_begin, b_physical, mask=m_mine)
         tl.debug_barrier()
     for slot0 in range(slot_begin, slot_end, BLOCK_N // PAGE_SIZE):
         o_slot = slot0 + o_n // PAGE_SIZE
         m_slot = o_slot < slot_end
         if SELECT:
             logical = tl.load(slot_list_ptr + o_slot - slot_begin, mask=m_slot, other=-1)
+            physical = tl.load(slot_list_ptr + slots_per_split + o_slot - slot_begin, mask=m_slot, other=0)
         elif SPARSE:
             logical = tl.load(chosen_ptr + i_b * stride_cb + i_h * stride_ch + o_slot, mask=m_slot, other=-1)
         else:
             logical = o_slot
         m_page = m_slot & (logical >= 0) & (logical < num_pages)
-        if HAS_PHYSICAL:  # loaded beside the logical pages, not after them
+        if SELECT:
+            physical = tl.where(m_page, physical, 0).to(tl.int64)
+        elif HAS_PHYSICAL:  # loaded beside the logical pages, not after them
             physical = tl.load(physical_ptr + i_b * stride_cb + i_h * stride_ch + o_slot, mask=m_slot, other=0)
             physical = tl.where(m_page, physical, 0).to(tl.int64)
         else:
@@ -270,7 +276,7 @@ def paged_decode_triton(
         block_k = next_power_of_2(num_slots) if return_chosen else 16  # sizes only the chosen-pages output
         num_warps = SELECT_DECODE_WARPS
         ways = search_ways(block_s, num_warps)
-        scratch = torch.empty(batch * kv_heads * splits * (RANKED_SCORES + slots_per_split), dtype=torch.int32,
+        scratch = torch.empty(batch * kv_heads * splits * (RANKED_SCORES + 2 * slots_per_split), dtype=torch.int32,
                               device=device)
         if return_chosen:
             chosen_out = torch.empty(batch, kv_heads, num_slots, dtype=torch.int32, device=device)
@@ -280,7 +286,7 @@ def paged_decode_triton(
         q, k_cache, v_cache, page_table, seq_lens, chosen_arg,
         chosen_physical if chosen_physical is not None else chosen_arg, o_part, lse_part,
         page_scores if select else lse_part, scratch, chosen_out, physical_out,
-        scale * LOG2_E, slots_per_split, num_slots, max_pages, RANKED_SCORES + slots_per_split,
+        scale * LOG2_E, slots_per_split, num_slots, max_pages, RANKED_SCORES + 2 * slots_per_split,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), page_table.stride(0), stride_cb, stride_ch,
         KV_HEADS=kv_heads, GROUP=group, BLOCK_G=max(MIN_DOT_ROWS, next_power_of_2(group)), HEAD_DIM=head_dim,
