@@ -7,6 +7,14 @@ every query head of the GQA group on the same K/V tiles (one ``tl.dot`` per tile
 normalised partial (output, log2-sum-exp). A second kernel merges the splits by log-sum-exp
 (merging inside the last split through an atomic counter measured slower on the H100: 20.5 us
 against 14.5 us for the sparse attend at 128k, B=1, budget 2048).
+
+Given page scores instead of chosen pages (UNIQUE decode), every split of a row first takes the
+row's top-k itself (``selection._top_mask`` on the row's scores in registers, 16 warps) and then
+attends the slots that fall to it: the selection costs no launch and no round trip of chosen
+pages through memory, at the price of repeating it in each split (splits stay in one wave).
+With programmatic dependent launch the kernel starts while the scoring kernel finishes (q, the
+length and the row's page table are loaded before waiting for the scores) and the merge kernel
+while the splits run.
 All sizes derive from tensor shapes, never from tensor values: no host sync, graph-capturable.
 """
 

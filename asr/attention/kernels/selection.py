@@ -7,9 +7,8 @@ ranks the few scores left in the bracket exactly. Ties at the bound go to the lo
 i.e. the lower page index, since tiles hold pages in ascending order. ``_emit_chosen`` writes the
 taken pages in that order through a prefix sum, -1 padded, with their physical page ids.
 
-The unfused kernel here runs one program per (sequence, kv head) row; the fused score+select
-kernel (``scoring.py``) uses the same two functions on groups of a row and then on the union of
-the groups' winners.
+The kernel here runs one program per (sequence, kv head) row; the decode kernel
+(``decode.py``, given page scores) runs the same three functions in every split of a row.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ SEARCH_WAYS = 4  # thresholds tested per search step (4 beat 8 and 16 on the H10
 SCORES_PER_THREAD = 8  # sets the warps of a selection program (8: no spills on sm_90 up to 4096 pages)
 MAX_SELECT_WARPS = 16
 RANKED_SCORES = 128  # scores left near the k-th are ranked exactly against each other
-MIN_KEY = tl.constexpr(-(2**31))  # ordered key below every score (-inf maps above it)
 
 
 @triton.jit
