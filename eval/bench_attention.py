@@ -56,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override a kernel tuning constant, e.g. decode.TOKENS_PER_TILE=128")
     p.add_argument("--set-from-sweep", type=Path, default=None, metavar="SWEEP_JSON",
                    help="also apply the overrides a --sweep run found faster (best_overrides)")
+    p.add_argument("--tune", action="store_true",
+                   help="run the sweep first (JSON beside --output) and the grid with its best overrides")
     p.add_argument("--compile-workers", type=int, default=0,
                    help="compile every kernel variant first in this many processes (small page pools); with "
                         "--set-from-sweep only when the sweep changed a constant")
@@ -84,10 +86,9 @@ def restore(saved: list[tuple]) -> None:
         setattr(module, const, value)
 
 
-SWEEP = [[], ["common.PDL=0"], ["scoring.SCORE_PROGRAMS_PER_SM=2"], ["scoring.SCORE_PROGRAMS_PER_SM=8"],
-         ["scoring.STAT_ROWS_PER_TILE=16"], ["scoring.STAT_ROWS_PER_TILE=64"], ["scoring.SCORE_STAGES=1"],
-         ["decode.SELECT_PROGRAMS_PER_SM=2"], ["decode.SELECT_DECODE_WARPS=8"], ["selection.SEARCH_WAYS=8"],
-         ["selection.SEARCH_WAYS=2"], ["decode.SELECT_TOKENS_PER_TILE=32"], ["decode.SELECT_TOKENS_PER_TILE=128"]]
+SWEEP = [[], ["scoring.SCORE_PROGRAMS_PER_SM=2"], ["scoring.SCORE_PROGRAMS_PER_SM=8"],
+         ["scoring.STAT_ROWS_PER_TILE=64"], ["decode.SELECT_DECODE_WARPS=8"], ["selection.SEARCH_WAYS=8"],
+         ["decode.SELECT_TOKENS_PER_TILE=128"]]
 
 
 def graph_floor_us(args) -> float:
@@ -129,7 +130,8 @@ def step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, 
 
 
 def sweep(args) -> list[dict]:
-    """Time the step's parts at one shape for each override set in SWEEP."""
+    """Time the step's parts at the first context, batch, budget and page size for each override
+    set in SWEEP."""
     context, batch, budget = args.contexts[0], args.batches[0], args.budgets[0]
     if args.compile_workers:
         compile_all(sweep_tasks(args), args.compile_workers)
@@ -137,7 +139,7 @@ def sweep(args) -> list[dict]:
     hq, hkv, d = args.q_heads, args.kv_heads, args.head_dim
     q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
     results = []
-    for page_size in args.page_sizes:
+    for page_size in args.page_sizes[:1]:
         k_cache, v_cache, key_stats, page_table, seq_lens = make_paged_cache(batch, context, hkv, d, page_size)
         config = UniqueConfig(page_size=page_size, budget_tokens=budget)
         fns = step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, 1 / math.sqrt(d), config)
@@ -261,10 +263,26 @@ def grid_tasks(args, overrides=None) -> list:
             for page_size in args.page_sizes]
 
 
+def check_pdl_capture(args) -> None:
+    """Programmatic dependent launch inside a captured graph needs a recent driver: if capturing
+    the step fails, time everything without it (and say so)."""
+    from asr.attention.kernels import common
+
+    cache = make_paged_cache(1, 4096, args.kv_heads, args.head_dim, args.page_sizes[0])
+    q = torch.randn(1, args.q_heads, args.head_dim, device="cuda", dtype=torch.bfloat16)
+    config = UniqueConfig(page_size=args.page_sizes[0], budget_tokens=512)
+    try:
+        bench_graph(step_functions(q, *cache, 0.1, config)["total"], 1, 1)
+    except Exception as err:
+        log.warning("graph capture with programmatic dependent launch failed (%r): PDL off", err)
+        common.PDL = 0
+        torch.cuda.synchronize()
+
+
 def sweep_tasks(args) -> list:
     context, batch, budget = args.contexts[0], args.batches[0], args.budgets[0]
-    return [(variant, context, batch, page_size, [budget], False, args.q_heads, args.kv_heads, args.head_dim)
-            for variant in SWEEP[1:] for page_size in args.page_sizes]
+    return [(variant, context, batch, args.page_sizes[0], [budget], False, args.q_heads, args.kv_heads, args.head_dim)
+            for variant in SWEEP[1:]]
 
 
 def best_overrides(sweep_rows: list[dict], margin: float = 0.05) -> list[str]:
@@ -361,6 +379,7 @@ def run(args) -> tuple[list[dict], dict]:
     apply_overrides(args.set)
     if args.compile_workers:
         compile_all(grid_tasks(args), args.compile_workers)
+    check_pdl_capture(args)
     bandwidth = copy_bandwidth()
     graph_floor = graph_floor_us(args)
     device = torch.cuda.get_device_name()
@@ -482,6 +501,15 @@ def main(argv=None) -> None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(sweep(args), indent=1))
         return
+    if args.tune:
+        workers, args.compile_workers = args.compile_workers, 0  # --compile-only compiled the sweep
+        sweep_rows = sweep(args)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.with_name(args.output.stem + "_sweep.json").write_text(json.dumps(sweep_rows, indent=1))
+        chosen = best_overrides(sweep_rows)
+        log.info("overrides from the sweep: %s", chosen or "none")
+        args.set = args.set + chosen
+        args.compile_workers = workers if chosen else 0
     rows, meta = run(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     for row in rows:
