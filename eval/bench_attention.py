@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="compile every kernel variant first in this many processes (small page pools); with "
                         "--set-from-sweep only when the sweep changed a constant")
     p.add_argument("--compile-only", action="store_true",
-                   help="only compile the grid's and the sweep's (first context, batch, budget) kernels, then exit")
+                   help="only compile the grid's kernels (and with --tune the sweep's), then exit")
     return p.parse_args(argv)
 
 
@@ -495,7 +495,7 @@ def main(argv=None) -> None:
         if not chosen:  # the base variants were compiled with the sweep's (--compile-only)
             args.compile_workers = 0
     if args.compile_only:
-        compile_all(grid_tasks(args) + sweep_tasks(args), max(1, args.compile_workers))
+        compile_all(grid_tasks(args) + (sweep_tasks(args) if args.tune else []), max(1, args.compile_workers))
         return
     if args.sweep:
         args.output.parent.mkdir(parents=True, exist_ok=True)
