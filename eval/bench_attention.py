@@ -6,8 +6,17 @@ UNIQUE is the page statistics its scorer reads plus the chosen K/V pages; of den
 the whole K/V. Floors are converted to time with the device-to-device copy bandwidth measured
 in the same run (bytes read + written over time).
 
+Methods per (context, batch, page size, budget): ``unique_total`` (the step the engine runs:
+scoring kernel, then the decode kernel that selects its own pages, and its merge), its parts
+``unique_score`` and ``unique_select_attend``, ``unique_attend`` (decode over given pages),
+``unique_separate`` (scoring, the stand-alone top-k kernel, then decode: the unfused
+alternative), ``quest_total``; with --parts at the longest context and smallest batch also
+``unique_topk`` and ``unique_total_no_pdl``.
+
     python eval/bench_attention.py                       # the full grid, writes JSON + PNG
     python eval/bench_attention.py --contexts 131072 --batches 1 --budgets 2048
+    python eval/bench_attention.py --parts --compile-only --compile-workers 12   # compile in parallel first
+    python eval/bench_attention.py --parts --tune --compile-workers 12           # sweep, then the grid
 """
 
 from __future__ import annotations
