@@ -83,6 +83,27 @@ def test_decode_with_own_selection_matches_reference(dtype, head_dim, page_size,
     assert_close(lse, ref_lse, torch.float16)
 
 
+def test_own_selection_ignores_table_width_and_padded_rows():
+    """As a graph bucket runs it (page table as wide as the longest context, a padded row of one
+    token on a scratch page) the real rows get what an exact-width batch gets."""
+    batch = make_paged_batch([5, 70, 33], 4, 2, 64, 16, torch.bfloat16, seed=16, device=DEVICE)
+    config = UniqueConfig(page_size=16, budget_tokens=32, sink_pages=1, local_pages=1)
+    scratch_page = int(batch.page_table[1, 0])  # any page: the padded row's token is never compared
+    wide = torch.full((4, 16), scratch_page, dtype=torch.int32, device=DEVICE)
+    wide[:3, : batch.page_table.shape[1]] = batch.page_table
+    seq_lens = torch.cat([batch.seq_lens, torch.ones(1, dtype=torch.int32, device=DEVICE)])
+    q = torch.cat([batch.q, batch.q[:1]])
+    results = []
+    for table, lens, queries in ((batch.page_table, batch.seq_lens, batch.q), (wide, seq_lens, q)):
+        scores = score_pages_triton(queries, batch.key_stats, table, lens, config)
+        results.append(paged_decode_triton(queries, batch.k_cache, batch.v_cache, table, lens, 0.125,
+                                           page_scores=scores, sparse=config, return_chosen=True))
+    (out, lse, chosen, _), (wide_out, wide_lse, wide_chosen, _) = results
+    assert torch.equal(wide_chosen[:3], chosen)
+    assert_close(wide_out[:3], out)
+    assert_close(wide_lse[:3], lse, torch.float16)
+
+
 @pytest.mark.parametrize("num_splits", [1, 2, 5, 64])
 def test_split_count_does_not_change_result(num_splits):
     batch = make_paged_batch([1000, 1, 129], 8, 2, 64, 16, torch.bfloat16, seed=12, device=DEVICE)
