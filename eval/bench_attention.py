@@ -11,7 +11,8 @@ scoring kernel, then the decode kernel that selects its own pages, and its merge
 ``unique_score`` and ``unique_select_attend``, ``unique_attend`` (decode over given pages),
 ``unique_separate`` (scoring, the stand-alone top-k kernel, then decode: the unfused
 alternative), ``quest_total``; with --parts at the longest context and smallest batch also
-``unique_topk`` and ``unique_total_no_pdl``.
+``unique_topk`` and the step with programmatic dependent launch switched the other way
+(``unique_total_pdl_on`` or ``_off``; ``ASR_ATTENTION_PDL`` sets the default).
 
     python eval/bench_attention.py                       # the full grid, writes JSON + PNG
     python eval/bench_attention.py --contexts 131072 --batches 1 --budgets 2048
@@ -95,7 +96,7 @@ def restore(saved: list[tuple]) -> None:
         setattr(module, const, value)
 
 
-SWEEP = [[], ["scoring.SCORE_PROGRAMS_PER_SM=2"], ["scoring.SCORE_PROGRAMS_PER_SM=8"],
+SWEEP = [[], ["common.PDL=1"], ["scoring.SCORE_PROGRAMS_PER_SM=2"], ["scoring.SCORE_PROGRAMS_PER_SM=8"],
          ["scoring.STAT_ROWS_PER_TILE=64"], ["decode.SELECT_DECODE_WARPS=8"], ["selection.SEARCH_WAYS=8"],
          ["decode.SELECT_TOKENS_PER_TILE=128"]]
 
@@ -157,7 +158,12 @@ def sweep(args) -> list[dict]:
             row = dict(variant=",".join(variant) or "base", page_size=page_size, context=context, batch=batch,
                        budget=budget)
             for part in ("score", "total"):
-                row[part] = round(bench_graph(fns[part], args.warmup_ms, args.rep_ms), 2)
+                try:
+                    row[part] = round(bench_graph(fns[part], args.warmup_ms, args.rep_ms), 2)
+                except Exception as err:  # a variant that does not capture (PDL on an old driver)
+                    log.warning("%s %s failed: %r", row["variant"], part, err)
+                    row[part] = math.inf
+                    torch.cuda.synchronize()
             restore(saved)
             results.append(row)
             print(row, flush=True)
@@ -239,7 +245,7 @@ def compile_task(task) -> str:
             for fn in fns.values():
                 fn()
             if parts:
-                pdl, common.PDL = common.PDL, 0
+                pdl, common.PDL = common.PDL, 1 - common.PDL
                 fns["total"]()
                 common.PDL = pdl
             verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config, context, batch)
@@ -274,9 +280,11 @@ def grid_tasks(args, overrides=None) -> list:
 
 def check_pdl_capture(args) -> None:
     """Programmatic dependent launch inside a captured graph needs a recent driver: if capturing
-    the step fails, time everything without it (and say so)."""
+    the step with it fails, time everything without it (and say so)."""
     from asr.attention.kernels import common
 
+    if not common.PDL:
+        return
     cache = make_paged_cache(1, 4096, args.kv_heads, args.head_dim, args.page_sizes[0])
     q = torch.randn(1, args.q_heads, args.head_dim, device="cuda", dtype=torch.bfloat16)
     config = UniqueConfig(page_size=args.page_sizes[0], budget_tokens=512)
@@ -446,9 +454,9 @@ def run(args) -> tuple[list[dict], dict]:
                         for part in timed + (("topk",) if parts and method == "unique" else ()):
                             add(context, batch, budget, page_size, f"{method}_{part}",
                                 bench_graph(fns[part], args.warmup_ms, args.rep_ms), sdpa_us, floors.get(part))
-                        if parts and method == "unique":  # the step without programmatic dependent launch
-                            pdl, common.PDL = common.PDL, 0
-                            add(context, batch, budget, page_size, "unique_total_no_pdl",
+                        if parts and method == "unique":  # programmatic dependent launch switched
+                            pdl, common.PDL = common.PDL, 1 - common.PDL
+                            add(context, batch, budget, page_size, f"unique_total_pdl_{'on' if common.PDL else 'off'}",
                                 bench_graph(fns["total"], args.warmup_ms, args.rep_ms), sdpa_us, floors["total"])
                             common.PDL = pdl
                         if method == "unique":

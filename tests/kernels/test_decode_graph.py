@@ -9,6 +9,7 @@ import torch
 from asr.attention.backend import DecodeMetadata, decode_attention
 from asr.attention.config import UniqueConfig
 from asr.attention.decode import paged_decode_reference
+from asr.attention.kernels import common
 from asr.attention.kernels.decode import paged_decode_triton
 from asr.attention.kernels.scoring import score_pages_triton
 from tests.paged_batch import make_paged_batch
@@ -17,8 +18,10 @@ from tests.tolerances import assert_close
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
+@pytest.mark.parametrize("pdl", [0, 1], ids=["plain", "pdl"])
 @pytest.mark.parametrize("sparse", [None, UniqueConfig(page_size=16, budget_tokens=512)], ids=["dense", "unique"])
-def test_decode_step_replays_from_cuda_graph(sparse):
+def test_decode_step_replays_from_cuda_graph(sparse, pdl, monkeypatch):
+    monkeypatch.setattr(common, "PDL", pdl)  # programmatic dependent launch captured in the graph too
     batch = make_paged_batch([9000, 700, 33, 4000], 32, 8, 128, 16, torch.bfloat16, seed=40, device="cuda")
     scale = 1 / math.sqrt(128)
     q = batch.q.clone()
