@@ -22,6 +22,7 @@ SHAPES = [pytest.param(dtype, d, page, (8, 2), id=f"{name}-d{d}-P{page}-gqa4")
           for d in (64, 128) for page in (16, 32, 64)]
 SHAPES += [pytest.param(torch.bfloat16, 128, 32, heads, id=f"bf16-d128-P32-{name}")
            for heads, name in (((4, 4), "mha"), ((16, 2), "gqa8"), ((32, 8), "gqa4x8"))]
+SHAPES += [pytest.param(torch.bfloat16, 64, 16, (9, 3), id="bf16-d64-P16-gqa3-smollm2")]  # three kv heads
 
 
 def reference(batch, scale, chosen=None):

@@ -20,7 +20,8 @@ CONFIGS = [
     pytest.param(UniqueConfig(method="quest", budget_tokens=128), id="quest"),
     pytest.param(UniqueConfig(method="mean", budget_tokens=128), id="mean"),
 ]
-GQA = [pytest.param((4, 4), id="mha"), pytest.param((8, 2), id="gqa4"), pytest.param((16, 2), id="gqa8")]
+GQA = [pytest.param((4, 4), id="mha"), pytest.param((8, 2), id="gqa4"), pytest.param((16, 2), id="gqa8"),
+       pytest.param((9, 3), id="gqa3-smollm2")]  # three kv heads: not a power of two
 DTYPES = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")]
 
 
