@@ -80,6 +80,8 @@ def test_session_labels_cover_transcripts_and_their_end_token_only():
     assert embeds.shape == (21, 3) and labels.shape == (21,)
     assert [int(t) for t in labels if t != IGNORE] == [11, 12, 9, 13, 9]
     torch.testing.assert_close(embeds[3:7], audio[0])
+    _, history_unlearnt = session_inputs(audio, [[11, 12], [13]], prompt, embed, supervised=[False, True])
+    assert [int(t) for t in history_unlearnt if t != IGNORE] == [13, 9]
     batch_embeds, batch_labels, mask = pad_sessions([(embeds, labels), (embeds[:5], labels[:5])])
     assert batch_embeds.shape == (2, 21, 3) and mask[1].sum() == 5 and (batch_labels[1, 5:] == IGNORE).all()
 

@@ -3,7 +3,8 @@
 The Whisper encoder stays frozen; its frames are stacked and projected into the LLM's embedding
 space; LoRA adapts the LLM. Each example is a session of 1-3 consecutive chunks in one context,
 laid out exactly as long-form inference lays out a recording, so the model learns to transcribe
-the newest chunk after earlier audio and text. Data: manifests of synthetic speech
+the newest chunk after earlier audio and text; in some sessions that earlier text is corrupted as the
+model's own errors would be (``--noisy-history``), so it does not learn to copy them. Data: manifests of synthetic speech
 (training/synth_speech.py) and any manifest or LibriSpeech-layout directory given with --data.
 
     python training/train_asr.py --data .cache/tts_v1 --steps 3000 --out runs/asr
@@ -33,6 +34,7 @@ from asr.speech.prompt import PromptIds  # noqa: E402
 from asr.speech.sessions import pad_sessions, session_inputs  # noqa: E402
 from asr.corpus import Utterance, read_corpus  # noqa: E402
 from training.ctc_head import VocabularyCtcHead  # noqa: E402
+from training.history_noise import corrupt_transcript  # noqa: E402
 from training.spec_augment import SpecAugment  # noqa: E402
 from training.synth.augment import augment_waveform  # noqa: E402
 
@@ -43,29 +45,36 @@ TURN_COUNTS, TURN_WEIGHTS = (1, 2, 3, 6), (0.5, 0.25, 0.15, 0.1)  # some long se
 SILENT_CHUNK_SHARE = 0.03  # chunks of noise only, whose transcript is empty
 LORA_GROUP = 1  # optimizer parameter groups: projector, then LoRA
 POOL_BATCHES = 4  # batches drawn together and sorted by length
+NOISY_HISTORY_SHARE = 0.3  # multi-turn sessions whose earlier transcripts are corrupted (and not learnt)
 
 
 class SessionStream(IterableDataset):
-    """Endless batches of random sessions; a session is a list of (waveform [samples] float32,
-    transcript). Each worker draws ``POOL_BATCHES`` batches' worth of sessions at a time and cuts
+    """Endless batches of random sessions; a session is a list of turns (waveform [samples] float32,
+    transcript, supervised). In ``noisy_history`` of the multi-turn sessions the transcripts before
+    the last turn are corrupted (``training.history_noise``) and not supervised. Each worker draws ``POOL_BATCHES`` batches' worth of sessions at a time and cuts
     them, sorted by audio length, into batches (yielded in random order), so a batch pads little."""
 
-    def __init__(self, utterances: list[Utterance], augment: bool, seed: int, batch: int) -> None:
+    def __init__(self, utterances: list[Utterance], augment: bool, seed: int, batch: int,
+                 noisy_history: float = 0.0) -> None:
         self.utterances, self.augment, self.seed, self.batch = utterances, augment, seed, batch
+        self.noisy_history = noisy_history
 
-    def _session(self, rng: random.Random, np_rng: np.random.Generator) -> list[tuple[np.ndarray, str]]:
+    def _session(self, rng: random.Random, np_rng: np.random.Generator) -> list[tuple[np.ndarray, str, bool]]:
         session = []
         for _ in range(rng.choices(TURN_COUNTS, TURN_WEIGHTS)[0]):
             if rng.random() < SILENT_CHUNK_SHARE:
                 seconds = rng.uniform(1.0, 8.0)
                 noise = np_rng.standard_normal(int(seconds * SAMPLE_RATE)).astype(np.float32)
-                session.append((noise * 10 ** rng.uniform(-4, -2), ""))
+                session.append((noise * 10 ** rng.uniform(-4, -2), "", True))
                 continue
             utt = rng.choice(self.utterances)
             wave = utt.load()[: int(MAX_CHUNK_SECONDS * SAMPLE_RATE)]
             if self.augment:
                 wave = augment_waveform(wave, SAMPLE_RATE, np_rng)[: int(MAX_CHUNK_SECONDS * SAMPLE_RATE)]
-            session.append((wave, utt.text))
+            session.append((wave, utt.text, True))
+        if len(session) > 1 and rng.random() < self.noisy_history:
+            pool = rng.choice(self.utterances).text.split()
+            session = [(wave, corrupt_transcript(text, pool, rng), False) for wave, text, _ in session[:-1]] + session[-1:]
         return session
 
     def __iter__(self):
@@ -74,7 +83,7 @@ class SessionStream(IterableDataset):
         np_rng = np.random.default_rng(self.seed + 1000 + (info.id if info else 0))
         while True:
             pool = sorted((self._session(rng, np_rng) for _ in range(POOL_BATCHES * self.batch)),
-                          key=lambda session: sum(len(wave) for wave, _ in session))
+                          key=lambda session: sum(len(wave) for wave, _, _ in session))
             batches = [pool[i : i + self.batch] for i in range(0, len(pool), self.batch)]
             rng.shuffle(batches)
             yield from batches
@@ -110,17 +119,17 @@ def build_models(args, device):
 def session_batch(batch, tokenizer, prompt, llm, encoder, projector, features_transform=None):
     """Sessions -> (embeds, labels, attention mask) for the LLM, and (audio tokens [chunks, tokens,
     hidden], their lengths [chunks], transcript ids per chunk) for the CTC head."""
-    chunks = [wave for session in batch for wave, _ in session]
+    chunks = [wave for session in batch for wave, _, _ in session]
     # [chunks, frames, encoder_dim], [chunks]
     frames, frame_lengths = encoder.encode_padded(chunks, features_transform=features_transform)
     audio = projector(frames.float())  # [chunks, tokens, hidden]
     audio_lengths = (frame_lengths + projector.config.stack - 1) // projector.config.stack
-    texts = [tokenizer(text, add_special_tokens=False).input_ids for session in batch for _, text in session]
+    texts = [tokenizer(text, add_special_tokens=False).input_ids for session in batch for _, text, _ in session]
     cursor, sessions = 0, []
     for session in batch:
         turns = range(cursor, cursor + len(session))
         sessions.append(session_inputs([audio[i, : audio_lengths[i]] for i in turns], [texts[i] for i in turns],
-                                       prompt, llm.get_input_embeddings()))
+                                       prompt, llm.get_input_embeddings(), [learn for _, _, learn in session]))
         cursor += len(session)
     return pad_sessions(sessions), (audio, audio_lengths, texts)
 
@@ -169,12 +178,16 @@ def main() -> None:
     parser.add_argument("--lora-start", type=int, default=0,
                         help="steps of projector-only warm-up before LoRA trains (the LLM's text prior "
                         "cannot stand in for listening while the projector learns to align)")
-    parser.add_argument("--ctc-weight", type=float, default=0.5,
-                        help="weight of the auxiliary CTC loss of the audio tokens against the transcript "
-                        "over the LLM's vocabulary (0: off)")
+    parser.add_argument("--ctc-weight", type=float, default=0.0,
+                        help="weight of an auxiliary CTC loss of the audio tokens against the transcript "
+                        "over the LLM's vocabulary (0: off; at 0.5 it did not help asr-v1 and cost 30%% "
+                        "of the step time)")
     parser.add_argument("--ctc-chunks", type=int, default=12, help="chunks per step that the CTC loss sees")
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--stack", type=int, default=4, help="encoder frames per audio token")
+    parser.add_argument("--noisy-history", type=float, default=NOISY_HISTORY_SHARE,
+                        help="share of multi-turn sessions whose earlier transcripts are corrupted, as the "
+                        "model's own errors are at inference (training/history_noise.py)")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--no-augment", action="store_true", help="no waveform augmentation and no SpecAugment")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (saves memory)")
@@ -199,7 +212,8 @@ def main() -> None:
         start_step = adapter.info.get("steps", 0)
     utterances = [u for source in args.data for u in read_corpus(source)]
     log.info("training on %d utterances (%.1f h)", len(utterances), sum(u.duration for u in utterances) / 3600)
-    loader = DataLoader(SessionStream(utterances, not args.no_augment, args.seed + start_step, args.batch),
+    loader = DataLoader(SessionStream(utterances, not args.no_augment, args.seed + start_step, args.batch,
+                                      args.noisy_history),
                         batch_size=None, collate_fn=keep_batch, num_workers=args.workers, prefetch_factor=4 if args.workers else None)
     ctc_head = VocabularyCtcHead(llm.get_input_embeddings().weight.detach()).to(device)
     optimizer = torch.optim.AdamW([{"params": list(projector.parameters()) + list(ctc_head.parameters()), "lr": args.lr},
@@ -235,8 +249,9 @@ def main() -> None:
             batch, tokenizer, prompt, llm, encoder, projector, None if args.no_augment else SpecAugment())
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             lm_loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
-        ctc = slice(0, args.ctc_chunks)  # logits over the whole vocabulary are large: a few chunks a step
-        ctc_loss = (ctc_head(audio[ctc], audio_lengths[ctc], texts[ctc]) if args.ctc_weight
+        # logits over the whole vocabulary are large: a few chunks a step, with clean transcripts
+        ctc = [i for i, (_, _, learn) in enumerate(t for s in batch for t in s) if learn][: args.ctc_chunks]
+        ctc_loss = (ctc_head(audio[ctc], audio_lengths[ctc], [texts[i] for i in ctc]) if args.ctc_weight
                     else torch.zeros((), device=device))
         (lm_loss + args.ctc_weight * ctc_loss).backward()
         torch.nn.utils.clip_grad_norm_(list(projector.parameters()) + lora_params, 1.0)

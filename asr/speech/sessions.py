@@ -15,12 +15,14 @@ def session_inputs(
     transcript_ids: list[list[int]],
     prompt: PromptIds,
     embed_tokens: torch.nn.Module,
+    supervised: list[bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One session's input embeddings and labels.
 
-    audio_embeds: per turn [audio_tokens, hidden]; transcript_ids: per turn token ids (no end token).
-    Returns embeds [length, hidden] and labels [length] (IGNORE except transcript tokens and the
-    end-of-turn token that closes each transcript).
+    audio_embeds: per turn [audio_tokens, hidden]; transcript_ids: per turn token ids (no end token);
+    supervised: per turn, whether its transcript is learnt (default: all).
+    Returns embeds [length, hidden] and labels [length] (IGNORE except the supervised turns'
+    transcript tokens and the end-of-turn token that closes each of them).
     """
     device = audio_embeds[0].device
     pieces: list[torch.Tensor] = []
@@ -32,12 +34,12 @@ def session_inputs(
         labels.append(ids_t if supervised else torch.full_like(ids_t, IGNORE))
 
     add_text(prompt.session_start, False)
-    for embeds, ids in zip(audio_embeds, transcript_ids):
+    for embeds, ids, learn in zip(audio_embeds, transcript_ids, supervised or [True] * len(audio_embeds)):
         add_text(prompt.before_audio, False)
         pieces.append(embeds.to(pieces[0].dtype))
         labels.append(torch.full((embeds.shape[0],), IGNORE, dtype=torch.long, device=device))
         add_text(prompt.after_audio, False)
-        add_text(ids + [prompt.end_of_turn], True)
+        add_text(ids + [prompt.end_of_turn], learn)
         add_text(prompt.after_transcript[1:], False)  # the newline after the end token
     return torch.cat(pieces), torch.cat(labels)
 
