@@ -83,7 +83,7 @@ def load_system(args):
         from asr.speech.pipeline import TranscribeOptions, load_transcriber
 
         options = TranscribeOptions(attention=args.attention, budget_tokens=args.budget, device=args.device,
-                                    max_distance=args.max_distance or None)
+                                    dtype=args.dtype, max_distance=args.max_distance or None)
         transcriber = load_transcriber(args.model, options)
         return lambda audio: transcriber.transcribe(audio).text
     if args.system == "faster-whisper":
@@ -175,7 +175,7 @@ def merge(out: Path, world: int, items: list[Item], args) -> dict:
     audio_s = sum(float(r["duration"]) for r in ordered)
     compute_s = sum(float(r["seconds"]) for r in ordered)
     summary = {"wer": wer, "cer": cer, "rtf": compute_s / audio_s, "items": len(ordered), "audio_seconds": audio_s,
-               "system": args.system, "attention": args.attention, "budget": args.budget, "max_distance": args.max_distance, "longform_minutes": args.longform,
+               "system": args.system, "attention": args.attention, "budget": args.budget, "max_distance": args.max_distance, "dtype": args.dtype, "longform_minutes": args.longform,
                "device": args.device, "manifest": str(args.manifest)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -191,6 +191,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=2048, help="decode token budget of sparse attention")
     parser.add_argument("--max-distance", type=int, default=4096,
                         help="key distance ceiling of long contexts (asr transcribe --max-distance; 0: none)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "int8"],
+                        help="LLM weights and cache (int8: CPU only, int8 linear layers over float32)")
     parser.add_argument("--longform", type=float, default=0, help="join consecutive utterances into ~M-minute recordings")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--limit", type=int, help="only the first N manifest lines")

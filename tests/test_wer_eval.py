@@ -73,7 +73,7 @@ class StandIn:
 
 
 def _args(manifest: Path, longform: float = 0) -> argparse.Namespace:
-    return argparse.Namespace(system="stand-in", attention="dense", budget=0, max_distance=0, longform=longform, device="cpu",
+    return argparse.Namespace(system="stand-in", attention="dense", budget=0, max_distance=0, dtype="bfloat16", longform=longform, device="cpu",
                               manifest=manifest)
 
 

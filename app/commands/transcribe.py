@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     parser.add_argument("--max-distance", type=int, default=4096,
                         help="farthest a cached key may sit from the newest token before old pages are moved "
                         "closer, so hour-long contexts stay in the range the model was trained on (0: never)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "int8"],
+                        help="LLM weights and cache (int8: CPU only, int8 linear layers over float32)")
     parser.add_argument("--model", help="speech model directory (default: the embedded model)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.set_defaults(handler=run)
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     writers = {fmt: get_writer(fmt) for fmt in formats}
     args.output.mkdir(parents=True, exist_ok=True)
     options = TranscribeOptions(attention=args.attention, budget_tokens=args.budget, device=args.device,
-                                max_distance=args.max_distance or None)
+                                dtype=args.dtype, max_distance=args.max_distance or None)
     transcriber = load_transcriber(args.model, options)
     failed = 0
     for path in args.files:

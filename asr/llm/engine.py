@@ -22,6 +22,7 @@ from asr.llm.config import EngineConfig, ModelConfig, SamplingParams
 from asr.llm.distance_cap import DistanceCap, cap_distances
 from asr.llm.loader import load_model
 from asr.llm.model import CausalLM
+from asr.llm.quantize import quantize_linear_layers
 from asr.llm.runner import ModelRunner
 from asr.llm.sampler import sample
 from asr.llm.sequence import Sequence
@@ -42,6 +43,8 @@ class LLMEngine:
     """A CausalLM, its tokenizer (optional), a paged KV cache and a runner."""
 
     def __init__(self, model: CausalLM, config: EngineConfig = EngineConfig(), tokenizer=None) -> None:
+        if config.int8_weights:
+            quantize_linear_layers(model)
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.model_config: ModelConfig = model.config
         self.device = model.embed_tokens.weight.device

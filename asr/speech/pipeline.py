@@ -36,7 +36,8 @@ class TranscribeOptions:
     """attention: ``unique``/``quest`` read the top-k KV pages per decode step, ``dense`` all of them;
     budget_tokens / page_size: the sparse budget and the cache page size; device: ``None`` picks CUDA
     when available; dtype: the LLM's weights and cache (bfloat16 on both devices: on a 2-core CPU it
-    decodes 1.45x faster than float32 at 0.3% logit error); segmenter / loop: chunking and runaway
+    decodes 1.45x faster than float32 at 0.3% logit error; ``int8``: CPU only, int8 linear layers
+    over a float32 model and cache); segmenter / loop: chunking and runaway
     control; max_distance: the farthest a key may sit from the next position before old pages are
     moved closer (``asr.llm.distance_cap``; None keeps every key at its own position)."""
 
@@ -51,7 +52,9 @@ class TranscribeOptions:
 
     def engine_config(self, max_context: int | None = None) -> EngineConfig:
         sparse = UniqueConfig(page_size=self.page_size, budget_tokens=self.budget_tokens)
-        return EngineConfig(attention=self.attention, sparse=sparse, device=self.device, dtype=self.dtype,
+        int8 = self.dtype == "int8"
+        return EngineConfig(attention=self.attention, sparse=sparse, device=self.device,
+                            dtype="float32" if int8 else self.dtype, int8_weights=int8,
                             max_context=max_context, max_batch=1, extend_context=True)
 
 
