@@ -58,3 +58,15 @@ def test_pure_silence_and_empty_input():
     regions = segment(quiet(5), SR)
     assert [r.kind for r in regions] == ["silence"]
     assert segment(np.zeros(0, dtype=np.float32), SR) == []
+
+
+def test_a_short_stub_of_speech_stays_with_its_chunk():
+    # 7 s of speech, a 0.4 s pause, then 0.6 s more: one chunk, not a 0.6-s chunk of its own
+    audio = np.concatenate([tone(7), quiet(0.4), tone(0.6, seed=3), quiet(5, seed=4)])
+    regions = segment(audio, SR)
+    assert_covers(regions, len(audio))
+    speech = [r for r in regions if r.kind == "speech"]
+    assert len(speech) == 1 and speech[0].end / SR > 7.9
+    # a longer second part is still cut off at the pause
+    audio = np.concatenate([tone(7), quiet(0.4), tone(4, seed=3)])
+    assert len([r for r in segment(audio, SR) if r.kind == "speech"]) == 2

@@ -16,7 +16,10 @@ import numpy as np
 class SegmenterConfig:
     """frame_s: energy frame length; min_chunk_s / max_chunk_s: preferred and hard bounds of a chunk
     (Whisper's encoder sees at most 30 s); min_pause_s: a pause this long ends a chunk once it is
-    longer than min_chunk_s; min_silence_s: silence this long becomes its own region;
+    longer than min_chunk_s, unless less than half of min_chunk_s would be left after it (a stub
+    of trailing speech stays with its chunk rather than going to the model on its own, where a
+    fraction of a second invites invented text); min_silence_s: silence this long becomes its own
+    region;
     speech_margin_db: frames this far above the noise floor count as speech; loud_db: frames
     above this (dBFS) count as speech whatever the floor (continuous speech has no quiet
     frames to estimate a floor from); floor_db: energy below this is silence whatever the floor."""
@@ -79,7 +82,7 @@ def _cut_speech(start: int, end: int, is_speech: np.ndarray, energy: np.ndarray,
             cut = tail.start + int(np.argmin(energy[tail]))
         else:
             break
-        if end - cut < min_pause:  # a pause at the very end: nothing left to cut off
+        if end - cut < min_len // 2 and end - chunk_start <= max_len:  # a short stub left: keep it
             break
         cuts.append(cut)
         chunk_start = cut
