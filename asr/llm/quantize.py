@@ -2,7 +2,9 @@
 
 Decoding one token reads every weight once, so on a CPU it is bound by memory bandwidth: int8 weights
 (per output channel, dynamically quantised float32 activations, fbgemm's VNNI kernels) halve the bytes of
-bfloat16 and ran the SmolLM2-135M linear stack about 2x faster than bfloat16 on the 2-core dev box.
+bfloat16 and ran the SmolLM2-135M linear stack about 2x faster than bfloat16 on the 2-core dev box. End
+to end the speech model gained less and lost accuracy (dev set: RTF 0.232 -> 0.197, WER 42.0% -> 46.9%),
+so it is an option (``--dtype int8``), not the default.
 """
 
 from __future__ import annotations
