@@ -3,9 +3,10 @@
 The Whisper encoder stays frozen; its frames are stacked and projected into the LLM's embedding
 space; LoRA adapts the LLM. Each example is a session of 1-3 consecutive chunks in one context,
 laid out exactly as long-form inference lays out a recording, so the model learns to transcribe
-the newest chunk after earlier audio and text; in some sessions that earlier text is corrupted as the
-model's own errors would be (``--noisy-history``), so it does not learn to copy them. Data: manifests of synthetic speech
-(training/synth_speech.py) and any manifest or LibriSpeech-layout directory given with --data.
+the newest chunk after earlier audio and text; in some sessions that earlier text is corrupted as
+the model's own errors would be (``--noisy-history``), so it does not learn to copy them. Data:
+manifests of synthetic speech (training/synth_speech.py) and any manifest or LibriSpeech-layout
+directory given with --data.
 
     python training/train_asr.py --data .cache/tts_v1 --steps 3000 --out runs/asr
 """
@@ -51,7 +52,8 @@ NOISY_HISTORY_SHARE = 0.3  # multi-turn sessions whose earlier transcripts are c
 class SessionStream(IterableDataset):
     """Endless batches of random sessions; a session is a list of turns (waveform [samples] float32,
     transcript, supervised). In ``noisy_history`` of the multi-turn sessions the transcripts before
-    the last turn are corrupted (``training.history_noise``) and not supervised. Each worker draws ``POOL_BATCHES`` batches' worth of sessions at a time and cuts
+    the last turn are corrupted (``training.history_noise``) and not supervised. Each worker draws
+    ``POOL_BATCHES`` batches' worth of sessions at a time and cuts
     them, sorted by audio length, into batches (yielded in random order), so a batch pads little."""
 
     def __init__(self, utterances: list[Utterance], augment: bool, seed: int, batch: int,
@@ -74,7 +76,8 @@ class SessionStream(IterableDataset):
             session.append((wave, utt.text, True))
         if len(session) > 1 and rng.random() < self.noisy_history:
             pool = rng.choice(self.utterances).text.split()
-            session = [(wave, corrupt_transcript(text, pool, rng), False) for wave, text, _ in session[:-1]] + session[-1:]
+            earlier = [(wave, corrupt_transcript(text, pool, rng), False) for wave, text, _ in session[:-1]]
+            session = earlier + session[-1:]
         return session
 
     def __iter__(self):
