@@ -2,6 +2,7 @@
 untrained adapter built here: it checks plumbing, coverage of the timeline and error handling, not
 accuracy (the accuracy test needs the trained adapter)."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +106,12 @@ def test_long_context_moves_old_pages_closer(transcriber):
         assert session.stats.chunks == 4
         assert seq.collapsed_pages > 0
         assert seq.num_tokens - seq.collapsed_position <= 96 + 32 + 6 * 13 + 40  # cap + one chunk's tokens
+
+
+def test_chunks_encoded_as_a_batch_match_one_at_a_time(transcriber):
+    chunks = [speechlike(3, 20), speechlike(7.5, 21), speechlike(1.2, 22)]
+    together = transcriber.model.audio_embeddings(chunks)
+    for chunk, embeds in zip(chunks, together):
+        alone = transcriber.model.audio_embeddings([chunk])[0]
+        assert embeds.shape == alone.shape == (math.ceil(len(chunk) / 320 / 4), alone.shape[1])
+        torch.testing.assert_close(embeds.float(), alone.float(), rtol=2e-2, atol=2e-2)

@@ -67,11 +67,14 @@ class LongformSession:
                                 stop_token_ids=(self.model.prompt.end_of_turn,), **sampling)
         return self.engine.generate(self.seq, params)
 
-    def transcribe_chunk(self, audio: np.ndarray, start_s: float, sample_rate: int = 16000) -> Segment | None:
-        """Append one chunk (<= 30 s) and its transcript to the context; None if it holds no words."""
+    def transcribe_chunk(self, audio: np.ndarray, start_s: float, sample_rate: int = 16000,
+                         embeds: torch.Tensor | None = None) -> Segment | None:
+        """Append one chunk (<= 30 s) and its transcript to the context; None if it holds no words.
+        ``embeds``: the chunk's audio embeddings if already computed (``SpeechModel.audio_embeddings``)."""
         prompt, engine = self.model.prompt, self.engine
         seconds = len(audio) / sample_rate
-        embeds = self.model.audio_embeddings(audio)
+        if embeds is None:
+            embeds = self.model.audio_embeddings([audio])[0]
         if self.distance_cap is not None:
             engine.cap_distances(self.seq, self.distance_cap)
         # one prefill per chunk: its cost grows with the context, so the pieces go in together

@@ -41,11 +41,12 @@ class SpeechModel:
     adapter_info: dict
 
     @torch.inference_mode()
-    def audio_embeddings(self, audio: np.ndarray) -> torch.Tensor:
-        """[audio_tokens, hidden] LLM input embeddings of one chunk (<= 30 s, 16 kHz float32)."""
-        frames = self.encoder.encode([audio])[0]
-        embeds = self.projector(frames[None].to(self.projector.up.weight.dtype))[0]
-        return embeds.to(self.engine.dtype)
+    def audio_embeddings(self, chunks: list[np.ndarray]) -> list[torch.Tensor]:
+        """Per chunk (<= 30 s, 16 kHz float32) its [audio_tokens, hidden] LLM input embeddings; the
+        chunks go through the encoder as one batch (on the CPU a batch of 4 costs ~25% less per
+        chunk than one at a time)."""
+        dtype = self.projector.up.weight.dtype
+        return [self.projector(frames[None].to(dtype))[0].to(self.engine.dtype) for frames in self.encoder.encode(chunks)]
 
 
 def _resolve(base: Path, name: str | None) -> str | None:

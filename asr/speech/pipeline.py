@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from asr.attention.config import UniqueConfig
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 TOKENS_PER_SECOND_BOUND = 30  # audio (12.5/s) + transcript (<= 10/s) + prompt pieces, generous
 CONTEXT_SLACK = 512
+ENCODER_BATCH = 4  # speech chunks encoded together (files only; a live stream encodes as it goes)
 
 
 @dataclass(frozen=True)
@@ -82,13 +84,21 @@ class Transcriber:
         bar = tqdm(total=round(duration, 1), unit="s", desc=name or "transcribing", disable=not progress,
                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
         cap = None if self.options.max_distance is None else DistanceCap(self.options.max_distance)
+        speech = [r for r in regions if r.kind == "speech"]
+        encoded: dict[int, torch.Tensor] = {}  # speech region index -> audio embeddings, a batch ahead
+        speech_index = 0
         with LongformSession(model, self.options.loop, cap) as session:
             for region in regions:
                 start_s, end_s = region.start / SAMPLE_RATE, region.end / SAMPLE_RATE
                 if region.kind == "silence":
                     skipped.append((start_s, end_s, "silence"))
                 else:
-                    piece = session.transcribe_chunk(audio[region.start : region.end], start_s, SAMPLE_RATE)
+                    if speech_index not in encoded:
+                        chunks = [audio[r.start : r.end] for r in speech[speech_index : speech_index + ENCODER_BATCH]]
+                        encoded = dict(enumerate(model.audio_embeddings(chunks), start=speech_index))
+                    piece = session.transcribe_chunk(audio[region.start : region.end], start_s, SAMPLE_RATE,
+                                                     encoded.pop(speech_index))
+                    speech_index += 1
                     if piece is None:
                         skipped.append((start_s, end_s, "no speech recognised"))
                     else:
