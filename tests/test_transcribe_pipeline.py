@@ -84,6 +84,16 @@ def test_cli_writes_outputs_and_keeps_going_past_bad_files(adapter_dir, tmp_path
     assert "good.wav: 0:00:02 of audio, real-time factor" in captured.out
 
 
+@pytest.mark.parametrize("option", [["--budget", "-5"], ["--max-distance", "-1"]])
+def test_cli_refuses_bad_options_before_loading_anything(tmp_path, capsys, option):
+    audio = tmp_path / "a.wav"
+    sf.write(audio, speechlike(1, 3), SR)
+    code = cli_main(["transcribe", str(audio), "--model", str(tmp_path / "missing"), "--output", str(tmp_path), *option])
+    assert code == 2
+    assert "asr transcribe:" in capsys.readouterr().err
+    assert not (tmp_path / "a.txt").exists()
+
+
 def test_default_model_error_says_what_to_do(tmp_path, capsys, monkeypatch):
     import asr.speech.model as model
 

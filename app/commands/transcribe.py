@@ -47,8 +47,12 @@ def run(args: argparse.Namespace) -> int:
     formats = list(WRITERS) if args.format == "all" else [args.format]
     writers = {fmt: get_writer(fmt) for fmt in formats}
     args.output.mkdir(parents=True, exist_ok=True)
-    options = TranscribeOptions(attention=args.attention, budget_tokens=args.budget, device=args.device,
-                                dtype=args.dtype, max_distance=args.max_distance or None)
+    try:
+        options = TranscribeOptions(attention=args.attention, budget_tokens=args.budget, device=args.device,
+                                    dtype=args.dtype, max_distance=args.max_distance or None)
+    except ValueError as error:
+        print(f"asr transcribe: {error}", file=sys.stderr)
+        return 2
     transcriber = load_transcriber(args.model, options)
     failed = 0
     for path in args.files:

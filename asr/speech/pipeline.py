@@ -52,6 +52,14 @@ class TranscribeOptions:
     loop: LoopConfig = field(default_factory=LoopConfig)
     max_distance: int | None = DistanceCap.max_distance
 
+    def __post_init__(self) -> None:
+        """Refuse a bad budget, page size, dtype or distance now (ValueError), not mid-file."""
+        self.engine_config()
+        if self.max_distance is not None:
+            DistanceCap(self.max_distance)
+        if self.dtype not in (None, "int8", "float32", "bfloat16", "float16"):
+            raise ValueError(f"unknown dtype {self.dtype!r}: use bfloat16, float32, float16 or int8")
+
     def engine_config(self, max_context: int | None = None) -> EngineConfig:
         sparse = UniqueConfig(page_size=self.page_size, budget_tokens=self.budget_tokens)
         int8 = self.dtype == "int8"
