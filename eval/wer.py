@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -160,6 +161,41 @@ def run_shard(items: list[Item], transcribe, path: Path, desc: str) -> None:
             f.flush()
 
 
+def run_config(args) -> dict:
+    """What makes two runs' rows comparable: the system and its settings, the model's weights (a
+    digest of the speech adapter, so a retrained embedded model is a new run), the manifest."""
+    config = {"system": args.system, "attention": args.attention, "budget": args.budget,
+              "max_distance": args.max_distance, "dtype": args.dtype, "longform_minutes": args.longform,
+              "device": args.device, "manifest": str(args.manifest)}
+    if args.system == "speech-llm":
+        from asr.speech.model import EMBEDDED_ADAPTER
+
+        adapter = Path(args.model) if args.model else EMBEDDED_ADAPTER
+        digest = hashlib.sha256()
+        for name in ("adapter.json", "adapter.safetensors"):
+            if (adapter / name).is_file():
+                digest.update((adapter / name).read_bytes())
+        config["model"] = f"{adapter.resolve()} sha256:{digest.hexdigest()[:16]}"
+    return config
+
+
+def claim_output(out: Path, config: dict) -> None:
+    """Resume only a run of the same configuration: ``out/run.json`` records it; another one is an error."""
+    record = out / "run.json"
+    if record.exists():
+        previous = json.loads(record.read_text())
+        if previous != config:
+            changed = ", ".join(f"{k}: {previous.get(k)} -> {config.get(k)}" for k in sorted(set(previous) | set(config))
+                                if previous.get(k) != config.get(k))
+            raise SystemExit(f"wer.py: {out} holds results of another run ({changed}); give another --output "
+                             "or delete it to start over")
+    elif any(out.glob("utterances.rank*.csv")):
+        raise SystemExit(f"wer.py: {out} holds results of a run that did not record its configuration; give "
+                         "another --output or delete it to start over")
+    else:
+        record.write_text(json.dumps(config, indent=1))
+
+
 def merge(out: Path, world: int, items: list[Item], args) -> dict:
     """Join the ranks' CSVs into ``utterances.csv`` (item order) and write ``summary.json``."""
     rows = {}
@@ -175,8 +211,7 @@ def merge(out: Path, world: int, items: list[Item], args) -> dict:
     audio_s = sum(float(r["duration"]) for r in ordered)
     compute_s = sum(float(r["seconds"]) for r in ordered)
     summary = {"wer": wer, "cer": cer, "rtf": compute_s / audio_s, "items": len(ordered), "audio_seconds": audio_s,
-               "system": args.system, "attention": args.attention, "budget": args.budget, "max_distance": args.max_distance, "dtype": args.dtype, "longform_minutes": args.longform,
-               "device": args.device, "manifest": str(args.manifest)}
+               **run_config(args)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -201,6 +236,8 @@ def main() -> None:
     rank, world = shard()
     items = build_items(args.manifest, args.longform, args.limit)
     args.output.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        claim_output(args.output, run_config(args))
     transcribe = load_system(args)
     run_shard(items[rank::world], transcribe, args.output / f"utterances.rank{rank}.csv", f"wer rank {rank}")
     if rank != 0:

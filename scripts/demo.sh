@@ -14,6 +14,7 @@ elif [ -f "$DEV/manifest.jsonl" ]; then
     # three files through the command line, then the whole set as ~5-minute recordings, each one
     # growing decoder context, scored against the references
     asr transcribe "$DEV"/audio/jfk-*.flac "$DEV"/audio/ljspeech-LJ001-000[12].* --format all --output outputs/demo
+    rm -rf outputs/demo/wer-longform  # a fresh score of this checkout's model (wer.py would resume)
     python eval/wer.py "$DEV/manifest.jsonl" --longform 5 --attention unique --budget 1024 --output outputs/demo/wer-longform
 else
     echo "give audio files to transcribe: bash scripts/demo.sh FILE..." >&2

@@ -73,7 +73,7 @@ class StandIn:
 
 
 def _args(manifest: Path, longform: float = 0) -> argparse.Namespace:
-    return argparse.Namespace(system="stand-in", attention="dense", budget=0, max_distance=0, dtype="bfloat16", longform=longform, device="cpu",
+    return argparse.Namespace(system="stand-in", attention="dense", budget=0, max_distance=0, dtype="bfloat16", model=None, longform=longform, device="cpu",
                               manifest=manifest)
 
 
@@ -225,3 +225,27 @@ def test_whisper_reference_transcribes_past_30_seconds(reference):
     text = reference.transcribe(audio)
     assert "iron" in text.lower() and "thornton" in text.lower() and "silly" in text.lower()
     assert error_rates([" ".join(row["text"] for row in rows)], [text])[0] <= 0.15
+
+
+def test_an_output_directory_resumes_only_the_same_run(manifest, tmp_path):
+    config = wer.run_config(_args(manifest))
+    wer.claim_output(tmp_path, config)
+    wer.claim_output(tmp_path, config)  # the same run: resumes
+    with pytest.raises(SystemExit, match="budget: 0 -> 512"):
+        wer.claim_output(tmp_path, {**config, "budget": 512})
+    unrecorded = tmp_path / "old"
+    unrecorded.mkdir()
+    (unrecorded / "utterances.rank0.csv").write_text("id\n")
+    with pytest.raises(SystemExit, match="did not record"):
+        wer.claim_output(unrecorded, config)
+
+
+def test_a_retrained_adapter_is_another_run(manifest, tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter.json").write_text("{}")
+    args = _args(manifest)
+    args.system, args.model = "speech-llm", str(adapter)
+    before = wer.run_config(args)
+    (adapter / "adapter.json").write_text('{"steps": 2}')
+    assert wer.run_config(args)["model"] != before["model"]
