@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from asr.attention.config import UniqueConfig
-from asr.attention.scoring import oracle_page_mass, score_from_stats, score_pages_reference
+from asr.attention.scoring import oracle_page_mass, score_from_stats, score_pages_cpu, score_pages_reference
 from asr.attention.selection import select_pages_reference
 from tests.paged_batch import make_paged_batch
 
@@ -52,6 +52,24 @@ def test_scores_match_naive_per_page_computation(config, heads):
             for p in range(pages):
                 keys = batch.keys[row][p * config.page_size : (p + 1) * config.page_size, h].double()
                 assert scores[row, h, p].item() == pytest.approx(naive_page_score(q_group, keys, config), rel=1e-4, abs=1e-3)
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.id != "quest"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("consecutive", [False, True], ids=["scattered", "consecutive"])
+def test_cpu_path_matches_the_reference(config, dtype, consecutive):
+    lengths = [50, 16, 1, 33]
+    batch = make_paged_batch(lengths, 9, 3, 64, config.page_size, dtype, seed=5)
+    table = batch.page_table
+    if consecutive:  # each sequence's pages in one run, as the allocator gives a lone sequence
+        starts = [0, 4, 5, 6]  # rows of 4, 1, 1 and 3 pages; the table's 4 columns stay in the 12-page pool
+        table = torch.stack([torch.arange(start, start + table.shape[1]) for start in starts]).to(table.dtype)
+    expected = score_pages_reference(batch.q, batch.key_stats, table, batch.seq_lens, config)
+    got = score_pages_cpu(batch.q, batch.key_stats, table, batch.seq_lens, config)
+    assert got.shape == expected.shape
+    assert torch.equal(torch.isinf(got), torch.isinf(expected))
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(got[finite], expected[finite], rtol=1e-4, atol=1e-4)
 
 
 def test_gauss_offset_is_log_expected_exp_logit_for_gaussian_keys():

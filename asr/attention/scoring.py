@@ -94,6 +94,36 @@ def oracle_page_mass(
     return probs.view(batch, kv_heads, -1, max_pages, page_size).sum(dim=(2, 4))
 
 
+def score_pages_cpu(
+    q: torch.Tensor,
+    key_stats: torch.Tensor,
+    page_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    config: UniqueConfig,
+) -> torch.Tensor:
+    """The CPU path of ``score_pages_reference`` for the ``mean`` and ``unique`` methods (same
+    arguments and result): one sequence at a time with lengths read on the host, reading only the
+    mean and std rows of its own pages (a view when the page ids run consecutively), not all four
+    statistics of every table slot."""
+    batch, q_heads, head_dim = q.shape
+    kv_heads = key_stats.shape[1]
+    scores = torch.full((batch, kv_heads, page_table.shape[1]), float("-inf"), device=q.device)
+    for row, length in enumerate(seq_lens.tolist()):
+        pages = page_table[row, : -(-length // config.page_size)].long()
+        first = int(pages[0])
+        consecutive = torch.equal(pages, torch.arange(first, first + len(pages), dtype=pages.dtype))
+        stats = key_stats[first : first + len(pages)] if consecutive else key_stats[pages]
+        qg = q[row].float().view(kv_heads, q_heads // kv_heads, head_dim)
+        row_scores = torch.einsum("hgd,phd->hp", qg, stats[:, :, STAT_MEAN].float())
+        if config.method == "unique":
+            std = stats[:, :, STAT_STD].float()
+            offset = (torch.einsum("hgd,phd->hp", qg.abs(), std) if config.offset == "l1"
+                      else torch.einsum("hgd,phd->hp", qg.square(), std.square()) / (2 * math.sqrt(head_dim)))
+            row_scores = row_scores + config.lam * offset
+        scores[row, :, : len(pages)] = row_scores
+    return scores
+
+
 def score_pages(
     q: torch.Tensor,
     key_stats: torch.Tensor,
@@ -101,9 +131,12 @@ def score_pages(
     seq_lens: torch.Tensor,
     config: UniqueConfig,
 ) -> torch.Tensor:
-    """Public page scoring (arguments as ``score_pages_reference``): kernel on CUDA, reference elsewhere."""
+    """Public page scoring (arguments as ``score_pages_reference``): kernel on CUDA, the CPU path for
+    mean/unique scores on the CPU, the reference elsewhere."""
     if q.is_cuda:
         from asr.attention.kernels.scoring import score_pages_triton
 
         return score_pages_triton(q, key_stats, page_table, seq_lens, config)
+    if q.device.type == "cpu" and config.method in ("mean", "unique") and q.dtype != torch.float64:
+        return score_pages_cpu(q, key_stats, page_table, seq_lens, config)
     return score_pages_reference(q, key_stats, page_table, seq_lens, config)
