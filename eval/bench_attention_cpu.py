@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asr.attention import CacheShape, DecodeMetadata, PagedKVCache, UniqueConfig, decode_attention  # noqa: E402
+from eval.line_plot import line_plot  # noqa: E402
 
 Q_HEADS, KV_HEADS, HEAD_DIM, PAGE = 9, 3, 64, 16
 BYTES = 2  # bf16
@@ -72,25 +73,13 @@ def bench(context: int, budgets: list[int], repeats: int, bandwidth: float) -> l
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    series = []
     for budget in sorted({r["budget"] for r in rows}, key=lambda b: -1 if b is None else b):
         mine = [r for r in rows if r["budget"] == budget]
         label = "dense" if budget is None else f"UNIQUE, budget {budget}"
-        ax.plot([r["context"] for r in mine], [r["time_us"] for r in mine], "-o", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("context (tokens)")
-    ax.set_ylabel("one layer's decode attention (us)")
-    ax.set_title(f"CPU decode attention ({torch.get_num_threads()} threads, SmolLM2 shapes, bf16)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+        series.append(([r["context"] for r in mine], [r["time_us"] for r in mine], "-o", label))
+    line_plot(series, path, "context (tokens)", "one layer's decode attention (us)",
+              f"CPU decode attention ({torch.get_num_threads()} threads, SmolLM2 shapes, bf16)", log_x=True, log_y=True)
 
 
 def main() -> None:

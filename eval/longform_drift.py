@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asr.corpus import read_manifest  # noqa: E402
 from asr.normalize import error_rates  # noqa: E402
+from eval.line_plot import line_plot  # noqa: E402
 
 SAMPLE_RATE = 16000
 GAP_S = 0.5
@@ -86,21 +87,11 @@ def score(transcript_path: Path, spans_path: Path, window_min: float, output: Pa
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([(r["start_min"] + r["end_min"]) / 2 for r in rows], [100 * r["wer"] for r in rows], "o-", label="WER")
-    ax.plot([(r["start_min"] + r["end_min"]) / 2 for r in rows], [100 * r["cer"] for r in rows], "s--", label="CER")
-    ax.set_xlabel("position in the recording (minutes)")
-    ax.set_ylabel("error rate (%)")
-    ax.set_title("Long-form transcription, one decoder context")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    middles = [(r["start_min"] + r["end_min"]) / 2 for r in rows]
+    line_plot([(middles, [100 * r["wer"] for r in rows], "o-", "WER"),
+               (middles, [100 * r["cer"] for r in rows], "s--", "CER")],
+              path, "position in the recording (minutes)", "error rate (%)",
+              "Long-form transcription, one decoder context", figsize=(6, 3.5))
 
 
 def main() -> None:
