@@ -39,13 +39,17 @@ def copy_bandwidth(megabytes: int = 256) -> float:
     return 2 * 5 * src.numel() / (time.perf_counter() - start)
 
 
-def time_us(fn, repeats: int) -> float:
-    for _ in range(5):
-        fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return 1e6 * (time.perf_counter() - start) / repeats
+def time_us(fn, repeats: int, blocks: int = 5) -> float:
+    """Median over ``blocks`` timed blocks of ``repeats`` calls each, after a warm-up block (a shared
+    2-core VM jitters by tens of percent from block to block)."""
+    per_call = []
+    for block in range(blocks + 1):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        if block:
+            per_call.append((time.perf_counter() - start) / repeats)
+    return 1e6 * sorted(per_call)[len(per_call) // 2]
 
 
 def bench(context: int, budgets: list[int], repeats: int, bandwidth: float) -> list[dict]:
@@ -86,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", type=int, nargs="+", default=[2048, 5120, 10240, 26624, 53248])
     parser.add_argument("--budgets", type=int, nargs="+", default=[1024, 2048])
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=20, help="calls per timed block (5 blocks, median)")
     parser.add_argument("--output", type=Path, default=Path("eval/results"))
     args = parser.parse_args()
     bandwidth = copy_bandwidth()

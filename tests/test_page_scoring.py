@@ -54,7 +54,7 @@ def test_scores_match_naive_per_page_computation(config, heads):
                 assert scores[row, h, p].item() == pytest.approx(naive_page_score(q_group, keys, config), rel=1e-4, abs=1e-3)
 
 
-@pytest.mark.parametrize("config", [c for c in CONFIGS if c.id != "quest"])
+@pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("consecutive", [False, True], ids=["scattered", "consecutive"])
 def test_cpu_path_matches_the_reference(config, dtype, consecutive):

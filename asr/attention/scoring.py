@@ -30,10 +30,12 @@ def score_from_stats(
     batch, q_heads, queries, head_dim = q.shape
     kv_heads = stats.shape[1]
     qg = upcast(q).view(batch, kv_heads, q_heads // kv_heads, queries, head_dim)
-    stats = upcast(stats)
+
+    def stat_rows(stat: int) -> torch.Tensor:  # only the statistics a method uses are widened
+        return upcast(stats[:, :, :, stat])
 
     def dot(query: torch.Tensor, stat: int) -> torch.Tensor:
-        return torch.einsum("bhgtd,bhpd->bhtp", query, stats[:, :, :, stat])
+        return torch.einsum("bhgtd,bhpd->bhtp", query, stat_rows(stat))
 
     if method == "quest":  # sum_d max(q_d min_d, q_d max_d)
         return dot(qg.clamp(min=0), STAT_MAX) + dot(qg.clamp(max=0), STAT_MIN)
@@ -42,7 +44,7 @@ def score_from_stats(
         return score
     if method != "unique":
         raise ValueError(f"unknown page scoring method {method!r}")
-    std = stats[:, :, :, STAT_STD]
+    std = stat_rows(STAT_STD)
     if offset == "l1":
         return score + lam * torch.einsum("bhgtd,bhpd->bhtp", qg.abs(), std)
     if offset == "gauss":
@@ -101,26 +103,19 @@ def score_pages_cpu(
     seq_lens: torch.Tensor,
     config: UniqueConfig,
 ) -> torch.Tensor:
-    """The CPU path of ``score_pages_reference`` for the ``mean`` and ``unique`` methods (same
-    arguments and result): one sequence at a time with lengths read on the host, reading only the
-    mean and std rows of its own pages (a view when the page ids run consecutively), not all four
-    statistics of every table slot."""
-    batch, q_heads, head_dim = q.shape
-    kv_heads = key_stats.shape[1]
-    scores = torch.full((batch, kv_heads, page_table.shape[1]), float("-inf"), device=q.device)
+    """The CPU path of ``score_pages_reference`` (same arguments and result): one sequence at a time
+    with lengths read on the host, scoring only its own pages, read in place when their ids run
+    consecutively (as a lone sequence's do) instead of gathered for every table slot."""
+    batch = q.shape[0]
+    scores = torch.full((batch, key_stats.shape[1], page_table.shape[1]), float("-inf"), device=q.device)
     for row, length in enumerate(seq_lens.tolist()):
         pages = page_table[row, : -(-length // config.page_size)].long()
         first = int(pages[0])
         consecutive = torch.equal(pages, torch.arange(first, first + len(pages), dtype=pages.dtype))
         stats = key_stats[first : first + len(pages)] if consecutive else key_stats[pages]
-        qg = q[row].float().view(kv_heads, q_heads // kv_heads, head_dim)
-        row_scores = torch.einsum("hgd,phd->hp", qg, stats[:, :, STAT_MEAN].float())
-        if config.method == "unique":
-            std = stats[:, :, STAT_STD].float()
-            offset = (torch.einsum("hgd,phd->hp", qg.abs(), std) if config.offset == "l1"
-                      else torch.einsum("hgd,phd->hp", qg.square(), std.square()) / (2 * math.sqrt(head_dim)))
-            row_scores = row_scores + config.lam * offset
-        scores[row, :, : len(pages)] = row_scores
+        row_scores = score_from_stats(q[row][None, :, None], stats.transpose(0, 1)[None], config.method,
+                                      config.offset, config.lam)  # [1, kv_heads, 1, pages]
+        scores[row, :, : len(pages)] = row_scores[0, :, 0]
     return scores
 
 
@@ -131,12 +126,12 @@ def score_pages(
     seq_lens: torch.Tensor,
     config: UniqueConfig,
 ) -> torch.Tensor:
-    """Public page scoring (arguments as ``score_pages_reference``): kernel on CUDA, the CPU path for
-    mean/unique scores on the CPU, the reference elsewhere."""
+    """Public page scoring (arguments as ``score_pages_reference``): kernel on CUDA, the CPU path
+    on the CPU, the reference elsewhere."""
     if q.is_cuda:
         from asr.attention.kernels.scoring import score_pages_triton
 
         return score_pages_triton(q, key_stats, page_table, seq_lens, config)
-    if q.device.type == "cpu" and config.method in ("mean", "unique") and q.dtype != torch.float64:
+    if q.device.type == "cpu":
         return score_pages_cpu(q, key_stats, page_table, seq_lens, config)
     return score_pages_reference(q, key_stats, page_table, seq_lens, config)
