@@ -11,8 +11,10 @@ scoring kernel, then the decode kernel that selects its own pages, and its merge
 ``unique_score`` and ``unique_select_attend``, ``unique_attend`` (decode over given pages),
 ``unique_separate`` (scoring, the stand-alone top-k kernel, then decode: the unfused
 alternative), ``quest_total``; with --parts at the longest context and smallest batch also
-``unique_topk`` and the step with programmatic dependent launch switched the other way
-(``unique_total_pdl_on`` or ``_off``; ``ASR_ATTENTION_PDL`` sets the default).
+``unique_topk``, the step with programmatic dependent launch switched the other way
+(``unique_total_pdl_on`` or ``_off``; ``ASR_ATTENTION_PDL`` sets the default) and
+``read_same_bytes`` (one ``torch.sum`` over as many bytes as the step reads, in a graph: the
+practical floor of a launch that reads that much).
 
     python eval/bench_attention.py                       # the full grid, writes JSON + PNG
     python eval/bench_attention.py --contexts 131072 --batches 1 --budgets 2048
@@ -96,9 +98,12 @@ def restore(saved: list[tuple]) -> None:
         setattr(module, const, value)
 
 
-SWEEP = [[], ["common.PDL=1"], ["scoring.SCORE_PROGRAMS_PER_SM=2"], ["scoring.SCORE_PROGRAMS_PER_SM=8"],
-         ["scoring.STAT_ROWS_PER_TILE=64"], ["decode.SELECT_DECODE_WARPS=8"], ["selection.SEARCH_WAYS=8"],
-         ["decode.SELECT_TOKENS_PER_TILE=128"]]
+SWEEP = [[], ["common.PDL=1"], ["scoring.SCORE_PROGRAMS_PER_SM=2"], ["scoring.STAT_ROWS_PER_TILE=64"],
+         ["scoring.HEADS_PER_PROGRAM=1", "scoring.STAT_ROWS_PER_TILE=64"],
+         ["scoring.HEADS_PER_PROGRAM=1", "scoring.STAT_ROWS_PER_TILE=128", "scoring.SCORE_WARPS=16"],
+         ["scoring.HEADS_PER_PROGRAM=2", "scoring.STAT_ROWS_PER_TILE=64"],
+         ["scoring.HEADS_PER_PROGRAM=1", "scoring.STAT_ROWS_PER_TILE=64", "scoring.SCORE_STAGES=1"],
+         ["scoring.SCORE_WARPS=4"], ["decode.SELECT_DECODE_WARPS=8"]]
 
 
 def graph_floor_us(args) -> float:
@@ -454,6 +459,12 @@ def run(args) -> tuple[list[dict], dict]:
                         for part in timed + (("topk",) if parts and method == "unique" else ()):
                             add(context, batch, budget, page_size, f"{method}_{part}",
                                 bench_graph(fns[part], args.warmup_ms, args.rep_ms), sdpa_us, floors.get(part))
+                        if parts and method == "unique":  # practical floor: one library kernel reading as many bytes
+                            flat = torch.empty((stats_bytes + pages_bytes) // elem, dtype=torch.bfloat16, device="cuda")
+                            add(context, batch, budget, page_size, "read_same_bytes",
+                                bench_graph(lambda: flat.sum(dtype=torch.float32), args.warmup_ms, args.rep_ms),
+                                sdpa_us, floors["total"])
+                            del flat
                         if parts and method == "unique":  # programmatic dependent launch switched
                             pdl, common.PDL = common.PDL, 1 - common.PDL
                             add(context, batch, budget, page_size, f"unique_total_pdl_{'on' if common.PDL else 'off'}",

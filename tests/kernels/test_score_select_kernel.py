@@ -67,6 +67,21 @@ def test_scores_match_reference(config, heads, dtype):
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("heads_per_program", [1, 2])
+@pytest.mark.parametrize("heads", [pytest.param((16, 2), id="gqa8"), pytest.param((9, 3), id="gqa3-smollm2")])
+def test_scores_with_heads_split_across_programs(heads_per_program, heads, monkeypatch):
+    """Fewer kv heads per program than the model has (a grid over head groups; with three heads and
+    two per program the last group is half masked)."""
+    from asr.attention.kernels import scoring
+
+    monkeypatch.setattr(scoring, "HEADS_PER_PROGRAM", heads_per_program)
+    config = UniqueConfig(method="unique", offset="gauss", budget_tokens=128)
+    batch = make_paged_batch([300, 16, 1, 77], *heads, 64, config.page_size, torch.bfloat16, seed=21, device=DEVICE)
+    expected = score_pages_reference(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
+    scores = score_pages_triton(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("budget_pages", [4, 8, 64])
 @pytest.mark.parametrize("max_pages", [5, 100, 1000])
 def test_selection_matches_reference(budget_pages, max_pages):

@@ -5,10 +5,10 @@ unique/gauss ``mean . sum_g q + (std^2) . lam sum_g q^2 / (2 sqrt d)``, unique/l
 ``mean . sum_g q + std . lam sum_g |q|``, quest ``max . sum_g relu(q) + min . sum_g min(q, 0)``,
 mean ``mean . sum_g q``. So a page costs two stat rows (one for ``mean``) whatever the group size.
 
-Grid: (batch, programs per sequence). A program scores one contiguous run of
-``pages_per_program`` pages for every kv head at once, in tiles of [pages, kv heads, head_dim]:
-one page-table load serves all heads, and a page's stat rows of all heads (one contiguous
-block of the cache) are read together. The page-table load does not wait for the sequence
+Grid: (batch, head groups, programs per group). A program scores one contiguous run of
+``pages_per_program`` pages for HEADS_PER_PROGRAM kv heads at once, in tiles of [pages, heads,
+head_dim]: one page-table load serves those heads, and a page's stat rows of those heads (one
+contiguous block of the cache) are read together. The page-table load does not wait for the sequence
 length (entries past the end are loaded but never followed), so a program pays two dependent
 memory round trips (page table, then stats). Short programs and many of them: at batch 1 the
 grid still covers every SM several times.
@@ -37,6 +37,7 @@ from asr.attention.kernels.common import (
 
 METHOD_GAUSS, METHOD_L1, METHOD_QUEST, METHOD_MEAN = 0, 1, 2, 3
 STAT_ROWS_PER_TILE = 32  # (page, kv head) stat rows per loop step: 4 pages of 8 heads (61 registers on sm_90; 64 rows: 122)
+HEADS_PER_PROGRAM = 8  # kv heads a program scores (at most the model's; 1: one head's pages per program)
 SCORE_PROGRAMS_PER_SM = 4  # the grid covers the SMs about this many times
 MAX_PAGES_PER_PROGRAM = 1024  # longest run of pages one program scores
 SCORE_WARPS = 8
@@ -53,13 +54,14 @@ def _score_pages_kernel(
     ROW_A: tl.constexpr, ROW_B: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     i_b = tl.program_id(0)
-    i_p = tl.program_id(1)
+    i_hg = tl.program_id(1)
+    i_p = tl.program_id(2)
     if USE_PDL:  # the attend kernel may start its prologue now; it waits for these scores itself
         tl.extra.cuda.gdc_launch_dependents()
     seq_len = tl.load(seq_lens_ptr + i_b)
     num_pages = (seq_len + page_size - 1) // page_size
 
-    o_h = tl.arange(0, BLOCK_H)
+    o_h = i_hg * BLOCK_H + tl.arange(0, BLOCK_H)
     m_h = o_h < KV_HEADS
     o_g = tl.arange(0, BLOCK_G)
     o_d = tl.arange(0, HEAD_DIM)
@@ -108,10 +110,11 @@ def _method(config: UniqueConfig, head_dim: int) -> tuple[int, int, int, float]:
     return METHOD_L1, STAT_MEAN, STAT_STD, config.lam
 
 
-def plan_pages_per_program(batch: int, max_pages: int, block_p: int, num_sms: int) -> int:
+def plan_pages_per_program(rows: int, max_pages: int, block_p: int, num_sms: int) -> int:
     """Pages per scoring program (a power of two, ``block_p`` to MAX_PAGES_PER_PROGRAM) so that
-    the grid covers the SMs about SCORE_PROGRAMS_PER_SM times. Depends on shapes only (graph-safe)."""
-    programs_per_seq = triton.cdiv(SCORE_PROGRAMS_PER_SM * num_sms, batch)
+    the grid over ``rows`` (sequence, head group) pairs covers the SMs about SCORE_PROGRAMS_PER_SM
+    times. Depends on shapes only (graph-safe)."""
+    programs_per_seq = triton.cdiv(SCORE_PROGRAMS_PER_SM * num_sms, rows)
     wanted = next_power_of_2(triton.cdiv(max_pages, programs_per_seq))
     return max(block_p, min(max(MAX_PAGES_PER_PROGRAM, block_p), wanted))
 
@@ -142,11 +145,12 @@ def score_pages_triton(q: torch.Tensor, key_stats: torch.Tensor, page_table: tor
     scores = torch.empty(batch, kv_heads, max_pages, dtype=torch.float32, device=q.device) if out is None else out
     if scores.shape != (batch, kv_heads, max_pages) or scores.dtype != torch.float32 or not scores.is_contiguous():
         raise ValueError(f"out must be a contiguous fp32 [{batch}, {kv_heads}, {max_pages}] tensor")
-    block_h = next_power_of_2(kv_heads)
+    block_h = next_power_of_2(min(HEADS_PER_PROGRAM, kv_heads))
+    head_groups = triton.cdiv(kv_heads, block_h)
     block_p = max(1, STAT_ROWS_PER_TILE // block_h)
-    pages_per_program = plan_pages_per_program(batch, max_pages, block_p, num_sms(q.device))
+    pages_per_program = plan_pages_per_program(batch * head_groups, max_pages, block_p, num_sms(q.device))
     use_pdl = pdl_enabled(q.device)
-    _score_pages_kernel[(batch, triton.cdiv(max_pages, pages_per_program))](
+    _score_pages_kernel[(batch, head_groups, triton.cdiv(max_pages, pages_per_program))](
         q, key_stats, page_table, seq_lens, scores,
         offset_weight, max_pages, pages_per_program, config.page_size,
         q.stride(0), q.stride(1), key_stats.stride(0), key_stats.stride(1), page_table.stride(0),
