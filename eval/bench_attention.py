@@ -98,12 +98,9 @@ def restore(saved: list[tuple]) -> None:
         setattr(module, const, value)
 
 
-SWEEP = [[], ["common.PDL=1"], ["scoring.SCORE_PROGRAMS_PER_SM=2"], ["scoring.STAT_ROWS_PER_TILE=64"],
-         ["scoring.HEADS_PER_PROGRAM=1", "scoring.STAT_ROWS_PER_TILE=64"],
-         ["scoring.HEADS_PER_PROGRAM=1", "scoring.STAT_ROWS_PER_TILE=128", "scoring.SCORE_WARPS=16"],
-         ["scoring.HEADS_PER_PROGRAM=2", "scoring.STAT_ROWS_PER_TILE=64"],
-         ["scoring.HEADS_PER_PROGRAM=1", "scoring.STAT_ROWS_PER_TILE=64", "scoring.SCORE_STAGES=1"],
-         ["scoring.SCORE_WARPS=4"], ["decode.SELECT_DECODE_WARPS=8"]]
+SWEEP = [[], ["common.PDL=1"], ["scoring.SCORE_PROGRAMS_PER_SM=2"], ["scoring.ONE_HEAD_PAGES_PER_TILE=128"],
+         ["scoring.SPLIT_HEADS_MAX_ROWS_PER_SM=0"], ["scoring.SCORE_STAGES=1"], ["scoring.SCORE_WARPS=4"],
+         ["decode.SELECT_DECODE_WARPS=8"], ["selection.SEARCH_WAYS=8"]]
 
 
 def graph_floor_us(args) -> float:
@@ -308,18 +305,17 @@ def sweep_tasks(args) -> list:
 
 
 def best_overrides(sweep_rows: list[dict], margin: float = 0.05) -> list[str]:
-    """From a sweep: per tuning constant (or set of constants), the variant with the fastest
-    step if it beats the base by more than ``margin``; the union of those overrides."""
+    """From a sweep: the variants whose step beats the base by more than ``margin``, fastest first,
+    each kept only if it sets none of the constants a faster kept one sets; their overrides."""
     base = {r["page_size"]: r["total"] for r in sweep_rows if r["variant"] == "base"}
-    groups: dict[str, tuple[float, str]] = {}
-    for r in sweep_rows:
-        if r["variant"] == "base":
-            continue
-        ratio = r["total"] / base[r["page_size"]]
-        knobs = ",".join(sorted(item.split("=")[0] for item in r["variant"].split(",")))
-        if ratio < 1 - margin and ratio < groups.get(knobs, (1.0, ""))[0]:
-            groups[knobs] = (ratio, r["variant"])
-    return [item for _, variant in groups.values() for item in variant.split(",")]
+    faster = sorted((r["total"] / base[r["page_size"]], r["variant"]) for r in sweep_rows
+                    if r["variant"] != "base" and r["total"] / base[r["page_size"]] < 1 - margin)
+    chosen: list[str] = []
+    for _, variant in faster:
+        items = variant.split(",")
+        if not {item.split("=")[0] for item in items} & {item.split("=")[0] for item in chosen}:
+            chosen += items
+    return chosen
 
 
 def verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config, context, batch) -> dict:

@@ -67,14 +67,13 @@ def test_scores_match_reference(config, heads, dtype):
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("heads_per_program", [1, 2])
+@pytest.mark.parametrize("split", [True, False])
 @pytest.mark.parametrize("heads", [pytest.param((16, 2), id="gqa8"), pytest.param((9, 3), id="gqa3-smollm2")])
-def test_scores_with_heads_split_across_programs(heads_per_program, heads, monkeypatch):
-    """Fewer kv heads per program than the model has (a grid over head groups; with three heads and
-    two per program the last group is half masked)."""
+def test_scores_with_one_head_or_all_heads_per_program(split, heads, monkeypatch):
+    """Both grids of the scorer (one kv head per program, or all of them) whatever the batch."""
     from asr.attention.kernels import scoring
 
-    monkeypatch.setattr(scoring, "HEADS_PER_PROGRAM", heads_per_program)
+    monkeypatch.setattr(scoring, "SPLIT_HEADS_MAX_ROWS_PER_SM", 1e9 if split else 0.0)
     config = UniqueConfig(method="unique", offset="gauss", budget_tokens=128)
     batch = make_paged_batch([300, 16, 1, 77], *heads, 64, config.page_size, torch.bfloat16, seed=21, device=DEVICE)
     expected = score_pages_reference(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)

@@ -6,9 +6,11 @@ unique/gauss ``mean . sum_g q + (std^2) . lam sum_g q^2 / (2 sqrt d)``, unique/l
 mean ``mean . sum_g q``. So a page costs two stat rows (one for ``mean``) whatever the group size.
 
 Grid: (batch, head groups, programs per group). A program scores one contiguous run of
-``pages_per_program`` pages for HEADS_PER_PROGRAM kv heads at once, in tiles of [pages, heads,
-head_dim]: one page-table load serves those heads, and a page's stat rows of those heads (one
-contiguous block of the cache) are read together. The page-table load does not wait for the sequence
+``pages_per_program`` pages for a group of kv heads at once, in tiles of [pages, heads, head_dim]:
+one page-table load serves those heads, and a page's stat rows of those heads (one contiguous
+block of the cache) are read together. At large batches a group is every kv head; while the
+batch leaves most SMs without a (sequence, head) row, one head per program with longer page
+tiles is faster (``plan_heads_per_program``). The page-table load does not wait for the sequence
 length (entries past the end are loaded but never followed), so a program pays two dependent
 memory round trips (page table, then stats). Short programs and many of them: at batch 1 the
 grid still covers every SM several times.
@@ -37,7 +39,10 @@ from asr.attention.kernels.common import (
 
 METHOD_GAUSS, METHOD_L1, METHOD_QUEST, METHOD_MEAN = 0, 1, 2, 3
 STAT_ROWS_PER_TILE = 32  # (page, kv head) stat rows per loop step: 4 pages of 8 heads (61 registers on sm_90; 64 rows: 122)
-HEADS_PER_PROGRAM = 8  # kv heads a program scores (at most the model's; 1: one head's pages per program)
+ONE_HEAD_PAGES_PER_TILE = 64  # the same with one kv head per program
+# one kv head per program while batch * kv_heads <= this share of the SMs (H100, 128k, P32: at B=1
+# 15.5 us against 23.4 with all 8 heads per program; at B=8 85 us against 77; at B=32 316 against 235)
+SPLIT_HEADS_MAX_ROWS_PER_SM = 0.25
 SCORE_PROGRAMS_PER_SM = 4  # the grid covers the SMs about this many times
 MAX_PAGES_PER_PROGRAM = 1024  # longest run of pages one program scores
 SCORE_WARPS = 8
@@ -110,6 +115,11 @@ def _method(config: UniqueConfig, head_dim: int) -> tuple[int, int, int, float]:
     return METHOD_L1, STAT_MEAN, STAT_STD, config.lam
 
 
+def plan_heads_per_program(batch: int, kv_heads: int, num_sms: int) -> int:
+    """kv heads one scoring program covers: 1 at small batches, all of them otherwise."""
+    return 1 if batch * kv_heads <= SPLIT_HEADS_MAX_ROWS_PER_SM * num_sms else kv_heads
+
+
 def plan_pages_per_program(rows: int, max_pages: int, block_p: int, num_sms: int) -> int:
     """Pages per scoring program (a power of two, ``block_p`` to MAX_PAGES_PER_PROGRAM) so that
     the grid over ``rows`` (sequence, head group) pairs covers the SMs about SCORE_PROGRAMS_PER_SM
@@ -145,10 +155,11 @@ def score_pages_triton(q: torch.Tensor, key_stats: torch.Tensor, page_table: tor
     scores = torch.empty(batch, kv_heads, max_pages, dtype=torch.float32, device=q.device) if out is None else out
     if scores.shape != (batch, kv_heads, max_pages) or scores.dtype != torch.float32 or not scores.is_contiguous():
         raise ValueError(f"out must be a contiguous fp32 [{batch}, {kv_heads}, {max_pages}] tensor")
-    block_h = next_power_of_2(min(HEADS_PER_PROGRAM, kv_heads))
+    sms = num_sms(q.device)
+    block_h = next_power_of_2(plan_heads_per_program(batch, kv_heads, sms))
     head_groups = triton.cdiv(kv_heads, block_h)
-    block_p = max(1, STAT_ROWS_PER_TILE // block_h)
-    pages_per_program = plan_pages_per_program(batch * head_groups, max_pages, block_p, num_sms(q.device))
+    block_p = ONE_HEAD_PAGES_PER_TILE if block_h == 1 else max(1, STAT_ROWS_PER_TILE // block_h)
+    pages_per_program = plan_pages_per_program(batch * head_groups, max_pages, block_p, sms)
     use_pdl = pdl_enabled(q.device)
     _score_pages_kernel[(batch, head_groups, triton.cdiv(max_pages, pages_per_program))](
         q, key_stats, page_table, seq_lens, scores,
