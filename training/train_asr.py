@@ -36,6 +36,7 @@ from asr.speech.sessions import pad_sessions, session_inputs  # noqa: E402
 from asr.corpus import Utterance, read_corpus  # noqa: E402
 from training.ctc_head import VocabularyCtcHead  # noqa: E402
 from training.history_noise import corrupt_transcript  # noqa: E402
+from training.mel_warp import MelWarp  # noqa: E402
 from training.spec_augment import SpecAugment  # noqa: E402
 from training.synth.augment import augment_waveform  # noqa: E402
 
@@ -192,7 +193,7 @@ def main() -> None:
                         help="share of multi-turn sessions whose earlier transcripts are corrupted, as the "
                         "model's own errors are at inference (training/history_noise.py)")
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--no-augment", action="store_true", help="no waveform augmentation and no SpecAugment")
+    parser.add_argument("--no-augment", action="store_true", help="no waveform augmentation, mel warp or SpecAugment")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (saves memory)")
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--time-limit", type=float, default=0, help="stop and save after this many minutes")
@@ -242,6 +243,11 @@ def main() -> None:
                 "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", **extra}
         SpeechAdapter(projector_config, lora_config, projector.state_dict(), lora_state_dict(llm), info).save(out)
 
+    warp, masks = MelWarp(), SpecAugment()
+
+    def augment_features(features: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        return masks(warp(features, lengths), lengths)
+
     t0, step, running, waited = time.time(), start_step, [], 0.0
     llm.train()
     fetched = time.time()
@@ -249,7 +255,7 @@ def main() -> None:
         waited += time.time() - fetched
         lr = set_lr(step - start_step, time.time() - t0)
         (embeds, labels, mask), (audio, audio_lengths, texts) = session_batch(
-            batch, tokenizer, prompt, llm, encoder, projector, None if args.no_augment else SpecAugment())
+            batch, tokenizer, prompt, llm, encoder, projector, None if args.no_augment else augment_features)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             lm_loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
         # logits over the whole vocabulary are large: a few chunks a step, with clean transcripts
