@@ -7,18 +7,16 @@ the whole K/V. Floors are converted to time with the device-to-device copy bandw
 in the same run (bytes read + written over time).
 
 Methods per (context, batch, page size, budget): ``unique_total`` (the step the engine runs:
-scoring kernel, then the decode kernel that selects its own pages, and its merge), its parts
-``unique_score`` and ``unique_select_attend``, ``unique_attend`` (decode over given pages),
-``unique_separate`` (scoring, the stand-alone top-k kernel, then decode: the unfused
-alternative), ``quest_total``; with --parts at the longest context and smallest batch also
-``unique_topk``, the step with programmatic dependent launch switched the other way
-(``unique_total_pdl_on`` or ``_off``; ``ASR_ATTENTION_PDL`` sets the default) and
+scoring kernel, top-k kernel, decode over the chosen pages and its merge), its parts
+``unique_score``, ``unique_topk`` (the top-k kernel on given scores) and ``unique_attend`` (decode
+over given pages), ``quest_total``; per (context, batch, page size) ``dense_paged`` and per
+(context, batch) ``sdpa``; with --parts at the longest context and smallest batch also
 ``read_same_bytes`` (one ``torch.sum`` over as many bytes as the step reads, in a graph: the
 practical floor of a launch that reads that much).
 
     python eval/bench_attention.py                       # the full grid, writes JSON + PNG
     python eval/bench_attention.py --contexts 131072 --batches 1 --budgets 2048
-    python eval/bench_attention.py --parts --compile-only --compile-workers 12   # compile in parallel first
+    python eval/bench_attention.py --compile-only --compile-workers 12           # compile in parallel first
     python eval/bench_attention.py --parts --tune --compile-workers 12           # sweep, then the grid
 """
 
@@ -58,8 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-ms", type=float, default=10.0)
     p.add_argument("--rep-ms", type=float, default=40.0)
     p.add_argument("--parts", action="store_true",
-                   help="at the longest context and smallest batch also time the top-k kernel alone and the "
-                        "step without programmatic dependent launch")
+                   help="at the longest context and smallest batch also time read_same_bytes (a library read "
+                        "of as many bytes as the step reads)")
     p.add_argument("--output", type=Path, default=Path("eval/results/bench_attention.json"))
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: JSON path with .png)")
     p.add_argument("--sweep", action="store_true",
@@ -98,9 +96,9 @@ def restore(saved: list[tuple]) -> None:
         setattr(module, const, value)
 
 
-SWEEP = [[], ["common.PDL=1"], ["scoring.SCORE_PROGRAMS_PER_SM=2"], ["scoring.ONE_HEAD_PAGES_PER_TILE=128"],
+SWEEP = [[], ["scoring.SCORE_PROGRAMS_PER_SM=2"], ["scoring.ONE_HEAD_PAGES_PER_TILE=128"],
          ["scoring.SPLIT_HEADS_MAX_ROWS_PER_SM=0"], ["scoring.SCORE_STAGES=1"], ["scoring.SCORE_WARPS=4"],
-         ["decode.SELECT_DECODE_WARPS=8"], ["selection.SEARCH_WAYS=8"]]
+         ["selection.SEARCH_WAYS=8"], ["decode.TOKENS_PER_TILE=128"]]
 
 
 def graph_floor_us(args) -> float:
@@ -111,10 +109,9 @@ def graph_floor_us(args) -> float:
 
 def step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config) -> dict:
     """The UNIQUE decode step and its parts at one shape, as graph-capturable callables:
-    score (scoring kernel), select_attend (the decode kernel selecting its own pages from given
-    scores, and its merge), attend (decode over given chosen pages), total (score then
-    select_attend: what the engine runs), topk (the stand-alone top-k kernel on given scores)
-    and separate (score, top-k kernel, attend: three kernels instead of two)."""
+    score (scoring kernel), topk (the top-k kernel on given scores), attend (decode over given
+    chosen pages and their physical ids, and its merge) and total (score, topk, attend: what the
+    engine runs)."""
     from asr.attention.kernels.decode import paged_decode_triton
     from asr.attention.kernels.scoring import score_pages_triton
     from asr.attention.kernels.selection import select_pages_triton
@@ -126,10 +123,6 @@ def step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, 
     def score():
         return score_pages_triton(q, key_stats, page_table, seq_lens, config)
 
-    def select_attend(page_scores=scores):
-        return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, page_scores=page_scores,
-                                   sparse=config)
-
     def topk(page_scores=scores):
         return select_pages_triton(page_scores, seq_lens, page_table, config.page_size, config.num_select,
                                    config.sink_pages, config.local_pages)
@@ -137,8 +130,7 @@ def step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, 
     def attend(picked=chosen, picked_physical=physical):
         return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, picked, picked_physical)
 
-    return dict(score=score, select_attend=select_attend, attend=attend, topk=topk,
-                total=lambda: select_attend(score()), separate=lambda: attend(*topk(score())))
+    return dict(score=score, topk=topk, attend=attend, total=lambda: attend(*topk(score())))
 
 
 def sweep(args) -> list[dict]:
@@ -162,7 +154,7 @@ def sweep(args) -> list[dict]:
             for part in ("score", "total"):
                 try:
                     row[part] = round(bench_graph(fns[part], args.warmup_ms, args.rep_ms), 2)
-                except Exception as err:  # a variant that does not capture (PDL on an old driver)
+                except Exception as err:  # a variant that fails to compile or capture
                     log.warning("%s %s failed: %r", row["variant"], part, err)
                     row[part] = math.inf
                     torch.cuda.synchronize()
@@ -230,8 +222,7 @@ COMPILE_POOL_PAGES = 64
 
 def compile_task(task) -> str:
     """Run every kernel variant one grid point uses once (Triton compiles it into its on-disk cache)."""
-    overrides, context, batch, page_size, budgets, parts, hq, hkv, d = task
-    from asr.attention.kernels import common
+    overrides, context, batch, page_size, budgets, hq, hkv, d = task
     from asr.attention.kernels.decode import paged_decode_triton
 
     saved = apply_overrides(overrides)
@@ -246,10 +237,6 @@ def compile_task(task) -> str:
             fns = step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config)
             for fn in fns.values():
                 fn()
-            if parts:
-                pdl, common.PDL = common.PDL, 1 - common.PDL
-                fns["total"]()
-                common.PDL = pdl
             verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config, context, batch)
     torch.cuda.synchronize()
     restore(saved)
@@ -273,34 +260,14 @@ def compile_all(tasks: list, workers: int) -> None:
 
 def grid_tasks(args, overrides=None) -> list:
     return [(overrides if overrides is not None else args.set, context, batch, page_size,
-             [b for b in args.budgets if b < context],
-             args.parts and context == max(args.contexts) and batch == min(args.batches),
-             args.q_heads, args.kv_heads, args.head_dim)
+             [b for b in args.budgets if b < context], args.q_heads, args.kv_heads, args.head_dim)
             for context in args.contexts for batch in args.batches if batch * context <= args.max_tokens
             for page_size in args.page_sizes]
 
 
-def check_pdl_capture(args) -> None:
-    """Programmatic dependent launch inside a captured graph needs a recent driver: if capturing
-    the step with it fails, time everything without it (and say so)."""
-    from asr.attention.kernels import common
-
-    if not common.PDL:
-        return
-    cache = make_paged_cache(1, 4096, args.kv_heads, args.head_dim, args.page_sizes[0])
-    q = torch.randn(1, args.q_heads, args.head_dim, device="cuda", dtype=torch.bfloat16)
-    config = UniqueConfig(page_size=args.page_sizes[0], budget_tokens=512)
-    try:
-        bench_graph(step_functions(q, *cache, 0.1, config)["total"], 1, 1)
-    except Exception as err:
-        log.warning("graph capture with programmatic dependent launch failed (%r): PDL off", err)
-        common.PDL = 0
-        torch.cuda.synchronize()
-
-
 def sweep_tasks(args) -> list:
     context, batch, budget = args.contexts[0], args.batches[0], args.budgets[0]
-    return [(variant, context, batch, args.page_sizes[0], [budget], False, args.q_heads, args.kv_heads, args.head_dim)
+    return [(variant, context, batch, args.page_sizes[0], [budget], args.q_heads, args.kv_heads, args.head_dim)
             for variant in SWEEP[1:]]
 
 
@@ -319,10 +286,9 @@ def best_overrides(sweep_rows: list[dict], margin: float = 0.05) -> list[str]:
 
 
 def verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config, context, batch) -> dict:
-    """Check the timed kernels at this size: the decode kernel's own selection and the top-k
-    kernel against the reference top-k of the same scores (summed score of the chosen pages),
-    physical ids against the page table, and both decodes against the fp32 reference over the
-    same pages."""
+    """Check the timed kernels at this size: the top-k kernel against the reference top-k of the
+    same scores (summed score of the chosen pages), its physical ids against the page table, and
+    the decode over its pages against the fp32 reference over the same pages."""
     from asr.attention.decode import paged_decode_reference
     from asr.attention.kernels.decode import paged_decode_triton
     from asr.attention.kernels.scoring import score_pages_triton
@@ -331,32 +297,21 @@ def verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config, 
 
     scores = score_pages_triton(q, key_stats, page_table, seq_lens, config)
     expected = select_pages_reference(scores, seq_lens, config)
-    out, _, chosen, physical = paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale,
-                                                   page_scores=scores, sparse=config, return_chosen=True)
-    topk_chosen, topk_physical = select_pages_triton(scores, seq_lens, page_table, config.page_size, config.num_select,
-                                                     config.sink_pages, config.local_pages)
-    sep_out, _ = paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, topk_chosen, topk_physical)
+    chosen, physical = select_pages_triton(scores, seq_lens, page_table, config.page_size, config.num_select,
+                                           config.sink_pages, config.local_pages)
+    out, _ = paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen, physical)
 
     def picked(pages):
         return scores.gather(-1, pages.long().clamp(min=0)).masked_fill(pages < 0, 0).double()
 
-    def gap(pages):
-        return float(((picked(pages).sum(-1) - picked(expected).sum(-1)).abs() / picked(expected).abs().sum(-1)).max())
-
-    def physical_ok(pages, ids):
-        want = page_table.gather(1, pages.clamp(min=0).flatten(1)).view(pages.shape).masked_fill(pages < 0, -1)
-        return bool(torch.equal(ids, want))
-
-    def rel_rms(result, pages):
-        ref, _ = paged_decode_reference(q.float(), k_cache, v_cache, page_table, seq_lens, scale, pages)
-        return float((result.float() - ref).norm() / ref.norm())
-
+    selection_rel_gap = (picked(chosen).sum(-1) - picked(expected).sum(-1)).abs() / picked(expected).abs().sum(-1)
+    want_physical = page_table.gather(1, chosen.clamp(min=0).flatten(1)).view(chosen.shape).masked_fill(chosen < 0, -1)
+    ref, _ = paged_decode_reference(q.float(), k_cache, v_cache, page_table, seq_lens, scale, chosen)
     check = dict(context=context, batch=batch, page_size=config.page_size, budget=config.budget_tokens,
-                 selection_rel_gap=gap(chosen), topk_rel_gap=gap(topk_chosen),
-                 decode_rel_rms=rel_rms(out, chosen), separate_rel_rms=rel_rms(sep_out, topk_chosen),
-                 physical_ok=physical_ok(chosen, physical) and physical_ok(topk_chosen, topk_physical))
-    check["ok"] = bool(max(check["selection_rel_gap"], check["topk_rel_gap"]) < 1e-5 and check["physical_ok"]
-                       and max(check["decode_rel_rms"], check["separate_rel_rms"]) < 1e-2
+                 selection_rel_gap=float(selection_rel_gap.max()),
+                 physical_ok=bool(torch.equal(physical, want_physical)),
+                 decode_rel_rms=float((out.float() - ref).norm() / ref.norm()))
+    check["ok"] = bool(check["selection_rel_gap"] < 1e-5 and check["physical_ok"] and check["decode_rel_rms"] < 1e-2
                        and not torch.isnan(out).any())
     if not check["ok"]:
         log.warning("CHECK FAILED %s", check)
@@ -391,13 +346,11 @@ def sdpa_time(q, k_dense, v_dense, scale, args) -> tuple[float, str]:
 
 
 def run(args) -> tuple[list[dict], dict]:
-    from asr.attention.kernels import common
     from asr.attention.kernels.decode import paged_decode_triton
 
     apply_overrides(args.set)
     if args.compile_workers:
         compile_all(grid_tasks(args), args.compile_workers)
-    check_pdl_capture(args)
     bandwidth = copy_bandwidth()
     graph_floor = graph_floor_us(args)
     device = torch.cuda.get_device_name()
@@ -448,11 +401,9 @@ def run(args) -> tuple[list[dict], dict]:
                         stats_bytes = batch * hkv * num_pages * STAT_ROWS_READ * d * elem
                         pages_bytes = 2 * batch * hkv * config.num_select * page_size * d * elem
                         fns = step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config)
-                        timed = ("total",) if method == "quest" else ("total", "score", "select_attend", "attend",
-                                                                      "separate")
-                        floors = dict(total=stats_bytes + pages_bytes, score=stats_bytes, attend=pages_bytes,
-                                      select_attend=pages_bytes, separate=stats_bytes + pages_bytes)
-                        for part in timed + (("topk",) if parts and method == "unique" else ()):
+                        timed = ("total",) if method == "quest" else ("total", "score", "topk", "attend")
+                        floors = dict(total=stats_bytes + pages_bytes, score=stats_bytes, attend=pages_bytes)
+                        for part in timed:
                             add(context, batch, budget, page_size, f"{method}_{part}",
                                 bench_graph(fns[part], args.warmup_ms, args.rep_ms), sdpa_us, floors.get(part))
                         if parts and method == "unique":  # practical floor: one library kernel reading as many bytes
@@ -461,11 +412,6 @@ def run(args) -> tuple[list[dict], dict]:
                                 bench_graph(lambda: flat.sum(dtype=torch.float32), args.warmup_ms, args.rep_ms),
                                 sdpa_us, floors["total"])
                             del flat
-                        if parts and method == "unique":  # programmatic dependent launch switched
-                            pdl, common.PDL = common.PDL, 1 - common.PDL
-                            add(context, batch, budget, page_size, f"unique_total_pdl_{'on' if common.PDL else 'off'}",
-                                bench_graph(fns["total"], args.warmup_ms, args.rep_ms), sdpa_us, floors["total"])
-                            common.PDL = pdl
                         if method == "unique":
                             checks.append(verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config,
                                                  context, batch))
@@ -489,7 +435,7 @@ def table(rows: list[dict]) -> str:
     """One line per (context, batch, page size, budget)."""
     index = {(r["context"], r["batch"], r["budget"], r["page_size"], r["method"]): r for r in rows}
     head = (f"{'ctx':>7} {'B':>3} {'P':>3} {'budget':>6} | {'sdpa':>8} {'dense':>8} | {'unique':>7} {'score':>6} "
-            f"{'sel+att':>7} {'attend':>6} {'separ':>7} {'quest':>7} | {'speedup':>7} {'floor':>6} {'share':>5}")
+            f"{'topk':>6} {'attend':>6} {'quest':>7} | {'speedup':>7} {'floor':>6} {'share':>5}")
     lines = [head, "-" * len(head)]
     keys = sorted({(r["context"], r["batch"], r["page_size"], r["budget"]) for r in rows if r["budget"]})
     for ctx, b, p, budget in keys:
@@ -500,8 +446,8 @@ def table(rows: list[dict]) -> str:
         total = index.get((ctx, b, budget, p, "unique_total"))
         lines.append(
             f"{ctx:>7} {b:>3} {p:>3} {budget:>6} | {t('sdpa', None, None):>8.1f} {t('dense_paged', None):>8.1f} | "
-            f"{t('unique_total'):>7.1f} {t('unique_score'):>6.1f} {t('unique_select_attend'):>7.1f} "
-            f"{t('unique_attend'):>6.1f} {t('unique_separate'):>7.1f} {t('quest_total'):>7.1f} | "
+            f"{t('unique_total'):>7.1f} {t('unique_score'):>6.1f} {t('unique_topk'):>6.1f} "
+            f"{t('unique_attend'):>6.1f} {t('quest_total'):>7.1f} | "
             f"{total['speedup_vs_sdpa'] if total else float('nan'):>6.1f}x "
             f"{total['floor_us'] if total else float('nan'):>6.1f} {total['floor_share'] if total else float('nan'):>5.2f}")
     return "\n".join(lines)

@@ -51,8 +51,8 @@ def decode_attention(
     ``sparse.dense_layers``) reads every page; otherwise the top-k pages by ``sparse.method``.
     Returns [batch, q_heads, head_dim].
 
-    On CUDA sparse decode is three launches (scoring, then the split decode that selects its
-    own pages, then its merge; dense: the last two) whose sizes depend on tensor shapes only: no
+    On CUDA sparse decode is four launches (scoring, top-k selection, the split decode over the
+    chosen pages, its merge; dense: the last two) whose sizes depend on tensor shapes only: no
     host sync, so a decode step can be captured in a CUDA graph per batch bucket (fixed batch
     and page-table width).
     """

@@ -185,14 +185,17 @@ def unique_decode(
     """Public sparse decode: score the pages, take the top ``config.num_select`` per sequence and
     kv head, attend over them (arguments as ``paged_decode_reference`` plus key_stats
     [num_pages, kv_heads, NUM_STATS, head_dim]). On CUDA with fp16/bf16 caches: the scoring
-    kernel, then the decode kernel that selects its own pages (and its merge), sizes from shapes
-    only (graph-capturable); elsewhere the references (or the CPU path when ``need_lse`` is False)."""
+    kernel, the top-k kernel (chosen pages and their physical ids), then the decode kernel over
+    those pages (and its merge), sizes from shapes only (graph-capturable); elsewhere the
+    references (or the CPU path when ``need_lse`` is False)."""
     if q.is_cuda and k_cache.dtype in (torch.float16, torch.bfloat16) and page_table.shape[1] <= MAX_KERNEL_PAGES:
         from asr.attention.kernels.decode import paged_decode_triton
         from asr.attention.kernels.scoring import score_pages_triton
+        from asr.attention.kernels.selection import select_pages_triton
 
         scores = score_pages_triton(q, key_stats, page_table, seq_lens, config)
-        return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, page_scores=scores,
-                                   sparse=config)
+        chosen, chosen_physical = select_pages_triton(scores, seq_lens, page_table, config.page_size,
+                                                      config.num_select, config.sink_pages, config.local_pages)
+        return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen, chosen_physical)
     chosen = select_pages(score_pages(q, key_stats, page_table, seq_lens, config), seq_lens, config)
     return paged_decode(q, k_cache, v_cache, page_table, seq_lens, scale, chosen, need_lse)

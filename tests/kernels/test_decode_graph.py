@@ -1,4 +1,4 @@
-"""The whole decode step (score+select+attend through ``decode_attention``) replays from a CUDA
+"""The whole decode step (score, select, attend through ``decode_attention``) replays from a CUDA
 graph: fixed shapes per batch bucket, no host sync, and new inputs copied into static buffers."""
 
 import math
@@ -9,19 +9,16 @@ import torch
 from asr.attention.backend import DecodeMetadata, decode_attention
 from asr.attention.config import UniqueConfig
 from asr.attention.decode import paged_decode_reference
-from asr.attention.kernels import common
-from asr.attention.kernels.decode import paged_decode_triton
 from asr.attention.kernels.scoring import score_pages_triton
+from asr.attention.kernels.selection import select_pages_triton
 from tests.paged_batch import make_paged_batch
 from tests.tolerances import assert_close
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-@pytest.mark.parametrize("pdl", [0, 1], ids=["plain", "pdl"])
 @pytest.mark.parametrize("sparse", [None, UniqueConfig(page_size=16, budget_tokens=512)], ids=["dense", "unique"])
-def test_decode_step_replays_from_cuda_graph(sparse, pdl, monkeypatch):
-    monkeypatch.setattr(common, "PDL", pdl)  # programmatic dependent launch captured in the graph too
+def test_decode_step_replays_from_cuda_graph(sparse):
     batch = make_paged_batch([9000, 700, 33, 4000], 32, 8, 128, 16, torch.bfloat16, seed=40, device="cuda")
     scale = 1 / math.sqrt(128)
     q = batch.q.clone()
@@ -46,8 +43,8 @@ def test_decode_step_replays_from_cuda_graph(sparse, pdl, monkeypatch):
         if sparse is not None:
             # eager kernels choose the pages (the reference could break near-ties differently)
             scores = score_pages_triton(q, batch.key_stats, metadata.page_table, metadata.seq_lens, sparse)
-            chosen = paged_decode_triton(q, batch.k_cache, batch.v_cache, metadata.page_table, metadata.seq_lens, scale,
-                                         page_scores=scores, sparse=sparse, return_chosen=True)[2]
+            chosen, _ = select_pages_triton(scores, metadata.seq_lens, metadata.page_table, sparse.page_size,
+                                            sparse.num_select, sparse.sink_pages, sparse.local_pages)
         expected, _ = paged_decode_reference(q.float(), batch.k_cache.float(), batch.v_cache.float(),
                                              metadata.page_table, metadata.seq_lens, scale, chosen)
         assert_close(out.float(), expected, torch.bfloat16)

@@ -10,6 +10,7 @@ from asr.attention.config import UniqueConfig
 from asr.attention.decode import paged_decode_reference
 from asr.attention.kernels.decode import paged_decode_triton
 from asr.attention.kernels.scoring import score_pages_triton
+from asr.attention.kernels.selection import select_pages_triton
 from asr.attention.scoring import score_pages_reference
 from asr.attention.selection import select_pages_reference
 from tests.paged_batch import make_paged_batch
@@ -66,17 +67,26 @@ def test_sparse_decode_matches_reference(dtype, head_dim, page_size, heads):
     check(batch, 1 / math.sqrt(head_dim), chosen, chosen_physical=physical_ids(chosen, batch.page_table))
 
 
+def unique_step(q, batch, page_table, seq_lens, scale, config, out=None, lse=None):
+    """The engine's UNIQUE step on CUDA: scoring kernel, top-k kernel, decode over the chosen pages
+    (given their physical ids). Returns (out, lse, chosen, scores)."""
+    scores = score_pages_triton(q, batch.key_stats, page_table, seq_lens, config)
+    chosen, physical = select_pages_triton(scores, seq_lens, page_table, config.page_size, config.num_select,
+                                           config.sink_pages, config.local_pages)
+    out, lse = paged_decode_triton(q, batch.k_cache, batch.v_cache, page_table, seq_lens, scale, chosen, physical,
+                                   out=out, lse=lse)
+    return out, lse, chosen, scores
+
+
 @pytest.mark.parametrize("dtype, head_dim, page_size, heads", SHAPES)
-def test_decode_with_own_selection_matches_reference(dtype, head_dim, page_size, heads):
-    """Scores in, top-k inside the decode kernel: the output is the reference's over the pages it chose."""
+def test_scored_selected_decode_matches_reference(dtype, head_dim, page_size, heads):
+    """Scores, top-k and decode kernels in a row: the output is the reference's over the pages chosen."""
     batch = make_paged_batch([500, 37, 260], *heads, head_dim, page_size, dtype, seed=15, device=DEVICE)
     config = UniqueConfig(page_size=page_size, budget_tokens=4 * page_size)
-    scores = score_pages_triton(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
     out = torch.full_like(batch.q, float("nan"))
     lse = torch.full(batch.q.shape[:2], float("nan"), device=batch.q.device)
-    out, lse, chosen, _ = paged_decode_triton(batch.q, batch.k_cache, batch.v_cache, batch.page_table, batch.seq_lens,
-                                              1 / math.sqrt(head_dim), page_scores=scores, sparse=config,
-                                              return_chosen=True, out=out, lse=lse)
+    out, lse, chosen, scores = unique_step(batch.q, batch, batch.page_table, batch.seq_lens, 1 / math.sqrt(head_dim),
+                                           config, out, lse)
     expected = select_pages_reference(scores, batch.seq_lens, config)
     assert torch.equal(chosen < 0, expected < 0)
     ref_out, ref_lse = reference(batch, 1 / math.sqrt(head_dim), chosen)
@@ -84,7 +94,7 @@ def test_decode_with_own_selection_matches_reference(dtype, head_dim, page_size,
     assert_close(lse, ref_lse, torch.float16)
 
 
-def test_own_selection_ignores_table_width_and_padded_rows():
+def test_unique_step_ignores_table_width_and_padded_rows():
     """As a graph bucket runs it (page table as wide as the longest context, a padded row of one
     token on a scratch page) the real rows get what an exact-width batch gets."""
     batch = make_paged_batch([5, 70, 33], 4, 2, 64, 16, torch.bfloat16, seed=16, device=DEVICE)
@@ -94,12 +104,8 @@ def test_own_selection_ignores_table_width_and_padded_rows():
     wide[:3, : batch.page_table.shape[1]] = batch.page_table
     seq_lens = torch.cat([batch.seq_lens, torch.ones(1, dtype=torch.int32, device=DEVICE)])
     q = torch.cat([batch.q, batch.q[:1]])
-    results = []
-    for table, lens, queries in ((batch.page_table, batch.seq_lens, batch.q), (wide, seq_lens, q)):
-        scores = score_pages_triton(queries, batch.key_stats, table, lens, config)
-        results.append(paged_decode_triton(queries, batch.k_cache, batch.v_cache, table, lens, 0.125,
-                                           page_scores=scores, sparse=config, return_chosen=True))
-    (out, lse, chosen, _), (wide_out, wide_lse, wide_chosen, _) = results
+    out, lse, chosen, _ = unique_step(batch.q, batch, batch.page_table, batch.seq_lens, 0.125, config)
+    wide_out, wide_lse, wide_chosen, _ = unique_step(q, batch, wide, seq_lens, 0.125, config)
     assert torch.equal(wide_chosen[:3], chosen)
     assert_close(wide_out[:3], out)
     assert_close(wide_lse[:3], lse, torch.float16)

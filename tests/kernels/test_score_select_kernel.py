@@ -1,12 +1,11 @@
-"""Page scoring, the top-k selection kernel and the decode kernel's own selection against their references.
-Selections are compared by chosen set size, forced pages and summed scores (ties may differ);
-physical page ids by the page table."""
+"""Page scoring and the top-k selection kernel, alone and in a row as the engine runs them, against
+their references. Selections are compared by chosen set size, forced pages and summed scores (ties
+may differ); physical page ids by the page table."""
 
 import pytest
 import torch
 
 from asr.attention.config import UniqueConfig
-from asr.attention.kernels.decode import paged_decode_triton
 from asr.attention.kernels.scoring import score_pages_triton
 from asr.attention.kernels.selection import select_pages_triton
 from asr.attention.scoring import score_pages_reference
@@ -111,45 +110,44 @@ def test_selection_breaks_ties():
     check_selection(chosen, scores, seq_lens, config)
 
 
-def select_in_decode(batch, config, num_splits=None):
-    """Scores from the scoring kernel, then the decode kernel's own selection: (scores, chosen, physical)."""
+def score_and_select(batch, config):
+    """The scoring kernel, then the top-k kernel on its scores: (scores, chosen, physical)."""
     scores = score_pages_triton(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
-    _, _, chosen, physical = paged_decode_triton(batch.q, batch.k_cache, batch.v_cache, batch.page_table,
-                                                 batch.seq_lens, 0.125, page_scores=scores, sparse=config,
-                                                 return_chosen=True, num_splits=num_splits)
+    chosen, physical = select_pages_triton(scores, batch.seq_lens, batch.page_table, config.page_size,
+                                           config.num_select, config.sink_pages, config.local_pages)
     return scores, chosen, physical
 
 
-def check_select_in_decode(batch, config, num_splits=None):
-    scores, chosen, physical = select_in_decode(batch, config, num_splits)
+def check_score_and_select(batch, config, atol=1e-4):
+    scores, chosen, physical = score_and_select(batch, config)
     args = (batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
-    torch.testing.assert_close(scores, score_pages_reference(*args), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(scores, score_pages_reference(*args), rtol=1e-4, atol=atol)
     check_selection(chosen, scores, batch.seq_lens, config)
     check_physical(physical, chosen, batch.page_table)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_decode_selects_as_reference(config):
+def test_scored_selection_as_reference(config):
     batch = make_paged_batch([2000, 16, 1, 700], 8, 2, 64, config.page_size, torch.bfloat16, seed=22, device=DEVICE)
-    check_select_in_decode(batch, config)
+    check_score_and_select(batch, config)
 
 
 @pytest.mark.parametrize("budget_pages", [3, 8, 64])
-def test_decode_selection_on_long_ragged_rows(budget_pages):
-    """Rows longer and shorter than the budget; every split selects the same pages."""
+def test_scored_selection_on_long_ragged_rows(budget_pages):
+    """Rows longer and shorter than the budget."""
     config = UniqueConfig(page_size=16, budget_tokens=16 * budget_pages)
     batch = make_paged_batch([9000, 2100, 40, 5000], 8, 2, 64, 16, torch.bfloat16, seed=24, device=DEVICE)
-    check_select_in_decode(batch, config, num_splits=3)
+    check_score_and_select(batch, config)
 
 
-def test_decode_selection_breaks_ties():
+def test_scored_selection_breaks_ties():
     """Pages share three distinct statistics, so many scores tie."""
     config = UniqueConfig(page_size=16, budget_tokens=16 * 20)
     batch = make_paged_batch([9000, 3000], 8, 2, 64, 16, torch.bfloat16, seed=25, device=DEVICE)
     gen = torch.Generator().manual_seed(25)
     pool = batch.key_stats[:3].clone()
     batch.key_stats.copy_(pool[torch.randint(0, 3, (batch.key_stats.shape[0],), generator=gen).to(DEVICE)])
-    check_select_in_decode(batch, config, num_splits=4)
+    check_score_and_select(batch, config)
 
 
 @pytest.mark.gpu
@@ -158,8 +156,4 @@ def test_decode_selection_breaks_ties():
 def test_real_size_score_select(page_size):
     config = UniqueConfig(page_size=page_size, budget_tokens=2048)
     batch = make_paged_batch([131072, 40000, 3000], 32, 8, 128, page_size, torch.bfloat16, seed=23, device=DEVICE)
-    args = (batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
-    scores, chosen, physical = select_in_decode(batch, config)
-    torch.testing.assert_close(scores, score_pages_reference(*args), rtol=1e-4, atol=1e-3)
-    check_selection(chosen, scores, batch.seq_lens, config)
-    check_physical(physical, chosen, batch.page_table)
+    check_score_and_select(batch, config, atol=1e-3)

@@ -54,19 +54,3 @@ def num_sms(device: torch.device) -> int:
     if index not in _SM_COUNT:
         _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
     return _SM_COUNT[index]
-
-
-# programmatic dependent launch between a step's kernels: off until measured on the H100 (its GPU
-# tests and a graph capture with it have not run yet); ASR_ATTENTION_PDL=1 turns it on, the
-# benchmark times both
-PDL = int(os.environ.get("ASR_ATTENTION_PDL", "0"))
-PDL_MIN_CAPABILITY = 9  # griddepcontrol needs Hopper or newer
-
-
-def pdl_enabled(device: torch.device) -> bool:
-    """Launch dependent kernels with programmatic dependent launch: each may start (and load what
-    earlier kernels wrote) while its predecessor finishes, and waits (``gdc_wait``) before
-    reading the predecessor's results. Off under the interpreter and before Hopper."""
-    if not PDL or device.type != "cuda" or interpreting():
-        return False
-    return torch.cuda.get_device_capability(device)[0] >= PDL_MIN_CAPABILITY

@@ -34,7 +34,6 @@ from asr.attention.kernels.common import (
     interpreting,
     next_power_of_2,
     num_sms,
-    pdl_enabled,
 )
 
 METHOD_GAUSS, METHOD_L1, METHOD_QUEST, METHOD_MEAN = 0, 1, 2, 3
@@ -56,13 +55,11 @@ def _score_pages_kernel(
     stride_qb, stride_qh, stride_sp, stride_sh, stride_tb,
     KV_HEADS: tl.constexpr, BLOCK_H: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr, METHOD: tl.constexpr,
-    ROW_A: tl.constexpr, ROW_B: tl.constexpr, USE_PDL: tl.constexpr,
+    ROW_A: tl.constexpr, ROW_B: tl.constexpr,
 ):
     i_b = tl.program_id(0)
     i_hg = tl.program_id(1)
     i_p = tl.program_id(2)
-    if USE_PDL:  # the attend kernel may start its prologue now; it waits for these scores itself
-        tl.extra.cuda.gdc_launch_dependents()
     seq_len = tl.load(seq_lens_ptr + i_b)
     num_pages = (seq_len + page_size - 1) // page_size
 
@@ -132,10 +129,7 @@ def plan_pages_per_program(rows: int, max_pages: int, block_p: int, num_sms: int
 def score_pages_triton(q: torch.Tensor, key_stats: torch.Tensor, page_table: torch.Tensor, seq_lens: torch.Tensor,
                        config: UniqueConfig, out: torch.Tensor | None = None) -> torch.Tensor:
     """Kernel of ``score_pages_reference`` (same arguments): scores [batch, kv_heads, max_pages]
-    fp32, -inf past each sequence's end (into ``out`` if given).
-
-    With programmatic dependent launch on (``common.pdl_enabled``), a kernel launched next with
-    PDL may start before these scores are written: it must wait for them (``gdc_wait``)."""
+    fp32, -inf past each sequence's end (into ``out`` if given)."""
     batch, q_heads, head_dim = q.shape
     _, kv_heads, num_stats, _ = key_stats.shape
     max_pages = page_table.shape[1]
@@ -160,13 +154,12 @@ def score_pages_triton(q: torch.Tensor, key_stats: torch.Tensor, page_table: tor
     head_groups = triton.cdiv(kv_heads, block_h)
     block_p = ONE_HEAD_PAGES_PER_TILE if block_h == 1 else max(1, STAT_ROWS_PER_TILE // block_h)
     pages_per_program = plan_pages_per_program(batch * head_groups, max_pages, block_p, sms)
-    use_pdl = pdl_enabled(q.device)
     _score_pages_kernel[(batch, head_groups, triton.cdiv(max_pages, pages_per_program))](
         q, key_stats, page_table, seq_lens, scores,
         offset_weight, max_pages, pages_per_program, config.page_size,
         q.stride(0), q.stride(1), key_stats.stride(0), key_stats.stride(1), page_table.stride(0),
         KV_HEADS=kv_heads, BLOCK_H=block_h, GROUP=group, BLOCK_G=next_power_of_2(group), HEAD_DIM=head_dim,
-        BLOCK_P=block_p, METHOD=method, ROW_A=row_a, ROW_B=row_b, USE_PDL=use_pdl,
+        BLOCK_P=block_p, METHOD=method, ROW_A=row_a, ROW_B=row_b,
         num_warps=SCORE_WARPS, num_stages=1 if interpreting() else SCORE_STAGES,
     )
     return scores

@@ -7,8 +7,8 @@ ranks the few scores left in the bracket exactly. Ties at the bound go to the lo
 i.e. the lower page index, since tiles hold pages in ascending order. ``_emit_chosen`` writes the
 taken pages in that order through a prefix sum, -1 padded, with their physical page ids.
 
-The kernel here runs one program per (sequence, kv head) row; the decode kernel
-(``decode.py``, given page scores) runs the same three functions in every split of a row.
+One program per (sequence, kv head) row. UNIQUE decode runs it between the scoring kernel and
+the decode kernel, which reads the chosen pages and their physical ids.
 """
 
 from __future__ import annotations
