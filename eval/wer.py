@@ -168,7 +168,10 @@ def run_config(args) -> dict:
               "max_distance": args.max_distance, "dtype": args.dtype, "longform_minutes": args.longform,
               "device": args.device, "manifest": str(args.manifest)}
     if args.system == "speech-llm":
+        from asr.speech.encoder import CT2_COMPUTE_TYPE
         from asr.speech.model import EMBEDDED_ADAPTER
+
+        config["encoder_ct2_compute_type"] = CT2_COMPUTE_TYPE if args.device == "cpu" else None
 
         adapter = Path(args.model) if args.model else EMBEDDED_ADAPTER
         digest = hashlib.sha256()

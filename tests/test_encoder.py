@@ -13,6 +13,7 @@ from asr.speech.encoder import CHUNK_SAMPLES, AudioEncoder, num_frames
 from tests.tolerances import assert_close
 
 DEV = Path("/work/shared/data/speech_dev")
+INT8_MAX_REL_RMS = 0.15  # measured 0.04 on speech and a chirp, 0.07 on white noise
 
 
 @pytest.mark.parametrize(
@@ -93,6 +94,12 @@ def test_bad_chunks_raise(encoder, chunk):
 @pytest.fixture(scope="module")
 def ct2_encoder():
     pytest.importorskip("ctranslate2")
+    return AudioEncoder.load(None, device="cpu", ct2_compute_type="float32")
+
+
+@pytest.fixture(scope="module")
+def ct2_int8_encoder():
+    pytest.importorskip("ctranslate2")
     return AudioEncoder.load(None, device="cpu")
 
 
@@ -123,3 +130,14 @@ def test_ctranslate2_frames_match_the_torch_backend(ct2_encoder, chunks, padded)
         assert_close(actual, reference, dtype=torch.float16)
     listed = ct2_encoder.encode(chunks[:1])
     assert listed[0].shape == (142, 512) and not listed[0].requires_grad
+
+
+@pytest.mark.slow
+def test_default_int8_ctranslate2_frames_stay_near_the_torch_backend(ct2_int8_encoder, chunks, padded):
+    """The CPU default quantises the encoder's weights to int8: frames move a little, not a lot."""
+    frames, lengths = ct2_int8_encoder.encode_padded(chunks, batch_size=2)
+    expected, _ = padded
+    for index, length in enumerate(lengths.tolist()):
+        actual, reference = frames[index, :length].double(), expected[index, :length].double()
+        rel_rms = float((actual - reference).norm() / reference.norm())
+        assert 1e-4 < rel_rms < INT8_MAX_REL_RMS, f"chunk {index}: relative RMS {rel_rms:.2e}"

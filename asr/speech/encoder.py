@@ -5,10 +5,11 @@ Whisper's encoder always sees 30 s (3000 log-mel frames, zero-padded) and gives 
 
 Two backends run the same weights on the same log-mel features (Hugging Face's feature extractor):
 ``TorchEncoder`` (the Hugging Face ``WhisperEncoder``; CUDA, training, and the fallback) and
-``Ct2Encoder`` (CTranslate2's fp32 encoder, faster on the CPU: 0.41 s against 0.52 s per 30 s window
-on 2 cores; frames equal to ~2e-6 relative RMS, so a projector trained on the torch backend reads them
-unchanged). ``AudioEncoder.load``
-picks CTranslate2 on the CPU when it imports and the weights are a CTranslate2 model (the embedded one).
+``Ct2Encoder`` (CTranslate2's encoder, faster on the CPU: in float32 0.41 s against 0.52 s per 30 s
+window on 2 cores, frames equal to ~2e-6 relative RMS; by default in int8, as faster-whisper runs
+it: long-form real-time factor 0.238 against 0.253 with dev-set WER within run-to-run noise, see
+BENCHMARKS.md). ``AudioEncoder.load`` picks CTranslate2 on the CPU when it imports and the weights
+are a CTranslate2 model (the embedded one).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def num_frames(num_samples: int) -> int:
 
 
 Backend = Literal["auto", "torch", "ctranslate2"]
+CT2_COMPUTE_TYPE = "int8"  # the CTranslate2 backend's default precision
 # (log-mel [batch, mels, 3000] float32, valid mel frames per chunk) -> edited log-mel, same shape
 FeaturesTransform = Callable[[torch.Tensor, list[int]], torch.Tensor]
 
@@ -69,17 +71,18 @@ class TorchEncoder:
 
 
 class Ct2Encoder:
-    """CTranslate2's Whisper encoder on the CPU in float32 (weights widened from their stored fp16 once,
-    as the torch backend does); returns float32 CPU tensors."""
+    """CTranslate2's Whisper encoder on the CPU in ``compute_type`` ("int8": int8 matmul weights;
+    "float32": weights widened from their stored fp16 once, as the torch backend does); returns
+    float32 CPU tensors."""
 
     name = "ctranslate2"
 
-    def __init__(self, ct2_dir: Path, threads: int) -> None:
+    def __init__(self, ct2_dir: Path, threads: int, compute_type: str) -> None:
         import ctranslate2
 
         from asr.speech.ct2_reader import read_ct2
 
-        self.model = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type="float32",
+        self.model = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type=compute_type,
                                                 intra_threads=threads)
         self.dim: int = read_ct2(ct2_dir / "model.bin").variables["encoder/layer_norm/gamma"].shape[0]
         self.num_mels: int = self.model.n_mels
@@ -126,12 +129,14 @@ class AudioEncoder:
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, device: str | torch.device = "cpu",
-             dtype: torch.dtype = torch.float16, backend: Backend = "auto") -> "AudioEncoder":
+             dtype: torch.dtype = torch.float16, backend: Backend = "auto",
+             ct2_compute_type: str = CT2_COMPUTE_TYPE) -> "AudioEncoder":
         """Encoder of a Whisper directory (Hugging Face or CTranslate2; None: the embedded base).
 
         backend: "auto" takes CTranslate2 on the CPU when ``ctranslate2`` imports and the weights are a
         CTranslate2 directory (the embedded base is one), else torch; "ctranslate2" insists (CPU only);
-        "torch" is the Hugging Face encoder.
+        "torch" is the Hugging Face encoder. ct2_compute_type: CTranslate2's precision ("int8" or
+        "float32").
         """
         from transformers import WhisperFeatureExtractor
 
@@ -143,7 +148,8 @@ class AudioEncoder:
                                  f"(`pip install ctranslate2`) and a CTranslate2 Whisper directory; got device "
                                  f"{device} and {model_dir}: use backend='torch' or 'auto'")
         if ct2_dir is not None and _ct2_importable():
-            encoder: EncoderBackend = Ct2Encoder(ct2_dir, threads=torch.get_num_threads())
+            encoder: EncoderBackend = Ct2Encoder(ct2_dir, threads=torch.get_num_threads(),
+                                                 compute_type=ct2_compute_type)
             num_mels = encoder.num_mels
         else:
             from asr.speech.whisper_weights import load_whisper
