@@ -20,4 +20,3 @@ def test_writes_table_json_and_plot(tmp_path):
     assert all(r["time_us"] > 0 and r["floor_us"] > 0 for r in rows)
     assert rows[0]["speedup_vs_dense"] == 1.0
     assert (tmp_path / "bench_attention_cpu.png").stat().st_size > 0
-
