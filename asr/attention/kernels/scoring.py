@@ -121,8 +121,8 @@ def plan_pages_per_program(rows: int, max_pages: int, block_p: int, num_sms: int
     """Pages per scoring program (a power of two, ``block_p`` to MAX_PAGES_PER_PROGRAM) so that
     the grid over ``rows`` (sequence, head group) pairs covers the SMs about SCORE_PROGRAMS_PER_SM
     times. Depends on shapes only (graph-safe)."""
-    programs_per_seq = triton.cdiv(SCORE_PROGRAMS_PER_SM * num_sms, rows)
-    wanted = next_power_of_2(triton.cdiv(max_pages, programs_per_seq))
+    programs_per_row = triton.cdiv(SCORE_PROGRAMS_PER_SM * num_sms, rows)
+    wanted = next_power_of_2(triton.cdiv(max_pages, programs_per_row))
     return max(block_p, min(max(MAX_PAGES_PER_PROGRAM, block_p), wanted))
 
 
