@@ -1,8 +1,9 @@
 """End-to-end decode speed of the engine: dense vs UNIQUE top-k pages, against the bytes-moved floor.
 
 A Llama-3.2-1B-shaped model with random weights (speed does not depend on the values) decodes greedily
-from B sequences whose caches hold ``context`` tokens of random keys/values (filled directly, with exact
-page statistics: a 128k prefill would only cost time). Each setting times ``--steps`` decode steps of
+from B sequences in an engine of ``context`` tokens whose caches hold all but the decode room (``cached``
+in the rows) of random keys/values (filled directly, with exact page statistics: a 128k prefill would only
+cost time). Each setting times ``--steps`` decode steps of
 ``LLMEngine.generate_many`` (CUDA-graph step, sampling, host loop: what a user waits for) after warm-up.
 
 Floor of one step = bytes that must cross device memory / measured device-to-device copy bandwidth
@@ -56,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no-graphs", action="store_true", help="eager decode (no CUDA graphs)")
     parser.add_argument("--output", type=Path, default=Path("eval/results"), help="directory for bench_decode.json")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile each setting's steps: device busy time per step and its top kernels")
     return parser.parse_args(argv)
 
 
@@ -134,35 +137,59 @@ def time_decode(engine: LLMEngine, seqs, steps: int, warmup: int) -> float:
     return elapsed / steps
 
 
+def profile_decode(engine: LLMEngine, seqs, steps: int, top: int = 12) -> dict:
+    """Kernel time of ``steps`` decode steps (torch.profiler): device-busy ms and kernels per step, and
+    the ``top`` kernels by time. Busy time below the step's wall time is the device waiting for the host."""
+    from torch.profiler import ProfilerActivity, profile
+
+    context = seqs[0].num_tokens
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        engine.generate_many(seqs, [SamplingParams(max_tokens=steps, ignore_eos=True)] * len(seqs))
+        torch.cuda.synchronize()
+    for seq in seqs:
+        engine.truncate(seq, context)
+        seq.next_logits = torch.zeros(engine.model_config.vocab_size, device=engine.device)
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+    kernels.sort(key=lambda e: -e.self_device_time_total)
+    return dict(busy_ms_per_step=sum(e.self_device_time_total for e in kernels) / 1e3 / steps,
+                kernels_per_step=sum(e.count for e in kernels) / steps,
+                top=[dict(name=e.key[:90], per_step=e.count / steps, us_per_step=e.self_device_time_total / steps)
+                     for e in kernels[:top]])
+
+
 def run(args) -> tuple[list[dict], dict]:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    # random weights: let the engine serve the longest context asked for (+ decode room) whatever the real limit
+    # random weights: let the engine serve the longest context asked for whatever the real limit. An engine of
+    # ``context`` tokens holds ``context - margin`` cached ones and decodes into the rest (as a model at its
+    # limit would: its graph page tables are sized for ``context``)
     margin = args.steps + args.warmup + 8
-    model_config = replace(MODELS[args.model], max_context=max(MODELS[args.model].max_context, max(args.contexts) + margin))
+    model_config = replace(MODELS[args.model], max_context=max(MODELS[args.model].max_context, max(args.contexts)))
     bandwidth = copy_bandwidth(device)
     model = random_model(model_config, device, dtype)
     sparse = UniqueConfig(page_size=args.page_size, budget_tokens=args.budget)
     rows = []
     for context in sorted(args.contexts):
         config = EngineConfig(
-            attention="dense", sparse=sparse, device=str(device), max_context=context + margin,
+            attention="dense", sparse=sparse, device=str(device), max_context=context,
             max_batch=max(args.batches), cuda_graphs=not args.no_graphs,
         )
         engine = LLMEngine(model, config)
         seqs = [engine.new_sequence() for _ in range(max(args.batches))]
-        fill_random_context(engine, seqs, context, seed=context)
+        fill_random_context(engine, seqs, context - margin, seed=context)
         for attention in ("dense", "unique"):
             engine.set_attention(attention, sparse)
             for batch in args.batches:
                 step_s = time_decode(engine, seqs[:batch], args.steps, args.warmup)
-                moved = floor_bytes(model, model_config, batch, context, None if attention == "dense" else sparse,
+                moved = floor_bytes(model, model_config, batch, context - margin, None if attention == "dense" else sparse,
                                     args.page_size, engine.cache.k.element_size())
                 floor_s = sum(moved.values()) / bandwidth
-                rows.append(dict(context=context, batch=batch, attention=attention, ms_per_step=step_s * 1e3,
+                rows.append(dict(context=context, cached=context - margin, batch=batch, attention=attention, ms_per_step=step_s * 1e3,
                                  tokens_per_s=batch / step_s, floor_ms=floor_s * 1e3, over_floor=step_s / floor_s,
                                  bytes_weights=moved["weights"], bytes_kv=moved["kv"], bytes_stats=moved["stats"],
                                  budget=args.budget if attention == "unique" else None))
+                if args.profile and device.type == "cuda":
+                    rows[-1]["profile"] = profile_decode(engine, seqs[:batch], args.steps)
                 log.info("%s", rows[-1])
         del engine, seqs
         if device.type == "cuda":
@@ -202,6 +229,13 @@ def main(argv=None) -> None:
     print(f"\n{meta['device']}, copy bandwidth {meta['copy_bandwidth_tbs']:.2f} TB/s, budget {args.budget} tokens, "
           f"page {args.page_size}, {meta['dtype']}, CUDA graphs {meta['cuda_graphs']}")
     print(table(rows))
+    for row in rows:
+        if "profile" in row:
+            prof = row["profile"]
+            print(f"\n{row['context']} B={row['batch']} {row['attention']}: {row['ms_per_step']:.2f} ms/step, device busy "
+                  f"{prof['busy_ms_per_step']:.2f} ms, {prof['kernels_per_step']:.0f} kernels/step")
+            for kernel in prof["top"]:
+                print(f"  {kernel['us_per_step']:8.1f} us {kernel['per_step']:6.1f}x  {kernel['name']}")
 
 
 if __name__ == "__main__":

@@ -169,6 +169,55 @@ def test_stop_tokens_end_generation_and_are_not_returned(tmp_path):
     assert stopped == free_run[:first]
 
 
+@pytest.mark.parametrize("attention", ["dense", "unique"])
+def test_decode_ahead_rolls_back_stop_tokens(tmp_path, attention):
+    """Decoding ahead (as on CUDA) feeds each step before reading the previous tokens; a stop token fed
+    that way is taken back out: outputs, cache lengths, next logits and later generation all equal the
+    plain loop's, for a batch whose rows stop at different steps."""
+    save_tiny_model("llama", tmp_path)
+    prompts = [token_ids(12, seed=6), token_ids(9, seed=9), token_ids(20, seed=14)]
+    free = engine_for(tmp_path, attention=attention, budget=8).generate_batch(
+        prompts, SamplingParams(max_tokens=10, ignore_eos=True))
+    stop0, stop1 = free[0][5], free[1][3]
+    params = [SamplingParams(max_tokens=10, stop_token_ids=(stop0,)),
+              SamplingParams(max_tokens=10, stop_token_ids=(stop1,)),
+              SamplingParams(max_tokens=7, ignore_eos=True)]
+    results = {}
+    for ahead in (False, True):
+        engine = engine_for(tmp_path, attention=attention, budget=8)
+        engine.decode_ahead = ahead
+        seqs = [engine.new_sequence() for _ in prompts]
+        for seq, prompt in zip(seqs, prompts):
+            engine.append(seq, token_ids=prompt)
+        outputs = engine.generate_many(seqs, params)
+        state = [(seq.num_tokens, engine.cache.seq_lens[seq.seq_id], seq.next_logits.clone()) for seq in seqs]
+        after = engine.generate_many(seqs, [SamplingParams(max_tokens=3, ignore_eos=True)] * 3)
+        results[ahead] = outputs, state, after
+    (plain, plain_state, plain_after), (ahead, ahead_state, ahead_after) = results[False], results[True]
+    assert plain == ahead and plain_after == ahead_after
+    assert [len(out) for out in ahead] == [free[0].index(stop0), free[1].index(stop1), 7]
+    assert len(ahead[0]) != len(ahead[1])  # rows stopped at different steps
+    for (n, cached, logits), (n2, cached2, logits2) in zip(plain_state, ahead_state):
+        assert n == cached == n2 == cached2
+        assert_close(logits2, logits, torch.float32)
+
+
+def test_decode_ahead_keeps_cache_in_step_when_a_callback_raises(tmp_path):
+    save_tiny_model("llama", tmp_path)
+    engine = engine_for(tmp_path)
+    engine.decode_ahead = True
+    seq = engine.new_sequence()
+    engine.append(seq, token_ids=token_ids(12))
+
+    def interrupt(_row, _token):
+        if len(seq.token_ids) > 15:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.generate_many([seq], [SamplingParams(max_tokens=20, ignore_eos=True)], interrupt)
+    assert seq.num_tokens == engine.cache.seq_lens[seq.seq_id] == len(seq.token_ids) == 16
+
+
 def test_context_limit_raises_clear_error(tmp_path):
     save_tiny_model("llama", tmp_path, max_context=64)
     engine = engine_for(tmp_path)

@@ -61,6 +61,9 @@ class LLMEngine:
         self._scratch_seq = self.cache.add_sequence()  # padded CUDA-graph rows write here
         self.cache.reserve([self._scratch_seq], [1])
         self._runners: dict[UniqueConfig | None, ModelRunner] = {}
+        # queue each decode step before reading the previous step's tokens (``generate_many``): pays on
+        # CUDA, where the device runs while the host reads; on the CPU it would only add a step per stop
+        self.decode_ahead = self.device.type == "cuda"
         self.set_attention(config.attention, config.sparse)
 
     def set_attention(self, attention: str, sparse: UniqueConfig | None = None) -> None:
@@ -181,7 +184,14 @@ class LLMEngine:
         params: list[SamplingParams],
         on_token: Callable[[int, int], None] | None = None,
     ) -> list[list[int]]:
-        """Decode several existing sequences together (at most ``max_batch``); one host sync per step."""
+        """Decode several existing sequences together (at most ``max_batch``).
+
+        With ``decode_ahead`` (CUDA) the host never waits for the step it launches: a step's forward is queued with the
+        tokens the previous step picked still on the device, and the host reads those tokens (a pinned
+        copy) while the device runs. A row whose token turns out to be a stop token was then fed one
+        token too many: its cache is rolled back and its ``next_logits`` restored. Without it (CPU, where
+        nothing overlaps) the tokens are read first and stop tokens are never fed.
+        """
         if len(seqs) > self.config.max_batch:
             raise ValueError(f"{len(seqs)} sequences exceed max_batch={self.config.max_batch}")
         if any(seq.next_logits is None for seq in seqs):
@@ -190,39 +200,59 @@ class LLMEngine:
         stops = [set(p.stop_token_ids) | (set() if p.ignore_eos else eos) for p in params]
         outputs: list[list[int]] = [[] for _ in seqs]
         generator = self._generator(params)
-        active = [i for i, p in enumerate(params) if p.max_tokens > 0]
-        while active:
-            logits = torch.stack([seqs[i].next_logits for i in active])
-            all_greedy = all(params[i].temperature == 0 for i in active)
-            if all_greedy:
-                tokens = logits.argmax(dim=-1).tolist()  # the step's one host sync
-            else:
-                temperatures = torch.tensor([params[i].temperature for i in active], device=self.device)
-                top_ps = torch.tensor([params[i].top_p for i in active], device=self.device)
-                tokens = sample(logits, temperatures, top_ps, False, generator).tolist()
-            feed: list[int] = []
-            for i, token in zip(active, tokens):
-                if token in stops[i]:
-                    continue
-                outputs[i].append(token)
-                if on_token:
-                    on_token(i, token)
-                if seqs[i].num_tokens < self.max_context:
-                    feed.append(i)
-            if not feed:
-                break
-            fed_tokens = torch.tensor([outputs[i][-1] for i in feed], dtype=torch.int64, device=self.device)
-            next_logits = self.runner.decode([seqs[i].seq_id for i in feed], fed_tokens)
-            for row, i in enumerate(feed):
-                seq = seqs[i]
-                seq.num_tokens += 1
-                seq.token_ids.append(outputs[i][-1])
-                seq.next_logits = next_logits[row]
-                read, dense = self.runner.pages_read(seq.num_tokens)
-                seq.pages_read += read
-                seq.pages_dense += dense
-            active = [i for i in feed if len(outputs[i]) < params[i].max_tokens and seqs[i].num_tokens < self.max_context]
+        rows = [i for i, p in enumerate(params) if p.max_tokens > 0]
+        step = self._pick(rows, torch.stack([seqs[i].next_logits for i in rows]), params, generator) if rows else None
+        while step is not None:
+            tokens = None if self.decode_ahead else step.host_tokens()
+            fed = [r for r, i in enumerate(step.rows) if seqs[i].num_tokens < self.max_context
+                   and (tokens is None or tokens[r] not in stops[i])]
+            launched = None
+            if fed:
+                feed = step.select(fed)
+                logits = self.runner.decode([seqs[i].seq_id for i in feed.rows], feed.tokens)
+                launched = self._pick(feed.rows, logits, params, generator)
+            row_of = {i: r for r, i in enumerate(launched.rows)} if launched else {}
+            try:
+                tokens = step.host_tokens() if tokens is None else tokens
+                keep = []
+                for r, (i, token) in enumerate(zip(step.rows, tokens)):
+                    seq = seqs[i]
+                    if token in stops[i]:
+                        if row_of.pop(i, None) is not None:  # fed ahead: take it back out of the cache
+                            self.cache.truncate(seq.seq_id, seq.num_tokens)
+                            self._invalidate_page_tables()
+                        seq.next_logits = step.logits[r]
+                        continue
+                    outputs[i].append(token)
+                    if i in row_of:
+                        next_row = row_of.pop(i)
+                        seq.num_tokens += 1
+                        seq.token_ids.append(token)
+                        seq.next_logits = launched.logits[next_row]
+                        read, dense = self.runner.pages_read(seq.num_tokens)
+                        seq.pages_read += read
+                        seq.pages_dense += dense
+                        if len(outputs[i]) < params[i].max_tokens and seq.num_tokens < self.max_context:
+                            keep.append(next_row)
+                    if on_token:
+                        on_token(i, token)
+            finally:  # rows fed but not accounted (a callback raised): keep cache and sequence in step
+                for i in row_of:
+                    self.cache.truncate(seqs[i].seq_id, seqs[i].num_tokens)
+                    self._invalidate_page_tables()
+            step = launched.select(keep) if keep else None
         return outputs
+
+    def _pick(self, rows: list[int], logits: torch.Tensor, params: list[SamplingParams],
+              generator: torch.Generator | None) -> "_PickedTokens":
+        """Tokens for ``rows`` (indices into ``params``) from their logits [len(rows), vocab], on device."""
+        if all(params[i].temperature == 0 for i in rows):
+            tokens = logits.argmax(dim=-1)
+        else:
+            temperatures = torch.tensor([params[i].temperature for i in rows], device=self.device)
+            top_ps = torch.tensor([params[i].top_p for i in rows], device=self.device)
+            tokens = sample(logits, temperatures, top_ps, False, generator)
+        return _PickedTokens.start(rows, logits, tokens)
 
     def _generator(self, params: list[SamplingParams]) -> torch.Generator | None:
         seeds = [p.seed for p in params if p.seed is not None]
@@ -233,3 +263,42 @@ class LLMEngine:
         """Token ids of ``messages`` in the model's chat template, ending with the assistant turn's start."""
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+
+class _PickedTokens:
+    """Tokens picked for ``rows`` (indices into ``generate_many``'s sequences) and the logits they came
+    from, on the device, with their copy to a (pinned) host buffer in flight.
+
+    logits: [len(rows), vocab] float32; tokens: [len(rows)] int64; host_index: each row's place in
+    ``host`` (a subset shares its parent's copy).
+    """
+
+    def __init__(self, rows, logits, tokens, host, host_index, ready) -> None:
+        self.rows, self.logits, self.tokens = rows, logits, tokens
+        self.host, self.host_index, self.ready = host, host_index, ready
+
+    @classmethod
+    def start(cls, rows: list[int], logits: torch.Tensor, tokens: torch.Tensor) -> "_PickedTokens":
+        cuda = tokens.device.type == "cuda"
+        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=cuda)
+        host.copy_(tokens, non_blocking=cuda)
+        ready = None
+        if cuda:
+            ready = torch.cuda.Event()
+            ready.record()
+        return cls(rows, logits, tokens, host, list(range(len(rows))), ready)
+
+    def host_tokens(self) -> list[int]:
+        """The token ids (waits for the device to have picked them)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        values = self.host.tolist()
+        return [values[j] for j in self.host_index]
+
+    def select(self, keep: list[int]) -> "_PickedTokens":
+        """The rows at positions ``keep`` (no device work when that is every row)."""
+        if keep == list(range(len(self.rows))):
+            return self
+        index = torch.tensor(keep, device=self.tokens.device)
+        return _PickedTokens([self.rows[r] for r in keep], self.logits[index], self.tokens[index], self.host,
+                             [self.host_index[r] for r in keep], self.ready)
