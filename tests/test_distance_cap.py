@@ -8,7 +8,8 @@ import torch
 from asr.attention.append import page_key_stats
 from asr.llm.config import SamplingParams
 from asr.llm.distance_cap import DistanceCap, rotate_keys
-from asr.llm.model import RotaryEmbedding, apply_rotary
+from asr.llm.layers import apply_rotary
+from asr.llm.model import RotaryEmbedding
 from tests.test_llm_engine import engine_for, save_tiny_model, token_ids
 from tests.tolerances import assert_close
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from asr.attention.append import NUM_STATS, append_kv, page_key_stats
+from asr.attention.transfer import to_device
 from asr.errors import CacheCapacityError
 
 
@@ -113,7 +114,7 @@ class PagedKVCache:
             start = self.seq_lens[seq_id]
             slots.extend(pages[pos // size] * size + pos % size for pos in range(start, start + count))
             self.seq_lens[seq_id] = start + count
-        return torch.tensor(slots, dtype=torch.int64, device=self.k.device)
+        return to_device(slots, torch.int64, self.k.device)
 
     def truncate(self, seq_id: int, length: int) -> None:
         """Drop a sequence's tokens from ``length`` on (e.g. a generation loop that was cut out),
@@ -127,8 +128,8 @@ class PagedKVCache:
         del pages[keep:]
         self.seq_lens[seq_id] = length
         if length % size:
-            last = torch.tensor([pages[-1]], device=self.k.device)
-            fill = torch.tensor([length % size], device=self.k.device)
+            last = to_device([pages[-1]], torch.int64, self.k.device)
+            fill = to_device([length % size], torch.int64, self.k.device)
             for layer in range(self.shape.num_layers):
                 self.key_stats[layer, last] = page_key_stats(self.k[layer, last], fill).to(self.key_stats.dtype)
 
@@ -143,8 +144,8 @@ class PagedKVCache:
         for row, seq_id in enumerate(seq_ids):
             pages = self.seq_pages[seq_id]
             table[row, : len(pages)] = torch.tensor(pages, dtype=torch.int32)
-        return table.to(self.k.device)
+        return to_device(table, torch.int32, self.k.device)
 
     def lengths(self, seq_ids: list[int]) -> torch.Tensor:
         """[batch] int32 token counts."""
-        return torch.tensor([self.seq_lens[s] for s in seq_ids], dtype=torch.int32, device=self.k.device)
+        return to_device([self.seq_lens[s] for s in seq_ids], torch.int32, self.k.device)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from asr.attention import CacheShape, PagedKVCache, UniqueConfig
+from asr.attention.transfer import to_device
 from asr.errors import ContextLengthError
 from asr.llm.config import EngineConfig, ModelConfig, SamplingParams
 from asr.llm.distance_cap import DistanceCap, cap_distances
@@ -249,8 +250,8 @@ class LLMEngine:
         if all(params[i].temperature == 0 for i in rows):
             tokens = logits.argmax(dim=-1)
         else:
-            temperatures = torch.tensor([params[i].temperature for i in rows], device=self.device)
-            top_ps = torch.tensor([params[i].top_p for i in rows], device=self.device)
+            temperatures = to_device([params[i].temperature for i in rows], torch.float32, self.device)
+            top_ps = to_device([params[i].top_p for i in rows], torch.float32, self.device)
             tokens = sample(logits, temperatures, top_ps, False, generator)
         return _PickedTokens.start(rows, logits, tokens)
 
@@ -299,6 +300,6 @@ class _PickedTokens:
         """The rows at positions ``keep`` (no device work when that is every row)."""
         if keep == list(range(len(self.rows))):
             return self
-        index = torch.tensor(keep, device=self.tokens.device)
+        index = to_device(keep, torch.int64, self.tokens.device)
         return _PickedTokens([self.rows[r] for r in keep], self.logits[index], self.tokens[index], self.host,
                              [self.host_index[r] for r in keep], self.ready)

@@ -14,10 +14,14 @@ from torch import nn
 
 from asr.llm.attention import StepContext, paged_attention
 from asr.llm.config import ModelConfig
+from asr.llm.layers import add_rms_norm, rotate, silu_mul
 
 
 class RMSNorm(nn.Module):
-    """x * rsqrt(mean(x^2) + eps) * weight, computed in float32 like transformers."""
+    """x * rsqrt(mean(x^2) + eps) * weight, computed in float32 like transformers.
+
+    ``forward(x)`` normalises any [..., size]; ``add(x, residual)`` is the decoder's residual add +
+    norm (one kernel on CUDA), returning (normed sum, sum)."""
 
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -25,8 +29,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # one fused kernel where torch has it (decode runs ~2 norms per layer: launches matter)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class RotaryEmbedding(nn.Module):
@@ -54,12 +60,6 @@ class RotaryEmbedding(nn.Module):
         return cos.to(dtype), signed_sin.to(dtype)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """x: [tokens, heads, head_dim]; cos, signed_sin: [tokens, 1, head_dim] (three kernels)."""
-    rolled = torch.roll(x, x.shape[-1] // 2, dims=-1)  # (x2, x1)
-    return torch.addcmul(x * cos, rolled, signed_sin)
-
-
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
@@ -79,12 +79,12 @@ class Attention(nn.Module):
         v = qkv[:, self.split[0] + self.split[1] :].view(tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is None:  # rotate q and k together: one set of launches per layer
             qk = qkv[:, : self.split[0] + self.split[1]].view(tokens, self.num_heads + self.num_kv_heads, self.head_dim)
-            q, k = apply_rotary(qk, cos, sin).split((self.num_heads, self.num_kv_heads), dim=1)
+            q, k = rotate(qk, cos, sin).split((self.num_heads, self.num_kv_heads), dim=1)
         else:
             q, k, _ = qkv.split(self.split, dim=-1)
             q = self.q_norm(q.view(tokens, self.num_heads, self.head_dim))
             k = self.k_norm(k.view(tokens, self.num_kv_heads, self.head_dim))
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         out = paged_attention(q, k, v, ctx, self.layer, self.scale)
         return self.o_proj(out.reshape(tokens, -1))
 
@@ -96,8 +96,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -108,9 +107,13 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, ctx)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden: this layer's input not yet added to ``residual`` (the stream so far; None at the first
+        layer). Returns the MLP output and the stream before it, for the next layer to add."""
+        normed, residual = self.input_layernorm.add(hidden, residual)
+        normed, residual = self.post_attention_layernorm.add(self.self_attn(normed, cos, sin, ctx), residual)
+        return self.mlp(normed), residual
 
 
 class CausalLM(nn.Module):
@@ -133,9 +136,10 @@ class CausalLM(nn.Module):
         Returns the final hidden states [tokens, hidden_size] (``logits`` maps the ones that need it).
         """
         cos, sin = self.rotary(positions, hidden.dtype)
+        residual = None
         for layer in self.layers:
-            hidden = layer(hidden, cos, sin, ctx)
-        return self.norm(hidden)
+            hidden, residual = layer(hidden, residual, cos, sin, ctx)
+        return self.norm.add(hidden, residual)[0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [n, hidden_size] -> [n, vocab_size] float32."""

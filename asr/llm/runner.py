@@ -13,6 +13,7 @@ import math
 import torch
 
 from asr.attention import DecodeMetadata, PagedKVCache, UniqueConfig
+from asr.attention.transfer import to_device
 from asr.llm.attention import StepContext
 from asr.llm.model import CausalLM
 
@@ -73,7 +74,7 @@ class ModelRunner:
 
     def _context_slots(self, seq_id: int, length: int) -> torch.Tensor:
         """[length] int64 physical slots of a sequence's first ``length`` tokens."""
-        pages = torch.tensor(self.cache.seq_pages[seq_id], dtype=torch.int64, device=self.device)
+        pages = to_device(self.cache.seq_pages[seq_id], torch.int64, self.device)
         offsets = torch.arange(self.page_size, device=self.device)
         return (pages[:, None] * self.page_size + offsets[None, :]).flatten()[:length]
 
@@ -87,7 +88,7 @@ class ModelRunner:
         slot_mapping = self.cache.reserve(seq_ids, [1] * batch)
         page_table = self._update_page_table(seq_ids)
         # one host-to-device copy for the per-step integers
-        step = torch.tensor([lengths, [n + 1 for n in lengths]], dtype=torch.int64).to(self.device, non_blocking=True)
+        step = to_device([lengths, [n + 1 for n in lengths]], torch.int64, self.device)
         positions, seq_lens = step[0], step[1].int()
         bucket = self._bucket(batch)
         if bucket is None:
@@ -121,7 +122,7 @@ class ModelRunner:
                 for col in range(self._table_counts[row], count):
                     rows.append(row), cols.append(col), pages.append(self.cache.seq_pages[seq_id][col])
             if pages:
-                update = torch.tensor([rows, cols, pages], dtype=torch.int64).to(self.device)
+                update = to_device([rows, cols, pages], torch.int64, self.device)
                 table[update[0], update[1]] = update[2].int()
         self._table_seqs, self._table_counts = list(seq_ids), counts
         return table
