@@ -97,7 +97,8 @@ def restore(saved: list[tuple]) -> None:
 
 
 SWEEP = [[], ["scoring.SCORE_PROGRAMS_PER_SM=2"], ["scoring.ONE_HEAD_PAGES_PER_TILE=128"],
-         ["scoring.SPLIT_HEADS_MAX_ROWS_PER_SM=0"], ["scoring.SCORE_STAGES=1"], ["scoring.SCORE_WARPS=4"],
+         ["scoring.SPLIT_HEADS_MAX_ROWS_PER_SM=0"], ["scoring.SCORE_STAGES=1"], ["scoring.ONE_HEAD_WARPS=4"],
+         ["scoring.ALL_HEADS_WARPS=8"],
          ["selection.SEARCH_WAYS=8"], ["decode.TOKENS_PER_TILE=128"]]
 
 

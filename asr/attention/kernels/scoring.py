@@ -37,16 +37,18 @@ from asr.attention.kernels.common import (
 )
 
 METHOD_GAUSS, METHOD_L1, METHOD_QUEST, METHOD_MEAN = 0, 1, 2, 3
-STAT_ROWS_PER_TILE = 32  # (page, kv head) stat rows per loop step: 4 pages of 8 heads (61 registers on sm_90; 64 rows: 122)
-ONE_HEAD_PAGES_PER_TILE = 64  # the same with one kv head per program
-TUNED_HEAD_DIM = 128  # the two above were tuned at this head size; smaller heads take proportionally more
-# rows so that a loop step loads as many bytes (Llama-3.2-1B, d=64, 128k B=8: 51 us per layer with 32 rows)
+ONE_HEAD_PAGES_PER_TILE = 64  # pages per loop step with one kv head per program (tuned at head_dim 128, 8 warps)
+TUNED_HEAD_DIM = 128  # smaller heads take proportionally more pages per step in the one-head layout
+ONE_HEAD_WARPS = 8  # 128k B=1 P32 d=128: 15.5 us; 4 warps: 17.2
+# every kv head per program: [pages, heads, head_dim] tiles of this many elements and 4 warps (H100, 128k
+# B=8 P32, contiguous pages: d=128 62 us against 77 with 32-row tiles and 8 warps; d=64 42 against 57)
+ALL_HEADS_TILE_ELEMENTS = 16384
+ALL_HEADS_WARPS = 4
 # one kv head per program while batch * kv_heads <= this share of the SMs (H100, 128k, P32: at B=1
 # 15.5 us against 23.4 with all 8 heads per program; at B=8 85 us against 77; at B=32 316 against 235)
 SPLIT_HEADS_MAX_ROWS_PER_SM = 0.25
 SCORE_PROGRAMS_PER_SM = 4  # the grid covers the SMs about this many times
 MAX_PAGES_PER_PROGRAM = 1024  # longest run of pages one program scores
-SCORE_WARPS = 8
 SCORE_STAGES = 3  # software pipelining depth of the tile loop
 
 
@@ -154,8 +156,10 @@ def score_pages_triton(q: torch.Tensor, key_stats: torch.Tensor, page_table: tor
     sms = num_sms(q.device)
     block_h = next_power_of_2(plan_heads_per_program(batch, kv_heads, sms))
     head_groups = triton.cdiv(kv_heads, block_h)
-    rows_scale = max(1, TUNED_HEAD_DIM // head_dim)
-    block_p = rows_scale * (ONE_HEAD_PAGES_PER_TILE if block_h == 1 else max(1, STAT_ROWS_PER_TILE // block_h))
+    if block_h == 1:
+        block_p, warps = ONE_HEAD_PAGES_PER_TILE * max(1, TUNED_HEAD_DIM // head_dim), ONE_HEAD_WARPS
+    else:
+        block_p, warps = max(1, ALL_HEADS_TILE_ELEMENTS // (block_h * head_dim)), ALL_HEADS_WARPS
     pages_per_program = plan_pages_per_program(batch * head_groups, max_pages, block_p, sms)
     _score_pages_kernel[(batch, head_groups, triton.cdiv(max_pages, pages_per_program))](
         q, key_stats, page_table, seq_lens, scores,
@@ -163,6 +167,6 @@ def score_pages_triton(q: torch.Tensor, key_stats: torch.Tensor, page_table: tor
         q.stride(0), q.stride(1), key_stats.stride(0), key_stats.stride(1), page_table.stride(0),
         KV_HEADS=kv_heads, BLOCK_H=block_h, GROUP=group, BLOCK_G=next_power_of_2(group), HEAD_DIM=head_dim,
         BLOCK_P=block_p, METHOD=method, ROW_A=row_a, ROW_B=row_b,
-        num_warps=SCORE_WARPS, num_stages=1 if interpreting() else SCORE_STAGES,
+        num_warps=warps, num_stages=1 if interpreting() else SCORE_STAGES,
     )
     return scores
