@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=2048, help="UNIQUE tokens read per step and kv head")
     parser.add_argument("--page-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=32, help="timed decode steps per setting")
-    parser.add_argument("--warmup", type=int, default=4, help="untimed decode steps per setting")
+    parser.add_argument("--warmup", type=int, default=16, help="untimed decode steps per setting (clocks ramp up)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no-graphs", action="store_true", help="eager decode (no CUDA graphs)")
     parser.add_argument("--output", type=Path, default=Path("eval/results"), help="directory for bench_decode.json")
