@@ -1,4 +1,4 @@
-from asr.speech.repetition import LoopConfig, loop_start, token_budget
+from asr.speech.repetition import LoopConfig, compression_ratio, loop_start, repetitive, token_budget
 
 
 def test_detects_a_phrase_loop_and_keeps_one_copy():
@@ -28,3 +28,23 @@ def test_loop_found_only_at_the_end():
 def test_budget_grows_with_duration():
     config = LoopConfig(tokens_per_second=10, extra_tokens=20)
     assert token_budget(0, config) == 20 and token_budget(30, config) == 320
+
+
+def test_loop_whose_last_copy_was_cut_short():
+    """Generation that hits its token budget stops mid-copy: still a loop."""
+    phrase = [5, 6, 7, 8, 9]
+    tokens = [1, 2] + phrase * 4 + phrase[:3]
+    start = loop_start(tokens)
+    assert start == 2 + len(phrase)
+    assert loop_start([1, 2] + phrase * 3 + phrase[:3]) is None  # three and a half copies
+
+
+def test_compression_ratio_flags_varied_repeats_but_not_speech():
+    varied = " ".join(['"He is the rider."' if i % 3 else "He is the rider." for i in range(16)])
+    speech = ("And so, my fellow Americans, ask not what your country can do for you, ask what you can do "
+              "for your country. The invention of movable metal letters in the middle of the fifteenth "
+              "century may justly be considered as the invention of the art of printing.")
+    assert loop_start(list(varied.encode())) is None  # no exact loop at the end
+    assert repetitive(varied) and compression_ratio(varied) > 5
+    assert not repetitive(speech) and compression_ratio(speech) < 2
+    assert compression_ratio("") == 0.0

@@ -2,9 +2,10 @@
 
 Audio is cut at pauses into chunks (``asr.speech.segmenter``); each chunk's audio embeddings are
 appended to the session's sequence and its transcript is generated right after, so every chunk
-sees all earlier audio and text. Runaway output is cut: a repeating n-gram loop is removed (one
-copy kept) and the chunk is decoded once more with sampling; a transcript past the chunk's token
-budget is stopped. Silence is never sent to the model. Timestamps come from sample positions, so
+sees all earlier audio and text. Runaway output is cut: a transcript that ends in a repeating
+n-gram loop, or whose text compresses like one (Whisper's compression-ratio test), is decoded once
+more with sampling, and a loop left at the end of that is removed (one copy kept); a transcript
+past the chunk's token budget is stopped. Silence is never sent to the model. Timestamps come from sample positions, so
 they cannot drift. Past the distances the model was trained on, old pages are moved closer before
 each chunk (``asr.llm.distance_cap``), so an hour stays in one context without leaving that range.
 """
@@ -19,7 +20,7 @@ import torch
 from asr.llm.config import SamplingParams
 from asr.llm.distance_cap import DistanceCap
 from asr.speech.model import SpeechModel
-from asr.speech.repetition import LoopConfig, loop_start, token_budget
+from asr.speech.repetition import LoopConfig, loop_start, repetitive, token_budget
 from asr.transcript import Segment
 
 RETRY_SAMPLING = dict(temperature=0.5, top_p=0.95, seed=0)  # second try after a loop, as Whisper's fallback
@@ -82,8 +83,7 @@ class LongformSession:
                                                   engine.embed_tokens(prompt.after_audio)]))
         before = self.seq.num_tokens
         tokens = self._generate(seconds, {})
-        cut = loop_start(tokens, self.loop)
-        if cut is not None:
+        if loop_start(tokens, self.loop) is not None or repetitive(self._text(tokens), self.loop):
             self.stats.loops_cut += 1
             # drop the loop, and re-append the prompt's last token to get its next-token logits back
             engine.truncate(self.seq, before - 1)
@@ -99,5 +99,8 @@ class LongformSession:
         self.stats.chunks += 1
         self.stats.audio_tokens += embeds.shape[0]
         self.stats.text_tokens += len(tokens)
-        text = engine.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        text = self._text(tokens)
         return Segment(start_s, start_s + seconds, text) if text else None
+
+    def _text(self, tokens: list[int]) -> str:
+        return self.engine.tokenizer.decode(tokens, skip_special_tokens=True).strip()
