@@ -36,7 +36,15 @@ def test_loop_whose_last_copy_was_cut_short():
     tokens = [1, 2] + phrase * 4 + phrase[:3]
     start = loop_start(tokens)
     assert start == 2 + len(phrase)
-    assert loop_start([1, 2] + phrase * 3 + phrase[:3]) is None  # three and a half copies
+    assert loop_start([1, 2] + phrase * 3 + phrase[:1]) is None  # three copies and a token
+
+
+def test_loop_whose_first_copy_starts_differently():
+    """A repeated sentence's first token merges with what precedes it: three exact copies and a
+    variant first one still make a loop of four."""
+    phrase = [5, 6, 7, 8, 9, 10, 11, 12]
+    tokens = [1, 2, 99] + phrase[1:] + phrase * 3
+    assert loop_start(tokens) == len(tokens) - 3 * len(phrase) + 1
 
 
 def test_compression_ratio_flags_varied_repeats_but_not_speech():
@@ -44,7 +52,6 @@ def test_compression_ratio_flags_varied_repeats_but_not_speech():
     speech = ("And so, my fellow Americans, ask not what your country can do for you, ask what you can do "
               "for your country. The invention of movable metal letters in the middle of the fifteenth "
               "century may justly be considered as the invention of the art of printing.")
-    assert loop_start(list(varied.encode())) is None  # no exact loop at the end
     assert repetitive(varied) and compression_ratio(varied) > 5
     assert not repetitive(speech) and compression_ratio(speech) < 2
     assert compression_ratio("") == 0.0
