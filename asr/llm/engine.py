@@ -187,11 +187,11 @@ class LLMEngine:
     ) -> list[list[int]]:
         """Decode several existing sequences together (at most ``max_batch``).
 
-        With ``decode_ahead`` (CUDA) the host never waits for the step it launches: a step's forward is queued with the
-        tokens the previous step picked still on the device, and the host reads those tokens (a pinned
-        copy) while the device runs. A row whose token turns out to be a stop token was then fed one
-        token too many: its cache is rolled back and its ``next_logits`` restored. Without it (CPU, where
-        nothing overlaps) the tokens are read first and stop tokens are never fed.
+        With ``decode_ahead`` (CUDA) the host never waits for the step it launches: a step's forward is
+        queued with the tokens the previous step picked still on the device, and the host reads those
+        tokens (a pinned copy) while the device runs. A row whose token turns out to be a stop token was
+        then fed one token too many: its cache is rolled back and its ``next_logits`` restored. Without
+        it (CPU, where nothing overlaps) the tokens are read first and stop tokens are never fed.
         """
         if len(seqs) > self.config.max_batch:
             raise ValueError(f"{len(seqs)} sequences exceed max_batch={self.config.max_batch}")

@@ -42,7 +42,8 @@ def add_rms_norm_triton(x: torch.Tensor, residual: torch.Tensor | None, weight: 
     if residual is not None:
         check_contiguous("residual", residual)
         if residual.shape != x.shape or residual.dtype != x.dtype:
-            raise ValueError(f"residual {tuple(residual.shape)} {residual.dtype} must match x {tuple(x.shape)} {x.dtype}")
+            raise ValueError(f"residual {tuple(residual.shape)} {residual.dtype} must match "
+                             f"x {tuple(x.shape)} {x.dtype}")
     tokens, size = x.shape
     out = torch.empty_like(x)
     total = torch.empty_like(x) if residual is not None else x
