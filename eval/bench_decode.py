@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=2048, help="UNIQUE tokens read per step and kv head")
     parser.add_argument("--page-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=32, help="timed decode steps per setting")
-    parser.add_argument("--warmup", type=int, default=16, help="untimed decode steps per setting (clocks ramp up)")
+    parser.add_argument("--warmup", type=int, default=16, help="untimed decode steps per setting")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no-graphs", action="store_true", help="eager decode (no CUDA graphs)")
     parser.add_argument("--output", type=Path, default=Path("eval/results"), help="directory for bench_decode.json")
@@ -97,9 +97,14 @@ def fill_random_context(engine: LLMEngine, seqs, context: int, seed: int = 0) ->
             cache.v[layer, chunk] = torch.randn(shape, generator=gen, device=chunk.device, dtype=cache.v.dtype)
             stats = page_key_stats(cache.k[layer, chunk], fill[: len(chunk)])
             cache.key_stats[layer, chunk] = stats.to(cache.key_stats.dtype)
-    for seq in seqs:  # the last page of each sequence is partial when context % page_size
+    roll_back(engine, seqs, context)  # the last page of each sequence is partial when context % page_size
+
+
+def roll_back(engine: LLMEngine, seqs, context: int) -> None:
+    """Cut every sequence back to ``context`` cached tokens, ready to decode (zero next logits)."""
+    for seq in seqs:
         engine.truncate(seq, context)
-        seq.next_logits = torch.zeros(engine.model_config.vocab_size, device=cache.k.device)
+        seq.next_logits = torch.zeros(engine.model_config.vocab_size, device=engine.device)
 
 
 def floor_bytes(model: torch.nn.Module, config: ModelConfig, batch: int, context: int, sparse: UniqueConfig | None,
@@ -130,9 +135,7 @@ def time_decode(engine: LLMEngine, seqs, steps: int, warmup: int) -> float:
     elapsed = time.perf_counter() - start
     if any(len(tokens) != steps for tokens in outputs):
         raise RuntimeError(f"decoded {[len(t) for t in outputs]} tokens instead of {steps} (context limit?)")
-    for seq in seqs:
-        engine.truncate(seq, context)
-        seq.next_logits = torch.zeros(engine.model_config.vocab_size, device=engine.device)
+    roll_back(engine, seqs, context)
     # generate_many feeds every returned token: ``steps`` forwards (the first token comes from next_logits)
     return elapsed / steps
 
@@ -146,9 +149,7 @@ def profile_decode(engine: LLMEngine, seqs, steps: int, top: int = 12) -> dict:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         engine.generate_many(seqs, [SamplingParams(max_tokens=steps, ignore_eos=True)] * len(seqs))
         torch.cuda.synchronize()
-    for seq in seqs:
-        engine.truncate(seq, context)
-        seq.next_logits = torch.zeros(engine.model_config.vocab_size, device=engine.device)
+    roll_back(engine, seqs, context)
     kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
     kernels.sort(key=lambda e: -e.self_device_time_total)
     return dict(busy_ms_per_step=sum(e.self_device_time_total for e in kernels) / 1e3 / steps,

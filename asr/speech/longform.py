@@ -5,8 +5,8 @@ appended to the session's sequence and its transcript is generated right after, 
 sees all earlier audio and text. Runaway output is cut: a transcript that ends in a repeating
 n-gram loop, or whose text compresses like one (Whisper's compression-ratio test), is decoded once
 more with sampling, and a loop left at the end of that is removed (one copy kept); a transcript
-past the chunk's token budget is stopped. Silence is never sent to the model. Timestamps come from sample positions, so
-they cannot drift. Past the distances the model was trained on, old pages are moved closer before
+past the chunk's token budget is stopped. Silence is never sent to the model. Timestamps come
+from sample positions, so they cannot drift. Past the distances the model was trained on, old pages are moved closer before
 each chunk (``asr.llm.distance_cap``), so an hour stays in one context without leaving that range.
 """
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 class LoopConfig:
     """max_ngram: longest repeating unit looked for, in tokens (a whole repeated sentence);
     min_repeats: consecutive copies of a unit of 2+ tokens that make a loop; min_single_repeats:
-    copies of a single token that do
-    (``no no no`` is speech, sixteen of them are not); tokens_per_second / extra_tokens: a chunk
-    whose transcript outgrows ``seconds * tokens_per_second + extra_tokens`` is runaway output
-    (fast speech is about 4 words, 5-6 tokens, per second); max_compression_ratio: a transcript
-    whose text compresses better than this is a loop (2.4, as Whisper and faster-whisper)."""
+    copies of a single token that do (``no no no`` is speech, sixteen of them are not);
+    tokens_per_second / extra_tokens: a chunk whose transcript outgrows ``seconds *
+    tokens_per_second + extra_tokens`` is runaway output (fast speech is about 4 words, 5-6 tokens,
+    per second); max_compression_ratio: a transcript whose text compresses better than this is a
+    loop (2.4, as Whisper and faster-whisper)."""
 
     max_ngram: int = 64
     min_repeats: int = 4
