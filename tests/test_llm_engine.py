@@ -202,6 +202,51 @@ def test_decode_ahead_rolls_back_stop_tokens(tmp_path, attention):
         assert_close(logits2, logits, torch.float32)
 
 
+@pytest.mark.parametrize("wrong_at", [0, 1, 4, None], ids=["first-wrong", "second-wrong", "fifth-wrong", "all-right"])
+@pytest.mark.parametrize("attention", ["dense", "unique"])
+def test_accepted_proposal_continues_exactly_as_greedy(tmp_path, attention, wrong_at):
+    """A proposal verified in one pass keeps the prefix greedy decoding agrees with; generation after it
+    gives the greedy output, and cache, lengths and next logits equal the plain loop's. (Verification
+    attends densely, like any prefill: UNIQUE's budget here covers the context, so its decode is dense.)"""
+    save_tiny_model("llama", tmp_path)
+    prompt = token_ids(13, seed=3)
+    plain_engine = engine_for(tmp_path, attention=attention, budget=32)
+    plain_seq = plain_engine.new_sequence()
+    plain_engine.append(plain_seq, token_ids=prompt)
+    greedy = plain_engine.generate(plain_seq, SamplingParams(max_tokens=9, ignore_eos=True))
+    proposal = list(greedy[:7])
+    if wrong_at is not None:
+        proposal[wrong_at] = (proposal[wrong_at] + 1) % (VOCAB - 1)
+    engine = engine_for(tmp_path, attention=attention, budget=32)
+    seq = engine.new_sequence()
+    engine.append(seq, token_ids=prompt)
+    accepted, stopped = engine.accept_proposal(seq, proposal)
+    assert accepted == greedy[: 7 if wrong_at is None else wrong_at] and not stopped
+    assert seq.num_tokens == engine.cache.seq_lens[seq.seq_id] == len(prompt) + len(accepted)
+    rest = engine.generate(seq, SamplingParams(max_tokens=9 - len(accepted), ignore_eos=True))
+    assert accepted + rest == greedy
+    assert_close(seq.next_logits, plain_seq.next_logits, torch.float32)
+
+
+def test_accepted_proposal_stops_at_a_stop_token(tmp_path):
+    save_tiny_model("llama", tmp_path)
+    prompt = token_ids(10, seed=4)
+    engine = engine_for(tmp_path)
+    greedy = engine.generate_batch([prompt], SamplingParams(max_tokens=8, ignore_eos=True))[0]
+    seq = engine.new_sequence()
+    engine.append(seq, token_ids=prompt)
+    before = seq.next_logits.clone()
+    accepted, stopped = engine.accept_proposal(seq, greedy[:6], stop_token_ids=(greedy[3],))
+    stop_index = greedy.index(greedy[3])
+    assert accepted == greedy[:stop_index] and stopped
+    assert seq.num_tokens == engine.cache.seq_lens[seq.seq_id] == len(prompt) + stop_index
+    assert int(seq.next_logits.argmax()) == greedy[3]
+    fresh = engine.new_sequence()
+    engine.append(fresh, token_ids=prompt)
+    assert engine.accept_proposal(fresh, [], ()) == ([], False)
+    assert_close(fresh.next_logits, before, torch.float32)
+
+
 def test_decode_ahead_keeps_cache_in_step_when_a_callback_raises(tmp_path):
     save_tiny_model("llama", tmp_path)
     engine = engine_for(tmp_path)

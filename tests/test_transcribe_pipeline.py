@@ -120,8 +120,8 @@ def test_long_context_moves_old_pages_closer(transcriber):
 
 def test_chunks_encoded_as_a_batch_match_one_at_a_time(transcriber):
     chunks = [speechlike(3, 20), speechlike(7.5, 21), speechlike(1.2, 22)]
-    together = transcriber.model.audio_embeddings(chunks)
+    together = [encoded.embeds for encoded in transcriber.model.encode_chunks(chunks)]
     for chunk, embeds in zip(chunks, together):
-        alone = transcriber.model.audio_embeddings([chunk])[0]
+        alone = transcriber.model.encode_chunks([chunk])[0].embeds
         assert embeds.shape == alone.shape == (math.ceil(len(chunk) / 320 / 4), alone.shape[1])
         torch.testing.assert_close(embeds.float(), alone.float(), rtol=2e-2, atol=2e-2)

@@ -56,10 +56,10 @@ class ModelRunner:
 
     # ---------------------------------------------------------------- prefill
     @torch.inference_mode()
-    def prefill(self, seq_id: int, embeds: torch.Tensor) -> torch.Tensor:
+    def prefill(self, seq_id: int, embeds: torch.Tensor, every_position: bool = False) -> torch.Tensor:
         """Append ``embeds`` ([n, hidden], n >= 1) to sequence ``seq_id`` in chunks; returns the last
-        position's logits [vocab] float32."""
-        hidden = None
+        position's logits [vocab] float32, or with ``every_position`` each position's [n, vocab]."""
+        hidden, every = None, []
         for begin in range(0, embeds.shape[0], self.prefill_chunk):
             chunk = embeds[begin : begin + self.prefill_chunk].to(self.device, self.model.embed_tokens.weight.dtype)
             start = self.cache.seq_lens[seq_id]
@@ -70,7 +70,9 @@ class ModelRunner:
             positions = torch.arange(start, start + chunk.shape[0], device=self.device)
             ctx = StepContext(self.cache, slot_mapping, context_slots=context_slots, start=start)
             hidden = self.model(chunk, positions, ctx)
-        return self.model.logits(hidden[-1:])[0]
+            if every_position:
+                every.append(self.model.logits(hidden))
+        return torch.cat(every) if every_position else self.model.logits(hidden[-1:])[0]
 
     def _context_slots(self, seq_id: int, length: int) -> torch.Tensor:
         """[length] int64 physical slots of a sequence's first ``length`` tokens."""

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from asr.attention.config import UniqueConfig
@@ -20,7 +19,7 @@ from asr.llm.config import EngineConfig
 from asr.llm.distance_cap import DistanceCap
 from asr.llm.engine import LLMEngine
 from asr.speech.longform import LongformSession
-from asr.speech.model import SpeechModel, load_speech_model
+from asr.speech.model import EncodedChunk, SpeechModel, load_speech_model
 from asr.speech.repetition import LoopConfig
 from asr.speech.segmenter import SegmenterConfig, segment
 from asr.transcript import Transcript
@@ -41,7 +40,9 @@ class TranscribeOptions:
     decodes 1.45x faster than float32 at 0.3% logit error; ``int8``: CPU only, int8 linear layers
     over a float32 model and cache); segmenter / loop: chunking and runaway
     control; max_distance: the farthest a key may sit from the next position before old pages are
-    moved closer (``asr.llm.distance_cap``; None keeps every key at its own position)."""
+    moved closer (``asr.llm.distance_cap``; None keeps every key at its own position); drafts: put
+    each chunk's Whisper draft into the context and verify it as the LLM's proposal (None: as the
+    model was trained; ``asr.speech.draft``)."""
 
     attention: str = "unique"
     budget_tokens: int = 2048
@@ -51,6 +52,7 @@ class TranscribeOptions:
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     max_distance: int | None = DistanceCap.max_distance
+    drafts: bool | None = None
 
     def __post_init__(self) -> None:
         """Refuse a bad budget, page size, dtype or distance now (ValueError), not mid-file."""
@@ -93,7 +95,7 @@ class Transcriber:
                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
         cap = None if self.options.max_distance is None else DistanceCap(self.options.max_distance)
         speech = [r for r in regions if r.kind == "speech"]
-        encoded: dict[int, torch.Tensor] = {}  # speech region index -> audio embeddings, a batch ahead
+        encoded: dict[int, EncodedChunk] = {}  # speech region index -> embeddings (and draft), a batch ahead
         speech_index = 0
         with LongformSession(model, self.options.loop, cap) as session:
             for region in regions:
@@ -103,7 +105,7 @@ class Transcriber:
                 else:
                     if speech_index not in encoded:
                         chunks = [audio[r.start : r.end] for r in speech[speech_index : speech_index + ENCODER_BATCH]]
-                        encoded = dict(enumerate(model.audio_embeddings(chunks), start=speech_index))
+                        encoded = dict(enumerate(model.encode_chunks(chunks), start=speech_index))
                     piece = session.transcribe_chunk(audio[region.start : region.end], start_s, SAMPLE_RATE,
                                                      encoded.pop(speech_index))
                     speech_index += 1
@@ -118,10 +120,12 @@ class Transcriber:
                      "kv_pages_read": session.kv_read_share, "attention": self.options.attention,
                      "budget_tokens": self.options.budget_tokens, "chunks": session.stats.chunks,
                      "loops_cut": session.stats.loops_cut, "budget_stops": session.stats.budget_stops,
-                     "context_tokens": session.seq.num_tokens, "max_distance": self.options.max_distance}
+                     "context_tokens": session.seq.num_tokens, "max_distance": self.options.max_distance,
+                     "drafts": model.drafts, "draft_tokens_accepted": session.stats.accepted_tokens,
+                     "draft_tokens": session.stats.draft_tokens}
         return Transcript(segments, duration, skipped, stats)
 
 
 def load_transcriber(model_dir: str | None = None, options: TranscribeOptions = TranscribeOptions()) -> Transcriber:
     """A transcriber for a speech model directory (default: the embedded model)."""
-    return Transcriber(load_speech_model(model_dir, options.engine_config(max_context=4096)), options)
+    return Transcriber(load_speech_model(model_dir, options.engine_config(max_context=4096), options.drafts), options)
