@@ -190,7 +190,7 @@ def test_decode_ahead_rolls_back_stop_tokens(tmp_path, attention):
         for seq, prompt in zip(seqs, prompts):
             engine.append(seq, token_ids=prompt)
         outputs = engine.generate_many(seqs, params)
-        state = [(seq.num_tokens, engine.cache.seq_lens[seq.seq_id], seq.next_logits.clone()) for seq in seqs]
+        state = [(seq.num_tokens, engine.cache.length(seq.seq_id), seq.next_logits.clone()) for seq in seqs]
         after = engine.generate_many(seqs, [SamplingParams(max_tokens=3, ignore_eos=True)] * 3)
         results[ahead] = outputs, state, after
     (plain, plain_state, plain_after), (ahead, ahead_state, ahead_after) = results[False], results[True]
@@ -215,7 +215,7 @@ def test_decode_ahead_keeps_cache_in_step_when_a_callback_raises(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         engine.generate_many([seq], [SamplingParams(max_tokens=20, ignore_eos=True)], interrupt)
-    assert seq.num_tokens == engine.cache.seq_lens[seq.seq_id] == len(seq.token_ids) == 16
+    assert seq.num_tokens == engine.cache.length(seq.seq_id) == len(seq.token_ids) == 16
 
 
 def test_context_limit_raises_clear_error(tmp_path):

@@ -8,8 +8,8 @@ from asr.errors import CacheCapacityError
 
 def gather_sequence(cache: PagedKVCache, layer: int, seq_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[tokens, kv_heads, head_dim] keys and values of one sequence, in order."""
-    pages = torch.tensor(cache.seq_pages[seq_id])
-    n = cache.seq_lens[seq_id]
+    pages = torch.tensor(cache.pages(seq_id))
+    n = cache.length(seq_id)
     heads, dim = cache.shape.num_kv_heads, cache.shape.head_dim
     k = cache.k[layer, pages].permute(0, 2, 1, 3).reshape(-1, heads, dim)
     v = cache.v[layer, pages].permute(0, 2, 1, 3).reshape(-1, heads, dim)
@@ -38,11 +38,11 @@ def test_random_appends_keep_exact_stats(page_size, dtype):
     for s in seqs:
         keys = (torch.cat([k for k, _ in written[s]]) + 1).to(dtype)  # layer 1 got keys + 1
         values = torch.cat([v for _, v in written[s]]).to(dtype)
-        assert cache.seq_lens[s] == keys.shape[0]
+        assert cache.length(s) == keys.shape[0]
         got_k, got_v = gather_sequence(cache, 1, s)
         torch.testing.assert_close(got_k, keys)
         torch.testing.assert_close(got_v, values)
-        for index, page in enumerate(cache.seq_pages[s]):
+        for index, page in enumerate(cache.pages(s)):
             page_keys = keys[index * page_size : (index + 1) * page_size].double()
             stats = cache.key_stats[1, page].double()  # [kv_heads, 4, d]
             tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.06, rtol=0.02)
@@ -59,7 +59,7 @@ def test_page_table_and_lengths_for_uneven_batch():
     table, lens = cache.page_table([a, b]), cache.lengths([a, b])
     assert lens.tolist() == [17, 1]
     assert table.shape == (2, 2)
-    assert table[0].tolist() == cache.seq_pages[a] and table[1, 0].item() == cache.seq_pages[b][0]
+    assert table[0].tolist() == cache.pages(a) and table[1, 0].item() == cache.pages(b)[0]
 
 
 def test_free_and_reuse_pages():
@@ -69,12 +69,12 @@ def test_free_and_reuse_pages():
     b = cache.add_sequence()
     with pytest.raises(CacheCapacityError, match="free"):
         cache.reserve([b], [1])
-    assert cache.seq_lens[b] == 0, "a failed reservation must change nothing"
-    used = set(cache.seq_pages[a])
+    assert cache.length(b) == 0, "a failed reservation must change nothing"
+    used = set(cache.pages(a))
     cache.free_sequence(a)
     slots = cache.reserve([b], [40])
-    assert set(cache.seq_pages[b]) <= used and len(cache.seq_pages[b]) == 3
-    assert slots.tolist()[:2] == [cache.seq_pages[b][0] * 16, cache.seq_pages[b][0] * 16 + 1]
+    assert set(cache.pages(b)) <= used and len(cache.pages(b)) == 3
+    assert slots.tolist()[:2] == [cache.pages(b)[0] * 16, cache.pages(b)[0] * 16 + 1]
 
 
 def test_allocator_rejects_overdraw_without_losing_pages():
@@ -95,8 +95,8 @@ def test_truncate_frees_pages_and_restores_exact_stats():
     for layer in range(2):
         cache.write(layer, keys, keys, slots)
     cache.truncate(seq, 21)
-    assert cache.seq_lens[seq] == 21 and len(cache.seq_pages[seq]) == 2 and cache.allocator.num_free == 6
-    last = cache.seq_pages[seq][1]
+    assert cache.length(seq) == 21 and len(cache.pages(seq)) == 2 and cache.allocator.num_free == 6
+    last = cache.pages(seq)[1]
     torch.testing.assert_close(cache.key_stats[1, last, :, STAT_MEAN], keys[16:21].mean(0))
     torch.testing.assert_close(cache.key_stats[1, last, :, STAT_MAX], keys[16:21].amax(0))
     slots = cache.reserve([seq], [3])
