@@ -120,3 +120,49 @@ def test_one_token_append_path_equals_reference(dtype):
         append_kv_reference(*slow, k, v, torch.tensor([slot]))
     for got, expected in zip(fast, slow):
         torch.testing.assert_close(got, expected, equal_nan=True, atol=1e-6, rtol=1e-5)
+
+
+def test_layout_version_moves_only_when_a_sequence_loses_pages():
+    cache = PagedKVCache(CacheShape(1, 8, 4, 1, 4), torch.float32, "cpu")
+    a, b = cache.add_sequence(), cache.add_sequence()
+    version = cache.layout_version
+    cache.reserve([a, b], [9, 3])
+    assert cache.layout_version == version, "growth keeps page tables valid: only new pages to append"
+    cache.truncate(a, 5)
+    assert cache.layout_version == version + 1 and cache.page_count(a) == 2
+    cache.free_sequence(b)
+    assert cache.layout_version == version + 2
+
+
+def test_token_slots_are_the_reserved_slots_in_order():
+    cache = PagedKVCache(CacheShape(1, 16, 4, 1, 4), torch.float32, "cpu")
+    a, b = cache.add_sequence(), cache.add_sequence()
+    first = cache.reserve([a, b], [3, 5])
+    second = cache.reserve([a], [6])
+    assert cache.token_slots(a, 9).tolist() == first[:3].tolist() + second.tolist()
+    assert cache.token_slots(b, 5).tolist() == first[3:].tolist()
+    assert cache.pages(a, 1) == cache.pages(a)[1:] and cache.length(a) == 9
+
+
+def test_rewrite_keys_replaces_full_pages_and_their_stats_only():
+    gen = torch.Generator().manual_seed(4)
+    cache = PagedKVCache(CacheShape(2, 8, 4, 2, 8), torch.float32, "cpu")
+    seq = cache.add_sequence()
+    keys = torch.randn(10, 2, 8, generator=gen)
+    slots = cache.reserve([seq], [10])
+    for layer in range(2):
+        cache.write(layer, keys + layer, keys, slots)
+    last_page = cache.pages(seq)[2]
+    untouched_stats = cache.key_stats[:, last_page].clone()
+    with pytest.raises(ValueError, match="full pages"):
+        cache.rewrite_keys(seq, 3, lambda k: k)  # the third page holds 2 of 4 tokens
+    cache.rewrite_keys(seq, 2, lambda k: 2 * k)
+    for layer in range(2):
+        got, _ = gather_sequence(cache, layer, seq)
+        torch.testing.assert_close(got[:8], 2 * (keys[:8] + layer))
+        torch.testing.assert_close(got[8:], keys[8:] + layer)
+        for index, page in enumerate(cache.pages(seq, 0, 2)):
+            page_keys = got[index * 4 : (index + 1) * 4]
+            torch.testing.assert_close(cache.key_stats[layer, page, :, STAT_MEAN], page_keys.mean(0))
+            torch.testing.assert_close(cache.key_stats[layer, page, :, STAT_MAX], page_keys.amax(0))
+    assert torch.equal(cache.key_stats[:, last_page], untouched_stats)
