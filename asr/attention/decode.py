@@ -205,4 +205,5 @@ def unique_decode(
         return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen, chosen_physical)
     scores = score_pages(q, key_stats, page_table, seq_lens, config, host_seq_lens)
     chosen = select_pages(scores, seq_lens, config)
-    return paged_decode(q, k_cache, v_cache, page_table, seq_lens, scale, chosen, need_lse, host_seq_lens=host_seq_lens)
+    return paged_decode(q, k_cache, v_cache, page_table, seq_lens, scale, chosen, need_lse,
+                        host_seq_lens=host_seq_lens)

@@ -2,8 +2,9 @@
 
 Host work (slot reservation, page tables, the host-side facts of a decode step such as its lengths)
 happens once per step here; layers only read the ``StepContext``. The page table kept between
-decode steps is rebuilt when the cache's ``layout_version`` says a sequence lost pages. Decode on CUDA replays a graph captured per batch-size bucket, with fixed-width page
-tables sized for ``max_context`` and padded rows writing to a scratch page.
+decode steps is rebuilt when the cache's ``layout_version`` says a sequence lost pages. Decode on
+CUDA replays a graph captured per batch-size bucket, with fixed-width page tables sized for
+``max_context`` and padded rows writing to a scratch page.
 """
 
 from __future__ import annotations
