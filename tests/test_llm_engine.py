@@ -190,7 +190,7 @@ def test_decode_ahead_rolls_back_stop_tokens(tmp_path, attention):
         for seq, prompt in zip(seqs, prompts):
             engine.append(seq, token_ids=prompt)
         outputs = engine.generate_many(seqs, params)
-        state = [(seq.num_tokens, engine.cache.seq_lens[seq.seq_id], seq.next_logits.clone()) for seq in seqs]
+        state = [(seq.num_tokens, engine.cache.length(seq.seq_id), seq.next_logits.clone()) for seq in seqs]
         after = engine.generate_many(seqs, [SamplingParams(max_tokens=3, ignore_eos=True)] * 3)
         results[ahead] = outputs, state, after
     (plain, plain_state, plain_after), (ahead, ahead_state, ahead_after) = results[False], results[True]
@@ -260,7 +260,7 @@ def test_decode_ahead_keeps_cache_in_step_when_a_callback_raises(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         engine.generate_many([seq], [SamplingParams(max_tokens=20, ignore_eos=True)], interrupt)
-    assert seq.num_tokens == engine.cache.seq_lens[seq.seq_id] == len(seq.token_ids) == 16
+    assert seq.num_tokens == engine.cache.length(seq.seq_id) == len(seq.token_ids) == 16
 
 
 def test_context_limit_raises_clear_error(tmp_path):
@@ -335,3 +335,57 @@ def test_cuda_graph_decode_matches_eager_and_transformers(tmp_path, attention):
     rel = (step_logits[0] - step_logits[1]).norm() / step_logits[1].norm()
     assert rel < 1e-2, f"graph and eager decode logits differ by {rel:.3e} (relative RMS)"
     assert outputs[0] == outputs[1]
+
+
+def test_decode_step_facts_are_planned_once_per_step(tmp_path, monkeypatch):
+    """CPU sparse decode: one DecodeMetadata per step carries the lengths on the host; every layer's
+    scoring and attention read that same list, and no layer reads a length tensor back."""
+    import asr.attention.decode as decode_module
+    import asr.attention.scoring as scoring_module
+    import asr.llm.runner as runner_module
+
+    save_tiny_model("llama", tmp_path)
+    engine = engine_for(tmp_path, attention="unique", budget=16, page_size=4)
+    seqs = [engine.new_sequence() for _ in range(2)]
+    for seq, length in zip(seqs, (100, 37)):
+        engine.append(seq, token_ids=token_ids(length, seed=length))
+    plans, seen = [], []
+    monkeypatch.setattr(runner_module, "DecodeMetadata", spy(runner_module.DecodeMetadata, plans))
+    for module, name in ((scoring_module, "score_pages_cpu"), (decode_module, "paged_decode_cpu")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *args, _f=original: (seen.append(args[-1]), _f(*args))[1])
+    tolist = torch.Tensor.tolist
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: (calls.append(1), tolist(self))[1])
+    engine.runner.decode([s.seq_id for s in seqs], torch.tensor([3, 4]))
+    monkeypatch.undo()
+    assert len(plans) == 1 and plans[0].host_seq_lens == [101, 38] and plans[0].max_seq_len == 101
+    assert len(seen) == 2 * 2 and all(lens is plans[0].host_seq_lens for lens in seen)  # 2 layers x (score, attend)
+    assert calls == [], "a layer read lengths back from a tensor"
+
+
+def spy(cls, made: list):
+    """``cls`` whose instances are recorded in ``made``."""
+    def make(*args, **kwargs):
+        made.append(cls(*args, **kwargs))
+        return made[-1]
+    return make
+
+
+def test_page_table_follows_truncation_without_being_told(tmp_path):
+    """The runner keeps its page table between steps and rebuilds it from the cache's layout version:
+    after a rollback whose freed pages another sequence took, decoding reads the right pages."""
+    save_tiny_model("llama", tmp_path)
+    engine = engine_for(tmp_path, page_size=4)
+    seq = engine.new_sequence()
+    engine.append(seq, token_ids=token_ids(20, seed=3))
+    logits = seq.next_logits.clone()
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    first = engine.generate(seq, params)
+    freed = engine.cache.pages(seq.seq_id, 5)
+    engine.truncate(seq, 20)
+    seq.next_logits = logits
+    other = engine.new_sequence()
+    engine.append(other, token_ids=token_ids(8, seed=4))
+    assert engine.cache.pages(other.seq_id) == freed  # the stale table would point into them
+    assert engine.generate(seq, params) == first

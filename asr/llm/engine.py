@@ -100,16 +100,10 @@ class LLMEngine:
     def free(self, seq: Sequence) -> None:
         """Give a sequence's pages back."""
         self.cache.free_sequence(seq.seq_id)
-        self._invalidate_page_tables()
-
-    def _invalidate_page_tables(self) -> None:
-        for runner in self._runners.values():
-            runner.invalidate_page_table()
 
     def truncate(self, seq: Sequence, length: int) -> None:
         """Roll a sequence back to its first ``length`` positions (next_logits is cleared: append next)."""
         self.cache.truncate(seq.seq_id, length)
-        self._invalidate_page_tables()
         seq.num_tokens, seq.next_logits = length, None
         del seq.token_ids[length:]
         seq.collapsed_pages = min(seq.collapsed_pages, length // self.cache.page_size)
@@ -249,7 +243,6 @@ class LLMEngine:
                     if token in stops[i]:
                         if row_of.pop(i, None) is not None:  # fed ahead: take it back out of the cache
                             self.cache.truncate(seq.seq_id, seq.num_tokens)
-                            self._invalidate_page_tables()
                         seq.next_logits = step.logits[r]
                         continue
                     outputs[i].append(token)
@@ -268,7 +261,6 @@ class LLMEngine:
             finally:  # rows fed but not accounted (a callback raised): keep cache and sequence in step
                 for i in row_of:
                     self.cache.truncate(seqs[i].seq_id, seqs[i].num_tokens)
-                    self._invalidate_page_tables()
             step = launched.select(keep) if keep else None
         return outputs
 

@@ -8,6 +8,10 @@ more with sampling, and a loop left at the end of that is removed (one copy kept
 past the chunk's token budget is stopped. Silence is never sent to the model. Timestamps come
 from sample positions, so they cannot drift. Past the distances the model was trained on, old pages are moved closer before
 each chunk (``asr.llm.distance_cap``), so an hour stays in one context without leaving that range.
+
+A session is opened by ``SpeechModel.open_session`` and given its engine (``SpeechModel.open_engine``);
+it owns one sequence in it, never the engine, so live sessions can share one. It takes audio
+embeddings only: the caller owns encoding (``SpeechModel.encode_chunks``), batched ahead.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 
 from asr.llm.config import SamplingParams
 from asr.llm.distance_cap import DistanceCap
+from asr.llm.engine import LLMEngine
 from asr.speech.model import EncodedChunk, SpeechModel
 from asr.speech.prompt import draft_token_ids
 from asr.speech.repetition import LoopConfig, loop_start, repetitive, token_budget
@@ -42,12 +47,15 @@ class SessionStats:
 
 
 class LongformSession:
-    """One recording (or one live stream) in one sequence of the engine; feed chunks in order."""
+    """One recording (or one live stream) in one sequence of ``engine``, an engine over ``model``'s
+    weights; feed chunks in order. ``close`` frees the sequence (the engine stays its opener's)."""
 
-    def __init__(self, model: SpeechModel, loop: LoopConfig = LoopConfig(),
+    def __init__(self, model: SpeechModel, engine: LLMEngine, loop: LoopConfig = LoopConfig(),
                  distance_cap: DistanceCap | None = DistanceCap()) -> None:
+        if engine.model is not model.llm:
+            raise ValueError("the engine runs other weights than the speech model; open it with model.open_engine")
         self.model, self.loop, self.distance_cap = model, loop, distance_cap
-        self.engine = model.engine
+        self.engine = engine
         self.seq = self.engine.new_sequence()
         self.engine.append(self.seq, token_ids=model.prompt.session_start)
         self.stats = SessionStats()
@@ -81,14 +89,13 @@ class LongformSession:
             return accepted
         return accepted + self.engine.generate(self.seq, replace(params, max_tokens=params.max_tokens - len(accepted)))
 
-    def transcribe_chunk(self, audio: np.ndarray, start_s: float, sample_rate: int = 16000,
-                         encoded: EncodedChunk | None = None) -> Segment | None:
+    def transcribe_chunk(self, audio: np.ndarray, start_s: float, sample_rate: int = 16000, *,
+                         encoded: EncodedChunk) -> Segment | None:
         """Append one chunk (<= 30 s) and its transcript to the context; None if it holds no words.
-        ``encoded``: the chunk's embeddings (and draft) if already computed (``SpeechModel.encode_chunks``)."""
+        ``encoded``: the chunk's embeddings and draft, computed by the caller (``SpeechModel.encode_chunks``,
+        the one encoder call, batched over chunks)."""
         prompt, engine = self.model.prompt, self.engine
         seconds = len(audio) / sample_rate
-        if encoded is None:
-            encoded = self.model.encode_chunks([audio])[0]
         if self.distance_cap is not None:
             engine.cap_distances(self.seq, self.distance_cap)
         draft_ids = None if encoded.draft is None else draft_token_ids(engine.tokenizer, encoded.draft)
