@@ -222,7 +222,7 @@ def test_accepted_proposal_continues_exactly_as_greedy(tmp_path, attention, wron
     engine.append(seq, token_ids=prompt)
     accepted, stopped = engine.accept_proposal(seq, proposal)
     assert accepted == greedy[: 7 if wrong_at is None else wrong_at] and not stopped
-    assert seq.num_tokens == engine.cache.seq_lens[seq.seq_id] == len(prompt) + len(accepted)
+    assert seq.num_tokens == engine.cache.length(seq.seq_id) == len(prompt) + len(accepted)
     rest = engine.generate(seq, SamplingParams(max_tokens=9 - len(accepted), ignore_eos=True))
     assert accepted + rest == greedy
     assert_close(seq.next_logits, plain_seq.next_logits, torch.float32)
@@ -239,7 +239,7 @@ def test_accepted_proposal_stops_at_a_stop_token(tmp_path):
     accepted, stopped = engine.accept_proposal(seq, greedy[:6], stop_token_ids=(greedy[3],))
     stop_index = greedy.index(greedy[3])
     assert accepted == greedy[:stop_index] and stopped
-    assert seq.num_tokens == engine.cache.seq_lens[seq.seq_id] == len(prompt) + stop_index
+    assert seq.num_tokens == engine.cache.length(seq.seq_id) == len(prompt) + stop_index
     assert int(seq.next_logits.argmax()) == greedy[3]
     fresh = engine.new_sequence()
     engine.append(fresh, token_ids=prompt)

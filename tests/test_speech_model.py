@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -17,7 +19,8 @@ from asr.speech.projector import FrameStackProjector, ProjectorConfig
 from asr.speech.prompt import PromptIds
 from tests.test_llm_engine import save_tiny_model
 
-PROMPT = PromptIds(session_start=[1, 2, 3], before_audio=[4], after_audio=[5, 6], after_transcript=[7], end_of_turn=8)
+PROMPT = PromptIds(session_start=[1, 2, 3], before_audio=[4], after_audio=[5, 6], after_transcript=[7], end_of_turn=8,
+                   before_draft=[5, 9], after_draft=[6])
 CONFIG = EngineConfig(sparse=UniqueConfig(page_size=4, budget_tokens=16), max_batch=1, extend_context=True)
 
 
@@ -31,15 +34,22 @@ def model(tmp_path_factory) -> SpeechModel:
 
 
 class Tokenizer:
+    """Words are their token ids ("12 40" -> [12, 40])."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return SimpleNamespace(input_ids=[int(word) for word in text.split()])
+
     def decode(self, token_ids, skip_special_tokens=True):
         return " ".join(map(str, token_ids))
 
 
 class FrameEncoder:
-    """Stands in for Whisper: [frames, 512] per chunk, 50 frames per second of 16 kHz audio."""
+    """Stands in for Whisper: [frames, 512] per chunk, 50 frames per second of 16 kHz audio; its draft
+    of a chunk is a few token ids as words."""
 
-    def encode(self, chunks):
-        return [torch.randn(len(chunk) // 320, 512) for chunk in chunks]
+    def encode_with_drafts(self, chunks, drafts=True):
+        frames = [torch.randn(len(chunk) // 320, 512) for chunk in chunks]
+        return frames, ["11 12 13" for _ in chunks] if drafts else []
 
 
 def test_each_recording_gets_its_own_engine_sized_for_it(model):
@@ -89,3 +99,22 @@ def test_caller_encodes_and_the_session_takes_embeddings(model):
         session.transcribe_chunk(audio, 0.0, encoded=encoded)
         appended = len(PROMPT.before_audio) + embeds.shape[0] + len(PROMPT.after_audio)
         assert session.seq.num_tokens >= before + appended and session.stats.chunks == 1
+
+
+def test_a_drafted_chunk_reads_its_draft_and_verifies_it_as_the_proposal(model):
+    """With drafts, the chunk's user turn holds the draft's ids, and the greedy decode first checks the
+    draft (plus the end of the turn) as its proposal."""
+    from asr.speech.repetition import LoopConfig
+
+    drafted = replace(model, drafts=True)
+    audio = np.zeros(16000, dtype=np.float32)
+    (encoded,) = drafted.encode_chunks([audio])
+    assert encoded.draft == "11 12 13"
+    engine = drafted.open_engine(CONFIG, 5)
+    with drafted.open_session(engine, LoopConfig(tokens_per_second=1.0, extra_tokens=3), None) as session:
+        before = session.seq.num_tokens
+        session.transcribe_chunk(audio, 0.0, encoded=encoded)
+        turn_end = PROMPT.before_draft + [11, 12, 13] + PROMPT.after_draft
+        assert session.seq.num_tokens >= before + len(PROMPT.before_audio) + encoded.embeds.shape[0] + len(turn_end)
+        assert session.stats.draft_tokens == 4  # three draft tokens and the end of the turn
+        assert 0 <= session.stats.accepted_tokens <= 4
