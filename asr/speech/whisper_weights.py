@@ -110,10 +110,11 @@ def _build_once(out_dir: Path, build: Callable[[Path], None]) -> Path:
 
 def faster_whisper_dir() -> Path:
     """CTranslate2 directory of the embedded Whisper base (``model.bin``, ``config.json``,
-    ``tokenizer.json``, vocabulary), joined from the package parts on first use."""
-    parts, side = embedded_ct2_files()
+    ``tokenizer.json``, vocabulary), joined from the package parts on first use (later uses need only
+    the cache, not the packages)."""
 
     def build(staging: Path) -> None:
+        parts, side = embedded_ct2_files()
         log.info("joining %d parts of the embedded Whisper base into %s (once)", len(parts), staging)
         with open(staging / "model.bin", "wb") as joined:
             for part in parts:
