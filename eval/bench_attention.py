@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asr.attention.append import page_key_stats  # noqa: E402
+from asr.attention.page_stats import page_key_stats  # noqa: E402
 from asr.attention.config import UniqueConfig  # noqa: E402
 
 log = logging.getLogger("bench_attention")

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from asr.attention import UniqueConfig
-from asr.attention.append import page_key_stats
+from asr.attention.page_stats import page_key_stats
 from asr.llm.config import EngineConfig, ModelConfig, SamplingParams
 from asr.llm.engine import LLMEngine
 from asr.llm.loader import random_model

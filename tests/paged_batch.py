@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from asr.attention.append import page_key_stats
+from asr.attention.page_stats import page_key_stats
 
 
 @dataclass

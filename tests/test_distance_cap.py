@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asr.attention.append import page_key_stats
+from asr.attention.page_stats import page_key_stats
 from asr.llm.config import SamplingParams
 from asr.llm.distance_cap import DistanceCap, rotate_keys
 from asr.llm.layers import apply_rotary

@@ -340,8 +340,7 @@ def test_cuda_graph_decode_matches_eager_and_transformers(tmp_path, attention):
 def test_decode_step_facts_are_planned_once_per_step(tmp_path, monkeypatch):
     """CPU sparse decode: one DecodeMetadata per step carries the lengths on the host; every layer's
     scoring and attention read that same list, and no layer reads a length tensor back."""
-    import asr.attention.decode as decode_module
-    import asr.attention.scoring as scoring_module
+    import asr.attention.cpu as cpu_module
     import asr.llm.runner as runner_module
 
     save_tiny_model("llama", tmp_path)
@@ -351,7 +350,7 @@ def test_decode_step_facts_are_planned_once_per_step(tmp_path, monkeypatch):
         engine.append(seq, token_ids=token_ids(length, seed=length))
     plans, seen = [], []
     monkeypatch.setattr(runner_module, "DecodeMetadata", spy(runner_module.DecodeMetadata, plans))
-    for module, name in ((scoring_module, "score_pages_cpu"), (decode_module, "paged_decode_cpu")):
+    for module, name in ((cpu_module, "score_pages_cpu"), (cpu_module, "paged_decode_cpu")):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *args, _f=original: (seen.append(args[-1]), _f(*args))[1])
     tolist = torch.Tensor.tolist

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from asr.attention.config import UniqueConfig
-from asr.attention.scoring import oracle_page_mass, score_from_stats, score_pages_cpu, score_pages_reference
+from asr.attention.cpu import score_pages_cpu
+from asr.attention.scoring import oracle_page_mass, score_from_stats, score_pages_reference
 from asr.attention.selection import select_pages_reference
 from tests.paged_batch import make_paged_batch
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from asr.attention.append import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
+from asr.attention.page_stats import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
 from asr.attention.paged_cache import CacheShape, PageAllocator, PagedKVCache
 from asr.errors import CacheCapacityError
 

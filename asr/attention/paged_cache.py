@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from asr.attention.append import NUM_STATS, append_kv, page_key_stats
+from asr.attention.append import append_kv
+from asr.attention.page_stats import NUM_STATS, page_key_stats
 from asr.attention.transfer import to_device
 from asr.errors import CacheCapacityError
 

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from asr.attention.append import NUM_STATS
+from asr.attention.page_stats import NUM_STATS
 from asr.attention.kernels.common import (
     KERNEL_DTYPES,
     check_contiguous,

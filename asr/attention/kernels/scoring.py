@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from asr.attention.append import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
+from asr.attention.page_stats import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
 from asr.attention.config import UniqueConfig
 from asr.attention.kernels.common import (
     KERNEL_DTYPES,
