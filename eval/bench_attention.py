@@ -34,8 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asr.attention.page_stats import page_key_stats  # noqa: E402
 from asr.attention.config import UniqueConfig  # noqa: E402
+from asr.attention.page_stats import page_key_stats  # noqa: E402
+from eval.bandwidth import copy_bandwidth  # noqa: E402
 
 log = logging.getLogger("bench_attention")
 
@@ -183,16 +184,6 @@ def bench_graph(fn, warmup_ms: float, rep_ms: float) -> float:
     ms = triton.testing.do_bench(graph.replay, warmup=warmup_ms, rep=rep_ms, return_mode="median")
     del graph
     return ms * 1e3
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy bandwidth in bytes/s (read + written), 1 GiB buffers."""
-    import triton.testing
-
-    src = torch.empty(1 << 29, dtype=torch.float16, device="cuda").normal_()
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
-    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
 def make_paged_cache(batch, context, kv_heads, head_dim, page_size, gen_seed=0, pool_pages=None):
@@ -352,7 +343,7 @@ def run(args) -> tuple[list[dict], dict]:
     apply_overrides(args.set)
     if args.compile_workers:
         compile_all(grid_tasks(args), args.compile_workers)
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth("cuda")
     graph_floor = graph_floor_us(args)
     device = torch.cuda.get_device_name()
     log.info("%s, copy bandwidth %.2f TB/s, graph floor %.2f us", device, bandwidth / 1e12, graph_floor)

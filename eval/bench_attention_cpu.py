@@ -22,21 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asr.attention import CacheShape, DecodeMetadata, PagedKVCache, UniqueConfig, decode_attention  # noqa: E402
+from eval.bandwidth import copy_bandwidth  # noqa: E402
 from eval.line_plot import line_plot  # noqa: E402
 
 Q_HEADS, KV_HEADS, HEAD_DIM, PAGE = 9, 3, 64, 16
 BYTES = 2  # bf16
-
-
-def copy_bandwidth(megabytes: int = 256) -> float:
-    """Bytes per second of a large tensor copy (read + write counted)."""
-    src = torch.empty(megabytes * 2**20, dtype=torch.uint8)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    start = time.perf_counter()
-    for _ in range(5):
-        dst.copy_(src)
-    return 2 * 5 * src.numel() / (time.perf_counter() - start)
 
 
 def time_us(fn, repeats: int, blocks: int = 5) -> float:

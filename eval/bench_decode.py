@@ -11,8 +11,8 @@ Floor of one step = bytes that must cross device memory / measured device-to-dev
   dense:  every weight once + every cached K/V of every sequence;
   unique: every weight once + mean/std page statistics of every page + K/V of the chosen pages.
 
-    python eval/bench_decode.py                      # H100: 16k..128k, B in {1, 8}
-    python eval/bench_decode.py --device cpu --model tiny --contexts 512 1024 --steps 4   # smoke test
+    python -m eval.bench_decode                      # H100: 16k..128k, B in {1, 8}
+    python -m eval.bench_decode --device cpu --model tiny --contexts 512 1024 --steps 4   # smoke test
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from asr.attention.page_stats import page_key_stats
 from asr.llm.config import EngineConfig, ModelConfig, SamplingParams
 from asr.llm.engine import LLMEngine
 from asr.llm.loader import random_model
+from eval.bandwidth import copy_bandwidth
 
 log = logging.getLogger("bench_decode")
 
@@ -60,24 +61,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="also profile each setting's steps: device busy time per step and its top kernels")
     return parser.parse_args(argv)
-
-
-def copy_bandwidth(device: torch.device) -> float:
-    """Device-to-device copy bandwidth in bytes/s (read + written), 1 GiB buffers, median of 20."""
-    if device.type != "cuda":
-        return float("nan")
-    src = torch.empty(2**29, dtype=torch.bfloat16, device=device).normal_()
-    dst = torch.empty_like(src)
-    times = []
-    for _ in range(25):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    del src, dst
-    return 2 * 2**30 / sorted(times[5:])[len(times[5:]) // 2]
 
 
 def fill_random_context(engine: LLMEngine, seqs, context: int, seed: int = 0) -> None:

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asr.corpus import read_manifest  # noqa: E402
 from asr.normalize import error_rates  # noqa: E402
+from asr.speech.audio import SAMPLE_RATE  # noqa: E402
 from eval.line_plot import line_plot  # noqa: E402
 
-SAMPLE_RATE = 16000
 GAP_S = 0.5
 
 

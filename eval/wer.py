@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from asr.corpus import read_manifest  # noqa: E402
 from asr.errors import AsrError  # noqa: E402
 from asr.normalize import error_rates  # noqa: E402
+from asr.speech.audio import SAMPLE_RATE  # noqa: E402
 
-SAMPLE_RATE = 16000
 LONGFORM_GAP_S = 0.5  # silence between concatenated utterances
 FIELDS = ["id", "duration", "seconds", "wer", "cer", "reference", "hypothesis"]
 

@@ -14,11 +14,10 @@ import pytest
 import soundfile as sf
 
 from asr.normalize import error_rates
-from asr.speech.audio import load_audio
+from asr.speech.audio import SAMPLE_RATE, load_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = Path("/work/shared/data/speech_dev")
-SAMPLE_RATE = 16000
 # Five utterances of distinct lengths (the stand-in transcriber tells them apart by length).
 SECONDS = (1.0, 1.3, 1.7, 2.2, 2.9)
 TEXTS = ("the cat sat", "on the mat today", "a quick brown fox", "jumps over the lazy dog", "and runs away")
@@ -73,7 +72,7 @@ class StandIn:
 
 
 def _args(manifest: Path, longform: float = 0) -> argparse.Namespace:
-    return argparse.Namespace(system="stand-in", attention="dense", budget=0, max_distance=0, dtype="bfloat16", model=None, longform=longform, device="cpu",
+    return argparse.Namespace(system="stand-in", attention="dense", budget=0, max_distance=0, dtype="bfloat16", model=None, longform=longform, device="cpu", drafts=False,
                               manifest=manifest)
 
 

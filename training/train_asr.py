@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asr.speech.adapter import SpeechAdapter  # noqa: E402
+from asr.speech.audio import SAMPLE_RATE  # noqa: E402
 from asr.speech.lora import LoraConfig, add_lora, lora_state_dict  # noqa: E402
 from asr.speech.projector import FrameStackProjector, ProjectorConfig  # noqa: E402
 from asr.speech.prompt import PromptIds, draft_token_ids  # noqa: E402
@@ -41,7 +42,6 @@ from training.spec_augment import SpecAugment  # noqa: E402
 from training.synth.augment import augment_waveform  # noqa: E402
 
 log = logging.getLogger("train_asr")
-SAMPLE_RATE = 16000
 MAX_CHUNK_SECONDS = 30.0
 TURN_COUNTS, TURN_WEIGHTS = (1, 2, 3, 6), (0.5, 0.25, 0.15, 0.1)  # some long sessions: long-form contexts
 SILENT_CHUNK_SHARE = 0.03  # chunks of noise only, whose transcript is empty

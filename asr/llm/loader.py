@@ -18,8 +18,9 @@ from safetensors import safe_open
 
 from asr.errors import ModelLoadError
 from asr.llm.config import ModelConfig
-from asr.llm.embedded import cache_root, gguf_to_hf_dir
+from asr.llm.embedded import gguf_to_hf_dir
 from asr.llm.model import CausalLM
+from asr.weights_cache import cache_root
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from asr.errors import AudioError, ModelLoadError
+from asr.speech.audio import SAMPLE_RATE
 from asr.speech.draft import Ct2Drafter, Drafter, HfDrafter
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 CHUNK_SECONDS = 30
 CHUNK_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE
 # Log-mel hop 160 samples, then the encoder's second convolution has stride 2: one frame per 320 samples.

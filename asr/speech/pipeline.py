@@ -17,6 +17,7 @@ from asr.attention.config import UniqueConfig
 from asr.errors import AudioError
 from asr.llm.config import EngineConfig
 from asr.llm.distance_cap import DistanceCap
+from asr.speech.audio import SAMPLE_RATE
 from asr.speech.longform import LongformSession
 from asr.speech.model import EncodedChunk, SpeechModel, load_speech_model
 from asr.speech.repetition import LoopConfig
@@ -25,7 +26,6 @@ from asr.transcript import Transcript
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 ENCODER_BATCH = 4  # speech chunks encoded together (files only; a live stream encodes as it goes)
 
 

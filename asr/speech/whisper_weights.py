@@ -21,18 +21,15 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from asr.errors import ModelLoadError
-from asr.llm.embedded import cache_root
 from asr.speech.ct2_reader import Ct2Model, read_ct2
+from asr.weights_cache import build_once, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +50,6 @@ MULTILINGUAL_VOCAB, MULTILINGUAL_EOT, ENGLISH_EOT = 51865, 50257, 50256
 # Whisper's timestamp tokens <|0.00|> ... <|30.00|> follow <|notimestamps|>, one per 20 ms.
 TIMESTAMP_TOKENS = tuple(f"<|{i * 0.02:.2f}|>" for i in range(1501))
 _PART = re.compile(r"model\.bin\.part(\d+)$")
-# Written last: a directory holding it is complete (an interrupted conversion leaves none).
-_DONE_MARKER = ".complete"
 
 
 def _package_dir(package: str) -> Path | None:
@@ -91,23 +86,6 @@ def embedded_ct2_files() -> tuple[list[Path], dict[str, Path]]:
     )
 
 
-def _build_once(out_dir: Path, build: Callable[[Path], None]) -> Path:
-    """Run ``build(staging)`` into a temporary sibling of ``out_dir`` and rename it into place."""
-    if (out_dir / _DONE_MARKER).is_file():
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    try:
-        build(staging)
-        (staging / _DONE_MARKER).write_text("")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
-
-
 def faster_whisper_dir() -> Path:
     """CTranslate2 directory of the embedded Whisper base (``model.bin``, ``config.json``,
     ``tokenizer.json``, vocabulary), joined from the package parts on first use."""
@@ -123,7 +101,7 @@ def faster_whisper_dir() -> Path:
         for name, path in side.items():
             shutil.copyfile(path, staging / name)
 
-    return _build_once(cache_root() / WHISPER_BASE_CT2_DIR, build)
+    return build_once(cache_root() / WHISPER_BASE_CT2_DIR, build)
 
 
 def _split(tensor: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
@@ -301,7 +279,7 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path) -> Path:
         tokenizer.save_pretrained(staging)
         WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(staging)
 
-    return _build_once(out_dir, build)
+    return build_once(out_dir, build)
 
 
 def embedded_whisper_dir() -> Path:

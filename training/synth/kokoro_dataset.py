@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from asr.speech.audio import SAMPLE_RATE
+
 from training.synth.kokoro_voices import KokoroSpeaker, draw_speaker, load_styles
 from training.synth.manifest import MANIFEST_NAME, ManifestRow
 from training.synth.plan import Planner
@@ -28,7 +30,6 @@ from training.synth.text_corpus import build_corpus
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 KOKORO_RATE = 24000
 PEAK = 0.9
 EDGE_PAD_SECONDS = 0.1

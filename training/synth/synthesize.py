@@ -19,9 +19,10 @@ import librosa
 import numpy as np
 import soundfile as sf
 
+from asr.speech.audio import SAMPLE_RATE
+
 from training.synth.voices import Voice, VoiceStyle
 
-SAMPLE_RATE = 16000
 PEAK = 0.9
 """Peak level after normalization; gain is varied by augmentation, not baked in."""
 EDGE_PAD_SECONDS = 0.15
