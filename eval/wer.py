@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from asr.corpus import read_manifest  # noqa: E402
 from asr.errors import AsrError  # noqa: E402
 from asr.normalize import error_rates  # noqa: E402
+from asr.speech.arguments import add_transcribe_arguments, options_from_args  # noqa: E402
 from asr.speech.audio import SAMPLE_RATE  # noqa: E402
 
 LONGFORM_GAP_S = 0.5  # silence between concatenated utterances
@@ -81,11 +82,9 @@ def load_system(args):
     if args.device == "cuda":
         args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     if args.system == "speech-llm":
-        from asr.speech.pipeline import TranscribeOptions, load_transcriber
+        from asr.speech.pipeline import load_transcriber
 
-        options = TranscribeOptions(attention=args.attention, budget_tokens=args.budget, device=args.device,
-                                    dtype=args.dtype, max_distance=args.max_distance or None,
-                                    drafts=args.drafts)
+        options = options_from_args(args)
         transcriber = load_transcriber(args.model, options)
         return lambda audio: transcriber.transcribe(audio).text
     if args.system == "faster-whisper":
@@ -225,18 +224,8 @@ def main() -> None:
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--output", type=Path, default=Path("outputs/wer"))
     parser.add_argument("--system", default="speech-llm", choices=["speech-llm", "faster-whisper", "whisper-hf"])
-    parser.add_argument("--model", help="speech model directory (default: the embedded one)")
-    parser.add_argument("--drafts", action=argparse.BooleanOptionalAction, default=None,
-                        help="put each chunk's Whisper draft into the context and verify it as the LLM's "
-                        "proposal (default: as the model was trained)")
-    parser.add_argument("--attention", default="unique", choices=["unique", "dense", "quest"])
-    parser.add_argument("--budget", type=int, default=2048, help="decode token budget of sparse attention")
-    parser.add_argument("--max-distance", type=int, default=4096,
-                        help="key distance ceiling of long contexts (asr transcribe --max-distance; 0: none)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "int8"],
-                        help="LLM weights and cache (int8: CPU only, int8 linear layers over float32)")
+    add_transcribe_arguments(parser, device_default="cpu")
     parser.add_argument("--longform", type=float, default=0, help="join consecutive utterances into ~M-minute recordings")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--limit", type=int, help="only the first N manifest lines")
     args = parser.parse_args()
 

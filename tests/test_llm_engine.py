@@ -277,12 +277,12 @@ def test_context_limit_raises_clear_error(tmp_path):
 def test_sampler_greedy_top_p_and_seeded_sampling():
     logits = torch.tensor([[0.0, 3.0, 1.0, -1.0], [2.0, 0.0, 0.0, 5.0]])
     zero, one = torch.zeros(2), torch.ones(2)
-    assert sample(logits, zero, one, all_greedy=True).tolist() == [1, 3]
+    assert sample(logits, zero, one).tolist() == [1, 3]
     # a tiny top_p keeps only the best token even when sampling
-    assert sample(logits, one, torch.full((2,), 1e-3), all_greedy=False).tolist() == [1, 3]
-    draws = [sample(logits, one * 5, one, False, torch.Generator().manual_seed(7)).tolist() for _ in range(2)]
+    assert sample(logits, one, torch.full((2,), 1e-3)).tolist() == [1, 3]
+    draws = [sample(logits, one * 5, one, torch.Generator().manual_seed(7)).tolist() for _ in range(2)]
     assert draws[0] == draws[1]
-    many = torch.stack([sample(logits, one * 100, one, False) for _ in range(200)])
+    many = torch.stack([sample(logits, one * 100, one) for _ in range(200)])
     assert len(set(many[:, 0].tolist())) > 1  # high temperature spreads over tokens
 
 

@@ -56,8 +56,8 @@ def test_every_second_is_a_segment_or_reported(transcriber):
     assert all(abs(a[1] - b[0]) < 1e-6 for a, b in zip(spans[:-1], spans[1:])), "a gap: audio was dropped"
     assert any(reason == "silence" and b - a > 3.5 for a, b, reason in transcript.skipped)
     stats = transcript.stats
-    assert stats["chunks"] == 2 and 0 < stats["kv_pages_read"] <= 1 and stats["rtf"] > 0
-    assert stats["context_tokens"] > 2 * 12  # audio tokens of both chunks are in one context
+    assert stats.chunks == 2 and 0 < stats.kv_pages_read <= 1 and stats.rtf > 0
+    assert stats.context_tokens > 2 * 12  # audio tokens of both chunks are in one context
 
 
 def test_pure_silence_gives_no_text_and_empty_audio_is_an_error(transcriber):
@@ -92,6 +92,18 @@ def test_cli_refuses_bad_options_before_loading_anything(tmp_path, capsys, optio
     assert code == 2
     assert "asr transcribe:" in capsys.readouterr().err
     assert not (tmp_path / "a.txt").exists()
+
+
+def test_cli_checks_paths_before_loading_the_model(tmp_path, capsys):
+    """Missing and empty files are reported at once; with none left the model is never loaded (a missing
+    --model directory would fail to load)."""
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    code = cli_main(["transcribe", str(tmp_path / "missing.wav"), str(empty), "--model", str(tmp_path / "none"),
+                     "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and "missing.wav does not exist" in err and "empty.wav is empty" in err
+    assert "2 of 2 files failed" in err
 
 
 def test_default_model_error_says_what_to_do(tmp_path, capsys, monkeypatch):
@@ -149,7 +161,7 @@ def test_model_loaded_once_and_each_recording_gets_its_own_sized_engine(transcri
     assert len(opened) == 3 and len({id(engine) for engine in opened}) == 3
     assert all(engine.model is model.llm for engine in opened)
     assert [engine.max_context for engine in opened] == [context_tokens(2), context_tokens(10), context_tokens(2)]
-    assert first.text == again.text and second.stats["chunks"] == 2
+    assert first.text == again.text and second.stats.chunks == 2
 
 
 def test_live_sessions_can_share_one_engine(transcriber):

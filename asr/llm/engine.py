@@ -272,7 +272,7 @@ class LLMEngine:
         else:
             temperatures = to_device([params[i].temperature for i in rows], torch.float32, self.device)
             top_ps = to_device([params[i].top_p for i in rows], torch.float32, self.device)
-            tokens = sample(logits, temperatures, top_ps, False, generator)
+            tokens = sample(logits, temperatures, top_ps, generator)
         return _PickedTokens.start(rows, logits, tokens)
 
     def _generator(self, params: list[SamplingParams]) -> torch.Generator | None:

@@ -83,6 +83,15 @@ def _decode_audioread(path: str, name: str, soundfile_error: Exception) -> tuple
     return np.frombuffer(pcm, PCM_DTYPES["s16le"]).reshape(-1, channels) / np.float32(INT16_FULL_SCALE), rate
 
 
+def check_audio_path(path: str | Path) -> None:
+    """Raise ``AudioError`` if ``path`` is not a file or is empty (cheap: run it before loading a model)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path} does not exist or is not a file; check the path")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path} is empty (0 bytes); give a recording with audio")
+
+
 def load_audio(source: str | Path | bytes, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode a file path or encoded file bytes into [samples] float32 mono in [-1, 1] at ``sample_rate``.
 
@@ -90,11 +99,7 @@ def load_audio(source: str | Path | bytes, sample_rate: int = SAMPLE_RATE) -> np
     """
     name = f"{len(source)} bytes of audio" if isinstance(source, bytes) else str(source)
     if not isinstance(source, bytes):
-        path = Path(source)
-        if not path.is_file():
-            raise AudioError(f"{name} does not exist or is not a file; check the path")
-        if path.stat().st_size == 0:
-            raise AudioError(f"{name} is empty (0 bytes); give a recording with audio")
+        check_audio_path(source)
     elif not source:
         raise AudioError("the audio data is empty (0 bytes); send a recording with audio")
     try:

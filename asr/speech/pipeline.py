@@ -22,7 +22,7 @@ from asr.speech.longform import LongformSession
 from asr.speech.model import EncodedChunk, SpeechModel, load_speech_model
 from asr.speech.repetition import LoopConfig
 from asr.speech.segmenter import SegmenterConfig, segment
-from asr.transcript import Transcript
+from asr.transcript import Transcript, TranscriptStats
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +120,14 @@ class Transcriber:
                 bar.update(end_s - start_s)
             bar.close()
             elapsed = time.perf_counter() - started
-            stats = {"duration": round(duration, 3), "seconds": round(elapsed, 3), "rtf": elapsed / duration,
-                     "kv_pages_read": session.kv_read_share, "attention": self.options.attention,
-                     "budget_tokens": self.options.budget_tokens, "chunks": session.stats.chunks,
-                     "loops_cut": session.stats.loops_cut, "budget_stops": session.stats.budget_stops,
-                     "context_tokens": session.seq.num_tokens, "max_distance": self.options.max_distance,
-                     "drafts": model.drafts, "draft_tokens_accepted": session.stats.accepted_tokens,
-                     "draft_tokens": session.stats.draft_tokens}
+            stats = TranscriptStats(
+                duration=round(duration, 3), seconds=round(elapsed, 3), rtf=elapsed / duration,
+                kv_pages_read=session.kv_read_share, attention=self.options.attention,
+                budget_tokens=self.options.budget_tokens, chunks=session.stats.chunks,
+                loops_cut=session.stats.loops_cut, budget_stops=session.stats.budget_stops,
+                context_tokens=session.seq.num_tokens, max_distance=self.options.max_distance,
+                drafts=model.drafts, draft_tokens_accepted=session.stats.accepted_tokens,
+                draft_tokens=session.stats.draft_tokens)
         return Transcript(segments, duration, skipped, stats)
 
 
