@@ -14,10 +14,10 @@ over given pages), ``quest_total``; per (context, batch, page size) ``dense_page
 ``read_same_bytes`` (one ``torch.sum`` over as many bytes as the step reads, in a graph: the
 practical floor of a launch that reads that much).
 
-    python eval/bench_attention.py                       # the full grid, writes JSON + PNG
-    python eval/bench_attention.py --contexts 131072 --batches 1 --budgets 2048
-    python eval/bench_attention.py --compile-only --compile-workers 12           # compile in parallel first
-    python eval/bench_attention.py --parts --tune --compile-workers 12           # sweep, then the grid
+    python -m eval.bench_attention                       # the full grid, writes JSON + PNG
+    python -m eval.bench_attention --contexts 131072 --batches 1 --budgets 2048
+    python -m eval.bench_attention --compile-only --compile-workers 12           # compile in parallel first
+    python -m eval.bench_attention --parts --tune --compile-workers 12           # sweep, then the grid
 """
 
 from __future__ import annotations
@@ -32,11 +32,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from asr.attention.config import UniqueConfig  # noqa: E402
-from asr.attention.page_stats import page_key_stats  # noqa: E402
-from eval.bandwidth import copy_bandwidth  # noqa: E402
+from asr.attention.config import UniqueConfig
+from asr.attention.page_stats import page_key_stats
+from eval.bandwidth import copy_bandwidth
 
 log = logging.getLogger("bench_attention")
 

@@ -6,24 +6,21 @@ The speech model decodes on 2-core CPUs, where attention runs through the PyTorc
 JSON and a PNG. The bytes-moved floor of each row (K/V read, plus page statistics for UNIQUE) at the
 copy bandwidth measured in the same run shows how far host overhead dominates.
 
-    python eval/bench_attention_cpu.py --output eval/results
+    python -m eval.bench_attention_cpu --output eval/results
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from asr.attention import CacheShape, DecodeMetadata, PagedKVCache, UniqueConfig, decode_attention  # noqa: E402
-from eval.bandwidth import copy_bandwidth  # noqa: E402
-from eval.line_plot import line_plot  # noqa: E402
+from asr.attention import CacheShape, DecodeMetadata, PagedKVCache, UniqueConfig, decode_attention
+from eval.bandwidth import copy_bandwidth
+from eval.line_plot import line_plot
 
 Q_HEADS, KV_HEADS, HEAD_DIM, PAGE = 9, 3, 64, 16
 BYTES = 2  # bf16

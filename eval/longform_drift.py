@@ -3,10 +3,10 @@ manifests with known utterance times, transcribe it (``asr transcribe --format j
 it window by window: a transcript whose timestamps drift, or whose text degrades late in a long
 context, shows as rising WER in the last windows.
 
-    python eval/longform_drift.py build --manifest ../shared/data/speech_dev/manifest.jsonl \\
+    python -m eval.longform_drift build --manifest ../shared/data/speech_dev/manifest.jsonl \\
         --manifest .cache/tts_v3/manifest.jsonl:7480 --minutes 60 --output /tmp/hour
     asr transcribe /tmp/hour/recording.flac --format json --output /tmp/hour/out
-    python eval/longform_drift.py score /tmp/hour/out/recording.json /tmp/hour/spans.json --window 10 \\
+    python -m eval.longform_drift score /tmp/hour/out/recording.json /tmp/hour/spans.json --window 10 \\
         --output eval/results/longform_drift
 
 ``build`` writes ``recording.flac`` (utterances in manifest order, 0.5 s apart) and ``spans.json``
@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from asr.corpus import read_manifest  # noqa: E402
-from asr.normalize import error_rates  # noqa: E402
-from asr.speech.audio import SAMPLE_RATE  # noqa: E402
-from eval.line_plot import line_plot  # noqa: E402
+from asr.corpus import read_manifest
+from asr.normalize import error_rates
+from asr.speech.audio import SAMPLE_RATE
+from eval.line_plot import line_plot
 
 GAP_S = 0.5
 

@@ -12,8 +12,8 @@ plus questions with known answers over a real long document (the GPL-3 text that
 Each prompt is prefilled ONCE; every attention setting then answers from the same cache (greedy), rolled
 back in between, so differences come from decode attention alone. Prints a table, writes longqa.json.
 
-    python eval/longqa.py                                   # embedded SmolLM2-135M, contexts 2k..7.5k
-    python eval/longqa.py --contexts 1024 --samples 1 --budgets 4 8   # quick look
+    python -m eval.longqa                                   # embedded SmolLM2-135M, contexts 2k..7.5k
+    python -m eval.longqa --contexts 1024 --samples 1 --budgets 4 8   # quick look
 """
 
 from __future__ import annotations

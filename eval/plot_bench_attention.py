@@ -1,6 +1,6 @@
 """Plot eval/bench_attention.py's JSON: per-layer decode time against context, one panel per batch.
 
-    python eval/plot_bench_attention.py eval/results/bench_attention.json [out.png]
+    python -m eval.plot_bench_attention eval/results/bench_attention.json [out.png]
 """
 
 from __future__ import annotations

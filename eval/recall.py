@@ -6,8 +6,8 @@ the std offset targets), and (b) real queries and keys captured from a real LLM 
 real text. Compares UNIQUE (gauss and l1 offsets, several lambda), Quest and mean-only at budgets
 of 1/8 .. 1/64 of the context. Prints a table, writes JSON and a PNG plot.
 
-    python eval/recall.py --output eval/results            # synthetic
-    python eval/recall.py --model DIR --text FILE          # plus a real model on a real text
+    python -m eval.recall --output eval/results            # synthetic
+    python -m eval.recall --model DIR --text FILE          # plus a real model on a real text
 """
 
 from __future__ import annotations

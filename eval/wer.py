@@ -1,9 +1,9 @@
 """Batch WER/CER of a transcription system over a manifest, resumable, shardable with torchrun.
 
-    python eval/wer.py ../shared/data/speech_dev/manifest.jsonl --output outputs/wer-dev
-    python eval/wer.py MANIFEST --system faster-whisper --output outputs/wer-fw     # outside anchor
-    python eval/wer.py MANIFEST --longform 5 --attention unique --budget 512       # long recordings
-    torchrun --nproc-per-node 4 eval/wer.py MANIFEST --device cuda --output DIR   # one shard a rank
+    python -m eval.wer ../shared/data/speech_dev/manifest.jsonl --output outputs/wer-dev
+    python -m eval.wer MANIFEST --system faster-whisper --output outputs/wer-fw     # outside anchor
+    python -m eval.wer MANIFEST --longform 5 --attention unique --budget 512       # long recordings
+    torchrun --nproc-per-node 4 -m eval.wer MANIFEST --device cuda --output DIR   # one shard a rank
 
 Manifest lines: {"id", "audio" (relative to the manifest), "text"}. Writes per-utterance
 ``utterances.csv`` (appended as it goes: a rerun skips finished ids) and ``summary.json`` with
@@ -17,7 +17,6 @@ import csv
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +25,11 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from asr.corpus import read_manifest  # noqa: E402
-from asr.errors import AsrError  # noqa: E402
-from asr.normalize import error_rates  # noqa: E402
-from asr.speech.arguments import add_transcribe_arguments, options_from_args  # noqa: E402
-from asr.speech.audio import SAMPLE_RATE  # noqa: E402
+from asr.corpus import read_manifest
+from asr.errors import AsrError
+from asr.normalize import error_rates
+from asr.speech.arguments import add_transcribe_arguments, options_from_args
+from asr.speech.audio import SAMPLE_RATE
 
 LONGFORM_GAP_S = 0.5  # silence between concatenated utterances
 FIELDS = ["id", "duration", "seconds", "wer", "cer", "reference", "hypothesis"]

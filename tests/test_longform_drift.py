@@ -1,12 +1,8 @@
 """eval/longform_drift.py: window-by-window scoring catches transcripts that drift off the audio."""
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
-
-from longform_drift import score  # noqa: E402
+from eval.longform_drift import score
 
 SPANS = [{"start": 0, "end": 50, "text": "the first one"}, {"start": 70, "end": 110, "text": "a second line"},
          {"start": 130, "end": 170, "text": "now the third"}, {"start": 190, "end": 230, "text": "and the last"}]

@@ -4,9 +4,7 @@ system (``WhisperReference``) on real speech, short and long-form."""
 
 import argparse
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +13,8 @@ import soundfile as sf
 
 from asr.normalize import error_rates
 from asr.speech.audio import SAMPLE_RATE, load_audio
+from eval import wer
 
-ROOT = Path(__file__).resolve().parents[1]
 DEV = Path("/work/shared/data/speech_dev")
 # Five utterances of distinct lengths (the stand-in transcriber tells them apart by length).
 SECONDS = (1.0, 1.3, 1.7, 2.2, 2.9)
@@ -25,15 +23,6 @@ TEXTS = ("the cat sat", "on the mat today", "a quick brown fox", "jumps over the
 WRONG = {3: "jumps over the lazy"}
 
 
-def _load_wer_module():
-    spec = importlib.util.spec_from_file_location("eval_wer", ROOT / "eval" / "wer.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-wer = _load_wer_module()
 
 
 @pytest.fixture()

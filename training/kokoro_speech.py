@@ -1,6 +1,6 @@
 """Generate natural multi-speaker English training speech with Kokoro-82M on the CPU.
 
-    python training/kokoro_speech.py --out /work/data/kokoro_v1 --hours 40 --seed 11 --workers 2
+    python -m training.kokoro_speech --out /work/data/kokoro_v1 --hours 40 --seed 11 --workers 2
 
 Each utterance reads 1-4 corpus sentences (training/synth/text_corpus.py) with a random speaker:
 one Kokoro voice or a Dirichlet-weighted mix of 2-3, at speed 0.8-1.25. Writes
@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training.synth.kokoro_dataset import CODECS, KokoroConfig, generate  # noqa: E402
+from training.synth.kokoro_dataset import CODECS, KokoroConfig, generate
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ with the audio re-encoded (Opus halves the bytes that travel to a GPU; FLAC is l
 are upper case without punctuation; they are written in sentence case with a full stop, the style the
 model writes, so training on them does not teach shouting.
 
-    python training/speechocean.py SPEECHOCEAN_DIR OUT_DIR [--codec opus|flac]
+    python -m training.speechocean SPEECHOCEAN_DIR OUT_DIR [--codec opus|flac]
 
 SPEECHOCEAN_DIR: a checkout of the public repository jimbozhang/speechocean762 (``WAVE/``, ``train/``,
 ``test/``). Train on ``train``; ``test`` is a second real-speech validation set.

@@ -1,9 +1,9 @@
 """Generate synthetic English speech for training, or pack/unpack it into transport shards.
 
-    python training/synth_speech.py --out .cache/tts_v1 --hours 3 --seed 0
-    python training/synth_speech.py --out .cache/tts_v1 --pack-mb 45          # shards in OUT/shards
-    python training/synth_speech.py --out .cache/tts_v1 --unpack 'shards/*.tar'
-    python training/synth_speech.py --out .cache/tts_v1 --benchmark           # RTF per engine family
+    python -m training.synth_speech --out .cache/tts_v1 --hours 3 --seed 0
+    python -m training.synth_speech --out .cache/tts_v1 --pack-mb 45          # shards in OUT/shards
+    python -m training.synth_speech --out .cache/tts_v1 --unpack 'shards/*.tar'
+    python -m training.synth_speech --out .cache/tts_v1 --benchmark           # RTF per engine family
 
 Writes OUT/audio/NNNN/<id>.ogg (16 kHz mono Vorbis) and OUT/manifest.jsonl with
 {"id", "audio", "text", "voice", "duration", "style", "source"} per line. Rerunning with the same
@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training.synth.benchmark import benchmark_families  # noqa: E402
-from training.synth.dataset import GenerateConfig, generate  # noqa: E402
-from training.synth.shards import pack_shards, unpack_shards  # noqa: E402
-from training.synth.text_corpus import build_corpus  # noqa: E402
-from training.synth.voices import available_voices  # noqa: E402
+from training.synth.benchmark import benchmark_families
+from training.synth.dataset import GenerateConfig, generate
+from training.synth.shards import pack_shards, unpack_shards
+from training.synth.text_corpus import build_corpus
+from training.synth.voices import available_voices
 
 
 def main() -> None:
