@@ -22,9 +22,9 @@ import torch
 from tqdm import tqdm
 
 from asr.attention.config import UniqueConfig
+from asr.attention.scoring import score_from_stats
 from asr.attention.selection import select_pages_reference
 from asr.attention.softmask import sequence_page_stats
-from asr.attention.scoring import score_from_stats
 
 SELECTORS = {
     "unique-gauss-0.5": dict(method="unique", offset="gauss", lam=0.5),

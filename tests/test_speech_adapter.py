@@ -4,13 +4,13 @@ import pytest
 import torch
 from torch import nn
 
+from asr.corpus import read_corpus
 from asr.errors import AsrError
 from asr.speech.adapter import SpeechAdapter
 from asr.speech.lora import LoraConfig, add_lora, lora_state_dict, merge_lora
 from asr.speech.projector import FrameStackProjector, ProjectorConfig
-from asr.speech.sessions import IGNORE, pad_sessions, session_inputs
 from asr.speech.prompt import PromptIds
-from asr.corpus import read_corpus
+from asr.speech.sessions import IGNORE, pad_sessions, session_inputs
 
 
 class TinyBlock(nn.Module):

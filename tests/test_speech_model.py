@@ -4,10 +4,9 @@ sessions), one sequence per session. A tiny random LLM stands in for the real on
 from __future__ import annotations
 
 from dataclasses import replace
-
-import numpy as np
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 

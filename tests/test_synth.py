@@ -7,13 +7,18 @@ import pytest
 import soundfile as sf
 
 from asr.speech.audio import SAMPLE_RATE
-
-from training.synth.augment import (NOISE_COLORS, add_noise, apply_gain, augment_waveform, colored_noise,
-                                    reverberate, speed_perturb)
+from training.synth.augment import (
+    NOISE_COLORS,
+    add_noise,
+    apply_gain,
+    augment_waveform,
+    colored_noise,
+    reverberate,
+    speed_perturb,
+)
 from training.synth.manifest import ManifestRow, read_manifest, write_manifest
 from training.synth.shards import pack_shards, unpack_shards
 from training.synth.text_clean import clean_sentence, expand_numbers, speakable_sentences
-
 
 
 def speech_like(seconds: float = 2.0, seed: int = 0) -> np.ndarray:

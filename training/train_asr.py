@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from asr.corpus import Utterance, read_corpus
 from asr.speech.adapter import SpeechAdapter
 from asr.speech.audio import SAMPLE_RATE
 from asr.speech.lora import LoraConfig, add_lora, lora_state_dict
 from asr.speech.projector import FrameStackProjector, ProjectorConfig
 from asr.speech.prompt import PromptIds, draft_token_ids
 from asr.speech.sessions import pad_sessions, session_inputs
-from asr.corpus import Utterance, read_corpus
 from training.ctc_head import VocabularyCtcHead
 from training.history_noise import corrupt_transcript
 from training.mel_warp import MelWarp

@@ -14,8 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from asr.attention.page_stats import NUM_STATS, STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
 from asr.attention.config import UniqueConfig
+from asr.attention.page_stats import NUM_STATS, STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
 from asr.attention.scoring import score_from_stats, upcast
 
 

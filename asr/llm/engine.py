@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence as Seq
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from dataclasses import replace
 from pathlib import Path
 
@@ -84,7 +85,7 @@ class LLMEngine:
         self.runner = self._runners[choice]
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, config: EngineConfig = EngineConfig()) -> "LLMEngine":
+    def from_pretrained(cls, path: str | Path, config: EngineConfig = EngineConfig()) -> LLMEngine:
         """Load a local Hugging Face directory or GGUF file (model and tokenizer); no hub access."""
         from transformers import AutoTokenizer
 
@@ -265,7 +266,7 @@ class LLMEngine:
         return outputs
 
     def _pick(self, rows: list[int], logits: torch.Tensor, params: list[SamplingParams],
-              generator: torch.Generator | None) -> "_PickedTokens":
+              generator: torch.Generator | None) -> _PickedTokens:
         """Tokens for ``rows`` (indices into ``params``) from their logits [len(rows), vocab], on device."""
         if all(params[i].temperature == 0 for i in rows):
             tokens = logits.argmax(dim=-1)
@@ -299,7 +300,7 @@ class _PickedTokens:
         self.host, self.host_index, self.ready = host, host_index, ready
 
     @classmethod
-    def start(cls, rows: list[int], logits: torch.Tensor, tokens: torch.Tensor) -> "_PickedTokens":
+    def start(cls, rows: list[int], logits: torch.Tensor, tokens: torch.Tensor) -> _PickedTokens:
         cuda = tokens.device.type == "cuda"
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=cuda)
         host.copy_(tokens, non_blocking=cuda)
@@ -316,7 +317,7 @@ class _PickedTokens:
         values = self.host.tolist()
         return [values[j] for j in self.host_index]
 
-    def select(self, keep: list[int]) -> "_PickedTokens":
+    def select(self, keep: list[int]) -> _PickedTokens:
         """The rows at positions ``keep`` (no device work when that is every row)."""
         if keep == list(range(len(self.rows))):
             return self

@@ -39,7 +39,7 @@ class SpeechAdapter:
         (directory / "adapter.json").write_text(json.dumps(meta, indent=1))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "SpeechAdapter":
+    def load(cls, directory: str | Path) -> SpeechAdapter:
         directory = Path(directory)
         if not (directory / "adapter.json").exists() or not (directory / "adapter.safetensors").exists():
             raise AsrError(f"{directory} holds no speech adapter (adapter.json + adapter.safetensors)")

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -132,7 +133,7 @@ class AudioEncoder:
     @classmethod
     def load(cls, model_dir: str | Path | None = None, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float16, backend: Backend = "auto",
-             ct2_compute_type: str = CT2_COMPUTE_TYPE, drafts: bool = False) -> "AudioEncoder":
+             ct2_compute_type: str = CT2_COMPUTE_TYPE, drafts: bool = False) -> AudioEncoder:
         """Encoder of a Whisper directory (Hugging Face or CTranslate2; None: the embedded base).
 
         backend: "auto" takes CTranslate2 on the CPU when ``ctranslate2`` imports and the weights are a

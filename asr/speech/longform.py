@@ -63,7 +63,7 @@ class LongformSession:
     def close(self) -> None:
         self.engine.free(self.seq)
 
-    def __enter__(self) -> "LongformSession":
+    def __enter__(self) -> LongformSession:
         return self
 
     def __exit__(self, *exc) -> None:

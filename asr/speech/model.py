@@ -91,7 +91,7 @@ class SpeechModel:
         return LLMEngine(self.llm, config, self.tokenizer)
 
     def open_session(self, engine: LLMEngine, loop: LoopConfig = LoopConfig(),
-                     distance_cap: DistanceCap | None = DistanceCap()) -> "LongformSession":
+                     distance_cap: DistanceCap | None = DistanceCap()) -> LongformSession:
         """A long-form session (one recording or live stream) in a new sequence of ``engine`` (from
         ``open_engine``); closing it frees its sequence, not the engine."""
         from asr.speech.longform import LongformSession

@@ -44,7 +44,7 @@ class PromptIds:
         return self.after_audio if draft_ids is None else self.before_draft + draft_ids + self.after_draft
 
     @classmethod
-    def from_tokenizer(cls, tokenizer) -> "PromptIds":
+    def from_tokenizer(cls, tokenizer) -> PromptIds:
         def ids(text: str) -> list[int]:
             return tokenizer(text, add_special_tokens=False).input_ids
 

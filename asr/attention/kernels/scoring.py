@@ -24,7 +24,6 @@ import torch
 import triton
 import triton.language as tl
 
-from asr.attention.page_stats import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
 from asr.attention.config import UniqueConfig
 from asr.attention.kernels.common import (
     KERNEL_DTYPES,
@@ -35,6 +34,7 @@ from asr.attention.kernels.common import (
     next_power_of_2,
     num_sms,
 )
+from asr.attention.page_stats import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
 
 METHOD_GAUSS, METHOD_L1, METHOD_QUEST, METHOD_MEAN = 0, 1, 2, 3
 ONE_HEAD_PAGES_PER_TILE = 64  # pages per loop step with one kv head per program (tuned at head_dim 128, 8 warps)
