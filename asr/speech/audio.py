@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,6 @@ SAMPLE_RATE = 16000
 PCM_DTYPES = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 # Full scale of 16-bit PCM: int16 samples are divided by it to land in [-1, 1).
 INT16_FULL_SCALE = 32768.0
-_CONVERT_HINT = "convert it with `ffmpeg -i INPUT -ac 1 -ar 16000 OUTPUT.wav` and try again"
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,22 @@ def _checked(samples: np.ndarray, source_rate: int, sample_rate: int, name: str)
         raise AudioError(f"{name} decodes to zero samples (a header without sound); give a recording with audio")
     samples = _resample(_to_mono(samples), source_rate, sample_rate)
     if not np.isfinite(samples).all():
-        raise AudioError(f"{name} holds NaN or infinite samples; the recording is corrupt, {_CONVERT_HINT}")
+        raise AudioError(f"{name} holds NaN or infinite samples; the recording is corrupt, {_convert_hint()}")
     return np.ascontiguousarray(samples)
+
+
+def _convert_hint() -> str:
+    """What to do with a file this machine cannot decode: ffmpeg's command where ffmpeg is installed,
+    else the formats that libsndfile reads without it."""
+    if shutil.which("ffmpeg"):
+        return "convert it with `ffmpeg -i INPUT -ac 1 -ar 16000 OUTPUT.wav` and try again"
+    return "convert it to wav, flac, ogg or mp3 (read here without ffmpeg) and try again"
 
 
 def _undecodable(name: str, soundfile_error: Exception, reason: str) -> AudioError:
     soundfile_reason = getattr(soundfile_error, "error_string", soundfile_error)
     return AudioError(f"{name} is not audio in a format this machine can decode (soundfile: {soundfile_reason}; "
-                      f"{reason}); {_CONVERT_HINT}")
+                      f"{reason}); {_convert_hint()}")
 
 
 def _decode_audioread(path: str, name: str, soundfile_error: Exception) -> tuple[np.ndarray, int]:

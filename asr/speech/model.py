@@ -127,8 +127,9 @@ def load_speech_model(model_dir: str | Path | None, engine_config: EngineConfig,
     adapter_dir = Path(model_dir) if model_dir else EMBEDDED_ADAPTER
     if model_dir is None and not (adapter_dir / "adapter.json").exists():
         raise ModelLoadError(
-            "this version ships no trained speech adapter yet; train one with training/train_asr.py "
-            "and pass its directory with --model DIR")
+            f"the embedded speech adapter is missing ({adapter_dir / 'adapter.json'}); reinstall the project "
+            "(`bash scripts/setup.sh`), or train one with `python -m training.train_asr` and pass its "
+            "directory with --model DIR")
     adapter = SpeechAdapter.load(adapter_dir)
     device, dtype = resolve_device(engine_config)
     llm_path = _resolve(adapter_dir, adapter.info.get("llm")) or str(embedded_llm_dir())
