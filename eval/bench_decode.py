@@ -11,6 +11,10 @@ Floor of one step = bytes that must cross device memory / measured device-to-dev
   dense:  every weight once + every cached K/V of every sequence;
   unique: every weight once + mean/std page statistics of every page + K/V of the chosen pages.
 
+The transformers baseline (B=1, the ``HF ms`` column) runs in the same process on the same device with
+the same geometry and cached tokens: ``LlamaForCausalLM`` with SDPA and a static cache, one eager forward
+per token (``--no-transformers`` skips it).
+
     python -m eval.bench_decode                      # H100: 16k..128k, B in {1, 8}
     python -m eval.bench_decode --device cpu --model tiny --contexts 512 1024 --steps 4   # smoke test
 """
@@ -41,8 +45,7 @@ MODELS = {
     "llama-3.2-1b": ModelConfig("llama", 128256, 2048, 8192, 16, 32, 8, 64, 1e-5, 131072, tie_word_embeddings=True),
     "tiny": ModelConfig("llama", 1024, 128, 256, 2, 4, 2, 64, 1e-5, 8192, tie_word_embeddings=True),
 }
-# transformers generate, SDPA + static cache, B=1, Llama-3.2-1B shapes on the H100 (from the issue)
-HF_ANCHOR_MS = {32768: 9.0, 131072: 25.0}
+HF_PREFILL_CHUNK = 4096  # tokens per forward when filling the transformers baseline's cache
 STATS_READ_BY_UNIQUE = 2  # mean and std rows of a page's key statistics
 
 
@@ -58,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no-graphs", action="store_true", help="eager decode (no CUDA graphs)")
     parser.add_argument("--output", type=Path, default=Path("eval/results"), help="directory for bench_decode.json")
+    parser.add_argument("--no-transformers", action="store_true",
+                        help="skip the transformers baseline (B=1, SDPA + static cache, measured in this run)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile each setting's steps: device busy time per step and its top kernels")
     return parser.parse_args(argv)
@@ -123,6 +128,52 @@ def time_decode(engine: LLMEngine, seqs, steps: int, warmup: int) -> float:
     return elapsed / steps
 
 
+def time_transformers_decode(config: ModelConfig, cached: int, steps: int, warmup: int, device: torch.device,
+                             dtype: torch.dtype, rope_theta: float = 500000.0) -> float:
+    """Seconds per decode step of the transformers baseline at batch 1: the same geometry as a
+    ``LlamaForCausalLM`` with random weights, SDPA attention and a static cache of ``cached + warmup +
+    steps`` positions, filled by a chunked prefill, then one eager forward per token (greedy), as
+    ``generate`` with a static cache runs without ``torch.compile``."""
+    from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
+
+    hf_config = LlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads, head_dim=config.head_dim, rms_norm_eps=config.rms_norm_eps,
+        max_position_embeddings=max(config.max_context, cached + warmup + steps), rope_theta=rope_theta,
+        tie_word_embeddings=config.tie_word_embeddings, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(hf_config).to(dtype).eval()
+    cache = StaticCache(config=hf_config, max_cache_len=cached + warmup + steps)
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, config.vocab_size, (1, cached), generator=generator).to(device)
+
+    def forward(token_ids: torch.Tensor, start: int) -> torch.Tensor:
+        positions = torch.arange(start, start + token_ids.shape[1], device=device)
+        out = model(input_ids=token_ids, past_key_values=cache, cache_position=positions, use_cache=True,
+                    logits_to_keep=1)
+        return out.logits[:, -1].argmax(dim=-1, keepdim=True)
+
+    with torch.inference_mode():
+        for start in range(0, cached, HF_PREFILL_CHUNK):
+            token = forward(tokens[:, start : start + HF_PREFILL_CHUNK], start)
+        position = cached
+        for _ in range(warmup):
+            token, position = forward(token, position), position + 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start_s = time.perf_counter()
+        for _ in range(steps):
+            token, position = forward(token, position), position + 1
+        token.cpu()  # waits for the last step
+        elapsed = time.perf_counter() - start_s
+    del model, cache
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return elapsed / steps
+
+
 def profile_decode(engine: LLMEngine, seqs, steps: int, top: int = 12) -> dict:
     """Kernel time of ``steps`` decode steps (torch.profiler): device-busy ms and kernels per step, and
     the ``top`` kernels by time. Busy time below the step's wall time is the device waiting for the host."""
@@ -152,7 +203,7 @@ def run(args) -> tuple[list[dict], dict]:
     bandwidth = copy_bandwidth(device)
     model = random_model(model_config, device, dtype)
     sparse = UniqueConfig(page_size=args.page_size, budget_tokens=args.budget)
-    rows = []
+    rows, hf_ms = [], {}
     for context in sorted(args.contexts):
         config = EngineConfig(
             attention="dense", sparse=sparse, device=str(device), max_context=context,
@@ -178,18 +229,22 @@ def run(args) -> tuple[list[dict], dict]:
         del engine, seqs
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        if 1 in args.batches and not args.no_transformers:
+            hf_ms[context] = 1e3 * time_transformers_decode(model_config, context - margin, args.steps, args.warmup,
+                                                            device, dtype)
+            log.info("transformers, context %d, B=1: %.2f ms/step", context, hf_ms[context])
     for row in rows:
         if row["attention"] == "unique":
             dense = next(r for r in rows if r["attention"] == "dense" and r["context"] == row["context"]
                          and r["batch"] == row["batch"])
             row["speedup_vs_dense"] = dense["ms_per_step"] / row["ms_per_step"]
-        anchor = HF_ANCHOR_MS.get(row["context"]) if row["batch"] == 1 else None
-        row["hf_sdpa_static_ms"] = anchor
+        row["hf_sdpa_static_ms"] = hf_ms.get(row["context"]) if row["batch"] == 1 else None
     meta = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 copy_bandwidth_tbs=bandwidth / 1e12, torch=torch.__version__, model=args.model,
                 model_config=asdict(model_config), dtype=str(dtype), page_size=args.page_size, budget=args.budget,
                 steps=args.steps, cuda_graphs=not args.no_graphs,
-                hf_anchor_note="transformers generate, SDPA + static cache, B=1, measured on the H100 (issue)")
+                hf_note="transformers LlamaForCausalLM, SDPA + static cache, eager decode, B=1, measured in this "
+                "run on the same device and cached tokens")
     return rows, meta
 
 
