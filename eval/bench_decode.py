@@ -168,10 +168,7 @@ def time_transformers_decode(config: ModelConfig, cached: int, steps: int, warmu
             token, position = forward(token, position), position + 1
         token.cpu()  # waits for the last step
         elapsed = time.perf_counter() - start_s
-    del model, cache
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return elapsed / steps
+    return elapsed / steps  # the model and its cache are freed on return
 
 
 def profile_decode(engine: LLMEngine, seqs, steps: int, top: int = 12) -> dict:
@@ -233,6 +230,8 @@ def run(args) -> tuple[list[dict], dict]:
             hf_ms[context] = 1e3 * time_transformers_decode(model_config, context - margin, args.steps, args.warmup,
                                                             device, dtype)
             log.info("transformers, context %d, B=1: %.2f ms/step", context, hf_ms[context])
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     for row in rows:
         if row["attention"] == "unique":
             dense = next(r for r in rows if r["attention"] == "dense" and r["context"] == row["context"]
