@@ -42,7 +42,9 @@ log = logging.getLogger("bench_decode")
 
 MODELS = {
     # Llama-3.2-1B: 16 layers, hidden 2048, GQA 32:8, head_dim 64, tied 128256-token embedding
-    "llama-3.2-1b": ModelConfig("llama", 128256, 2048, 8192, 16, 32, 8, 64, 1e-5, 131072, tie_word_embeddings=True),
+    "llama-3.2-1b": ModelConfig(
+        "llama", 128256, 2048, 8192, 16, 32, 8, 64, 1e-5, 131072, tie_word_embeddings=True
+    ),
     "tiny": ModelConfig("llama", 1024, 128, 256, 2, 4, 2, 64, 1e-5, 8192, tie_word_embeddings=True),
 }
 HF_PREFILL_CHUNK = 4096  # tokens per forward when filling the transformers baseline's cache
@@ -50,7 +52,9 @@ STATS_READ_BY_UNIQUE = 2  # mean and std rows of a page's key statistics
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="llama-3.2-1b", choices=sorted(MODELS))
     parser.add_argument("--contexts", type=int, nargs="+", default=[16384, 32768, 65536, 131072])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
@@ -60,11 +64,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=16, help="untimed decode steps per setting")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no-graphs", action="store_true", help="eager decode (no CUDA graphs)")
-    parser.add_argument("--output", type=Path, default=Path("eval/results"), help="directory for bench_decode.json")
-    parser.add_argument("--no-transformers", action="store_true",
-                        help="skip the transformers baseline (B=1, SDPA + static cache, measured in this run)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile each setting's steps: device busy time per step and its top kernels")
+    parser.add_argument(
+        "--output", type=Path, default=Path("eval/results"), help="directory for bench_decode.json"
+    )
+    parser.add_argument(
+        "--no-transformers",
+        action="store_true",
+        help="skip the transformers baseline (B=1, SDPA + static cache, measured in this run)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile each setting's steps: device busy time per step and its top kernels",
+    )
     return parser.parse_args(argv)
 
 
@@ -81,8 +93,12 @@ def fill_random_context(engine: LLMEngine, seqs, context: int, seed: int = 0) ->
     for layer in range(cache.shape.num_layers):
         for chunk in pages.split(8192):
             shape = (len(chunk), *cache.k.shape[2:])
-            cache.k[layer, chunk] = torch.randn(shape, generator=gen, device=chunk.device, dtype=cache.k.dtype)
-            cache.v[layer, chunk] = torch.randn(shape, generator=gen, device=chunk.device, dtype=cache.v.dtype)
+            cache.k[layer, chunk] = torch.randn(
+                shape, generator=gen, device=chunk.device, dtype=cache.k.dtype
+            )
+            cache.v[layer, chunk] = torch.randn(
+                shape, generator=gen, device=chunk.device, dtype=cache.v.dtype
+            )
             stats = page_key_stats(cache.k[layer, chunk], fill[: len(chunk)])
             cache.key_stats[layer, chunk] = stats.to(cache.key_stats.dtype)
     roll_back(engine, seqs, context)  # the last page of each sequence is partial when context % page_size
@@ -95,15 +111,30 @@ def roll_back(engine: LLMEngine, seqs, context: int) -> None:
         seq.next_logits = torch.zeros(engine.model_config.vocab_size, device=engine.device)
 
 
-def floor_bytes(model: torch.nn.Module, config: ModelConfig, batch: int, context: int, sparse: UniqueConfig | None,
-                page_size: int, kv_bytes: int) -> dict:
+def floor_bytes(
+    model: torch.nn.Module,
+    config: ModelConfig,
+    batch: int,
+    context: int,
+    sparse: UniqueConfig | None,
+    page_size: int,
+    kv_bytes: int,
+) -> dict:
     """Bytes one decode step must move: weights once, plus dense K/V or page stats + chosen pages."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     per_token_kv = config.num_layers * config.num_kv_heads * config.head_dim * 2 * kv_bytes
     if sparse is None:
         return dict(weights=weights, kv=batch * context * per_token_kv, stats=0)
     pages = math.ceil(context / page_size)
-    stats = batch * pages * config.num_layers * config.num_kv_heads * STATS_READ_BY_UNIQUE * config.head_dim * kv_bytes
+    stats = (
+        batch
+        * pages
+        * config.num_layers
+        * config.num_kv_heads
+        * STATS_READ_BY_UNIQUE
+        * config.head_dim
+        * kv_bytes
+    )
     chosen = min(pages, sparse.num_select) * page_size
     return dict(weights=weights, kv=batch * chosen * per_token_kv, stats=stats)
 
@@ -137,11 +168,19 @@ def time_transformers_decode(config: ModelConfig, cached: int, steps: int, warmu
     from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
 
     hf_config = LlamaConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_kv_heads, head_dim=config.head_dim, rms_norm_eps=config.rms_norm_eps,
-        max_position_embeddings=max(config.max_context, cached + warmup + steps), rope_theta=rope_theta,
-        tie_word_embeddings=config.tie_word_embeddings, attn_implementation="sdpa")
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads,
+        head_dim=config.head_dim,
+        rms_norm_eps=config.rms_norm_eps,
+        max_position_embeddings=max(config.max_context, cached + warmup + steps),
+        rope_theta=rope_theta,
+        tie_word_embeddings=config.tie_word_embeddings,
+        attn_implementation="sdpa",
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(hf_config).to(dtype).eval()
@@ -181,12 +220,18 @@ def profile_decode(engine: LLMEngine, seqs, steps: int, top: int = 12) -> dict:
         engine.generate_many(seqs, [SamplingParams(max_tokens=steps, ignore_eos=True)] * len(seqs))
         torch.cuda.synchronize()
     roll_back(engine, seqs, context)
-    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+    kernels = [
+        e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0
+    ]
     kernels.sort(key=lambda e: -e.self_device_time_total)
-    return dict(busy_ms_per_step=sum(e.self_device_time_total for e in kernels) / 1e3 / steps,
-                kernels_per_step=sum(e.count for e in kernels) / steps,
-                top=[dict(name=e.key[:90], per_step=e.count / steps, us_per_step=e.self_device_time_total / steps)
-                     for e in kernels[:top]])
+    return dict(
+        busy_ms_per_step=sum(e.self_device_time_total for e in kernels) / 1e3 / steps,
+        kernels_per_step=sum(e.count for e in kernels) / steps,
+        top=[
+            dict(name=e.key[:90], per_step=e.count / steps, us_per_step=e.self_device_time_total / steps)
+            for e in kernels[:top]
+        ],
+    )
 
 
 def run(args) -> tuple[list[dict], dict]:
@@ -196,7 +241,9 @@ def run(args) -> tuple[list[dict], dict]:
     # ``context`` tokens holds ``context - margin`` cached ones and decodes into the rest (as a model at its
     # limit would: its graph page tables are sized for ``context``)
     margin = args.steps + args.warmup + 8
-    model_config = replace(MODELS[args.model], max_context=max(MODELS[args.model].max_context, max(args.contexts)))
+    model_config = replace(
+        MODELS[args.model], max_context=max(MODELS[args.model].max_context, max(args.contexts))
+    )
     bandwidth = copy_bandwidth(device)
     model = random_model(model_config, device, dtype)
     sparse = UniqueConfig(page_size=args.page_size, budget_tokens=args.budget)
@@ -213,13 +260,32 @@ def run(args) -> tuple[list[dict], dict]:
             engine.set_attention(attention, sparse)
             for batch in args.batches:
                 step_s = time_decode(engine, seqs[:batch], args.steps, args.warmup)
-                moved = floor_bytes(model, model_config, batch, context - margin, None if attention == "dense" else sparse,
-                                    args.page_size, engine.cache.k.element_size())
+                moved = floor_bytes(
+                    model,
+                    model_config,
+                    batch,
+                    context - margin,
+                    None if attention == "dense" else sparse,
+                    args.page_size,
+                    engine.cache.k.element_size(),
+                )
                 floor_s = sum(moved.values()) / bandwidth
-                rows.append(dict(context=context, cached=context - margin, batch=batch, attention=attention, ms_per_step=step_s * 1e3,
-                                 tokens_per_s=batch / step_s, floor_ms=floor_s * 1e3, over_floor=step_s / floor_s,
-                                 bytes_weights=moved["weights"], bytes_kv=moved["kv"], bytes_stats=moved["stats"],
-                                 budget=args.budget if attention == "unique" else None))
+                rows.append(
+                    dict(
+                        context=context,
+                        cached=context - margin,
+                        batch=batch,
+                        attention=attention,
+                        ms_per_step=step_s * 1e3,
+                        tokens_per_s=batch / step_s,
+                        floor_ms=floor_s * 1e3,
+                        over_floor=step_s / floor_s,
+                        bytes_weights=moved["weights"],
+                        bytes_kv=moved["kv"],
+                        bytes_stats=moved["stats"],
+                        budget=args.budget if attention == "unique" else None,
+                    )
+                )
                 if args.profile and device.type == "cuda":
                     rows[-1]["profile"] = profile_decode(engine, seqs[:batch], args.steps)
                 log.info("%s", rows[-1])
@@ -227,8 +293,9 @@ def run(args) -> tuple[list[dict], dict]:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if 1 in args.batches and not args.no_transformers:
-            hf_ms[context] = 1e3 * time_transformers_decode(model_config, context - margin, args.steps, args.warmup,
-                                                            device, dtype)
+            hf_ms[context] = 1e3 * time_transformers_decode(
+                model_config, context - margin, args.steps, args.warmup, device, dtype
+            )
             log.info("transformers, context %d, B=1: %.2f ms/step", context, hf_ms[context])
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -238,23 +305,36 @@ def run(args) -> tuple[list[dict], dict]:
                          and r["batch"] == row["batch"])
             row["speedup_vs_dense"] = dense["ms_per_step"] / row["ms_per_step"]
         row["hf_sdpa_static_ms"] = hf_ms.get(row["context"]) if row["batch"] == 1 else None
-    meta = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                copy_bandwidth_tbs=bandwidth / 1e12, torch=torch.__version__, model=args.model,
-                model_config=asdict(model_config), dtype=str(dtype), page_size=args.page_size, budget=args.budget,
-                steps=args.steps, cuda_graphs=not args.no_graphs,
-                hf_note="transformers LlamaForCausalLM, SDPA + static cache, eager decode, B=1, measured in this "
-                "run on the same device and cached tokens")
+    meta = dict(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        copy_bandwidth_tbs=bandwidth / 1e12,
+        torch=torch.__version__,
+        model=args.model,
+        model_config=asdict(model_config),
+        dtype=str(dtype),
+        page_size=args.page_size,
+        budget=args.budget,
+        steps=args.steps,
+        cuda_graphs=not args.no_graphs,
+        hf_note="transformers LlamaForCausalLM, SDPA + static cache, eager decode, B=1, measured in this "
+        "run on the same device and cached tokens",
+    )
     return rows, meta
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| context | B | attention | ms/step | tokens/s | floor ms | x floor | unique speed-up | HF ms (B=1) |",
-             "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| context | B | attention | ms/step | tokens/s | floor ms | x floor | unique speed-up | HF ms (B=1) "
+        "|",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         speedup = f"{r['speedup_vs_dense']:.2f}x" if r.get("speedup_vs_dense") else ""
         anchor = f"{r['hf_sdpa_static_ms']:.1f}" if r.get("hf_sdpa_static_ms") else ""
-        lines.append(f"| {r['context']} | {r['batch']} | {r['attention']} | {r['ms_per_step']:.2f} | "
-                     f"{r['tokens_per_s']:.0f} | {r['floor_ms']:.2f} | {r['over_floor']:.2f} | {speedup} | {anchor} |")
+        lines.append(
+            f"| {r['context']} | {r['batch']} | {r['attention']} | {r['ms_per_step']:.2f} | "
+            f"{r['tokens_per_s']:.0f} | {r['floor_ms']:.2f} | {r['over_floor']:.2f} | {speedup} | {anchor} |"
+        )
     return "\n".join(lines)
 
 
@@ -264,14 +344,20 @@ def main(argv=None) -> None:
     rows, meta = run(args)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "bench_decode.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    print(f"\n{meta['device']}, copy bandwidth {meta['copy_bandwidth_tbs']:.2f} TB/s, budget {args.budget} tokens, "
-          f"page {args.page_size}, {meta['dtype']}, CUDA graphs {meta['cuda_graphs']}")
+    print(
+        f"\n{meta['device']}, copy bandwidth {meta['copy_bandwidth_tbs']:.2f} TB/s, budget {args.budget} "
+        "tokens, "
+        f"page {args.page_size}, {meta['dtype']}, CUDA graphs {meta['cuda_graphs']}"
+    )
     print(table(rows))
     for row in rows:
         if "profile" in row:
             prof = row["profile"]
-            print(f"\n{row['context']} B={row['batch']} {row['attention']}: {row['ms_per_step']:.2f} ms/step, device busy "
-                  f"{prof['busy_ms_per_step']:.2f} ms, {prof['kernels_per_step']:.0f} kernels/step")
+            print(
+                f"\n{row['context']} B={row['batch']} {row['attention']}: {row['ms_per_step']:.2f} ms/step, "
+                "device busy "
+                f"{prof['busy_ms_per_step']:.2f} ms, {prof['kernels_per_step']:.0f} kernels/step"
+            )
             for kernel in prof["top"]:
                 print(f"  {kernel['us_per_step']:8.1f} us {kernel['per_step']:6.1f}x  {kernel['name']}")
 

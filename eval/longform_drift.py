@@ -47,7 +47,9 @@ def build(manifests: list[str], minutes: float, output: Path) -> None:
             break
         audio = load_audio(str(utt.audio), SAMPLE_RATE)
         pieces += [audio, gap]
-        spans.append({"start": round(cursor, 3), "end": round(cursor + len(audio) / SAMPLE_RATE, 3), "text": utt.text})
+        spans.append(
+            {"start": round(cursor, 3), "end": round(cursor + len(audio) / SAMPLE_RATE, 3), "text": utt.text}
+        )
         cursor += len(audio) / SAMPLE_RATE + GAP_S
     output.mkdir(parents=True, exist_ok=True)
     sf.write(output / "recording.flac", np.concatenate(pieces), SAMPLE_RATE)
@@ -75,7 +77,10 @@ def score(transcript_path: Path, spans_path: Path, window_min: float, output: Pa
     print(f"\nlast {last} segments against the references they overlap:")
     for seg in transcript["segments"][len(transcript["segments"]) - last:]:
         overlapping = [s["text"] for s in spans if s["start"] < seg["end"] and s["end"] > seg["start"]]
-        print(f"[{seg['start']:8.1f}-{seg['end']:8.1f}] HYP {seg['text']}\n{'':20} REF {' | '.join(overlapping)}")
+        print(
+            f"[{seg['start']:8.1f}-{seg['end']:8.1f}] HYP {seg['text']}\n{'':20} REF "
+            f"{' | '.join(overlapping)}"
+        )
     output.mkdir(parents=True, exist_ok=True)
     result = {"transcript": str(transcript_path), "window_minutes": window_min, "stats": transcript["stats"],
               "skipped_seconds": sum(s["end"] - s["start"] for s in transcript["skipped"]), "windows": rows}
@@ -92,10 +97,14 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("build", help="build a long recording with known utterance times")
-    make.add_argument("--manifest", action="append", required=True, help="PATH or PATH:FIRST_ROW (repeatable)")
+    make.add_argument(
+        "--manifest", action="append", required=True, help="PATH or PATH:FIRST_ROW (repeatable)"
+    )
     make.add_argument("--minutes", type=float, default=60)
     make.add_argument("--output", type=Path, required=True)
     check = commands.add_parser("score", help="WER per time window of a long transcript")

@@ -1,4 +1,5 @@
-"""``python -m eval.bench_attention_cpu`` runs end to end on tiny shapes (its numbers are for BENCHMARKS.md)."""
+"""``python -m eval.bench_attention_cpu`` runs end to end on tiny shapes (its numbers are for
+BENCHMARKS.md)."""
 
 import json
 import subprocess

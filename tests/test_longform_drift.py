@@ -4,13 +4,21 @@ import json
 
 from eval.longform_drift import score
 
-SPANS = [{"start": 0, "end": 50, "text": "the first one"}, {"start": 70, "end": 110, "text": "a second line"},
-         {"start": 130, "end": 170, "text": "now the third"}, {"start": 190, "end": 230, "text": "and the last"}]
+SPANS = [
+    {"start": 0, "end": 50, "text": "the first one"},
+    {"start": 70, "end": 110, "text": "a second line"},
+    {"start": 130, "end": 170, "text": "now the third"},
+    {"start": 190, "end": 230, "text": "and the last"},
+]
 
 
 def _score(tmp_path, segments):
-    transcript = {"duration": 240, "segments": segments, "skipped": [{"start": 50, "end": 70, "reason": "silence"}],
-                  "stats": {"rtf": 0.3}}
+    transcript = {
+        "duration": 240,
+        "segments": segments,
+        "skipped": [{"start": 50, "end": 70, "reason": "silence"}],
+        "stats": {"rtf": 0.3},
+    }
     (tmp_path / "t.json").write_text(json.dumps(transcript))
     (tmp_path / "spans.json").write_text(json.dumps(SPANS))
     score(tmp_path / "t.json", tmp_path / "spans.json", 2.0, tmp_path / "out", last=2)

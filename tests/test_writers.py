@@ -29,7 +29,10 @@ def test_long_segments_split_into_two_line_cues_sharing_the_time():
     assert cues[0].text == "Hello there."
     long_cues = cues[1:]
     assert len(long_cues) >= 2
-    assert all(len(c.text.split("\n")) <= 2 and all(len(line) <= 42 for line in c.text.split("\n")) for c in long_cues)
+    assert all(
+        len(c.text.split("\n")) <= 2 and all(len(line) <= 42 for line in c.text.split("\n"))
+        for c in long_cues
+    )
     assert long_cues[0].start == 3661.25 and long_cues[-1].end == pytest.approx(3670.0)
     assert " ".join(c.text.replace("\n", " ") for c in long_cues) == LONG
 
@@ -48,9 +51,22 @@ def test_every_format_holds_all_text(fmt, tmp_path):
     if fmt == "json":
         data = json.loads(body)
         assert data["skipped"][0]["reason"] == "silence" and data["segments"][1]["start"] == 3661.25
-        assert list(data["stats"]) == ["duration", "seconds", "rtf", "kv_pages_read", "attention", "budget_tokens",
-                                       "chunks", "loops_cut", "budget_stops", "context_tokens", "max_distance",
-                                       "drafts", "draft_tokens_accepted", "draft_tokens"]
+        assert list(data["stats"]) == [
+            "duration",
+            "seconds",
+            "rtf",
+            "kv_pages_read",
+            "attention",
+            "budget_tokens",
+            "chunks",
+            "loops_cut",
+            "budget_stops",
+            "context_tokens",
+            "max_distance",
+            "drafts",
+            "draft_tokens_accepted",
+            "draft_tokens",
+        ]
         assert data["stats"]["rtf"] == 0.1
 
 

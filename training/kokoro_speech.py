@@ -20,13 +20,17 @@ from training.synth.kokoro_dataset import CODECS, KokoroConfig, generate
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True, help="dataset directory")
     parser.add_argument("--hours", type=float, required=True, help="hours of audio to reach")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="processes, one onnxruntime thread each")
     parser.add_argument("--codec", choices=sorted(CODECS), default="opus")
-    parser.add_argument("--voice-dir", type=Path, default=KokoroConfig.voice_dir, help="kokoro-js voices/*.bin")
+    parser.add_argument(
+        "--voice-dir", type=Path, default=KokoroConfig.voice_dir, help="kokoro-js voices/*.bin"
+    )
     parser.add_argument("--model", type=Path, default=KokoroConfig.model, help="Kokoro v1.0 int8 ONNX file")
     parser.add_argument("--corpus-cache", type=Path, default=KokoroConfig.corpus_cache)
     args = parser.parse_args()

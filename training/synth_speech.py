@@ -25,7 +25,9 @@ from training.synth.voices import available_voices
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True, help="dataset directory")
     parser.add_argument("--hours", type=float, default=0.0, help="hours of audio to generate")
     parser.add_argument("--seed", type=int, default=0)
@@ -33,7 +35,9 @@ def main() -> None:
     parser.add_argument("--codec", choices=["vorbis", "opus"], default="vorbis",
                         help="Ogg audio codec: opus is about half the bytes (for carrying data to a GPU)")
     parser.add_argument("--corpus-cache", type=Path, default=Path(".cache/synth_corpus.jsonl"))
-    parser.add_argument("--pack-mb", type=float, default=0.0, help="after generating, pack into tar shards of this size")
+    parser.add_argument(
+        "--pack-mb", type=float, default=0.0, help="after generating, pack into tar shards of this size"
+    )
     parser.add_argument("--shard-dir", type=Path, help="where shards go (default OUT/shards)")
     parser.add_argument("--unpack", help="glob of shard tars to extract into OUT")
     parser.add_argument("--benchmark", action="store_true", help="print synthesis speed per engine family")
@@ -43,7 +47,10 @@ def main() -> None:
     if args.benchmark:
         print(f"{'family':10} {'voices':>6} {'audio s':>8} {'compute s':>9} {'RTF':>6}")
         for speed in benchmark_families(build_corpus(args.corpus_cache), available_voices()):
-            print(f"{speed.family:10} {speed.voices:6d} {speed.audio_seconds:8.1f} {speed.compute_seconds:9.2f} {speed.rtf:6.3f}")
+            print(
+                f"{speed.family:10} {speed.voices:6d} {speed.audio_seconds:8.1f} "
+                f"{speed.compute_seconds:9.2f} {speed.rtf:6.3f}"
+            )
         return
     if args.unpack:
         print(unpack_shards([Path(p) for p in glob.glob(args.unpack)], args.out))

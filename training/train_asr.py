@@ -111,7 +111,9 @@ def build_models(args, device):
     if args.checkpointing:
         llm.gradient_checkpointing_enable()
     encoder = AudioEncoder.load(args.whisper, device=device, dtype=torch.float16, drafts=args.drafts)
-    projector_config = ProjectorConfig(encoder_dim=encoder.dim, llm_dim=llm.config.hidden_size, stack=args.stack)
+    projector_config = ProjectorConfig(
+        encoder_dim=encoder.dim, llm_dim=llm.config.hidden_size, stack=args.stack
+    )
     projector = FrameStackProjector(projector_config).to(device)
     lora_params = [p for n, p in llm.named_parameters() if n.endswith((".lora_a", ".lora_b"))]
     return tokenizer, llm, encoder, projector, projector_config, lora_config, lora_params
@@ -130,13 +132,22 @@ def session_batch(batch, tokenizer, prompt, llm, encoder, projector, features_tr
     frames, frame_lengths = encoder.encode_padded(chunks, features_transform=features_transform)
     audio = projector(frames.float())  # [chunks, tokens, hidden]
     audio_lengths = (frame_lengths + projector.config.stack - 1) // projector.config.stack
-    texts = [tokenizer(text, add_special_tokens=False).input_ids for session in batch for _, text, _ in session]
+    texts = [
+        tokenizer(text, add_special_tokens=False).input_ids for session in batch for _, text, _ in session
+    ]
     cursor, sessions = 0, []
     for session in batch:
         turns = range(cursor, cursor + len(session))
-        sessions.append(session_inputs([audio[i, : audio_lengths[i]] for i in turns], [texts[i] for i in turns],
-                                       prompt, llm.get_input_embeddings(), [learn for _, _, learn in session],
-                                       None if drafts is None else [drafts[i] for i in turns]))
+        sessions.append(
+            session_inputs(
+                [audio[i, : audio_lengths[i]] for i in turns],
+                [texts[i] for i in turns],
+                prompt,
+                llm.get_input_embeddings(),
+                [learn for _, _, learn in session],
+                None if drafts is None else [drafts[i] for i in turns],
+            )
+        )
         cursor += len(session)
     return pad_sessions(sessions), (audio, audio_lengths, texts)
 
@@ -152,9 +163,14 @@ def transcribe_one(wave, tokenizer, prompt, llm, encoder, projector, max_new_tok
     inputs = torch.cat([ids(prompt.session_start + prompt.before_audio), audio.to(embed.weight.dtype),
                         ids(prompt.after_audio_with(draft_ids))])[None]
     with torch.autocast(audio.device.type, dtype=torch.bfloat16, enabled=audio.device.type == "cuda"):
-        out = llm.generate(inputs_embeds=inputs, attention_mask=torch.ones(inputs.shape[:2], device=audio.device, dtype=torch.long),
-                           max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=prompt.end_of_turn,
-                           pad_token_id=prompt.end_of_turn)
+        out = llm.generate(
+            inputs_embeds=inputs,
+            attention_mask=torch.ones(inputs.shape[:2], device=audio.device, dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=prompt.end_of_turn,
+            pad_token_id=prompt.end_of_turn,
+        )
     return tokenizer.decode(out[0], skip_special_tokens=True).strip()
 
 
@@ -174,10 +190,19 @@ def validate(manifest: str, limit: int, *models) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The run's configuration from the command line."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", nargs="+", required=True, help="manifest.jsonl files or directories (TTS output, LibriSpeech layout)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        help="manifest.jsonl files or directories (TTS output, LibriSpeech layout)",
+    )
     parser.add_argument("--out", required=True, help="output directory for the adapter checkpoint")
-    parser.add_argument("--llm", help="Hugging Face LLM directory (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--llm", help="Hugging Face LLM directory (default: the embedded SmolLM2-135M-Instruct)"
+    )
     parser.add_argument("--whisper", help="Whisper directory (default: the embedded Whisper base)")
     parser.add_argument("--resume", help="adapter directory to continue from")
     parser.add_argument("--steps", type=int, default=3000)
@@ -197,11 +222,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--noisy-history", type=float, default=NOISY_HISTORY_SHARE,
                         help="share of multi-turn sessions whose earlier transcripts are corrupted, as the "
                         "model's own errors are at inference (training/history_noise.py)")
-    parser.add_argument("--drafts", action="store_true",
-                        help="put each chunk's Whisper draft (greedy, Whisper's own decoder) into the context "
-                        "after its audio, as inference then does (asr.speech.draft)")
+    parser.add_argument(
+        "--drafts",
+        action="store_true",
+        help="put each chunk's Whisper draft (greedy, Whisper's own decoder) into the context "
+        "after its audio, as inference then does (asr.speech.draft)",
+    )
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--no-augment", action="store_true", help="no waveform augmentation, mel warp or SpecAugment")
+    parser.add_argument(
+        "--no-augment", action="store_true", help="no waveform augmentation, mel warp or SpecAugment"
+    )
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (saves memory)")
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--time-limit", type=float, default=0, help="stop and save after this many minutes")
@@ -216,8 +246,13 @@ def make_optimizer(projector: torch.nn.Module, ctc_head: torch.nn.Module, lora_p
                    args: argparse.Namespace) -> torch.optim.AdamW:
     """AdamW over two parameter groups: projector and CTC head at ``--lr``, then LoRA (``LORA_GROUP``) at
     ``--lr`` times ``--lora-lr-scale``."""
-    return torch.optim.AdamW([{"params": list(projector.parameters()) + list(ctc_head.parameters()), "lr": args.lr},
-                              {"params": lora_params, "lr": args.lr * args.lora_lr_scale}], weight_decay=0.01)
+    return torch.optim.AdamW(
+        [
+            {"params": list(projector.parameters()) + list(ctc_head.parameters()), "lr": args.lr},
+            {"params": lora_params, "lr": args.lr * args.lora_lr_scale},
+        ],
+        weight_decay=0.01,
+    )
 
 
 class Schedule:
@@ -225,7 +260,12 @@ class Schedule:
     whichever ends first; LoRA's group stays at 0 for the first ``lora_start`` steps."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, steps: int, time_limit_min: float, lora_start: int):
-        self.optimizer, self.steps, self.time_limit_min, self.lora_start = optimizer, steps, time_limit_min, lora_start
+        self.optimizer, self.steps, self.time_limit_min, self.lora_start = (
+            optimizer,
+            steps,
+            time_limit_min,
+            lora_start,
+        )
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.warmup = max(1, min(200, steps // 10))
 
@@ -241,8 +281,16 @@ class Schedule:
         return self.base_lrs[0] * factor
 
 
-def train_step(batch: list, models: tuple, ctc_head: VocabularyCtcHead, optimizer: torch.optim.Optimizer,
-               lora_params: list, args: argparse.Namespace, augment_features, device: torch.device) -> tuple[float, float]:
+def train_step(
+    batch: list,
+    models: tuple,
+    ctc_head: VocabularyCtcHead,
+    optimizer: torch.optim.Optimizer,
+    lora_params: list,
+    args: argparse.Namespace,
+    augment_features,
+    device: torch.device,
+) -> tuple[float, float]:
     """One optimiser step on a batch of sessions; ``models``: (tokenizer, prompt, llm, encoder, projector).
     Returns the LM loss and the CTC loss (0 when ``--ctc-weight`` is 0)."""
     tokenizer, prompt, llm, encoder, projector = models
@@ -267,7 +315,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    tokenizer, llm, encoder, projector, projector_config, lora_config, lora_params = build_models(args, device)
+    tokenizer, llm, encoder, projector, projector_config, lora_config, lora_params = build_models(
+        args, device
+    )
     prompt = PromptIds.from_tokenizer(tokenizer)
     models = (tokenizer, prompt, llm, encoder, projector)
     start_step = 0
@@ -277,20 +327,36 @@ def main(argv: list[str] | None = None) -> None:
         llm.load_state_dict({k: v.to(device) for k, v in adapter.lora.items()}, strict=False)
         start_step = adapter.info.get("steps", 0)
     utterances = [u for source in args.data for u in read_corpus(source)]
-    log.info("training on %d utterances (%.1f h)", len(utterances), sum(u.duration for u in utterances) / 3600)
-    loader = DataLoader(SessionStream(utterances, not args.no_augment, args.seed + start_step, args.batch,
-                                      args.noisy_history),
-                        batch_size=None, collate_fn=keep_batch, num_workers=args.workers, prefetch_factor=4 if args.workers else None)
+    log.info(
+        "training on %d utterances (%.1f h)", len(utterances), sum(u.duration for u in utterances) / 3600
+    )
+    loader = DataLoader(
+        SessionStream(
+            utterances, not args.no_augment, args.seed + start_step, args.batch, args.noisy_history
+        ),
+        batch_size=None,
+        collate_fn=keep_batch,
+        num_workers=args.workers,
+        prefetch_factor=4 if args.workers else None,
+    )
     ctc_head = VocabularyCtcHead(llm.get_input_embeddings().weight.detach()).to(device)
     optimizer = make_optimizer(projector, ctc_head, lora_params, args)
     schedule = Schedule(optimizer, args.steps, args.time_limit, args.lora_start)
     out = Path(args.out)
 
     def save(step: int, extra: dict) -> None:
-        info = {"steps": step, "data": args.data, "lora_rank": args.lora_rank, "seconds": round(time.time() - t0),
-                "drafts": args.drafts,
-                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", **extra}
-        SpeechAdapter(projector_config, lora_config, projector.state_dict(), lora_state_dict(llm), info).save(out)
+        info = {
+            "steps": step,
+            "data": args.data,
+            "lora_rank": args.lora_rank,
+            "seconds": round(time.time() - t0),
+            "drafts": args.drafts,
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            **extra,
+        }
+        SpeechAdapter(projector_config, lora_config, projector.state_dict(), lora_state_dict(llm), info).save(
+            out
+        )
 
     warp, masks = MelWarp(), SpecAugment()
 
@@ -303,7 +369,9 @@ def main(argv: list[str] | None = None) -> None:
     for batch in loader:
         waited += time.time() - fetched
         lr = schedule.set_lr(step - start_step, time.time() - t0)
-        running.append(train_step(batch, models, ctc_head, optimizer, lora_params, args, augment_features, device))
+        running.append(
+            train_step(batch, models, ctc_head, optimizer, lora_params, args, augment_features, device)
+        )
         step += 1
         if step % 50 == 0:
             lm, ctc = (sum(column) / len(running) for column in zip(*running))

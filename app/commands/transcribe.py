@@ -16,7 +16,9 @@ def register(subparsers) -> None:
         "transcribe", help="transcribe audio files", description="Transcribe audio files of any length "
         "(wav, flac, mp3, ogg; m4a/webm where ffmpeg exists) through one growing LLM context.")
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    parser.add_argument("--format", default="txt", choices=[*WRITERS, "all"], help="output format (default: txt)")
+    parser.add_argument(
+        "--format", default="txt", choices=[*WRITERS, "all"], help="output format (default: txt)"
+    )
     parser.add_argument("--output", type=Path, default=Path("."), help="directory for the output files")
     add_transcribe_arguments(parser)
     parser.set_defaults(handler=run)
@@ -33,7 +35,9 @@ def describe(path: Path, transcript) -> str:
         pages_text = f", KV pages read 100% (the whole context fit the {stats.budget_tokens}-token budget)"
     else:
         pages_text = f", KV pages read {100 * stats.kv_pages_read:.1f}%"
-    return f"{path}: {hours}:{minutes:02d}:{seconds:02d} of audio, real-time factor {stats.rtf:.3f}{pages_text}"
+    return (
+        f"{path}: {hours}:{minutes:02d}:{seconds:02d} of audio, real-time factor {stats.rtf:.3f}{pages_text}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,8 +30,14 @@ def _softmax_attend(qg: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     return torch.matmul(torch.softmax(logits, dim=-1).to(values.dtype), values)
 
 
-def _dense_row(qg: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pages: torch.Tensor, length: int,
-               scale: float) -> torch.Tensor:
+def _dense_row(
+    qg: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    pages: torch.Tensor,
+    length: int,
+    scale: float,
+) -> torch.Tensor:
     """One sequence over all its tokens, read in the cache's page layout: the full pages through a
     view (no copy when their ids are consecutive), the last page only up to its fill (its slack is
     never touched, so it may hold anything)."""
@@ -47,7 +53,9 @@ def _dense_row(qg: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, p
     out = torch.matmul(probs[..., full * page_size :], last_v)
     if full:
         kv_heads, group = qg.shape[:2]
-        out = out + torch.einsum("hgnp,nhpd->hgd", probs[..., : full * page_size].view(kv_heads, group, full, page_size), values)
+        out = out + torch.einsum(
+            "hgnp,nhpd->hgd", probs[..., : full * page_size].view(kv_heads, group, full, page_size), values
+        )
     return out
 
 
@@ -79,7 +87,9 @@ def paged_decode_cpu(
             page_ok = (chosen >= 0) & (chosen < num_pages)
             # (page, head) blocks by one index_select over [pages * kv_heads, P, d] (5x faster here
             # than indexing with a page and a head tensor)
-            blocks = (pages[chosen.clamp(0, num_pages - 1)] * kv_heads + torch.arange(kv_heads)[:, None]).flatten()
+            blocks = (
+                pages[chosen.clamp(0, num_pages - 1)] * kv_heads + torch.arange(kv_heads)[:, None]
+            ).flatten()
             position = chosen[..., None] * page_size + torch.arange(page_size)
             token_ok = (page_ok[..., None] & (position < length)).flatten(1)  # [kv_heads, n]
             keys = k_cache.flatten(0, 1).index_select(0, blocks).view(kv_heads, -1, head_dim)

@@ -32,7 +32,9 @@ def gather_attended(
     num_select = chosen.shape[-1]
     num_pages = (seq_lens.long() + page_size - 1) // page_size
     page_ok = (chosen >= 0) & (chosen < num_pages[:, None, None])
-    physical = page_table.long().gather(1, chosen.clamp(min=0).view(batch, -1)).view(batch, kv_heads, num_select)
+    physical = (
+        page_table.long().gather(1, chosen.clamp(min=0).view(batch, -1)).view(batch, kv_heads, num_select)
+    )
     head = torch.arange(kv_heads, device=k_cache.device)[None, :, None]
     position = chosen[..., None] * page_size + torch.arange(page_size, device=k_cache.device)
     token_ok = (page_ok[..., None] & (position < seq_lens.long()[:, None, None, None])).flatten(2)
@@ -92,9 +94,13 @@ def paged_decode(
     if q.is_cuda and k_cache.dtype in (torch.float16, torch.bfloat16):
         from asr.attention.kernels.decode import paged_decode_triton
 
-        return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages, chosen_physical)
+        return paged_decode_triton(
+            q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages, chosen_physical
+        )
     if not need_lse:
-        return cpu.paged_decode_cpu(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages, host_seq_lens), None
+        return cpu.paged_decode_cpu(
+            q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages, host_seq_lens
+        ), None
     return paged_decode_reference(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages)
 
 
@@ -117,14 +123,25 @@ def unique_decode(
     those pages (and its merge), sizes from shapes only (graph-capturable); elsewhere the
     references (or the CPU paths when ``need_lse`` is False; ``host_seq_lens`` as in
     ``paged_decode``)."""
-    if q.is_cuda and k_cache.dtype in (torch.float16, torch.bfloat16) and page_table.shape[1] <= MAX_KERNEL_PAGES:
+    if (
+        q.is_cuda
+        and k_cache.dtype in (torch.float16, torch.bfloat16)
+        and page_table.shape[1] <= MAX_KERNEL_PAGES
+    ):
         from asr.attention.kernels.decode import paged_decode_triton
         from asr.attention.kernels.scoring import score_pages_triton
         from asr.attention.kernels.selection import select_pages_triton
 
         scores = score_pages_triton(q, key_stats, page_table, seq_lens, config)
-        chosen, chosen_physical = select_pages_triton(scores, seq_lens, page_table, config.page_size,
-                                                      config.num_select, config.sink_pages, config.local_pages)
+        chosen, chosen_physical = select_pages_triton(
+            scores,
+            seq_lens,
+            page_table,
+            config.page_size,
+            config.num_select,
+            config.sink_pages,
+            config.local_pages,
+        )
         return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen, chosen_physical)
     scores = score_pages(q, key_stats, page_table, seq_lens, config, host_seq_lens)
     chosen = select_pages(scores, seq_lens, config)

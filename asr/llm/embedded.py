@@ -74,7 +74,9 @@ def gguf_to_hf_dir(gguf_path: Path, out_dir: Path) -> Path:
     except AsrError:
         raise
     except Exception as error:
-        raise EmbeddedModelError(f"could not convert {gguf_path} to a Hugging Face directory: {error}") from error
+        raise EmbeddedModelError(
+            f"could not convert {gguf_path} to a Hugging Face directory: {error}"
+        ) from error
 
 
 def embedded_llm_dir() -> Path:

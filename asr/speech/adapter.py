@@ -35,7 +35,11 @@ class SpeechAdapter:
         tensors = {f"projector.{k}": v.to(dtype).contiguous().cpu() for k, v in self.projector.items()}
         tensors.update({f"lora.{k}": v.to(dtype).contiguous().cpu() for k, v in self.lora.items()})
         save_file(tensors, str(directory / "adapter.safetensors"))
-        meta = {"projector": asdict(self.projector_config), "lora": asdict(self.lora_config), "info": self.info}
+        meta = {
+            "projector": asdict(self.projector_config),
+            "lora": asdict(self.lora_config),
+            "info": self.info,
+        }
         (directory / "adapter.json").write_text(json.dumps(meta, indent=1))
 
     @classmethod

@@ -47,13 +47,17 @@ def _resample(samples: np.ndarray, source_rate: int, sample_rate: int) -> np.nda
         return samples
     import librosa
 
-    return librosa.resample(samples, orig_sr=source_rate, target_sr=sample_rate).astype(np.float32, copy=False)
+    return librosa.resample(samples, orig_sr=source_rate, target_sr=sample_rate).astype(
+        np.float32, copy=False
+    )
 
 
 def _checked(samples: np.ndarray, source_rate: int, sample_rate: int, name: str) -> np.ndarray:
     """Mono, resampled, and refused when it holds no samples or non-finite ones."""
     if samples.size == 0:
-        raise AudioError(f"{name} decodes to zero samples (a header without sound); give a recording with audio")
+        raise AudioError(
+            f"{name} decodes to zero samples (a header without sound); give a recording with audio"
+        )
     samples = _resample(_to_mono(samples), source_rate, sample_rate)
     if not np.isfinite(samples).all():
         raise AudioError(f"{name} holds NaN or infinite samples; the recording is corrupt, {_convert_hint()}")
@@ -70,8 +74,10 @@ def _convert_hint() -> str:
 
 def _undecodable(name: str, soundfile_error: Exception, reason: str) -> AudioError:
     soundfile_reason = getattr(soundfile_error, "error_string", soundfile_error)
-    return AudioError(f"{name} is not audio in a format this machine can decode (soundfile: {soundfile_reason}; "
-                      f"{reason}); {_convert_hint()}")
+    return AudioError(
+        f"{name} is not audio in a format this machine can decode (soundfile: {soundfile_reason}; "
+        f"{reason}); {_convert_hint()}"
+    )
 
 
 def _decode_audioread(path: str, name: str, soundfile_error: Exception) -> tuple[np.ndarray, int]:
@@ -85,7 +91,9 @@ def _decode_audioread(path: str, name: str, soundfile_error: Exception) -> tuple
             rate, channels = stream.samplerate, stream.channels
             pcm = b"".join(stream)
     except audioread.NoBackendError:
-        raise _undecodable(name, soundfile_error, "no audioread backend (ffmpeg, GStreamer) is installed") from None
+        raise _undecodable(
+            name, soundfile_error, "no audioread backend (ffmpeg, GStreamer) is installed"
+        ) from None
     except (audioread.DecodeError, EOFError, OSError) as error:
         raise _undecodable(name, soundfile_error, f"audioread: {error or type(error).__name__}") from error
     return np.frombuffer(pcm, PCM_DTYPES["s16le"]).reshape(-1, channels) / np.float32(INT16_FULL_SCALE), rate
@@ -139,8 +147,10 @@ def decode_pcm(data: bytes, pcm: PcmFormat = PcmFormat(), sample_rate: int = SAM
     dtype = PCM_DTYPES[pcm.encoding]
     frame_bytes = dtype.itemsize * pcm.channels
     if len(data) % frame_bytes:
-        raise AudioError(f"{len(data)} bytes of {pcm.encoding} PCM with {pcm.channels} channel(s) is not a whole "
-                         f"number of {frame_bytes}-byte frames; send whole frames")
+        raise AudioError(
+            f"{len(data)} bytes of {pcm.encoding} PCM with {pcm.channels} channel(s) is not a whole "
+            f"number of {frame_bytes}-byte frames; send whole frames"
+        )
     samples = np.frombuffer(data, dtype=dtype).reshape(-1, pcm.channels).astype(np.float32)
     if pcm.encoding == "s16le":
         samples /= INT16_FULL_SCALE

@@ -59,7 +59,11 @@ class Ct2Drafter:
 
         storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(windows.float().cpu().numpy()))
         results = self.model.generate(
-            storage, [self.prompt] * len(seconds), beam_size=1, return_scores=True, return_no_speech_prob=True,
+            storage,
+            [self.prompt] * len(seconds),
+            beam_size=1,
+            return_scores=True,
+            return_no_speech_prob=True,
             max_length=len(self.prompt) + draft_token_limit(max(seconds)),
         )
         drafts = []
@@ -67,7 +71,9 @@ class Ct2Drafter:
             ids = [token for token in result.sequences_ids[0] if token < self.first_special]
             logprob = result.scores[0] / (len(result.sequences_ids[0]) + 1)  # a sum over tokens and the end
             silent = result.no_speech_prob > NO_SPEECH_PROB and logprob < LOW_LOGPROB
-            drafts.append("" if silent else self.tokenizer.decode(ids[: draft_token_limit(chunk_seconds)]).strip())
+            drafts.append(
+                "" if silent else self.tokenizer.decode(ids[: draft_token_limit(chunk_seconds)]).strip()
+            )
         return drafts
 
 
@@ -83,7 +89,14 @@ class HfDrafter:
 
         param = next(self.whisper.parameters())
         encoder_outputs = BaseModelOutput(last_hidden_state=windows.to(param.device, param.dtype))
-        out = self.whisper.generate(encoder_outputs=encoder_outputs, language="en", task="transcribe",
-                                    num_beams=1, do_sample=False, max_new_tokens=draft_token_limit(max(seconds)),
-                                    return_dict_in_generate=True, output_scores=False)
+        out = self.whisper.generate(
+            encoder_outputs=encoder_outputs,
+            language="en",
+            task="transcribe",
+            num_beams=1,
+            do_sample=False,
+            max_new_tokens=draft_token_limit(max(seconds)),
+            return_dict_in_generate=True,
+            output_scores=False,
+        )
         return [text.strip() for text in self.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)]

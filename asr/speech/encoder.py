@@ -148,9 +148,11 @@ class AudioEncoder:
         dtype = dtype if device.type == "cuda" else torch.float32
         ct2_dir = _ct2_dir(model_dir) if device.type == "cpu" and backend != "torch" else None
         if backend == "ctranslate2" and (ct2_dir is None or not _ct2_importable()):
-            raise ModelLoadError(f"the CTranslate2 encoder needs the CPU, the ctranslate2 package "
-                                 f"(`pip install ctranslate2`) and a CTranslate2 Whisper directory; got device "
-                                 f"{device} and {model_dir}: use backend='torch' or 'auto'")
+            raise ModelLoadError(
+                f"the CTranslate2 encoder needs the CPU, the ctranslate2 package "
+                f"(`pip install ctranslate2`) and a CTranslate2 Whisper directory; got device "
+                f"{device} and {model_dir}: use backend='torch' or 'auto'"
+            )
         drafter: Drafter | None = None
         if ct2_dir is not None and _ct2_importable():
             encoder: EncoderBackend = Ct2Encoder(ct2_dir, threads=torch.get_num_threads(),
@@ -166,7 +168,10 @@ class AudioEncoder:
             from asr.speech.whisper_weights import load_whisper
 
             whisper = load_whisper(model_dir, dtype=dtype)
-            encoder, num_mels = TorchEncoder(whisper.get_encoder(), device, dtype), whisper.config.num_mel_bins
+            encoder, num_mels = (
+                TorchEncoder(whisper.get_encoder(), device, dtype),
+                whisper.config.num_mel_bins,
+            )
             if drafts:
                 whisper.to(device=device, dtype=dtype).requires_grad_(False)
                 drafter = HfDrafter(whisper, WhisperTokenizer.from_pretrained(str(whisper.name_or_path)))
@@ -177,9 +182,11 @@ class AudioEncoder:
         """chunks: float32 16 kHz [samples <= 480000] each -> [batch, mels, 3000] float32 on the device."""
         for index, chunk in enumerate(chunks):
             if chunk.ndim != 1 or not 0 < len(chunk) <= CHUNK_SAMPLES:
-                raise AudioError(f"chunk {index} has shape {chunk.shape}; the encoder takes mono chunks of "
-                                 f"1 to {CHUNK_SAMPLES} samples (<= {CHUNK_SECONDS} s at {SAMPLE_RATE} Hz): split "
-                                 "long audio first")
+                raise AudioError(
+                    f"chunk {index} has shape {chunk.shape}; the encoder takes mono chunks of "
+                    f"1 to {CHUNK_SAMPLES} samples (<= {CHUNK_SECONDS} s at {SAMPLE_RATE} Hz): split "
+                    "long audio first"
+                )
         return self.feature_extractor(
             [np.asarray(chunk, dtype=np.float32) for chunk in chunks], sampling_rate=SAMPLE_RATE,
             return_tensors="pt", device=str(self.device),
@@ -197,12 +204,18 @@ class AudioEncoder:
 
     def _drafts(self, windows: torch.Tensor, chunks: list[np.ndarray]) -> list[str]:
         if self.drafter is None:
-            raise ModelLoadError("this encoder was loaded without Whisper's decoder: load it with drafts=True")
+            raise ModelLoadError(
+                "this encoder was loaded without Whisper's decoder: load it with drafts=True"
+            )
         return self.drafter(windows, [len(chunk) / SAMPLE_RATE for chunk in chunks])
 
     @torch.no_grad()
-    def encode_padded(self, chunks: list[np.ndarray], batch_size: int = 16,
-                      features_transform: FeaturesTransform | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_padded(
+        self,
+        chunks: list[np.ndarray],
+        batch_size: int = 16,
+        features_transform: FeaturesTransform | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """chunks -> (frames [batch, max_frames, dim] in ``dtype``, zero past each length;
         lengths [batch] int64), both on the device. Runs ``batch_size`` chunks at a time;
         ``features_transform`` (training augmentation) edits each batch's log-mel first."""

@@ -6,7 +6,8 @@ sees all earlier audio and text. Runaway output is cut: a transcript that ends i
 n-gram loop, or whose text compresses like one (Whisper's compression-ratio test), is decoded once
 more with sampling, and a loop left at the end of that is removed (one copy kept); a transcript
 past the chunk's token budget is stopped. Silence is never sent to the model. Timestamps come
-from sample positions, so they cannot drift. Past the distances the model was trained on, old pages are moved closer before
+from sample positions, so they cannot drift. Past the distances the model was trained on, old pages are moved
+closer before
 each chunk (``asr.llm.distance_cap``), so an hour stays in one context without leaving that range.
 
 A session is opened by ``SpeechModel.open_session`` and given its engine (``SpeechModel.open_engine``);
@@ -52,7 +53,9 @@ class LongformSession:
     def __init__(self, model: SpeechModel, engine: LLMEngine, loop: LoopConfig = LoopConfig(),
                  distance_cap: DistanceCap | None = DistanceCap()) -> None:
         if engine.model is not model.llm:
-            raise ValueError("the engine runs other weights than the speech model; open it with model.open_engine")
+            raise ValueError(
+                "the engine runs other weights than the speech model; open it with model.open_engine"
+            )
         self.model, self.loop, self.distance_cap = model, loop, distance_cap
         self.engine = engine
         self.seq = self.engine.new_sequence()
@@ -87,7 +90,9 @@ class LongformSession:
             self.stats.accepted_tokens += len(accepted) + stopped
         if stopped or len(accepted) >= params.max_tokens:
             return accepted
-        return accepted + self.engine.generate(self.seq, replace(params, max_tokens=params.max_tokens - len(accepted)))
+        return accepted + self.engine.generate(
+            self.seq, replace(params, max_tokens=params.max_tokens - len(accepted))
+        )
 
     def transcribe_chunk(self, audio: np.ndarray, start_s: float, sample_rate: int = 16000, *,
                          encoded: EncodedChunk) -> Segment | None:
@@ -106,7 +111,9 @@ class LongformSession:
         before = self.seq.num_tokens
         proposal = []
         if encoded.draft is not None:  # the draft as the transcript would spell it, then the turn's end
-            proposal = engine.tokenizer(encoded.draft, add_special_tokens=False).input_ids + [prompt.end_of_turn]
+            proposal = engine.tokenizer(encoded.draft, add_special_tokens=False).input_ids + [
+                prompt.end_of_turn
+            ]
         tokens = self._generate(seconds, GREEDY, proposal)
         if loop_start(tokens, self.loop) is not None or repetitive(self._text(tokens), self.loop):
             self.stats.loops_cut += 1

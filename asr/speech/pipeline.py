@@ -108,7 +108,10 @@ class Transcriber:
                     skipped.append((start_s, end_s, "silence"))
                 else:
                     if speech_index not in encoded:
-                        chunks = [audio[r.start : r.end] for r in speech[speech_index : speech_index + ENCODER_BATCH]]
+                        chunks = [
+                            audio[r.start : r.end]
+                            for r in speech[speech_index : speech_index + ENCODER_BATCH]
+                        ]
                         encoded = dict(enumerate(model.encode_chunks(chunks), start=speech_index))
                     piece = session.transcribe_chunk(audio[region.start : region.end], start_s, SAMPLE_RATE,
                                                      encoded=encoded.pop(speech_index))
@@ -131,6 +134,8 @@ class Transcriber:
         return Transcript(segments, duration, skipped, stats)
 
 
-def load_transcriber(model_dir: str | None = None, options: TranscribeOptions = TranscribeOptions()) -> Transcriber:
+def load_transcriber(
+    model_dir: str | None = None, options: TranscribeOptions = TranscribeOptions()
+) -> Transcriber:
     """A transcriber for a speech model directory (default: the embedded model)."""
     return Transcriber(load_speech_model(model_dir, options.engine_config(), options.drafts), options)

@@ -48,7 +48,9 @@ def session_inputs(
     return torch.cat(pieces), torch.cat(labels)
 
 
-def pad_sessions(sessions: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_sessions(
+    sessions: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad sessions to a batch: embeds [batch, length, hidden], labels [batch, length],
     attention_mask [batch, length]."""
     length = max(e.shape[0] for e, _ in sessions)

@@ -76,7 +76,9 @@ def embedded_ct2_files() -> tuple[list[Path], dict[str, Path]]:
         parts = sorted((path for path in files if _part_number(path)), key=_part_number)
         side = {path.name: path for path in files if _part_number(path) is None}
         vocabularies = [name for name in CT2_VOCABULARIES if name in side]
-        parts_complete = bool(parts) and [_part_number(path) for path in parts] == list(range(1, len(parts) + 1))
+        parts_complete = bool(parts) and [_part_number(path) for path in parts] == list(
+            range(1, len(parts) + 1)
+        )
         if parts_complete and vocabularies and all(name in side for name in CT2_SIDE_FILES):
             return parts, {name: side[name] for name in (*CT2_SIDE_FILES, vocabularies[0])}
     requirements = " ".join(requirement for _, requirement in EMBEDDED_PACKAGES[0])
@@ -215,8 +217,14 @@ def _tokenizer(tokenizer_file: Path, vocab_size: int):
     added = json.loads(tokenizer_file.read_text())["added_tokens"]
     eot = "<|endoftext|>"
     specials = [token["content"] for token in added if token["special"] and token["content"] != eot]
-    tokenizer = WhisperTokenizer(tokenizer_file=str(tokenizer_file), unk_token=eot, bos_token=eot, eos_token=eot,
-                                 pad_token=eot, extra_special_tokens=specials)
+    tokenizer = WhisperTokenizer(
+        tokenizer_file=str(tokenizer_file),
+        unk_token=eot,
+        bos_token=eot,
+        eos_token=eot,
+        pad_token=eot,
+        extra_special_tokens=specials,
+    )
     vocabulary = tokenizer.get_vocab()
     tokenizer.add_tokens([token for token in TIMESTAMP_TOKENS if token not in vocabulary])
     if len(tokenizer) != vocab_size:
@@ -237,7 +245,9 @@ def _generation_config(config, tokenizer, ct2_config: dict):
         max_length=config.max_target_positions,
         is_multilingual=bool(lang_ids),
         lang_to_id={tokenizer.convert_ids_to_tokens(i): i for i in lang_ids},
-        task_to_id={task: tokenizer.convert_tokens_to_ids(f"<|{task}|>") for task in ("transcribe", "translate")},
+        task_to_id={
+            task: tokenizer.convert_tokens_to_ids(f"<|{task}|>") for task in ("transcribe", "translate")
+        },
         no_timestamps_token_id=tokenizer.convert_tokens_to_ids("<|notimestamps|>"),
         prev_sot_token_id=tokenizer.convert_tokens_to_ids("<|startofprev|>"),
         max_initial_timestamp_index=50,
@@ -274,8 +284,11 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path) -> Path:
         tokenizer = _tokenizer(ct2_dir / "tokenizer.json", config.vocab_size)
         config.save_pretrained(staging)
         _generation_config(config, tokenizer, ct2_config).save_pretrained(staging)
-        save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(staging / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(
+            {name: tensor.contiguous() for name, tensor in state.items()},
+            str(staging / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
         tokenizer.save_pretrained(staging)
         WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(staging)
 
@@ -300,8 +313,10 @@ def load_whisper(model_dir: str | Path | None = None, dtype: torch.dtype = torch
         key = hashlib.sha1(str(model_dir.resolve()).encode()).hexdigest()[:12]
         model_dir = convert_ct2_whisper(model_dir, cache_root() / "converted" / f"{model_dir.name}-{key}")
     if not (model_dir / "config.json").is_file():
-        raise ModelLoadError(f"{model_dir} holds no Whisper model (no config.json); give a Hugging Face "
-                             "Whisper directory, a CTranslate2 Whisper directory, or none for the embedded base")
+        raise ModelLoadError(
+            f"{model_dir} holds no Whisper model (no config.json); give a Hugging Face "
+            "Whisper directory, a CTranslate2 Whisper directory, or none for the embedded base"
+        )
     try:
         model = WhisperForConditionalGeneration.from_pretrained(str(model_dir), dtype=dtype)
     except (OSError, ValueError) as error:

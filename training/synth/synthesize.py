@@ -37,11 +37,15 @@ class SynthesisError(RuntimeError):
 
 def _run(command: list[str], text: str) -> bytes:
     try:
-        done = subprocess.run(command, input=text.encode(), capture_output=True, timeout=ENGINE_TIMEOUT_SECONDS)
+        done = subprocess.run(
+            command, input=text.encode(), capture_output=True, timeout=ENGINE_TIMEOUT_SECONDS
+        )
     except subprocess.TimeoutExpired as error:
         raise SynthesisError(f"{command[0]} took over {ENGINE_TIMEOUT_SECONDS} s") from error
     if done.returncode:
-        raise SynthesisError(f"{command[0]} failed ({done.returncode}): {done.stderr.decode(errors='ignore')[:200]}")
+        raise SynthesisError(
+            f"{command[0]} failed ({done.returncode}): {done.stderr.decode(errors='ignore')[:200]}"
+        )
     return done.stdout
 
 
@@ -54,7 +58,9 @@ def espeak(text: str, voice: Voice, style: VoiceStyle) -> tuple[np.ndarray, int]
     """espeak-ng formant voices and, for family "mbrola", its MBROLA diphone voices."""
     rate = round(ESPEAK_DEFAULT_WPM * style.rate)
     pitch = min(99, max(0, round(ESPEAK_DEFAULT_PITCH * style.pitch)))
-    return _read_wav(_run(["espeak-ng", "-v", voice.name, "-s", str(rate), "-p", str(pitch), "--stdout"], text))
+    return _read_wav(
+        _run(["espeak-ng", "-v", voice.name, "-s", str(rate), "-p", str(pitch), "--stdout"], text)
+    )
 
 
 def flite(text: str, voice: Voice, style: VoiceStyle) -> tuple[np.ndarray, int]:

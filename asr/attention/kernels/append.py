@@ -72,8 +72,14 @@ def _append_kv_kernel(
         tl.store(p_s + 3 * HEAD_DIM, b_max.to(ty))
 
 
-def append_kv_triton(k_cache: torch.Tensor, v_cache: torch.Tensor, key_stats: torch.Tensor, new_k: torch.Tensor,
-                     new_v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+def append_kv_triton(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    key_stats: torch.Tensor,
+    new_k: torch.Tensor,
+    new_v: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
     """Kernel of ``append_kv_reference`` (same arguments, in place). A page's new tokens must be
     contiguous in ``slot_mapping`` and in offset order (how ``PagedKVCache.reserve`` makes it)."""
     _, kv_heads, page_size, head_dim = k_cache.shape
