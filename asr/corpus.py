@@ -35,9 +35,17 @@ def read_manifest(path: Path) -> list[Utterance]:
             continue
         try:
             row = json.loads(line)
-            rows.append(Utterance(path.parent / row["audio"], row["text"], float(row.get("duration", row.get("duration_s", 0.0)))))
+            rows.append(
+                Utterance(
+                    path.parent / row["audio"],
+                    row["text"],
+                    float(row.get("duration", row.get("duration_s", 0.0))),
+                )
+            )
         except (json.JSONDecodeError, KeyError) as error:
-            raise AsrError(f"{path}:{number}: not a manifest line with 'audio' and 'text' ({error})") from error
+            raise AsrError(
+                f"{path}:{number}: not a manifest line with 'audio' and 'text' ({error})"
+            ) from error
     return rows
 
 

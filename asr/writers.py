@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from asr.errors import AsrError
 from asr.transcript import Segment, Transcript

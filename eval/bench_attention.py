@@ -14,10 +14,10 @@ over given pages), ``quest_total``; per (context, batch, page size) ``dense_page
 ``read_same_bytes`` (one ``torch.sum`` over as many bytes as the step reads, in a graph: the
 practical floor of a launch that reads that much).
 
-    python eval/bench_attention.py                       # the full grid, writes JSON + PNG
-    python eval/bench_attention.py --contexts 131072 --batches 1 --budgets 2048
-    python eval/bench_attention.py --compile-only --compile-workers 12           # compile in parallel first
-    python eval/bench_attention.py --parts --tune --compile-workers 12           # sweep, then the grid
+    python -m eval.bench_attention                       # the full grid, writes JSON + PNG
+    python -m eval.bench_attention --contexts 131072 --batches 1 --budgets 2048
+    python -m eval.bench_attention --compile-only --compile-workers 12           # compile in parallel first
+    python -m eval.bench_attention --parts --tune --compile-workers 12           # sweep, then the grid
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from asr.attention.append import page_key_stats  # noqa: E402
-from asr.attention.config import UniqueConfig  # noqa: E402
+from asr.attention.config import UniqueConfig
+from asr.attention.page_stats import page_key_stats
+from eval.bandwidth import copy_bandwidth
 
 log = logging.getLogger("bench_attention")
 
@@ -52,7 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--q-heads", type=int, default=32)
     p.add_argument("--kv-heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--max-tokens", type=int, default=32 * 131072, help="skip batch*context above this (memory)")
+    p.add_argument(
+        "--max-tokens", type=int, default=32 * 131072, help="skip batch*context above this (memory)"
+    )
     p.add_argument("--warmup-ms", type=float, default=10.0)
     p.add_argument("--rep-ms", type=float, default=40.0)
     p.add_argument("--parts", action="store_true",
@@ -145,7 +146,9 @@ def sweep(args) -> list[dict]:
     q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
     results = []
     for page_size in args.page_sizes[:1]:
-        k_cache, v_cache, key_stats, page_table, seq_lens = make_paged_cache(batch, context, hkv, d, page_size)
+        k_cache, v_cache, key_stats, page_table, seq_lens = make_paged_cache(
+            batch, context, hkv, d, page_size
+        )
         config = UniqueConfig(page_size=page_size, budget_tokens=budget)
         fns = step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, 1 / math.sqrt(d), config)
         for variant in SWEEP:
@@ -183,16 +186,6 @@ def bench_graph(fn, warmup_ms: float, rep_ms: float) -> float:
     ms = triton.testing.do_bench(graph.replay, warmup=warmup_ms, rep=rep_ms, return_mode="median")
     del graph
     return ms * 1e3
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy bandwidth in bytes/s (read + written), 1 GiB buffers."""
-    import triton.testing
-
-    src = torch.empty(1 << 29, dtype=torch.float16, device="cuda").normal_()
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
-    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
 def make_paged_cache(batch, context, kv_heads, head_dim, page_size, gen_seed=0, pool_pages=None):
@@ -268,8 +261,10 @@ def grid_tasks(args, overrides=None) -> list:
 
 def sweep_tasks(args) -> list:
     context, batch, budget = args.contexts[0], args.batches[0], args.budgets[0]
-    return [(variant, context, batch, args.page_sizes[0], [budget], args.q_heads, args.kv_heads, args.head_dim)
-            for variant in SWEEP[1:]]
+    return [
+        (variant, context, batch, args.page_sizes[0], [budget], args.q_heads, args.kv_heads, args.head_dim)
+        for variant in SWEEP[1:]
+    ]
 
 
 def best_overrides(sweep_rows: list[dict], margin: float = 0.05) -> list[str]:
@@ -305,15 +300,23 @@ def verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config, 
     def picked(pages):
         return scores.gather(-1, pages.long().clamp(min=0)).masked_fill(pages < 0, 0).double()
 
-    selection_rel_gap = (picked(chosen).sum(-1) - picked(expected).sum(-1)).abs() / picked(expected).abs().sum(-1)
-    want_physical = page_table.gather(1, chosen.clamp(min=0).flatten(1)).view(chosen.shape).masked_fill(chosen < 0, -1)
+    selection_rel_gap = (picked(chosen).sum(-1) - picked(expected).sum(-1)).abs() / picked(
+        expected
+    ).abs().sum(-1)
+    want_physical = (
+        page_table.gather(1, chosen.clamp(min=0).flatten(1)).view(chosen.shape).masked_fill(chosen < 0, -1)
+    )
     ref, _ = paged_decode_reference(q.float(), k_cache, v_cache, page_table, seq_lens, scale, chosen)
     check = dict(context=context, batch=batch, page_size=config.page_size, budget=config.budget_tokens,
                  selection_rel_gap=float(selection_rel_gap.max()),
                  physical_ok=bool(torch.equal(physical, want_physical)),
                  decode_rel_rms=float((out.float() - ref).norm() / ref.norm()))
-    check["ok"] = bool(check["selection_rel_gap"] < 1e-5 and check["physical_ok"] and check["decode_rel_rms"] < 1e-2
-                       and not torch.isnan(out).any())
+    check["ok"] = bool(
+        check["selection_rel_gap"] < 1e-5
+        and check["physical_ok"]
+        and check["decode_rel_rms"] < 1e-2
+        and not torch.isnan(out).any()
+    )
     if not check["ok"]:
         log.warning("CHECK FAILED %s", check)
     return check
@@ -352,7 +355,7 @@ def run(args) -> tuple[list[dict], dict]:
     apply_overrides(args.set)
     if args.compile_workers:
         compile_all(grid_tasks(args), args.compile_workers)
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth("cuda")
     graph_floor = graph_floor_us(args)
     device = torch.cuda.get_device_name()
     log.info("%s, copy bandwidth %.2f TB/s, graph floor %.2f us", device, bandwidth / 1e12, graph_floor)
@@ -367,7 +370,9 @@ def run(args) -> tuple[list[dict], dict]:
                    time_us=round(time_us, 2), speedup_vs_sdpa=round(sdpa_us / time_us, 2), **extra)
         if floor_bytes is not None:
             floor_us = floor_bytes / bandwidth * 1e6
-            row.update(floor_bytes=floor_bytes, floor_us=round(floor_us, 2), floor_share=round(floor_us / time_us, 3))
+            row.update(
+                floor_bytes=floor_bytes, floor_us=round(floor_us, 2), floor_share=round(floor_us / time_us, 3)
+            )
         rows.append(row)
         log.info("%s", row)
 
@@ -385,17 +390,28 @@ def run(args) -> tuple[list[dict], dict]:
             del k_dense, v_dense
             add(context, batch, None, None, "sdpa", sdpa_us, sdpa_us, kv_bytes, backend=sdpa_backend)
             for page_size in args.page_sizes:
-                k_cache, v_cache, key_stats, page_table, seq_lens = make_paged_cache(batch, context, hkv, d, page_size)
+                k_cache, v_cache, key_stats, page_table, seq_lens = make_paged_cache(
+                    batch, context, hkv, d, page_size
+                )
                 num_pages = context // page_size
 
+                # ruff reads the loop's later `del k_cache, ...` as leaving these names undefined (F821)
                 def dense():
-                    return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale)
+                    return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale)  # noqa: F821
 
                 # untimed first run: the first timing on a cache allocated where the SDPA tensors were
                 # freed runs slow (H100, 128k B=8 P32 dense: 1694 us, then 1430; 1428 on fresh memory)
                 bench_graph(dense, args.warmup_ms, args.rep_ms)
-                add(context, batch, None, page_size, "dense_paged", bench_graph(dense, args.warmup_ms, args.rep_ms),
-                    sdpa_us, kv_bytes)
+                add(
+                    context,
+                    batch,
+                    None,
+                    page_size,
+                    "dense_paged",
+                    bench_graph(dense, args.warmup_ms, args.rep_ms),
+                    sdpa_us,
+                    kv_bytes,
+                )
                 for budget in args.budgets:
                     if budget >= context:
                         continue
@@ -404,28 +420,73 @@ def run(args) -> tuple[list[dict], dict]:
                         config = UniqueConfig(page_size=page_size, budget_tokens=budget, method=method)
                         stats_bytes = batch * hkv * num_pages * STAT_ROWS_READ * d * elem
                         pages_bytes = 2 * batch * hkv * config.num_select * page_size * d * elem
-                        fns = step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config)
+                        fns = step_functions(
+                            q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config
+                        )
                         timed = ("total",) if method == "quest" else ("total", "score", "topk", "attend")
                         floors = dict(total=stats_bytes + pages_bytes, score=stats_bytes, attend=pages_bytes)
                         for part in timed:
-                            add(context, batch, budget, page_size, f"{method}_{part}",
-                                bench_graph(fns[part], args.warmup_ms, args.rep_ms), sdpa_us, floors.get(part))
-                        if parts and method == "unique":  # practical floor: one library kernel reading as many bytes
-                            flat = torch.empty((stats_bytes + pages_bytes) // elem, dtype=torch.bfloat16, device="cuda")
-                            add(context, batch, budget, page_size, "read_same_bytes",
-                                bench_graph(lambda: flat.sum(dtype=torch.float32), args.warmup_ms, args.rep_ms),
-                                sdpa_us, floors["total"])
+                            add(
+                                context,
+                                batch,
+                                budget,
+                                page_size,
+                                f"{method}_{part}",
+                                bench_graph(fns[part], args.warmup_ms, args.rep_ms),
+                                sdpa_us,
+                                floors.get(part),
+                            )
+                        # practical floor: one library kernel reading as many bytes
+                        if parts and method == "unique":
+                            flat = torch.empty(
+                                (stats_bytes + pages_bytes) // elem, dtype=torch.bfloat16, device="cuda"
+                            )
+                            add(
+                                context,
+                                batch,
+                                budget,
+                                page_size,
+                                "read_same_bytes",
+                                bench_graph(
+                                    lambda: flat.sum(dtype=torch.float32), args.warmup_ms, args.rep_ms
+                                ),
+                                sdpa_us,
+                                floors["total"],
+                            )
                             del flat
                         if method == "unique":
-                            checks.append(verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config,
-                                                 context, batch))
+                            checks.append(
+                                verify(
+                                    q,
+                                    k_cache,
+                                    v_cache,
+                                    key_stats,
+                                    page_table,
+                                    seq_lens,
+                                    scale,
+                                    config,
+                                    context,
+                                    batch,
+                                )
+                            )
                 del k_cache, v_cache, key_stats, page_table, seq_lens
                 torch.cuda.empty_cache()
                 args.output.parent.mkdir(parents=True, exist_ok=True)
                 args.output.write_text(json.dumps(rows, indent=1))  # partial results survive a time limit
-    meta = dict(device=device, copy_bandwidth_tbs=round(bandwidth / 1e12, 3), torch=torch.__version__,
-                python=platform.python_version(), command=" ".join(sys.argv), q_heads=hq, kv_heads=hkv, head_dim=d,
-                dtype="bfloat16", overrides=args.set, graph_floor_us=round(graph_floor, 2), checks=checks)
+    meta = dict(
+        device=device,
+        copy_bandwidth_tbs=round(bandwidth / 1e12, 3),
+        torch=torch.__version__,
+        python=platform.python_version(),
+        command=" ".join(sys.argv),
+        q_heads=hq,
+        kv_heads=hkv,
+        head_dim=d,
+        dtype="bfloat16",
+        overrides=args.set,
+        graph_floor_us=round(graph_floor, 2),
+        checks=checks,
+    )
     try:
         import triton
 
@@ -438,8 +499,10 @@ def run(args) -> tuple[list[dict], dict]:
 def table(rows: list[dict]) -> str:
     """One line per (context, batch, page size, budget)."""
     index = {(r["context"], r["batch"], r["budget"], r["page_size"], r["method"]): r for r in rows}
-    head = (f"{'ctx':>7} {'B':>3} {'P':>3} {'budget':>6} | {'sdpa':>8} {'dense':>8} | {'unique':>7} {'score':>6} "
-            f"{'topk':>6} {'attend':>6} {'quest':>7} | {'speedup':>7} {'floor':>6} {'share':>5}")
+    head = (
+        f"{'ctx':>7} {'B':>3} {'P':>3} {'budget':>6} | {'sdpa':>8} {'dense':>8} | {'unique':>7} {'score':>6} "
+        f"{'topk':>6} {'attend':>6} {'quest':>7} | {'speedup':>7} {'floor':>6} {'share':>5}"
+    )
     lines = [head, "-" * len(head)]
     keys = sorted({(r["context"], r["batch"], r["page_size"], r["budget"]) for r in rows if r["budget"]})
     for ctx, b, p, budget in keys:
@@ -449,11 +512,14 @@ def table(rows: list[dict]) -> str:
 
         total = index.get((ctx, b, budget, p, "unique_total"))
         lines.append(
-            f"{ctx:>7} {b:>3} {p:>3} {budget:>6} | {t('sdpa', None, None):>8.1f} {t('dense_paged', None):>8.1f} | "
+            f"{ctx:>7} {b:>3} {p:>3} {budget:>6} | {t('sdpa', None, None):>8.1f} "
+            f"{t('dense_paged', None):>8.1f} | "
             f"{t('unique_total'):>7.1f} {t('unique_score'):>6.1f} {t('unique_topk'):>6.1f} "
             f"{t('unique_attend'):>6.1f} {t('quest_total'):>7.1f} | "
             f"{total['speedup_vs_sdpa'] if total else float('nan'):>6.1f}x "
-            f"{total['floor_us'] if total else float('nan'):>6.1f} {total['floor_share'] if total else float('nan'):>5.2f}")
+            f"{total['floor_us'] if total else float('nan'):>6.1f} "
+            f"{total['floor_share'] if total else float('nan'):>5.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -490,12 +556,18 @@ def main(argv=None) -> None:
         row.update(device=meta["device"], copy_bandwidth_tbs=meta["copy_bandwidth_tbs"])
     args.output.write_text(json.dumps(rows, indent=1))
     args.output.with_suffix(".meta.json").write_text(json.dumps(meta, indent=1))
-    print(f"\n{meta['device']}, copy bandwidth {meta['copy_bandwidth_tbs']} TB/s; times in us per layer "
-          f"(bf16, Hq={meta['q_heads']}, Hkv={meta['kv_heads']}, d={meta['head_dim']}); floor = stats + chosen pages "
-          f"at copy bandwidth, share = floor / unique total")
+    print(
+        f"\n{meta['device']}, copy bandwidth {meta['copy_bandwidth_tbs']} TB/s; times in us per layer "
+        f"(bf16, Hq={meta['q_heads']}, Hkv={meta['kv_heads']}, d={meta['head_dim']}); floor = stats + chosen "
+        "pages "
+        f"at copy bandwidth, share = floor / unique total"
+    )
     print(table(rows))
     bad = [c for c in meta["checks"] if not c["ok"]]
-    print(f"checks: {len(meta['checks']) - len(bad)}/{len(meta['checks'])} ok; graph floor {meta['graph_floor_us']} us")
+    print(
+        f"checks: {len(meta['checks']) - len(bad)}/{len(meta['checks'])} ok; graph floor "
+        f"{meta['graph_floor_us']} us"
+    )
     try:
         from eval.plot_bench_attention import plot
 

@@ -6,37 +6,24 @@ The speech model decodes on 2-core CPUs, where attention runs through the PyTorc
 JSON and a PNG. The bytes-moved floor of each row (K/V read, plus page statistics for UNIQUE) at the
 copy bandwidth measured in the same run shows how far host overhead dominates.
 
-    python eval/bench_attention_cpu.py --output eval/results
+    python -m eval.bench_attention_cpu --output eval/results
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from asr.attention import CacheShape, DecodeMetadata, PagedKVCache, UniqueConfig, decode_attention  # noqa: E402
-from eval.line_plot import line_plot  # noqa: E402
+from asr.attention import CacheShape, DecodeMetadata, PagedKVCache, UniqueConfig, decode_attention
+from eval.bandwidth import copy_bandwidth
+from eval.line_plot import line_plot
 
 Q_HEADS, KV_HEADS, HEAD_DIM, PAGE = 9, 3, 64, 16
 BYTES = 2  # bf16
-
-
-def copy_bandwidth(megabytes: int = 256) -> float:
-    """Bytes per second of a large tensor copy (read + write counted)."""
-    src = torch.empty(megabytes * 2**20, dtype=torch.uint8)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    start = time.perf_counter()
-    for _ in range(5):
-        dst.copy_(src)
-    return 2 * 5 * src.numel() / (time.perf_counter() - start)
 
 
 def time_us(fn, repeats: int, blocks: int = 5) -> float:
@@ -64,12 +51,24 @@ def bench(context: int, budgets: list[int], repeats: int, bandwidth: float) -> l
     stats_bytes = (context // PAGE) * KV_HEADS * 2 * HEAD_DIM * BYTES  # mean and std per page
     rows = []
     for budget in [None, *budgets]:
-        sparse = None if budget is None else UniqueConfig(page_size=PAGE, budget_tokens=budget, method="unique")
-        run = lambda: decode_attention(q, cache.k[0], cache.v[0], cache.key_stats[0], metadata, HEAD_DIM**-0.5,  # noqa: E731
-                                       sparse, layer=1)
-        floor_bytes = context * token_bytes if budget is None else stats_bytes + min(budget, context) * token_bytes
-        rows.append({"context": context, "budget": budget, "method": "dense" if budget is None else "unique",
-                     "time_us": round(time_us(run, repeats), 1), "floor_us": round(1e6 * floor_bytes / bandwidth, 1)})
+        sparse = (
+            None if budget is None else UniqueConfig(page_size=PAGE, budget_tokens=budget, method="unique")
+        )
+        run = lambda: decode_attention(
+            q, cache.k[0], cache.v[0], cache.key_stats[0], metadata, HEAD_DIM**-0.5, sparse, layer=1
+        )
+        floor_bytes = (
+            context * token_bytes if budget is None else stats_bytes + min(budget, context) * token_bytes
+        )
+        rows.append(
+            {
+                "context": context,
+                "budget": budget,
+                "method": "dense" if budget is None else "unique",
+                "time_us": round(time_us(run, repeats), 1),
+                "floor_us": round(1e6 * floor_bytes / bandwidth, 1),
+            }
+        )
     dense = rows[0]["time_us"]
     for row in rows:
         row["speedup_vs_dense"] = round(dense / row["time_us"], 2)
@@ -82,12 +81,21 @@ def plot(rows: list[dict], path: Path) -> None:
         mine = [r for r in rows if r["budget"] == budget]
         label = "dense" if budget is None else f"UNIQUE, budget {budget}"
         series.append(([r["context"] for r in mine], [r["time_us"] for r in mine], "-o", label))
-    line_plot(series, path, "context (tokens)", "one layer's decode attention (us)",
-              f"CPU decode attention ({torch.get_num_threads()} threads, SmolLM2 shapes, bf16)", log_x=True, log_y=True)
+    line_plot(
+        series,
+        path,
+        "context (tokens)",
+        "one layer's decode attention (us)",
+        f"CPU decode attention ({torch.get_num_threads()} threads, SmolLM2 shapes, bf16)",
+        log_x=True,
+        log_y=True,
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--contexts", type=int, nargs="+", default=[2048, 5120, 10240, 26624, 53248])
     parser.add_argument("--budgets", type=int, nargs="+", default=[1024, 2048])
     parser.add_argument("--repeats", type=int, default=20, help="calls per timed block (5 blocks, median)")
@@ -98,11 +106,22 @@ def main() -> None:
     print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s, {torch.get_num_threads()} threads")
     print(f"{'context':>8} {'method':>8} {'budget':>7} {'time us':>9} {'floor us':>9} {'vs dense':>9}")
     for r in rows:
-        print(f"{r['context']:>8} {r['method']:>8} {r['budget'] or '-':>7} {r['time_us']:>9} {r['floor_us']:>9} "
-              f"{r['speedup_vs_dense']:>9}")
+        print(
+            f"{r['context']:>8} {r['method']:>8} {r['budget'] or '-':>7} {r['time_us']:>9} "
+            f"{r['floor_us']:>9} "
+            f"{r['speedup_vs_dense']:>9}"
+        )
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "bench_attention_cpu.json").write_text(json.dumps(
-        {"copy_bandwidth_gbs": round(bandwidth / 1e9, 2), "threads": torch.get_num_threads(), "rows": rows}, indent=1))
+    (args.output / "bench_attention_cpu.json").write_text(
+        json.dumps(
+            {
+                "copy_bandwidth_gbs": round(bandwidth / 1e9, 2),
+                "threads": torch.get_num_threads(),
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
     plot(rows, args.output / "bench_attention_cpu.png")
 
 

@@ -3,10 +3,10 @@ manifests with known utterance times, transcribe it (``asr transcribe --format j
 it window by window: a transcript whose timestamps drift, or whose text degrades late in a long
 context, shows as rising WER in the last windows.
 
-    python eval/longform_drift.py build --manifest ../shared/data/speech_dev/manifest.jsonl \\
+    python -m eval.longform_drift build --manifest ../shared/data/speech_dev/manifest.jsonl \\
         --manifest .cache/tts_v3/manifest.jsonl:7480 --minutes 60 --output /tmp/hour
     asr transcribe /tmp/hour/recording.flac --format json --output /tmp/hour/out
-    python eval/longform_drift.py score /tmp/hour/out/recording.json /tmp/hour/spans.json --window 10 \\
+    python -m eval.longform_drift score /tmp/hour/out/recording.json /tmp/hour/spans.json --window 10 \\
         --output eval/results/longform_drift
 
 ``build`` writes ``recording.flac`` (utterances in manifest order, 0.5 s apart) and ``spans.json``
@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from asr.corpus import read_manifest
+from asr.normalize import error_rates
+from asr.speech.audio import SAMPLE_RATE
+from eval.line_plot import line_plot
 
-from asr.corpus import read_manifest  # noqa: E402
-from asr.normalize import error_rates  # noqa: E402
-from eval.line_plot import line_plot  # noqa: E402
-
-SAMPLE_RATE = 16000
 GAP_S = 0.5
 
 
@@ -50,7 +47,9 @@ def build(manifests: list[str], minutes: float, output: Path) -> None:
             break
         audio = load_audio(str(utt.audio), SAMPLE_RATE)
         pieces += [audio, gap]
-        spans.append({"start": round(cursor, 3), "end": round(cursor + len(audio) / SAMPLE_RATE, 3), "text": utt.text})
+        spans.append(
+            {"start": round(cursor, 3), "end": round(cursor + len(audio) / SAMPLE_RATE, 3), "text": utt.text}
+        )
         cursor += len(audio) / SAMPLE_RATE + GAP_S
     output.mkdir(parents=True, exist_ok=True)
     sf.write(output / "recording.flac", np.concatenate(pieces), SAMPLE_RATE)
@@ -78,7 +77,10 @@ def score(transcript_path: Path, spans_path: Path, window_min: float, output: Pa
     print(f"\nlast {last} segments against the references they overlap:")
     for seg in transcript["segments"][len(transcript["segments"]) - last:]:
         overlapping = [s["text"] for s in spans if s["start"] < seg["end"] and s["end"] > seg["start"]]
-        print(f"[{seg['start']:8.1f}-{seg['end']:8.1f}] HYP {seg['text']}\n{'':20} REF {' | '.join(overlapping)}")
+        print(
+            f"[{seg['start']:8.1f}-{seg['end']:8.1f}] HYP {seg['text']}\n{'':20} REF "
+            f"{' | '.join(overlapping)}"
+        )
     output.mkdir(parents=True, exist_ok=True)
     result = {"transcript": str(transcript_path), "window_minutes": window_min, "stats": transcript["stats"],
               "skipped_seconds": sum(s["end"] - s["start"] for s in transcript["skipped"]), "windows": rows}
@@ -95,10 +97,14 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("build", help="build a long recording with known utterance times")
-    make.add_argument("--manifest", action="append", required=True, help="PATH or PATH:FIRST_ROW (repeatable)")
+    make.add_argument(
+        "--manifest", action="append", required=True, help="PATH or PATH:FIRST_ROW (repeatable)"
+    )
     make.add_argument("--minutes", type=float, default=60)
     make.add_argument("--output", type=Path, required=True)
     check = commands.add_parser("score", help="WER per time window of a long transcript")

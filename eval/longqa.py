@@ -1,4 +1,5 @@
-"""Long-context QA accuracy of dense vs UNIQUE vs Quest decode attention at budgets 1/4 .. 1/32 of the context.
+"""Long-context QA accuracy of dense vs UNIQUE vs Quest decode attention at budgets 1/4 .. 1/32 of the
+context.
 
 RULER-style synthetic tasks generated from a seed (needle in a noise haystack; Hsieh et al. 2024):
   niah_single      one "special magic number" needle; ask for it
@@ -12,8 +13,8 @@ plus questions with known answers over a real long document (the GPL-3 text that
 Each prompt is prefilled ONCE; every attention setting then answers from the same cache (greedy), rolled
 back in between, so differences come from decode attention alone. Prints a table, writes longqa.json.
 
-    python eval/longqa.py                                   # embedded SmolLM2-135M, contexts 2k..7.5k
-    python eval/longqa.py --contexts 1024 --samples 1 --budgets 4 8   # quick look
+    python -m eval.longqa                                   # embedded SmolLM2-135M, contexts 2k..7.5k
+    python -m eval.longqa --contexts 1024 --samples 1 --budgets 4 8   # quick look
 """
 
 from __future__ import annotations
@@ -43,16 +44,33 @@ KEY_WORDS = ("amber harbor cobalt falcon garnet hollow ivory juniper kestrel lan
 DEFAULT_DOC = Path("/usr/share/common-licenses/GPL-3")
 # (question, anchor text the answer window must hold, accepted answers: any one matching counts)
 DOC_QUESTIONS = [
-    ("On what date was this version of the license published?", "Version 3, 29 June 2007", ["29 june 2007", "june 29, 2007"]),
-    ("For how long must a written offer to provide the Corresponding Source remain valid?", "valid for at least three years",
-     ["three years", "3 years"]),
-    ("Within how many days after notification must a first violation be cured for the license to be reinstated?",
-     "cure the violation prior to 30 days", ["30 days", "thirty days", "30"]),
-    ("Which other license does section 13 allow a covered work to be combined with?", "13. Use with the GNU Affero",
-     ["affero"]),
+    (
+        "On what date was this version of the license published?",
+        "Version 3, 29 June 2007",
+        ["29 june 2007", "june 29, 2007"],
+    ),
+    (
+        "For how long must a written offer to provide the Corresponding Source remain valid?",
+        "valid for at least three years",
+        ["three years", "3 years"],
+    ),
+    (
+        "Within how many days after notification must a first violation be cured for the license to be "
+        "reinstated?",
+        "cure the violation prior to 30 days",
+        ["30 days", "thirty days", "30"],
+    ),
+    (
+        "Which other license does section 13 allow a covered work to be combined with?",
+        "13. Use with the GNU Affero",
+        ["affero"],
+    ),
     ("What is the title of section 15?", "15. Disclaimer of Warranty", ["disclaimer of warranty"]),
-    ("Who holds the copyright of the license text itself?", "Copyright (C) 2007 Free Software Foundation",
-     ["free software foundation"]),
+    (
+        "Who holds the copyright of the license text itself?",
+        "Copyright (C) 2007 Free Software Foundation",
+        ["free software foundation"],
+    ),
 ]
 TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "vt", "doc")
 
@@ -69,9 +87,15 @@ class Sample:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="HF directory or GGUF file (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--contexts", type=int, nargs="+", default=[2048, 4096, 7680], help="prompt lengths (tokens)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", help="HF directory or GGUF file (default: the embedded SmolLM2-135M-Instruct)"
+    )
+    parser.add_argument(
+        "--contexts", type=int, nargs="+", default=[2048, 4096, 7680], help="prompt lengths (tokens)"
+    )
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--samples", type=int, default=3, help="samples per task and context")
     parser.add_argument("--budgets", type=int, nargs="+", default=[4, 8, 16, 32], help="budget = context / N")
@@ -126,15 +150,19 @@ def make_synthetic(engine: LLMEngine, task: str, context: int, rng: random.Rando
             answers, plural = [values[0]], False
         text = haystack_with(engine, needles, room, rng)
         noun = "numbers" if plural else "number"
-        question = f"What {'are all the special magic numbers' if plural else 'is the special magic number'} for {keys[0]} mentioned in the provided text?"
-        prefix = f"The special magic {noun} for {keys[0]} mentioned in the provided text {'are' if plural else 'is'}"
+        asked = "are all the special magic numbers" if plural else "is the special magic number"
+        question = f"What {asked} for {keys[0]} mentioned in the provided text?"
+        verb = "are" if plural else "is"
+        prefix = f"The special magic {noun} for {keys[0]} mentioned in the provided text {verb}"
         prompt = chat(engine, f"{intro}{text}\n\n{question}", prefix)
         return Sample(task, prompt, answers, 40 if plural else 12)
     # variable tracking: VAR A = value; VAR B = VAR A; ... and a distractor chain
     names = ["".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5)) for _ in range(10)]
     value, other = random_number(rng)[:5], random_number(rng)[:5]
     chain = [f"VAR {names[0]} = {value}."] + [f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(1, 5)]
-    distractor = [f"VAR {names[5]} = {other}."] + [f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(6, 10)]
+    distractor = [f"VAR {names[5]} = {other}."] + [
+        f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(6, 10)
+    ]
     text = haystack_with(engine, chain + distractor, room, random.Random(rng.random()))
     for needle_chain in (chain, distractor):  # keep each chain in order
         positions = sorted(text.index(n) for n in needle_chain)
@@ -147,18 +175,27 @@ def make_synthetic(engine: LLMEngine, task: str, context: int, rng: random.Rando
     return Sample(task, chat(engine, f"{intro}{text}\n\n{question}", prefix), names[:5], 32)
 
 
-def make_doc_question(engine: LLMEngine, document: str, context: int, index: int, rng: random.Random) -> Sample:
+def make_doc_question(
+    engine: LLMEngine, document: str, context: int, index: int, rng: random.Random
+) -> Sample:
     """A question over a window of the real document (about ``context`` tokens) holding its answer."""
     from asr.llm.qa import qa_prompt
 
     question, anchor, answers = DOC_QUESTIONS[index % len(DOC_QUESTIONS)]
-    chars = int((context - 120) * len(document) / len(engine.tokenizer.encode(document, add_special_tokens=False)))
+    chars = int(
+        (context - 120) * len(document) / len(engine.tokenizer.encode(document, add_special_tokens=False))
+    )
     at = document.index(anchor)
     start = max(0, min(at - rng.randint(0, max(0, chars - len(anchor))), len(document) - chars))
     window = document[start : start + chars]
     prompt = qa_prompt(engine, window, question)
-    return Sample("doc", prompt[: engine.max_context - 40] if len(prompt) > engine.max_context - 40 else prompt,
-                  answers, 24, any_answer=True)
+    return Sample(
+        "doc",
+        prompt[: engine.max_context - 40] if len(prompt) > engine.max_context - 40 else prompt,
+        answers,
+        24,
+        any_answer=True,
+    )
 
 
 def score(sample: Sample, text: str) -> float:
@@ -188,16 +225,31 @@ def evaluate(engine: LLMEngine, samples: list[Sample], context: int, args) -> li
             engine.append(seq, token_ids=sample.prompt)
         saved = [(seq.num_tokens, seq.next_logits.clone()) for seq in seqs]
         for method, budget in settings(context, args):
-            sparse = UniqueConfig(page_size=args.page_size, budget_tokens=budget or 4 * args.page_size, sink_pages=1, local_pages=2)
+            sparse = UniqueConfig(
+                page_size=args.page_size,
+                budget_tokens=budget or 4 * args.page_size,
+                sink_pages=1,
+                local_pages=2,
+            )
             engine.set_attention(method, sparse)
             params = [SamplingParams(max_tokens=s.max_tokens) for s in group]
             outputs = engine.generate_many(seqs, params)
             for seq, sample, tokens, (length, logits) in zip(seqs, group, outputs, saved):
                 text = engine.tokenizer.decode(tokens, skip_special_tokens=True)
-                rows.append(dict(task=sample.task, context=context, prompt_tokens=len(sample.prompt), method=method,
-                                 budget=budget, divisor=context // budget if budget else 1, score=score(sample, text),
-                                 kv_read_share=seq.kv_read_share, answer=text.strip()[:200],
-                                 expected=sample.answers))
+                rows.append(
+                    dict(
+                        task=sample.task,
+                        context=context,
+                        prompt_tokens=len(sample.prompt),
+                        method=method,
+                        budget=budget,
+                        divisor=context // budget if budget else 1,
+                        score=score(sample, text),
+                        kv_read_share=seq.kv_read_share,
+                        answer=text.strip()[:200],
+                        expected=sample.answers,
+                    )
+                )
                 engine.truncate(seq, length)
                 seq.next_logits, seq.pages_read, seq.pages_dense = logits, 0, 0
         for seq in seqs:
@@ -216,25 +268,37 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def table(summary: list[dict], contexts: list[int], columns: list[tuple[str, int]]) -> str:
-    head = "| task | context | " + " | ".join("dense" if m == "dense" else f"{m} 1/{d}" for m, d in columns) + " |"
+    head = (
+        "| task | context | "
+        + " | ".join("dense" if m == "dense" else f"{m} 1/{d}" for m, d in columns)
+        + " |"
+    )
     lines = [head, "| --- | ---: |" + " ---: |" * len(columns)]
     index = {(s["task"], s["context"], s["method"], s["divisor"]): s for s in summary}
     tasks = list(dict.fromkeys(s["task"] for s in summary))
     for task in tasks:
         for context in contexts:
             cells = [index.get((task, context, m, d)) for m, d in columns]
-            lines.append(f"| {task} | {context} | " + " | ".join(f"{c['accuracy']:.2f}" if c else "" for c in cells) + " |")
+            lines.append(
+                f"| {task} | {context} | "
+                + " | ".join(f"{c['accuracy']:.2f}" if c else "" for c in cells)
+                + " |"
+            )
     return "\n".join(lines)
 
 
-def write_results(args, engine: LLMEngine, rows: list[dict], contexts: list[int], seconds: float) -> tuple[dict, str]:
+def write_results(
+    args, engine: LLMEngine, rows: list[dict], contexts: list[int], seconds: float
+) -> tuple[dict, str]:
     summary = summarize(rows)
     columns = [("dense", 1)] + [(m, d) for m in args.methods for d in args.budgets]
     meta = dict(model=str(args.model or "embedded SmolLM2-135M-Instruct"), device=str(engine.device),
                 dtype=str(engine.dtype), contexts=contexts, samples=args.samples, seed=args.seed,
                 page_size=args.page_size, seconds=round(seconds, 1), doc=str(args.doc))
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "longqa.json").write_text(json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1))
+    (args.output / "longqa.json").write_text(
+        json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1)
+    )
     text = table(summary, contexts, columns)
     (args.output / "longqa.md").write_text(text + "\n")
     return meta, text
@@ -264,8 +328,11 @@ def main(argv=None) -> None:
             rows.extend(evaluate(engine, samples[begin : begin + args.batch], context, args))
         done = contexts[: contexts.index(context) + 1]
         meta, text = write_results(args, engine, rows, done, time.time() - started)  # after every context
-    print(f"\n{meta['model']} on {meta['device']} ({meta['dtype']}), {args.samples} samples per task and context, "
-          f"budget = context / N, page {args.page_size}")
+    print(
+        f"\n{meta['model']} on {meta['device']} ({meta['dtype']}), {args.samples} samples per task and "
+        "context, "
+        f"budget = context / N, page {args.page_size}"
+    )
     print(text)
 
 

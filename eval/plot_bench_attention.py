@@ -1,6 +1,6 @@
 """Plot eval/bench_attention.py's JSON: per-layer decode time against context, one panel per batch.
 
-    python eval/plot_bench_attention.py eval/results/bench_attention.json [out.png]
+    python -m eval.plot_bench_attention eval/results/bench_attention.json [out.png]
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ def plot(json_path: Path, png_path: Path) -> None:
             """Fastest time per context over page sizes (unless one is given)."""
             best: dict[int, float] = {}
             for r in mine:
-                if r["method"] == method and r["budget"] == budget and (page_size is None or r["page_size"] == page_size):
+                if (
+                    r["method"] == method
+                    and r["budget"] == budget
+                    and (page_size is None or r["page_size"] == page_size)
+                ):
                     best[r["context"]] = min(best.get(r["context"], float("inf")), r["time_us"])
             xs = sorted(best)
             return xs, [best[x] for x in xs]
@@ -40,7 +44,13 @@ def plot(json_path: Path, png_path: Path) -> None:
         xs, ys = series("quest_total", 2048)
         if xs:
             ax.plot(xs, ys, ":v", color="tab:red", label="Quest total, budget 2048")
-        ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="us per layer", title=f"batch {batch}")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="context (tokens)",
+            ylabel="us per layer",
+            title=f"batch {batch}",
+        )
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
     device = rows[0].get("device", "") if rows else ""

@@ -6,8 +6,8 @@ the std offset targets), and (b) real queries and keys captured from a real LLM 
 real text. Compares UNIQUE (gauss and l1 offsets, several lambda), Quest and mean-only at budgets
 of 1/8 .. 1/64 of the context. Prints a table, writes JSON and a PNG plot.
 
-    python eval/recall.py --output eval/results            # synthetic
-    python eval/recall.py --model DIR --text FILE          # plus a real model on a real text
+    python -m eval.recall --output eval/results            # synthetic
+    python -m eval.recall --model DIR --text FILE          # plus a real model on a real text
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 from tqdm import tqdm
 
 from asr.attention.config import UniqueConfig
+from asr.attention.scoring import score_from_stats
 from asr.attention.selection import select_pages_reference
 from asr.attention.softmask import sequence_page_stats
-from asr.attention.scoring import score_from_stats
 
 SELECTORS = {
     "unique-gauss-0.5": dict(method="unique", offset="gauss", lam=0.5),
@@ -64,7 +64,9 @@ def page_recall(q: torch.Tensor, keys: torch.Tensor, config: UniqueConfig) -> to
     scores = score_from_stats(q[:, :, None], stats, config.method, config.offset, config.lam)[:, :, 0]
     seq_lens = torch.full((n,), seq, dtype=torch.int32)
     chosen = select_pages_reference(scores, seq_lens, config).long()
-    logits = torch.einsum("nhgd,nhtd->nhgt", q.float().view(n, kv_heads, group, d), keys.float()) / math.sqrt(d)
+    logits = torch.einsum("nhgd,nhtd->nhgt", q.float().view(n, kv_heads, group, d), keys.float()) / math.sqrt(
+        d
+    )
     pages = stats.shape[2]
     padded = torch.nn.functional.pad(logits.softmax(-1), (0, pages * config.page_size - seq))
     mass = padded.view(n, kv_heads, group, pages, config.page_size).sum(dim=(2, 4)) / group
@@ -115,7 +117,9 @@ def capture_real_qk(model_dir: str, text: str, num_queries: int, max_tokens: int
 
     AttentionInterface.register("recall_capture", capture)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="recall_capture")
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="recall_capture"
+    )
     ids = tokenizer(text, return_tensors="pt").input_ids[:, :max_tokens]
     with torch.no_grad():
         model(ids)
@@ -170,7 +174,9 @@ def plot(rows: list[RecallRow], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", default="eval/results", help="directory for recall.json and recall.png")
     parser.add_argument("--context", type=int, default=16384, help="synthetic context length in tokens")
     parser.add_argument("--page-size", type=int, default=16)
@@ -186,7 +192,12 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     q, keys = synthetic_qk(args.samples, 16, 4, args.context, 128, args.page_size, args.seed)
-    rows = measure("synthetic", [(q[i : i + 1], keys[i : i + 1]) for i in range(args.samples)], args.context, args.page_size)
+    rows = measure(
+        "synthetic",
+        [(q[i : i + 1], keys[i : i + 1]) for i in range(args.samples)],
+        args.context,
+        args.page_size,
+    )
     if args.model:
         if args.text:
             text, text_name = Path(args.text).read_text(errors="replace"), Path(args.text).name

@@ -1,9 +1,9 @@
 """Batch WER/CER of a transcription system over a manifest, resumable, shardable with torchrun.
 
-    python eval/wer.py ../shared/data/speech_dev/manifest.jsonl --output outputs/wer-dev
-    python eval/wer.py MANIFEST --system faster-whisper --output outputs/wer-fw     # outside anchor
-    python eval/wer.py MANIFEST --longform 5 --attention unique --budget 512       # long recordings
-    torchrun --nproc-per-node 4 eval/wer.py MANIFEST --device cuda --output DIR   # one shard a rank
+    python -m eval.wer ../shared/data/speech_dev/manifest.jsonl --output outputs/wer-dev
+    python -m eval.wer MANIFEST --system faster-whisper --output outputs/wer-fw     # outside anchor
+    python -m eval.wer MANIFEST --longform 5 --attention unique --budget 512       # long recordings
+    torchrun --nproc-per-node 4 -m eval.wer MANIFEST --device cuda --output DIR   # one shard a rank
 
 Manifest lines: {"id", "audio" (relative to the manifest), "text"}. Writes per-utterance
 ``utterances.csv`` (appended as it goes: a rerun skips finished ids) and ``summary.json`` with
@@ -17,7 +17,6 @@ import csv
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +25,12 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from asr.corpus import read_manifest
+from asr.errors import AsrError
+from asr.normalize import error_rates
+from asr.speech.arguments import add_transcribe_arguments, options_from_args
+from asr.speech.audio import SAMPLE_RATE
 
-from asr.corpus import read_manifest  # noqa: E402
-from asr.errors import AsrError  # noqa: E402
-from asr.normalize import error_rates  # noqa: E402
-
-SAMPLE_RATE = 16000
 LONGFORM_GAP_S = 0.5  # silence between concatenated utterances
 FIELDS = ["id", "duration", "seconds", "wer", "cer", "reference", "hypothesis"]
 
@@ -71,8 +69,12 @@ def build_items(manifest: Path, longform_minutes: float, limit: int | None) -> l
             current, seconds = [], 0.0
     if current:
         items.append(current)
-    return [Item(f"{group[0][0]}..{group[-1][0]}", [r.audio for _, r in group], " ".join(r.text for _, r in group))
-            for group in items]
+    return [
+        Item(
+            f"{group[0][0]}..{group[-1][0]}", [r.audio for _, r in group], " ".join(r.text for _, r in group)
+        )
+        for group in items
+    ]
 
 
 def load_system(args):
@@ -81,11 +83,9 @@ def load_system(args):
     if args.device == "cuda":
         args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     if args.system == "speech-llm":
-        from asr.speech.pipeline import TranscribeOptions, load_transcriber
+        from asr.speech.pipeline import load_transcriber
 
-        options = TranscribeOptions(attention=args.attention, budget_tokens=args.budget, device=args.device,
-                                    dtype=args.dtype, max_distance=args.max_distance or None,
-                                    drafts=args.drafts)
+        options = options_from_args(args)
         transcriber = load_transcriber(args.model, options)
         return lambda audio: transcriber.transcribe(audio).text
     if args.system == "faster-whisper":
@@ -97,7 +97,9 @@ def load_system(args):
         model = WhisperModel(str(faster_whisper_dir()), device="cpu" if on_cpu else "cuda",
                              device_index=0 if on_cpu else torch_device_index(args.device),
                              compute_type="int8" if on_cpu else "float16", cpu_threads=os.cpu_count() or 2)
-        return lambda audio: " ".join(s.text.strip() for s in model.transcribe(audio, language="en", beam_size=5)[0])
+        return lambda audio: " ".join(
+            s.text.strip() for s in model.transcribe(audio, language="en", beam_size=5)[0]
+        )
     if args.system == "whisper-hf":
         from asr.speech.whisper_reference import WhisperReference
 
@@ -157,8 +159,17 @@ def run_shard(items: list[Item], transcribe, path: Path, desc: str) -> None:
             hypothesis = transcribe(audio)
             seconds = time.perf_counter() - start
             wer, cer = score(item.text, hypothesis)
-            writer.writerow({"id": item.id, "duration": round(len(audio) / SAMPLE_RATE, 3), "seconds": round(seconds, 3),
-                             "wer": wer, "cer": cer, "reference": item.text, "hypothesis": hypothesis})
+            writer.writerow(
+                {
+                    "id": item.id,
+                    "duration": round(len(audio) / SAMPLE_RATE, 3),
+                    "seconds": round(seconds, 3),
+                    "wer": wer,
+                    "cer": cer,
+                    "reference": item.text,
+                    "hypothesis": hypothesis,
+                }
+            )
             f.flush()
 
 
@@ -189,8 +200,11 @@ def claim_output(out: Path, config: dict) -> None:
     if record.exists():
         previous = json.loads(record.read_text())
         if previous != config:
-            changed = ", ".join(f"{k}: {previous.get(k)} -> {config.get(k)}" for k in sorted(set(previous) | set(config))
-                                if previous.get(k) != config.get(k))
+            changed = ", ".join(
+                f"{k}: {previous.get(k)} -> {config.get(k)}"
+                for k in sorted(set(previous) | set(config))
+                if previous.get(k) != config.get(k)
+            )
             raise SystemExit(f"wer.py: {out} holds results of another run ({changed}); give another --output "
                              "or delete it to start over")
     elif any(out.glob("utterances.rank*.csv")):
@@ -214,29 +228,31 @@ def merge(out: Path, world: int, items: list[Item], args) -> dict:
     wer, cer = error_rates([r["reference"] for r in ordered], [r["hypothesis"] for r in ordered])
     audio_s = sum(float(r["duration"]) for r in ordered)
     compute_s = sum(float(r["seconds"]) for r in ordered)
-    summary = {"wer": wer, "cer": cer, "rtf": compute_s / audio_s, "items": len(ordered), "audio_seconds": audio_s,
-               **run_config(args)}
+    summary = {
+        "wer": wer,
+        "cer": cer,
+        "rtf": compute_s / audio_s,
+        "items": len(ordered),
+        "audio_seconds": audio_s,
+        **run_config(args),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--output", type=Path, default=Path("outputs/wer"))
-    parser.add_argument("--system", default="speech-llm", choices=["speech-llm", "faster-whisper", "whisper-hf"])
-    parser.add_argument("--model", help="speech model directory (default: the embedded one)")
-    parser.add_argument("--drafts", action=argparse.BooleanOptionalAction, default=None,
-                        help="put each chunk's Whisper draft into the context and verify it as the LLM's "
-                        "proposal (default: as the model was trained)")
-    parser.add_argument("--attention", default="unique", choices=["unique", "dense", "quest"])
-    parser.add_argument("--budget", type=int, default=2048, help="decode token budget of sparse attention")
-    parser.add_argument("--max-distance", type=int, default=4096,
-                        help="key distance ceiling of long contexts (asr transcribe --max-distance; 0: none)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "int8"],
-                        help="LLM weights and cache (int8: CPU only, int8 linear layers over float32)")
-    parser.add_argument("--longform", type=float, default=0, help="join consecutive utterances into ~M-minute recordings")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--system", default="speech-llm", choices=["speech-llm", "faster-whisper", "whisper-hf"]
+    )
+    add_transcribe_arguments(parser, device_default="cpu")
+    parser.add_argument(
+        "--longform", type=float, default=0, help="join consecutive utterances into ~M-minute recordings"
+    )
     parser.add_argument("--limit", type=int, help="only the first N manifest lines")
     args = parser.parse_args()
 
@@ -249,8 +265,11 @@ def main() -> None:
     run_shard(items[rank::world], transcribe, args.output / f"utterances.rank{rank}.csv", f"wer rank {rank}")
     if rank != 0:
         return
-    while not all((args.output / f"utterances.rank{r}.csv").exists() and
-                  len(finished_ids(args.output / f"utterances.rank{r}.csv")) == len(items[r::world]) for r in range(world)):
+    while not all(
+        (args.output / f"utterances.rank{r}.csv").exists()
+        and len(finished_ids(args.output / f"utterances.rank{r}.csv")) == len(items[r::world])
+        for r in range(world)
+    ):
         time.sleep(2)  # other ranks still running
     summary = merge(args.output, world, items, args)
     print(f"{summary['system']:<14} {summary['attention']:<7} items {summary['items']:>4}  "

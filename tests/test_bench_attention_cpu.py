@@ -1,4 +1,5 @@
-"""eval/bench_attention_cpu.py runs end to end on tiny shapes (its numbers are for BENCHMARKS.md)."""
+"""``python -m eval.bench_attention_cpu`` runs end to end on tiny shapes (its numbers are for
+BENCHMARKS.md)."""
 
 import json
 import subprocess
@@ -9,9 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_writes_table_json_and_plot(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "eval" / "bench_attention_cpu.py"), "--contexts", "256", "1024",
+    out = subprocess.run([sys.executable, "-m", "eval.bench_attention_cpu", "--contexts", "256", "1024",
                           "--budgets", "128", "--repeats", "2", "--output", str(tmp_path)],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert "copy bandwidth" in out
     result = json.loads((tmp_path / "bench_attention_cpu.json").read_text())
     rows = result["rows"]

@@ -28,11 +28,15 @@ def dense_attention(q, keys, values, scale):
 @pytest.mark.parametrize("head_dim", [pytest.param(64, id="d64"), pytest.param(128, id="d128")])
 @pytest.mark.parametrize("page_size", [pytest.param(16, id="P16"), pytest.param(64, id="P64")])
 @pytest.mark.parametrize("lengths", LENGTHS)
-@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")])
+@pytest.mark.parametrize(
+    "dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")]
+)
 def test_dense_paged_decode_matches_attention(heads, head_dim, page_size, lengths, dtype):
     batch = make_paged_batch(lengths, *heads, head_dim, page_size, dtype)
     scale = 1 / math.sqrt(head_dim)
-    out, lse = paged_decode_reference(batch.q, batch.k_cache, batch.v_cache, batch.page_table, batch.seq_lens, scale)
+    out, lse = paged_decode_reference(
+        batch.q, batch.k_cache, batch.v_cache, batch.page_table, batch.seq_lens, scale
+    )
     for row in range(len(lengths)):
         ref_out, ref_lse = dense_attention(batch.q[row].float(), batch.keys[row], batch.values[row], scale)
         assert_close(out[row].float(), ref_out, dtype)
@@ -69,15 +73,21 @@ def test_sparse_decode_attends_exactly_the_chosen_pages(heads):
         for h in range(q_heads):
             pages = [p for p in chosen[row, h // group].tolist() if p >= 0]
             tokens = torch.cat([torch.arange(p * page_size, min((p + 1) * page_size, n)) for p in pages])
-            ref_out, ref_lse = dense_attention(batch.q[row, h : h + 1], batch.keys[row][tokens, h // group : h // group + 1],
-                                               batch.values[row][tokens, h // group : h // group + 1], 0.125)
+            ref_out, ref_lse = dense_attention(
+                batch.q[row, h : h + 1],
+                batch.keys[row][tokens, h // group : h // group + 1],
+                batch.values[row][tokens, h // group : h // group + 1],
+                0.125,
+            )
             assert_close(out[row, h], ref_out[0])
             assert_close(lse[row, h], ref_lse[0])
 
 
 @pytest.mark.parametrize("heads", GQA)
 @pytest.mark.parametrize("lengths", LENGTHS)
-@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")])
+@pytest.mark.parametrize(
+    "dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")]
+)
 @pytest.mark.parametrize("sparse", [pytest.param(False, id="dense"), pytest.param(True, id="sparse")])
 def test_cpu_path_matches_reference(heads, lengths, dtype, sparse):
     from asr.attention.decode import paged_decode

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asr.attention.append import page_key_stats
+from asr.attention.page_stats import page_key_stats
 from asr.llm.config import SamplingParams
 from asr.llm.distance_cap import DistanceCap, rotate_keys
 from asr.llm.layers import apply_rotary
@@ -54,7 +54,9 @@ def test_old_pages_collapse_to_one_position_and_stats_follow(tiny_dir):
     assert (seq.collapsed_pages, seq.collapsed_position) == (15, 60)  # (100 - 40) // 4 pages at 100 - 40
     after = sequence_keys(engine, seq)
     own = torch.arange(60)
-    expected = rotate_keys(before[:, :60].transpose(1, 2), (60 - own)[None, None, :], inv_freq).transpose(1, 2)
+    expected = rotate_keys(before[:, :60].transpose(1, 2), (60 - own)[None, None, :], inv_freq).transpose(
+        1, 2
+    )
     assert_close(after[:, :60], expected)
     assert torch.equal(after[:, 60:], before[:, 60:])  # newer tokens keep their own positions
 
@@ -64,7 +66,9 @@ def test_old_pages_collapse_to_one_position_and_stats_follow(tiny_dir):
     assert (seq.collapsed_pages, seq.collapsed_position) == (20, 81)
     after = sequence_keys(engine, seq)
     current = torch.cat([torch.full((60,), 60), torch.arange(60, 80)])
-    expected = rotate_keys(before[:, :80].transpose(1, 2), (81 - current)[None, None, :], inv_freq).transpose(1, 2)
+    expected = rotate_keys(before[:, :80].transpose(1, 2), (81 - current)[None, None, :], inv_freq).transpose(
+        1, 2
+    )
     assert_close(after[:, :80], expected)
 
     pages = engine.cache.pages(seq.seq_id, 0, 20)

@@ -19,7 +19,9 @@ def test_embedded_model_follows_real_speech():
     from asr.speech.pipeline import TranscribeOptions, load_transcriber
 
     ids = [json.loads(line)["id"] for line in MANIFEST.read_text().splitlines() if line.strip()]
-    chosen = [utt for utt, id_ in zip(read_manifest(MANIFEST), ids) if id_.startswith("ljspeech-LJ001")][:UTTERANCES]
+    chosen = [utt for utt, id_ in zip(read_manifest(MANIFEST), ids) if id_.startswith("ljspeech-LJ001")][
+        :UTTERANCES
+    ]
     transcriber = load_transcriber(None, TranscribeOptions(attention="dense", device="cpu"))
     hypotheses = [transcriber.transcribe(utt.load()).text for utt in chosen]
     references = [utt.text for utt in chosen]

@@ -66,7 +66,8 @@ def test_frames_are_the_whisper_encoder_output_truncated(encoder, chunks, padded
         full = encoder.backend(features)
     assert full.shape == (2, 1500, 512)
     for index, length in enumerate(lengths.tolist()):
-        assert_close(frames[index, :length], full[index, :length], dtype=torch.float16)  # log-mel paths differ ~1e-6
+        # log-mel paths differ ~1e-6
+        assert_close(frames[index, :length], full[index, :length], dtype=torch.float16)
     listed = encoder.encode(chunks[1:])  # the list form: same frames, cut to length
     assert listed[0].shape == (51, 512)
     assert_close(listed[0], frames[1, :51], dtype=torch.float32)

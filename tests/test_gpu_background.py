@@ -13,7 +13,9 @@ def run(stage, *args):
 
 
 def test_job_outlives_its_start_and_wait_reports_its_end(tmp_path):
-    assert "started" in run(tmp_path, "start", "job", "bash", "-c", "echo step 1; sleep 2; echo step 2; exit 3")
+    assert "started" in run(
+        tmp_path, "start", "job", "bash", "-c", "echo step 1; sleep 2; echo step 2; exit 3"
+    )
     assert run(tmp_path, "wait", "job", "0").strip().endswith("RUNNING")  # start returned at once
     began = time.time()
     out = run(tmp_path, "wait", "job", "30")

@@ -31,7 +31,17 @@ from training.synth.kokoro_voices import (
 from training.synth.plan import Planner
 from training.synth.text_corpus import Corpus
 
-NATIVE = ["af_heart", "af_bella", "af_nicole", "am_adam", "am_liam", "bf_emma", "bf_lily", "bm_george", "bm_lewis"]
+NATIVE = [
+    "af_heart",
+    "af_bella",
+    "af_nicole",
+    "am_adam",
+    "am_liam",
+    "bf_emma",
+    "bf_lily",
+    "bm_george",
+    "bm_lewis",
+]
 ACCENTED = ["ef_dora", "em_alex", "jf_alpha", "zm_yunxi", "hf_beta"]
 NAMES = NATIVE + ACCENTED
 
@@ -50,7 +60,9 @@ def test_draw_speaker_is_valid_and_deterministic(seed):
         assert speaker == draw_speaker(NAMES, np.random.default_rng([seed, index]))
         assert 1 <= len(speaker.voices) <= 3 and len(set(speaker.voices)) == len(speaker.voices)
         assert len(speaker.weights) == len(speaker.voices)
-        assert abs(sum(speaker.weights) - 1) < 1e-3 and list(speaker.weights) == sorted(speaker.weights, reverse=True)
+        assert abs(sum(speaker.weights) - 1) < 1e-3 and list(speaker.weights) == sorted(
+            speaker.weights, reverse=True
+        )
         assert SPEED_RANGE[0] <= speaker.speed <= SPEED_RANGE[1]
         assert len({voice_info(v).gender for v in speaker.voices}) == 1, speaker
         main = voice_info(speaker.voices[0])
@@ -67,7 +79,9 @@ def test_speaker_mix_statistics():
     mixes = [(s.voices, s.weights) for s in speakers if len(s.voices) > 1]
     assert len(set(mixes)) > 0.95 * len(mixes), "mixed speakers should rarely repeat"
     assert len({s.voices[0] for s in speakers}) == len(NAMES)
-    assert len({draw_speaker(NAMES, np.random.default_rng([8, i])) for i in range(50)} & set(speakers[:50])) < 5
+    assert (
+        len({draw_speaker(NAMES, np.random.default_rng([8, i])) for i in range(50)} & set(speakers[:50])) < 5
+    )
 
 
 def test_speaker_style_is_weighted_sum():
@@ -90,7 +104,9 @@ def test_load_styles_reads_bins_and_rejects_bad_ones(tmp_path):
     table.tofile(tmp_path / "am_santa.bin")  # character voice: left out
     styles = load_styles(tmp_path)
     assert sorted(styles) == ["af_heart", "bm_george"]
-    assert styles["bm_george"].shape == STYLE_SHAPE and styles["bm_george"][509, 0, 255] == 2 * (table.size - 1)
+    assert styles["bm_george"].shape == STYLE_SHAPE and styles["bm_george"][509, 0, 255] == 2 * (
+        table.size - 1
+    )
     table[:10].tofile(tmp_path / "bf_short.bin")
     with pytest.raises(ValueError, match="bf_short"):
         load_styles(tmp_path)
@@ -101,7 +117,9 @@ def test_load_styles_reads_bins_and_rejects_bad_ones(tmp_path):
 def test_plans_depend_only_on_seed_and_index():
     planner = Planner(fake_corpus(), {}, seed=3)
     first = [plan_utterance(planner, NAMES, 3, i) for i in range(20)]
-    again = [plan_utterance(Planner(fake_corpus(), {}, seed=3), NAMES, 3, i) for i in reversed(range(20))][::-1]
+    again = [plan_utterance(Planner(fake_corpus(), {}, seed=3), NAMES, 3, i) for i in reversed(range(20))][
+        ::-1
+    ]
     assert first == again
     other = [plan_utterance(Planner(fake_corpus(), {}, seed=4), NAMES, 4, i) for i in range(20)]
     assert sum(a.speaker == b.speaker for a, b in zip(first, other)) < 3
@@ -122,8 +140,20 @@ def test_speakable(text, ok):
 
 
 def _row(index: int, duration: float) -> str:
-    return json.dumps({"id": f"k5-{index:07d}", "audio": f"audio/0000/k5-{index:07d}.ogg", "text": "t",
-                       "voice": "kokoro/af_heart.100", "duration": duration, "style": {}, "source": "s"}) + "\n"
+    return (
+        json.dumps(
+            {
+                "id": f"k5-{index:07d}",
+                "audio": f"audio/0000/k5-{index:07d}.ogg",
+                "text": "t",
+                "voice": "kokoro/af_heart.100",
+                "duration": duration,
+                "style": {},
+                "source": "s",
+            }
+        )
+        + "\n"
+    )
 
 
 def test_resume_point_continues_after_last_row_and_cuts_torn_line(tmp_path):
@@ -144,7 +174,9 @@ def test_resumed_manifest_reads_as_a_corpus(tmp_path):
 
     (tmp_path / "manifest.jsonl").write_text(_row(0, 2.5) + _row(1, 3.0))
     rows = read_corpus(tmp_path)
-    assert [r.duration for r in rows] == [2.5, 3.0] and rows[1].audio == tmp_path / "audio/0000/k5-0000001.ogg"
+    assert [r.duration for r in rows] == [2.5, 3.0] and rows[
+        1
+    ].audio == tmp_path / "audio/0000/k5-0000001.ogg"
 
 
 def test_finish_audio_resamples_pads_and_normalizes():

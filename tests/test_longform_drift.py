@@ -1,20 +1,24 @@
 """eval/longform_drift.py: window-by-window scoring catches transcripts that drift off the audio."""
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+from eval.longform_drift import score
 
-from longform_drift import score  # noqa: E402
-
-SPANS = [{"start": 0, "end": 50, "text": "the first one"}, {"start": 70, "end": 110, "text": "a second line"},
-         {"start": 130, "end": 170, "text": "now the third"}, {"start": 190, "end": 230, "text": "and the last"}]
+SPANS = [
+    {"start": 0, "end": 50, "text": "the first one"},
+    {"start": 70, "end": 110, "text": "a second line"},
+    {"start": 130, "end": 170, "text": "now the third"},
+    {"start": 190, "end": 230, "text": "and the last"},
+]
 
 
 def _score(tmp_path, segments):
-    transcript = {"duration": 240, "segments": segments, "skipped": [{"start": 50, "end": 70, "reason": "silence"}],
-                  "stats": {"rtf": 0.3}}
+    transcript = {
+        "duration": 240,
+        "segments": segments,
+        "skipped": [{"start": 50, "end": 70, "reason": "silence"}],
+        "stats": {"rtf": 0.3},
+    }
     (tmp_path / "t.json").write_text(json.dumps(transcript))
     (tmp_path / "spans.json").write_text(json.dumps(SPANS))
     score(tmp_path / "t.json", tmp_path / "spans.json", 2.0, tmp_path / "out", last=2)

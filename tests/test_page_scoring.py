@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from asr.attention.config import UniqueConfig
-from asr.attention.scoring import oracle_page_mass, score_from_stats, score_pages_cpu, score_pages_reference
+from asr.attention.cpu import score_pages_cpu
+from asr.attention.scoring import oracle_page_mass, score_from_stats, score_pages_reference
 from asr.attention.selection import select_pages_reference
 from tests.paged_batch import make_paged_batch
 
@@ -51,7 +52,9 @@ def test_scores_match_naive_per_page_computation(config, heads):
             q_group = batch.q[row, h * group : (h + 1) * group].double()
             for p in range(pages):
                 keys = batch.keys[row][p * config.page_size : (p + 1) * config.page_size, h].double()
-                assert scores[row, h, p].item() == pytest.approx(naive_page_score(q_group, keys, config), rel=1e-4, abs=1e-3)
+                assert scores[row, h, p].item() == pytest.approx(
+                    naive_page_score(q_group, keys, config), rel=1e-4, abs=1e-3
+                )
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -77,7 +80,10 @@ def test_gauss_offset_is_log_expected_exp_logit_for_gaussian_keys():
     gen = torch.Generator().manual_seed(4)
     d, n = 64, 200_000
     q = torch.randn(d, generator=gen, dtype=torch.float64)
-    mu, sigma = torch.randn(d, generator=gen, dtype=torch.float64) * 0.3, torch.rand(d, generator=gen, dtype=torch.float64) * 0.5
+    mu, sigma = (
+        torch.randn(d, generator=gen, dtype=torch.float64) * 0.3,
+        torch.rand(d, generator=gen, dtype=torch.float64) * 0.5,
+    )
     keys = mu + sigma * torch.randn(n, d, generator=gen, dtype=torch.float64)
     empirical = torch.logsumexp(keys @ q / math.sqrt(d), 0) - math.log(n)
     stats = torch.stack([mu, sigma, mu, mu])[None, None, None]  # [1, 1, 1, 4, d]
@@ -109,7 +115,9 @@ def test_selection_forces_sink_and_local_and_takes_the_best_of_the_rest(page_siz
     max_pages = 40
     scores = torch.randn(4, 3, max_pages, generator=gen)
     num_pages = (seq_lens + page_size - 1) // page_size
-    scores = scores.masked_fill(torch.arange(max_pages)[None, None] >= num_pages[:, None, None], float("-inf"))
+    scores = scores.masked_fill(
+        torch.arange(max_pages)[None, None] >= num_pages[:, None, None], float("-inf")
+    )
     chosen = select_pages_reference(scores, seq_lens.int(), config)
     assert chosen.shape == (4, 3, 8)
     for b in range(4):

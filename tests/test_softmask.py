@@ -57,7 +57,9 @@ def test_budget_covering_the_context_equals_causal_attention():
     config = UniqueConfig(page_size=4, budget_tokens=4 * 64)
     q, k, v = random_qk(2, 8, 2, 37, 16, seed=9)
     out = soft_masked_attention(q, k, v, config, temperature=0.1)
-    expected = F.scaled_dot_product_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1), is_causal=True)
+    expected = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1), is_causal=True
+    )
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -75,7 +77,9 @@ def test_gradients_flow_into_q_and_k():
     q, k, v = random_qk(1, 2, 1, 11, 3, seed=11, dtype=torch.float64)
     q.requires_grad_(True)
     k.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda q, k: soft_masked_attention(q, k, v, config, temperature=0.7), (q, k))
+    assert torch.autograd.gradcheck(
+        lambda q, k: soft_masked_attention(q, k, v, config, temperature=0.7), (q, k)
+    )
     log_mask = soft_page_log_mask(q, k, config, temperature=0.7)
     finite = torch.isfinite(log_mask)
     grad_q, grad_k = torch.autograd.grad(log_mask[finite].sum(), (q, k))

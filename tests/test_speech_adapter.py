@@ -4,13 +4,13 @@ import pytest
 import torch
 from torch import nn
 
+from asr.corpus import read_corpus
 from asr.errors import AsrError
 from asr.speech.adapter import SpeechAdapter
 from asr.speech.lora import LoraConfig, add_lora, lora_state_dict, merge_lora
 from asr.speech.projector import FrameStackProjector, ProjectorConfig
-from asr.speech.sessions import IGNORE, pad_sessions, session_inputs
 from asr.speech.prompt import PromptIds
-from asr.corpus import read_corpus
+from asr.speech.sessions import IGNORE, pad_sessions, session_inputs
 
 
 class TinyBlock(nn.Module):
@@ -62,18 +62,30 @@ def test_lora_starts_as_identity_and_merges_exactly():
 def test_adapter_round_trip(tmp_path):
     projector = FrameStackProjector(ProjectorConfig(encoder_dim=4, llm_dim=6, stack=2, hidden=8))
     lora = {"model.layers.0.self_attn.q_proj.lora_a": torch.randn(2, 6)}
-    SpeechAdapter(projector.config, LoraConfig(rank=2), projector.state_dict(), lora, {"steps": 7}).save(tmp_path)
+    SpeechAdapter(projector.config, LoraConfig(rank=2), projector.state_dict(), lora, {"steps": 7}).save(
+        tmp_path
+    )
     loaded = SpeechAdapter.load(tmp_path)
     assert loaded.projector_config == projector.config and loaded.lora_config == LoraConfig(rank=2)
     assert loaded.info["steps"] == 7
-    torch.testing.assert_close(loaded.lora["model.layers.0.self_attn.q_proj.lora_a"], lora["model.layers.0.self_attn.q_proj.lora_a"].half().float())
+    torch.testing.assert_close(
+        loaded.lora["model.layers.0.self_attn.q_proj.lora_a"],
+        lora["model.layers.0.self_attn.q_proj.lora_a"].half().float(),
+    )
     with pytest.raises(AsrError, match="no speech adapter"):
         SpeechAdapter.load(tmp_path / "missing")
 
 
 def test_session_labels_cover_transcripts_and_their_end_token_only():
-    prompt = PromptIds(session_start=[1, 2], before_audio=[3], after_audio=[4, 5], after_transcript=[9, 10], end_of_turn=9,
-                       before_draft=[4, 6], after_draft=[5])
+    prompt = PromptIds(
+        session_start=[1, 2],
+        before_audio=[3],
+        after_audio=[4, 5],
+        after_transcript=[9, 10],
+        end_of_turn=9,
+        before_draft=[4, 6],
+        after_draft=[5],
+    )
     embed = nn.Embedding(20, 3)
     audio = [torch.randn(4, 3), torch.randn(2, 3)]
     embeds, labels = session_inputs(audio, [[11, 12], [13]], prompt, embed)
@@ -95,7 +107,9 @@ def test_session_labels_cover_transcripts_and_their_end_token_only():
 
 def test_corpus_reading_manifest_and_librispeech_layout(tmp_path):
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "manifest.jsonl").write_text(json.dumps({"audio": "a.flac", "text": "hi", "duration_s": 1.5}) + "\n")
+    (tmp_path / "m" / "manifest.jsonl").write_text(
+        json.dumps({"audio": "a.flac", "text": "hi", "duration_s": 1.5}) + "\n"
+    )
     rows = read_corpus(tmp_path / "m")
     assert rows[0].audio == tmp_path / "m" / "a.flac" and rows[0].duration == 1.5
     chapter = tmp_path / "ls" / "19" / "198"

@@ -4,10 +4,9 @@ sessions), one sequence per session. A tiny random LLM stands in for the real on
 from __future__ import annotations
 
 from dataclasses import replace
-
-import numpy as np
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,8 +18,15 @@ from asr.speech.projector import FrameStackProjector, ProjectorConfig
 from asr.speech.prompt import PromptIds
 from tests.test_llm_engine import save_tiny_model
 
-PROMPT = PromptIds(session_start=[1, 2, 3], before_audio=[4], after_audio=[5, 6], after_transcript=[7], end_of_turn=8,
-                   before_draft=[5, 9], after_draft=[6])
+PROMPT = PromptIds(
+    session_start=[1, 2, 3],
+    before_audio=[4],
+    after_audio=[5, 6],
+    after_transcript=[7],
+    end_of_turn=8,
+    before_draft=[5, 9],
+    after_draft=[6],
+)
 CONFIG = EngineConfig(sparse=UniqueConfig(page_size=4, budget_tokens=16), max_batch=1, extend_context=True)
 
 
@@ -53,7 +59,10 @@ class FrameEncoder:
 
 
 def test_each_recording_gets_its_own_engine_sized_for_it(model):
-    short, long = model.open_engine(CONFIG, expected_seconds=10), model.open_engine(CONFIG, expected_seconds=600)
+    short, long = (
+        model.open_engine(CONFIG, expected_seconds=10),
+        model.open_engine(CONFIG, expected_seconds=600),
+    )
     assert short is not long and short.cache is not long.cache
     assert short.model is long.model is model.llm  # weights shared, never copied
     assert (short.max_context, long.max_context) == (context_tokens(10), context_tokens(600))
@@ -69,7 +78,8 @@ def test_sessions_sharing_an_engine_own_only_their_sequence(model):
         assert engine.cache.length(session.seq.seq_id) == len(PROMPT.session_start)
     free_before = engine.cache.allocator.num_free
     first.close()
-    assert engine.cache.allocator.num_free == free_before + 1  # its one page back, the other session untouched
+    # its one page back, the other session untouched
+    assert engine.cache.allocator.num_free == free_before + 1
     assert engine.cache.length(second.seq.seq_id) == len(PROMPT.session_start)
     second.close()
 
@@ -91,10 +101,16 @@ def test_caller_encodes_and_the_session_takes_embeddings(model):
     audio = np.zeros(16000, dtype=np.float32)
     (encoded,) = model.encode_chunks([audio])
     embeds = encoded.embeds
-    assert encoded.draft is None and embeds.dtype == model.dtype and embeds.shape == (13, model.llm.embed_tokens.weight.shape[1])
+    assert (
+        encoded.draft is None
+        and embeds.dtype == model.dtype
+        and embeds.shape == (13, model.llm.embed_tokens.weight.shape[1])
+    )
     without_encoder = replace(model, encoder=None)  # an encoder call from inside the session would fail
     engine = without_encoder.open_engine(CONFIG, 5)
-    with without_encoder.open_session(engine, LoopConfig(tokens_per_second=1.0, extra_tokens=1), None) as session:
+    with without_encoder.open_session(
+        engine, LoopConfig(tokens_per_second=1.0, extra_tokens=1), None
+    ) as session:
         before = session.seq.num_tokens
         session.transcribe_chunk(audio, 0.0, encoded=encoded)
         appended = len(PROMPT.before_audio) + embeds.shape[0] + len(PROMPT.after_audio)
@@ -115,6 +131,8 @@ def test_a_drafted_chunk_reads_its_draft_and_verifies_it_as_the_proposal(model):
         before = session.seq.num_tokens
         session.transcribe_chunk(audio, 0.0, encoded=encoded)
         turn_end = PROMPT.before_draft + [11, 12, 13] + PROMPT.after_draft
-        assert session.seq.num_tokens >= before + len(PROMPT.before_audio) + encoded.embeds.shape[0] + len(turn_end)
+        assert session.seq.num_tokens >= before + len(PROMPT.before_audio) + encoded.embeds.shape[0] + len(
+            turn_end
+        )
         assert session.stats.draft_tokens == 4  # three draft tokens and the end of the turn
         assert 0 <= session.stats.accepted_tokens <= 4

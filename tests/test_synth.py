@@ -1,4 +1,5 @@
-"""Synthetic-speech pipeline: text cleaning, one real espeak-ng utterance, augmentation, manifest and shards."""
+"""Synthetic-speech pipeline: text cleaning, one real espeak-ng utterance, augmentation, manifest
+and shards."""
 
 import shutil
 
@@ -6,13 +7,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from training.synth.augment import (NOISE_COLORS, add_noise, apply_gain, augment_waveform, colored_noise,
-                                    reverberate, speed_perturb)
+from asr.speech.audio import SAMPLE_RATE
+from training.synth.augment import (
+    NOISE_COLORS,
+    add_noise,
+    apply_gain,
+    augment_waveform,
+    colored_noise,
+    reverberate,
+    speed_perturb,
+)
 from training.synth.manifest import ManifestRow, read_manifest, write_manifest
 from training.synth.shards import pack_shards, unpack_shards
 from training.synth.text_clean import clean_sentence, expand_numbers, speakable_sentences
-
-SAMPLE_RATE = 16000
 
 
 def speech_like(seconds: float = 2.0, seed: int = 0) -> np.ndarray:
@@ -37,13 +44,29 @@ def test_cleaner_drops_unspeakable(text):
     assert speakable_sentences(text) == []
 
 
-@pytest.mark.parametrize("raw, spoken", [
-    pytest.param("It cost $3.50 in 1999.", "It cost three dollars and fifty cents in nineteen ninety-nine.", id="money-year"),
-    pytest.param("Meet at 7:05 on the 21st.", "Meet at seven oh five on the twenty-first.", id="time-ordinal"),
-    pytest.param("About 2,500 people, or 4.5% of them.",
-                 "About two thousand five hundred people, or four point five% of them.", id="count-decimal"),
-    pytest.param("Back in the 1980s it was 12:00.", "Back in the nineteen eighties it was twelve o'clock.", id="decade-clock"),
-])
+@pytest.mark.parametrize(
+    "raw, spoken",
+    [
+        pytest.param(
+            "It cost $3.50 in 1999.",
+            "It cost three dollars and fifty cents in nineteen ninety-nine.",
+            id="money-year",
+        ),
+        pytest.param(
+            "Meet at 7:05 on the 21st.", "Meet at seven oh five on the twenty-first.", id="time-ordinal"
+        ),
+        pytest.param(
+            "About 2,500 people, or 4.5% of them.",
+            "About two thousand five hundred people, or four point five% of them.",
+            id="count-decimal",
+        ),
+        pytest.param(
+            "Back in the 1980s it was 12:00.",
+            "Back in the nineteen eighties it was twelve o'clock.",
+            id="decade-clock",
+        ),
+    ],
+)
 def test_numbers_become_words(raw, spoken):
     assert expand_numbers(raw) == spoken
 
@@ -54,10 +77,15 @@ def test_cleaner_keeps_prose_and_expands_abbreviations():
         "Mister Smith paid twenty dollars for three books, for example novels.",
         "Then he went home to read them all night.",
     ]
-    assert clean_sentence("The rate rose by 5% last year, they said.") == "The rate rose by five percent last year, they said."
+    assert (
+        clean_sentence("The rate rose by 5% last year, they said.")
+        == "The rate rose by five percent last year, they said."
+    )
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (training/setup_tts.sh)")
+@pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng not installed (training/setup_tts.sh)"
+)
 def test_espeak_utterance_has_speech():
     from training.synth.synthesize import synthesize
     from training.synth.voices import Voice, VoiceStyle
@@ -71,7 +99,9 @@ def test_espeak_utterance_has_speech():
     assert (frame_rms > 0.05).mean() > 0.4, "most 25 ms frames should carry speech energy"
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (training/setup_tts.sh)")
+@pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng not installed (training/setup_tts.sh)"
+)
 @pytest.mark.parametrize("codec", ["vorbis", "opus"])
 def test_rendered_utterance_round_trips_in_either_codec(codec, tmp_path):
     from training.synth.dataset import render
@@ -79,7 +109,9 @@ def test_rendered_utterance_round_trips_in_either_codec(codec, tmp_path):
     from training.synth.voices import Voice, VoiceStyle
 
     text = "Please call me back at half past four, or leave a message after the tone."
-    plan = UtterancePlan(index=3, text=text, voice=Voice("espeak", "en-us+f2"), style=VoiceStyle(), source="test")
+    plan = UtterancePlan(
+        index=3, text=text, voice=Voice("espeak", "en-us+f2"), style=VoiceStyle(), source="test"
+    )
     row = render((tmp_path, 5, plan, codec))
     assert row is not None and row.text == text and row.id == "s5-0000003"
     audio, rate = sf.read(str(tmp_path / row.audio))
@@ -94,7 +126,9 @@ def test_add_noise_hits_snr(color, snr_db):
     clean = speech_like()
     noisy = add_noise(clean, snr_db, color, rng)
     assert noisy.shape == clean.shape and noisy.dtype == np.float32
-    measured = 10 * np.log10(np.mean(clean.astype(np.float64) ** 2) / np.mean((noisy - clean).astype(np.float64) ** 2))
+    measured = 10 * np.log10(
+        np.mean(clean.astype(np.float64) ** 2) / np.mean((noisy - clean).astype(np.float64) ** 2)
+    )
     assert measured == pytest.approx(snr_db, abs=0.1)
 
 
@@ -124,7 +158,9 @@ def test_augment_chain_is_seeded_and_finite():
     first = [augment_waveform(clean, SAMPLE_RATE, np.random.default_rng(s)) for s in range(8)]
     again = [augment_waveform(clean, SAMPLE_RATE, np.random.default_rng(s)) for s in range(8)]
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
-    assert all(w.dtype == np.float32 and np.isfinite(w).all() and np.abs(w).max() <= 1.0 + 1e-6 for w in first)
+    assert all(
+        w.dtype == np.float32 and np.isfinite(w).all() and np.abs(w).max() <= 1.0 + 1e-6 for w in first
+    )
 
 
 def test_manifest_and_shards_round_trip(tmp_path):
@@ -134,8 +170,17 @@ def test_manifest_and_shards_round_trip(tmp_path):
         audio = f"audio/0000/u{n}.ogg"
         (dataset / audio).parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(dataset / audio), speech_like(2.0, seed=n), SAMPLE_RATE, format="OGG", subtype="VORBIS")
-        rows.append(ManifestRow(f"u{n}", audio, f"Sentence number {n}, said \"aloud\".", "espeak/en-us+m1", 2.0,
-                                {"rate": 1.0, "pitch": 1.0, "noise": 0.667}, "template"))
+        rows.append(
+            ManifestRow(
+                f"u{n}",
+                audio,
+                f'Sentence number {n}, said "aloud".',
+                "espeak/en-us+m1",
+                2.0,
+                {"rate": 1.0, "pitch": 1.0, "noise": 0.667},
+                "template",
+            )
+        )
     write_manifest(dataset / "manifest.jsonl", rows)
     assert read_manifest(dataset / "manifest.jsonl") == rows
 
@@ -156,8 +201,14 @@ def test_planner_is_seeded_and_keeps_documents_together():
 
     sentences = tuple(f"Sentence {chr(65 + n % 26)} of document number {n // 10} is here." for n in range(60))
     sources = tuple(f"fortune:doc{n // 10}" if n < 30 else "template" for n in range(60))
-    voices = {"espeak": [Voice("espeak", f"en-us+m{n}") for n in range(1, 4)], "flite": [Voice("flite", "slt")]}
-    planner, again = Planner(Corpus(sentences, sources), voices, seed=5), Planner(Corpus(sentences, sources), voices, seed=5)
+    voices = {
+        "espeak": [Voice("espeak", f"en-us+m{n}") for n in range(1, 4)],
+        "flite": [Voice("flite", "slt")],
+    }
+    planner, again = (
+        Planner(Corpus(sentences, sources), voices, seed=5),
+        Planner(Corpus(sentences, sources), voices, seed=5),
+    )
     plans = [planner.plan(i) for i in range(200)]
     assert plans == [again.plan(i) for i in range(200)]
     assert plans != [Planner(Corpus(sentences, sources), voices, seed=6).plan(i) for i in range(200)]

@@ -14,7 +14,9 @@ def _corpus(tmp_path, count=12):
     rows = []
     for index in range(count):
         seconds = 0.5 + 0.25 * index
-        sf.write(tmp_path / f"u{index}.wav", np.full(int(seconds * 16000), 0.01 * (index + 1), np.float32), 16000)
+        sf.write(
+            tmp_path / f"u{index}.wav", np.full(int(seconds * 16000), 0.01 * (index + 1), np.float32), 16000
+        )
         rows.append(json.dumps({"audio": f"u{index}.wav", "text": f"utterance {index}", "duration": seconds}))
     (tmp_path / "manifest.jsonl").write_text("\n".join(rows) + "\n")
     return read_corpus(tmp_path / "manifest.jsonl")

@@ -29,7 +29,9 @@ def adapter_dir(tmp_path_factory):
     torch.manual_seed(0)
     projector = FrameStackProjector(ProjectorConfig())
     directory = tmp_path_factory.mktemp("adapter")
-    SpeechAdapter(ProjectorConfig(), LoraConfig(rank=2), projector.state_dict(), {}, {"note": "untrained"}).save(directory)
+    SpeechAdapter(
+        ProjectorConfig(), LoraConfig(rank=2), projector.state_dict(), {}, {"note": "untrained"}
+    ).save(directory)
     return directory
 
 
@@ -44,20 +46,25 @@ def transcriber(adapter_dir):
 def speechlike(seconds, seed):
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * SR)) / SR
-    return (0.2 * np.sin(2 * np.pi * 180 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+    return (
+        0.2 * np.sin(2 * np.pi * 180 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+        + 0.01 * rng.standard_normal(len(t))
+    ).astype(np.float32)
 
 
 def test_every_second_is_a_segment_or_reported(transcriber):
     quiet = np.zeros(int(4 * SR), dtype=np.float32)
     audio = np.concatenate([speechlike(3, 0), quiet, speechlike(2, 1)])
     transcript = transcriber.transcribe(audio)
-    spans = sorted([(s.start, s.end) for s in transcript.segments] + [(a, b) for a, b, _ in transcript.skipped])
+    spans = sorted(
+        [(s.start, s.end) for s in transcript.segments] + [(a, b) for a, b, _ in transcript.skipped]
+    )
     assert spans[0][0] == 0.0 and spans[-1][1] == pytest.approx(len(audio) / SR)
     assert all(abs(a[1] - b[0]) < 1e-6 for a, b in zip(spans[:-1], spans[1:])), "a gap: audio was dropped"
     assert any(reason == "silence" and b - a > 3.5 for a, b, reason in transcript.skipped)
     stats = transcript.stats
-    assert stats["chunks"] == 2 and 0 < stats["kv_pages_read"] <= 1 and stats["rtf"] > 0
-    assert stats["context_tokens"] > 2 * 12  # audio tokens of both chunks are in one context
+    assert stats.chunks == 2 and 0 < stats.kv_pages_read <= 1 and stats.rtf > 0
+    assert stats.context_tokens > 2 * 12  # audio tokens of both chunks are in one context
 
 
 def test_pure_silence_gives_no_text_and_empty_audio_is_an_error(transcriber):
@@ -80,7 +87,11 @@ def test_cli_writes_outputs_and_keeps_going_past_bad_files(adapter_dir, tmp_path
     assert code == 1
     assert sorted(p.name for p in out.iterdir()) == ["good.json", "good.srt", "good.txt", "good.vtt"]
     captured = capsys.readouterr()
-    assert "corrupt.flac" in captured.err and "empty.wav" in captured.err and "2 of 3 files failed" in captured.err
+    assert (
+        "corrupt.flac" in captured.err
+        and "empty.wav" in captured.err
+        and "2 of 3 files failed" in captured.err
+    )
     assert "good.wav: 0:00:02 of audio, real-time factor" in captured.out
 
 
@@ -88,10 +99,33 @@ def test_cli_writes_outputs_and_keeps_going_past_bad_files(adapter_dir, tmp_path
 def test_cli_refuses_bad_options_before_loading_anything(tmp_path, capsys, option):
     audio = tmp_path / "a.wav"
     sf.write(audio, speechlike(1, 3), SR)
-    code = cli_main(["transcribe", str(audio), "--model", str(tmp_path / "missing"), "--output", str(tmp_path), *option])
+    code = cli_main(
+        ["transcribe", str(audio), "--model", str(tmp_path / "missing"), "--output", str(tmp_path), *option]
+    )
     assert code == 2
     assert "asr transcribe:" in capsys.readouterr().err
     assert not (tmp_path / "a.txt").exists()
+
+
+def test_cli_checks_paths_before_loading_the_model(tmp_path, capsys):
+    """Missing and empty files are reported at once; with none left the model is never loaded (a missing
+    --model directory would fail to load)."""
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    code = cli_main(
+        [
+            "transcribe",
+            str(tmp_path / "missing.wav"),
+            str(empty),
+            "--model",
+            str(tmp_path / "none"),
+            "--output",
+            str(tmp_path),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "missing.wav does not exist" in err and "empty.wav is empty" in err
+    assert "2 of 2 files failed" in err
 
 
 def test_default_model_error_says_what_to_do(tmp_path, capsys, monkeypatch):
@@ -144,12 +178,19 @@ def test_model_loaded_once_and_each_recording_gets_its_own_sized_engine(transcri
         return opened[-1]
 
     monkeypatch.setattr(model, "open_engine", spy)
-    short, long = speechlike(2, 30), np.concatenate([speechlike(3, 31), np.zeros(4 * SR, np.float32), speechlike(3, 32)])
+    short, long = (
+        speechlike(2, 30),
+        np.concatenate([speechlike(3, 31), np.zeros(4 * SR, np.float32), speechlike(3, 32)]),
+    )
     first, second, again = (transcriber.transcribe(audio) for audio in (short, long, short))
     assert len(opened) == 3 and len({id(engine) for engine in opened}) == 3
     assert all(engine.model is model.llm for engine in opened)
-    assert [engine.max_context for engine in opened] == [context_tokens(2), context_tokens(10), context_tokens(2)]
-    assert first.text == again.text and second.stats["chunks"] == 2
+    assert [engine.max_context for engine in opened] == [
+        context_tokens(2),
+        context_tokens(10),
+        context_tokens(2),
+    ]
+    assert first.text == again.text and second.stats.chunks == 2
 
 
 def test_live_sessions_can_share_one_engine(transcriber):
@@ -165,7 +206,9 @@ def test_live_sessions_can_share_one_engine(transcriber):
         texts = {name: [] for name in sessions}
         for index in range(2):
             for name, session in sessions.items():
-                piece = session.transcribe_chunk(chunks[name][index], 3.0 * index, encoded=encoded[name][index])
+                piece = session.transcribe_chunk(
+                    chunks[name][index], 3.0 * index, encoded=encoded[name][index]
+                )
                 texts[name].append(piece.text if piece else "")
         return texts
 

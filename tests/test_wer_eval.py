@@ -4,9 +4,7 @@ system (``WhisperReference``) on real speech, short and long-form."""
 
 import argparse
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +12,10 @@ import pytest
 import soundfile as sf
 
 from asr.normalize import error_rates
-from asr.speech.audio import load_audio
+from asr.speech.audio import SAMPLE_RATE, load_audio
+from eval import wer
 
-ROOT = Path(__file__).resolve().parents[1]
 DEV = Path("/work/shared/data/speech_dev")
-SAMPLE_RATE = 16000
 # Five utterances of distinct lengths (the stand-in transcriber tells them apart by length).
 SECONDS = (1.0, 1.3, 1.7, 2.2, 2.9)
 TEXTS = ("the cat sat", "on the mat today", "a quick brown fox", "jumps over the lazy dog", "and runs away")
@@ -26,15 +23,6 @@ TEXTS = ("the cat sat", "on the mat today", "a quick brown fox", "jumps over the
 WRONG = {3: "jumps over the lazy"}
 
 
-def _load_wer_module():
-    spec = importlib.util.spec_from_file_location("eval_wer", ROOT / "eval" / "wer.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-wer = _load_wer_module()
 
 
 @pytest.fixture()
@@ -46,7 +34,9 @@ def manifest(tmp_path) -> Path:
         t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
         audio = 0.3 * np.sin(2 * np.pi * (200 + 100 * index) * t) + 0.01 * rng.standard_normal(t.size)
         sf.write(tmp_path / f"u{index}.wav", audio.astype(np.float32), SAMPLE_RATE, subtype="FLOAT")
-        lines.append(json.dumps({"id": f"u{index}", "audio": f"u{index}.wav", "text": text, "duration_s": seconds}))
+        lines.append(
+            json.dumps({"id": f"u{index}", "audio": f"u{index}.wav", "text": text, "duration_s": seconds})
+        )
     path = tmp_path / "manifest.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -62,7 +52,9 @@ class StandIn:
         gap = round(wer.LONGFORM_GAP_S * SAMPLE_RATE)
         said = [WRONG.get(index, text) for index, text in enumerate(TEXTS)]
         runs = [(first, last) for first in range(len(TEXTS)) for last in range(first, len(TEXTS))]
-        self.by_samples = {sum(lengths[a : b + 1]) + gap * (b - a): " ".join(said[a : b + 1]) for a, b in runs}
+        self.by_samples = {
+            sum(lengths[a : b + 1]) + gap * (b - a): " ".join(said[a : b + 1]) for a, b in runs
+        }
         assert len(self.by_samples) == len(runs), "two runs of utterances have one length: change SECONDS"
 
     def __call__(self, audio: np.ndarray) -> str:
@@ -73,8 +65,18 @@ class StandIn:
 
 
 def _args(manifest: Path, longform: float = 0) -> argparse.Namespace:
-    return argparse.Namespace(system="stand-in", attention="dense", budget=0, max_distance=0, dtype="bfloat16", model=None, longform=longform, device="cpu",
-                              manifest=manifest)
+    return argparse.Namespace(
+        system="stand-in",
+        attention="dense",
+        budget=0,
+        max_distance=0,
+        dtype="bfloat16",
+        model=None,
+        longform=longform,
+        device="cpu",
+        drafts=False,
+        manifest=manifest,
+    )
 
 
 def _rows(path: Path) -> list[dict]:
@@ -161,7 +163,9 @@ def test_two_ranks_merge_into_the_single_rank_result(manifest, tmp_path):
     summary = wer.merge(sharded, 2, items, _args(manifest))
     merged = _rows(sharded / "utterances.csv")
     assert [row["id"] for row in merged] == ["u0", "u1", "u2", "u3", "u4"]
-    assert [row["hypothesis"] for row in merged] == [row["hypothesis"] for row in _rows(single / "utterances.csv")]
+    assert [row["hypothesis"] for row in merged] == [
+        row["hypothesis"] for row in _rows(single / "utterances.csv")
+    ]
     assert {key: summary[key] for key in ("wer", "cer", "items", "audio_seconds")} == \
            {key: expected[key] for key in ("wer", "cer", "items", "audio_seconds")}
     assert json.loads((sharded / "summary.json").read_text()) == json.loads(json.dumps(summary))

@@ -17,7 +17,14 @@ from tests.tolerances import assert_close
 
 DEV = Path("/work/shared/data/speech_dev")
 needs_dev = pytest.mark.skipif(not (DEV / "manifest.jsonl").is_file(), reason="shared speech_dev data absent")
-DTYPE_IDS = {torch.float32: 0, torch.int8: 1, torch.int16: 2, torch.int32: 3, torch.float16: 4, torch.bfloat16: 5}
+DTYPE_IDS = {
+    torch.float32: 0,
+    torch.int8: 1,
+    torch.int16: 2,
+    torch.int32: 3,
+    torch.float16: 4,
+    torch.bfloat16: 5,
+}
 ITEM_SIZES = {torch.float32: 4, torch.int16: 2, torch.int8: 1}
 
 
@@ -35,7 +42,11 @@ def ct2_bytes(variables: dict[str, torch.Tensor], aliases: dict[str, str], versi
     out.append(struct.pack("<I", len(variables)))
     for name, tensor in variables.items():
         raw = tensor.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
-        out += [string(name), struct.pack("<B", tensor.dim()), struct.pack(f"<{tensor.dim()}I", *tensor.shape)]
+        out += [
+            string(name),
+            struct.pack("<B", tensor.dim()),
+            struct.pack(f"<{tensor.dim()}I", *tensor.shape),
+        ]
         if version >= 4:
             out.append(struct.pack("<BI", DTYPE_IDS[tensor.dtype], len(raw)))
         else:
@@ -71,7 +82,9 @@ def test_ct2_round_trip(tmp_path, version):
     assert model.aliases == aliases
     assert set(model.variables) == set(variables) | set(aliases)
     for name, expected in variables.items():
-        assert model.variables[name].dtype == expected.dtype and torch.equal(model.variables[name], expected), name
+        assert model.variables[name].dtype == expected.dtype and torch.equal(
+            model.variables[name], expected
+        ), name
     assert model.variables["decoder/projection/weight"] is model.variables["layer_0/float32"]
     assert model.scalar("encoder/num_heads") == 8
 
@@ -207,7 +220,9 @@ def dev_rows(ids: tuple[str, ...]) -> list[dict]:
 def log_mel(audio: np.ndarray) -> np.ndarray:
     from transformers import WhisperFeatureExtractor
 
-    return WhisperFeatureExtractor(feature_size=80)(audio, sampling_rate=16000, return_tensors="np").input_features
+    return WhisperFeatureExtractor(feature_size=80)(
+        audio, sampling_rate=16000, return_tensors="np"
+    ).input_features
 
 
 @pytest.mark.slow
@@ -231,7 +246,9 @@ def test_encoder_matches_ctranslate2(whisper):
     features = log_mel(load_audio(DEV / dev_rows(WER_IDS[:1])[0]["audio"]))
     reference = ctranslate2.models.Whisper(str(whisper_weights.faster_whisper_dir()), device="cpu",
                                            compute_type="float32", intra_threads=2)
-    expected = torch.from_numpy(np.array(reference.encode(ctranslate2.StorageView.from_array(features), to_cpu=True)))
+    expected = torch.from_numpy(
+        np.array(reference.encode(ctranslate2.StorageView.from_array(features), to_cpu=True))
+    )
     with torch.no_grad():
         actual = whisper.model.encoder(torch.from_numpy(features)).last_hidden_state
     assert actual.shape == expected.shape == (1, 1500, 512)

@@ -33,7 +33,9 @@ class VocabularyCtcHead(nn.Module):
         blank = (audio @ self.blank.to(audio.dtype))[..., None] + self.blank_bias
         return torch.cat([words, blank.to(words.dtype)], dim=-1).float() * self.log_scale.exp()
 
-    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
+    def forward(
+        self, audio: torch.Tensor, audio_lengths: torch.Tensor, targets: list[list[int]]
+    ) -> torch.Tensor:
         """Mean CTC loss per target token.
 
         audio: [batch, tokens, hidden] (rows valid up to ``audio_lengths`` [batch]); targets: token ids

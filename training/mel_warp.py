@@ -20,14 +20,19 @@ class MelWarp:
     prob: float = 0.8
     max_warp: float = 0.12
 
-    def __call__(self, features: torch.Tensor, lengths: list[int], generator: torch.Generator | None = None) -> torch.Tensor:
-        """features: log-mel [batch, mels, frames]; lengths: unused (padding is flat across bins) -> warped copy."""
+    def __call__(
+        self, features: torch.Tensor, lengths: list[int], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """features: log-mel [batch, mels, frames]; lengths: unused (padding is flat across bins) -> warped
+        copy."""
         del lengths
         batch, num_mels, frames = features.shape
         draw = torch.rand(batch, generator=generator)
         factors = 1 + (2 * torch.rand(batch, generator=generator) - 1) * self.max_warp
         factors = torch.where(draw < self.prob, factors, torch.ones_like(factors)).to(features.device)
-        source = (torch.arange(num_mels, device=features.device)[None, :] / factors[:, None]).clamp(0, num_mels - 1)
+        source = (torch.arange(num_mels, device=features.device)[None, :] / factors[:, None]).clamp(
+            0, num_mels - 1
+        )
         below = source.floor().long()
         above = (below + 1).clamp(max=num_mels - 1)
         weight = (source - below).to(features.dtype)[:, :, None]

@@ -25,7 +25,9 @@ class SpecAugment:
     frames_per_time_mask: int = 500
     max_time_width: int = 20
 
-    def __call__(self, features: torch.Tensor, lengths: list[int], generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, features: torch.Tensor, lengths: list[int], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """features: log-mel [batch, mels, frames]; lengths: valid frames per chunk -> masked copy."""
         out = features.clone()
         num_mels = features.shape[1]

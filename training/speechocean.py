@@ -6,7 +6,7 @@ with the audio re-encoded (Opus halves the bytes that travel to a GPU; FLAC is l
 are upper case without punctuation; they are written in sentence case with a full stop, the style the
 model writes, so training on them does not teach shouting.
 
-    python training/speechocean.py SPEECHOCEAN_DIR OUT_DIR [--codec opus|flac]
+    python -m training.speechocean SPEECHOCEAN_DIR OUT_DIR [--codec opus|flac]
 
 SPEECHOCEAN_DIR: a checkout of the public repository jimbozhang/speechocean762 (``WAVE/``, ``train/``,
 ``test/``). Train on ``train``; ``test`` is a second real-speech validation set.
@@ -26,7 +26,8 @@ SUBTYPES = {"opus": ("OGG", "OPUS", ".ogg"), "flac": ("FLAC", "PCM_16", ".flac")
 
 
 def sentence_case(words: str) -> str:
-    """'MARK IS GOING TO SEE ELEPHANT' -> 'Mark is going to see elephant.' (the pronoun I stays upper case)."""
+    """'MARK IS GOING TO SEE ELEPHANT' -> 'Mark is going to see elephant.' (the pronoun I stays
+    upper case)."""
     tokens = [word.lower() for word in words.split()]
     if not tokens:
         return ""
@@ -63,7 +64,9 @@ def convert_half(root: Path, half: str, out: Path, codec: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("root", type=Path, help="checkout of jimbozhang/speechocean762")
     parser.add_argument("out", type=Path)
     parser.add_argument("--codec", choices=sorted(SUBTYPES), default="opus")

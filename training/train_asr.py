@@ -8,7 +8,7 @@ the model's own errors would be (``--noisy-history``), so it does not learn to c
 manifests of synthetic speech (training/synth_speech.py) and any manifest or LibriSpeech-layout
 directory given with --data.
 
-    python training/train_asr.py --data .cache/tts_v1 --steps 3000 --out runs/asr
+    python -m training.train_asr --data .cache/tts_v1 --steps 3000 --out runs/asr
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -26,22 +25,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from asr.speech.adapter import SpeechAdapter  # noqa: E402
-from asr.speech.lora import LoraConfig, add_lora, lora_state_dict  # noqa: E402
-from asr.speech.projector import FrameStackProjector, ProjectorConfig  # noqa: E402
-from asr.speech.prompt import PromptIds, draft_token_ids  # noqa: E402
-from asr.speech.sessions import pad_sessions, session_inputs  # noqa: E402
-from asr.corpus import Utterance, read_corpus  # noqa: E402
-from training.ctc_head import VocabularyCtcHead  # noqa: E402
-from training.history_noise import corrupt_transcript  # noqa: E402
-from training.mel_warp import MelWarp  # noqa: E402
-from training.spec_augment import SpecAugment  # noqa: E402
-from training.synth.augment import augment_waveform  # noqa: E402
+from asr.corpus import Utterance, read_corpus
+from asr.speech.adapter import SpeechAdapter
+from asr.speech.audio import SAMPLE_RATE
+from asr.speech.lora import LoraConfig, add_lora, lora_state_dict
+from asr.speech.projector import FrameStackProjector, ProjectorConfig
+from asr.speech.prompt import PromptIds, draft_token_ids
+from asr.speech.sessions import pad_sessions, session_inputs
+from training.ctc_head import VocabularyCtcHead
+from training.history_noise import corrupt_transcript
+from training.mel_warp import MelWarp
+from training.spec_augment import SpecAugment
+from training.synth.augment import augment_waveform
 
 log = logging.getLogger("train_asr")
-SAMPLE_RATE = 16000
 MAX_CHUNK_SECONDS = 30.0
 TURN_COUNTS, TURN_WEIGHTS = (1, 2, 3, 6), (0.5, 0.25, 0.15, 0.1)  # some long sessions: long-form contexts
 SILENT_CHUNK_SHARE = 0.03  # chunks of noise only, whose transcript is empty
@@ -114,7 +111,9 @@ def build_models(args, device):
     if args.checkpointing:
         llm.gradient_checkpointing_enable()
     encoder = AudioEncoder.load(args.whisper, device=device, dtype=torch.float16, drafts=args.drafts)
-    projector_config = ProjectorConfig(encoder_dim=encoder.dim, llm_dim=llm.config.hidden_size, stack=args.stack)
+    projector_config = ProjectorConfig(
+        encoder_dim=encoder.dim, llm_dim=llm.config.hidden_size, stack=args.stack
+    )
     projector = FrameStackProjector(projector_config).to(device)
     lora_params = [p for n, p in llm.named_parameters() if n.endswith((".lora_a", ".lora_b"))]
     return tokenizer, llm, encoder, projector, projector_config, lora_config, lora_params
@@ -133,13 +132,22 @@ def session_batch(batch, tokenizer, prompt, llm, encoder, projector, features_tr
     frames, frame_lengths = encoder.encode_padded(chunks, features_transform=features_transform)
     audio = projector(frames.float())  # [chunks, tokens, hidden]
     audio_lengths = (frame_lengths + projector.config.stack - 1) // projector.config.stack
-    texts = [tokenizer(text, add_special_tokens=False).input_ids for session in batch for _, text, _ in session]
+    texts = [
+        tokenizer(text, add_special_tokens=False).input_ids for session in batch for _, text, _ in session
+    ]
     cursor, sessions = 0, []
     for session in batch:
         turns = range(cursor, cursor + len(session))
-        sessions.append(session_inputs([audio[i, : audio_lengths[i]] for i in turns], [texts[i] for i in turns],
-                                       prompt, llm.get_input_embeddings(), [learn for _, _, learn in session],
-                                       None if drafts is None else [drafts[i] for i in turns]))
+        sessions.append(
+            session_inputs(
+                [audio[i, : audio_lengths[i]] for i in turns],
+                [texts[i] for i in turns],
+                prompt,
+                llm.get_input_embeddings(),
+                [learn for _, _, learn in session],
+                None if drafts is None else [drafts[i] for i in turns],
+            )
+        )
         cursor += len(session)
     return pad_sessions(sessions), (audio, audio_lengths, texts)
 
@@ -155,9 +163,14 @@ def transcribe_one(wave, tokenizer, prompt, llm, encoder, projector, max_new_tok
     inputs = torch.cat([ids(prompt.session_start + prompt.before_audio), audio.to(embed.weight.dtype),
                         ids(prompt.after_audio_with(draft_ids))])[None]
     with torch.autocast(audio.device.type, dtype=torch.bfloat16, enabled=audio.device.type == "cuda"):
-        out = llm.generate(inputs_embeds=inputs, attention_mask=torch.ones(inputs.shape[:2], device=audio.device, dtype=torch.long),
-                           max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=prompt.end_of_turn,
-                           pad_token_id=prompt.end_of_turn)
+        out = llm.generate(
+            inputs_embeds=inputs,
+            attention_mask=torch.ones(inputs.shape[:2], device=audio.device, dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=prompt.end_of_turn,
+            pad_token_id=prompt.end_of_turn,
+        )
     return tokenizer.decode(out[0], skip_special_tokens=True).strip()
 
 
@@ -175,11 +188,21 @@ def validate(manifest: str, limit: int, *models) -> dict:
     return {"wer": wer, "cer": cer, "utterances": len(refs)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", nargs="+", required=True, help="manifest.jsonl files or directories (TTS output, LibriSpeech layout)")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The run's configuration from the command line."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        help="manifest.jsonl files or directories (TTS output, LibriSpeech layout)",
+    )
     parser.add_argument("--out", required=True, help="output directory for the adapter checkpoint")
-    parser.add_argument("--llm", help="Hugging Face LLM directory (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--llm", help="Hugging Face LLM directory (default: the embedded SmolLM2-135M-Instruct)"
+    )
     parser.add_argument("--whisper", help="Whisper directory (default: the embedded Whisper base)")
     parser.add_argument("--resume", help="adapter directory to continue from")
     parser.add_argument("--steps", type=int, default=3000)
@@ -199,11 +222,16 @@ def main() -> None:
     parser.add_argument("--noisy-history", type=float, default=NOISY_HISTORY_SHARE,
                         help="share of multi-turn sessions whose earlier transcripts are corrupted, as the "
                         "model's own errors are at inference (training/history_noise.py)")
-    parser.add_argument("--drafts", action="store_true",
-                        help="put each chunk's Whisper draft (greedy, Whisper's own decoder) into the context "
-                        "after its audio, as inference then does (asr.speech.draft)")
+    parser.add_argument(
+        "--drafts",
+        action="store_true",
+        help="put each chunk's Whisper draft (greedy, Whisper's own decoder) into the context "
+        "after its audio, as inference then does (asr.speech.draft)",
+    )
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--no-augment", action="store_true", help="no waveform augmentation, mel warp or SpecAugment")
+    parser.add_argument(
+        "--no-augment", action="store_true", help="no waveform augmentation, mel warp or SpecAugment"
+    )
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (saves memory)")
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--time-limit", type=float, default=0, help="stop and save after this many minutes")
@@ -211,13 +239,87 @@ def main() -> None:
                         "(never trained on: real speech, and held-out synthetic speech to see memorisation)")
     parser.add_argument("--validate-limit", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def make_optimizer(projector: torch.nn.Module, ctc_head: torch.nn.Module, lora_params: list,
+                   args: argparse.Namespace) -> torch.optim.AdamW:
+    """AdamW over two parameter groups: projector and CTC head at ``--lr``, then LoRA (``LORA_GROUP``) at
+    ``--lr`` times ``--lora-lr-scale``."""
+    return torch.optim.AdamW(
+        [
+            {"params": list(projector.parameters()) + list(ctc_head.parameters()), "lr": args.lr},
+            {"params": lora_params, "lr": args.lr * args.lora_lr_scale},
+        ],
+        weight_decay=0.01,
+    )
+
+
+class Schedule:
+    """Learning rates per step: linear warm-up, then cosine decay over the steps or the time limit,
+    whichever ends first; LoRA's group stays at 0 for the first ``lora_start`` steps."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, steps: int, time_limit_min: float, lora_start: int):
+        self.optimizer, self.steps, self.time_limit_min, self.lora_start = (
+            optimizer,
+            steps,
+            time_limit_min,
+            lora_start,
+        )
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.warmup = max(1, min(200, steps // 10))
+
+    def set_lr(self, step: int, elapsed_s: float) -> float:
+        """Set every group's rate for ``step`` (counted from this run's start); returns the projector's."""
+        progress = step / self.steps
+        if self.time_limit_min:
+            progress = max(progress, elapsed_s / (self.time_limit_min * 60))
+        factor = min(1.0, (step + 1) / self.warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        for index, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs)):
+            frozen = index == LORA_GROUP and step < self.lora_start
+            group["lr"] = 0.0 if frozen else base * factor
+        return self.base_lrs[0] * factor
+
+
+def train_step(
+    batch: list,
+    models: tuple,
+    ctc_head: VocabularyCtcHead,
+    optimizer: torch.optim.Optimizer,
+    lora_params: list,
+    args: argparse.Namespace,
+    augment_features,
+    device: torch.device,
+) -> tuple[float, float]:
+    """One optimiser step on a batch of sessions; ``models``: (tokenizer, prompt, llm, encoder, projector).
+    Returns the LM loss and the CTC loss (0 when ``--ctc-weight`` is 0)."""
+    tokenizer, prompt, llm, encoder, projector = models
+    (embeds, labels, mask), (audio, audio_lengths, texts) = session_batch(
+        batch, tokenizer, prompt, llm, encoder, projector, None if args.no_augment else augment_features)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        lm_loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+    # logits over the whole vocabulary are large: a few chunks a step, with clean transcripts
+    ctc = [i for i, (_, _, learn) in enumerate(t for s in batch for t in s) if learn][: args.ctc_chunks]
+    ctc_loss = (ctc_head(audio[ctc], audio_lengths[ctc], [texts[i] for i in ctc]) if args.ctc_weight
+                else torch.zeros((), device=device))
+    (lm_loss + args.ctc_weight * ctc_loss).backward()
+    torch.nn.utils.clip_grad_norm_(list(projector.parameters()) + lora_params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return lm_loss.item(), ctc_loss.item()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    tokenizer, llm, encoder, projector, projector_config, lora_config, lora_params = build_models(args, device)
+    tokenizer, llm, encoder, projector, projector_config, lora_config, lora_params = build_models(
+        args, device
+    )
     prompt = PromptIds.from_tokenizer(tokenizer)
+    models = (tokenizer, prompt, llm, encoder, projector)
     start_step = 0
     if args.resume:
         adapter = SpeechAdapter.load(args.resume)
@@ -225,34 +327,36 @@ def main() -> None:
         llm.load_state_dict({k: v.to(device) for k, v in adapter.lora.items()}, strict=False)
         start_step = adapter.info.get("steps", 0)
     utterances = [u for source in args.data for u in read_corpus(source)]
-    log.info("training on %d utterances (%.1f h)", len(utterances), sum(u.duration for u in utterances) / 3600)
-    loader = DataLoader(SessionStream(utterances, not args.no_augment, args.seed + start_step, args.batch,
-                                      args.noisy_history),
-                        batch_size=None, collate_fn=keep_batch, num_workers=args.workers, prefetch_factor=4 if args.workers else None)
+    log.info(
+        "training on %d utterances (%.1f h)", len(utterances), sum(u.duration for u in utterances) / 3600
+    )
+    loader = DataLoader(
+        SessionStream(
+            utterances, not args.no_augment, args.seed + start_step, args.batch, args.noisy_history
+        ),
+        batch_size=None,
+        collate_fn=keep_batch,
+        num_workers=args.workers,
+        prefetch_factor=4 if args.workers else None,
+    )
     ctc_head = VocabularyCtcHead(llm.get_input_embeddings().weight.detach()).to(device)
-    optimizer = torch.optim.AdamW([{"params": list(projector.parameters()) + list(ctc_head.parameters()), "lr": args.lr},
-                                   {"params": lora_params, "lr": args.lr * args.lora_lr_scale}], weight_decay=0.01)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    warmup = max(1, min(200, args.steps // 10))
-
-    def set_lr(step: int, elapsed_s: float) -> float:
-        """Linear warm-up, then cosine decay over the steps or the time limit, whichever ends first."""
-        progress = step / args.steps
-        if args.time_limit:
-            progress = max(progress, elapsed_s / (args.time_limit * 60))
-        factor = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        for index, (group, base) in enumerate(zip(optimizer.param_groups, base_lrs)):
-            frozen = index == LORA_GROUP and step < args.lora_start
-            group["lr"] = 0.0 if frozen else base * factor
-        return base_lrs[0] * factor
-
+    optimizer = make_optimizer(projector, ctc_head, lora_params, args)
+    schedule = Schedule(optimizer, args.steps, args.time_limit, args.lora_start)
     out = Path(args.out)
 
     def save(step: int, extra: dict) -> None:
-        info = {"steps": step, "data": args.data, "lora_rank": args.lora_rank, "seconds": round(time.time() - t0),
-                "drafts": args.drafts,
-                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", **extra}
-        SpeechAdapter(projector_config, lora_config, projector.state_dict(), lora_state_dict(llm), info).save(out)
+        info = {
+            "steps": step,
+            "data": args.data,
+            "lora_rank": args.lora_rank,
+            "seconds": round(time.time() - t0),
+            "drafts": args.drafts,
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            **extra,
+        }
+        SpeechAdapter(projector_config, lora_config, projector.state_dict(), lora_state_dict(llm), info).save(
+            out
+        )
 
     warp, masks = MelWarp(), SpecAugment()
 
@@ -264,21 +368,11 @@ def main() -> None:
     fetched = time.time()
     for batch in loader:
         waited += time.time() - fetched
-        lr = set_lr(step - start_step, time.time() - t0)
-        (embeds, labels, mask), (audio, audio_lengths, texts) = session_batch(
-            batch, tokenizer, prompt, llm, encoder, projector, None if args.no_augment else augment_features)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            lm_loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
-        # logits over the whole vocabulary are large: a few chunks a step, with clean transcripts
-        ctc = [i for i, (_, _, learn) in enumerate(t for s in batch for t in s) if learn][: args.ctc_chunks]
-        ctc_loss = (ctc_head(audio[ctc], audio_lengths[ctc], [texts[i] for i in ctc]) if args.ctc_weight
-                    else torch.zeros((), device=device))
-        (lm_loss + args.ctc_weight * ctc_loss).backward()
-        torch.nn.utils.clip_grad_norm_(list(projector.parameters()) + lora_params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        lr = schedule.set_lr(step - start_step, time.time() - t0)
+        running.append(
+            train_step(batch, models, ctc_head, optimizer, lora_params, args, augment_features, device)
+        )
         step += 1
-        running.append((lm_loss.item(), ctc_loss.item()))
         if step % 50 == 0:
             lm, ctc = (sum(column) / len(running) for column in zip(*running))
             log.info("step %d loss %.3f ctc %.3f lr %.2e %.1f s (%.1f s waiting for data)", step, lm, ctc, lr,

@@ -34,14 +34,21 @@ def run(args: argparse.Namespace) -> int:
 
     document = read_document(args.doc)  # fail fast, before loading the model
     sparse = UniqueConfig(page_size=args.page_size, budget_tokens=args.budget)
-    config = EngineConfig(attention=args.attention, sparse=sparse, device=args.device, max_batch=1, cuda_graphs=False)
+    config = EngineConfig(
+        attention=args.attention, sparse=sparse, device=args.device, max_batch=1, cuda_graphs=False
+    )
     engine = LLMEngine.from_pretrained(args.model or embedded_llm_dir(), config)
 
     def show(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    answer(engine, document, args.question, SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens),
-           on_text=show)
+    answer(
+        engine,
+        document,
+        args.question,
+        SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens),
+        on_text=show,
+    )
     sys.stdout.write("\n")
     return 0

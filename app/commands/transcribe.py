@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from asr.errors import AsrError
+from asr.speech.arguments import add_transcribe_arguments, options_from_args
 from asr.writers import WRITERS, get_writer
 
 
@@ -15,51 +16,52 @@ def register(subparsers) -> None:
         "transcribe", help="transcribe audio files", description="Transcribe audio files of any length "
         "(wav, flac, mp3, ogg; m4a/webm where ffmpeg exists) through one growing LLM context.")
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    parser.add_argument("--format", default="txt", choices=[*WRITERS, "all"], help="output format (default: txt)")
+    parser.add_argument(
+        "--format", default="txt", choices=[*WRITERS, "all"], help="output format (default: txt)"
+    )
     parser.add_argument("--output", type=Path, default=Path("."), help="directory for the output files")
-    parser.add_argument("--attention", default="unique", choices=["unique", "dense", "quest"],
-                        help="decode attention: top-k pages (unique, quest) or every page (dense)")
-    parser.add_argument("--budget", type=int, default=2048, help="tokens each sparse decode step reads")
-    parser.add_argument("--max-distance", type=int, default=4096,
-                        help="farthest a cached key may sit from the newest token before old pages are moved "
-                        "closer, so hour-long contexts stay in the range the model was trained on (0: never)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "int8"],
-                        help="LLM weights and cache (int8: CPU only, int8 linear layers over float32)")
-    parser.add_argument("--model", help="speech model directory (default: the embedded model)")
-    parser.add_argument("--drafts", action=argparse.BooleanOptionalAction, default=None,
-                        help="put each chunk's Whisper draft into the context and verify it as the LLM's "
-                        "proposal (default: as the model was trained)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    add_transcribe_arguments(parser)
     parser.set_defaults(handler=run)
 
 
 def describe(path: Path, transcript) -> str:
+    """The line printed per file: duration, real-time factor and how much of the KV cache decode read."""
     stats = transcript.stats
     minutes, seconds = divmod(int(round(transcript.duration)), 60)
     hours, minutes = divmod(minutes, 60)
-    pages = stats.get("kv_pages_read")
-    pages_text = f", KV pages read {100 * pages:.1f}%" if pages is not None else ""
-    return (f"{path}: {hours}:{minutes:02d}:{seconds:02d} of audio, real-time factor "
-            f"{stats.get('rtf', float('nan')):.3f}{pages_text}")
+    if stats.attention == "dense":
+        pages_text = ", dense attention (every KV page read)"
+    elif stats.kv_pages_read >= 1.0:
+        pages_text = f", KV pages read 100% (the whole context fit the {stats.budget_tokens}-token budget)"
+    else:
+        pages_text = f", KV pages read {100 * stats.kv_pages_read:.1f}%"
+    return (
+        f"{path}: {hours}:{minutes:02d}:{seconds:02d} of audio, real-time factor {stats.rtf:.3f}{pages_text}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from asr.speech.audio import load_audio
-    from asr.speech.pipeline import TranscribeOptions, load_transcriber
+    from asr.speech.audio import check_audio_path, load_audio
+    from asr.speech.pipeline import load_transcriber
 
     formats = list(WRITERS) if args.format == "all" else [args.format]
     writers = {fmt: get_writer(fmt) for fmt in formats}
     args.output.mkdir(parents=True, exist_ok=True)
     try:
-        options = TranscribeOptions(attention=args.attention, budget_tokens=args.budget, device=args.device,
-                                    dtype=args.dtype, max_distance=args.max_distance or None,
-                                    drafts=args.drafts)
+        options = options_from_args(args)
     except ValueError as error:
         print(f"asr transcribe: {error}", file=sys.stderr)
         return 2
-    transcriber = load_transcriber(args.model, options)
-    failed = 0
-    for path in args.files:
+    failed, readable = 0, []
+    for path in args.files:  # before the model loads: a mistyped path should not wait for it
+        try:
+            check_audio_path(path)
+            readable.append(path)
+        except AsrError as error:
+            failed += 1
+            print(f"asr transcribe: {error}", file=sys.stderr)
+    transcriber = load_transcriber(args.model, options) if readable else None
+    for path in readable:
         try:
             audio = load_audio(str(path))
             transcript = transcriber.transcribe(audio, progress=True, name=path.name)

@@ -1,34 +1,12 @@
-"""Append op: write new K/V tokens into their pages and refresh the pages' key statistics.
-
-Key statistics are kept per page and kv head as rows of ``key_stats[page, head]``:
-``STAT_MEAN``, ``STAT_STD`` (population std), ``STAT_MIN``, ``STAT_MAX`` over the page's valid
-keys. They are recomputed from the page's keys whenever the page receives tokens, so they are
-exact for a partial last page and after it fills (no drift from running updates).
-"""
+"""Append op: write new K/V tokens into their pages and refresh the pages' key statistics
+(layout and reference statistics: ``asr.attention.page_stats``)."""
 
 from __future__ import annotations
 
 import torch
 
-STAT_MEAN, STAT_STD, STAT_MIN, STAT_MAX = 0, 1, 2, 3
-NUM_STATS = 4
-
-
-def page_key_stats(page_keys: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
-    """Statistics of the first ``fill`` keys of each page.
-
-    page_keys: [pages, kv_heads, page_size, head_dim]; fill: [pages] int, 1..page_size.
-    Returns [pages, kv_heads, NUM_STATS, head_dim] float32.
-    """
-    page_size = page_keys.shape[2]
-    keys = page_keys.float()
-    valid = (torch.arange(page_size, device=keys.device)[None, :] < fill[:, None])[:, None, :, None]
-    count = fill.to(torch.float32)[:, None, None]
-    mean = torch.where(valid, keys, 0.0).sum(dim=2) / count
-    var = torch.where(valid, (keys - mean[:, :, None, :]) ** 2, 0.0).sum(dim=2) / count
-    kmin = torch.where(valid, keys, float("inf")).amin(dim=2)
-    kmax = torch.where(valid, keys, float("-inf")).amax(dim=2)
-    return torch.stack([mean, var.sqrt(), kmin, kmax], dim=2)
+from asr.attention import cpu
+from asr.attention.page_stats import page_key_stats
 
 
 def append_kv_reference(
@@ -65,29 +43,12 @@ def append_kv(
     new_v: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    """Public append: the Triton kernel on CUDA, the reference elsewhere (same arguments)."""
+    """Public append: the Triton kernel on CUDA, the CPU path for a single token (a decode step),
+    the reference elsewhere (same arguments)."""
     if new_k.is_cuda:
         from asr.attention.kernels.append import append_kv_triton
 
         return append_kv_triton(k_cache, v_cache, key_stats, new_k, new_v, slot_mapping)
     if new_k.shape[0] == 1:
-        return append_one_token(k_cache, v_cache, key_stats, new_k, new_v, int(slot_mapping[0]))
+        return cpu.append_one_token(k_cache, v_cache, key_stats, new_k, new_v, int(slot_mapping[0]))
     append_kv_reference(k_cache, v_cache, key_stats, new_k, new_v, slot_mapping)
-
-
-def append_one_token(
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    key_stats: torch.Tensor,
-    new_k: torch.Tensor,
-    new_v: torch.Tensor,
-    slot: int,
-) -> None:
-    """``append_kv_reference`` for one token at a host-side ``slot`` (a CPU decode step): the page's
-    statistics come from its filled prefix directly, without masks (about 3x fewer ops)."""
-    page, offset = divmod(slot, k_cache.shape[2])
-    k_cache[page, :, offset] = new_k[0].to(k_cache.dtype)
-    v_cache[page, :, offset] = new_v[0].to(v_cache.dtype)
-    keys = k_cache[page, :, : offset + 1].float()  # [kv_heads, fill, head_dim]
-    std, mean = torch.std_mean(keys, dim=1, correction=0)
-    key_stats[page] = torch.stack([mean, std, keys.amin(dim=1), keys.amax(dim=1)], dim=1).to(key_stats.dtype)

@@ -66,9 +66,27 @@ def decode_attention(
     and page-table width).
     """
     if sparse is not None and layer >= sparse.dense_layers and not fits_budget_on_host(metadata, sparse):
-        out, _ = unique_decode(q, k_cache, v_cache, key_stats, metadata.page_table, metadata.seq_lens, scale, sparse,
-                               need_lse=False, host_seq_lens=metadata.host_seq_lens)
+        out, _ = unique_decode(
+            q,
+            k_cache,
+            v_cache,
+            key_stats,
+            metadata.page_table,
+            metadata.seq_lens,
+            scale,
+            sparse,
+            need_lse=False,
+            host_seq_lens=metadata.host_seq_lens,
+        )
     else:
-        out, _ = paged_decode(q, k_cache, v_cache, metadata.page_table, metadata.seq_lens, scale, need_lse=False,
-                              host_seq_lens=metadata.host_seq_lens)
+        out, _ = paged_decode(
+            q,
+            k_cache,
+            v_cache,
+            metadata.page_table,
+            metadata.seq_lens,
+            scale,
+            need_lse=False,
+            host_seq_lens=metadata.host_seq_lens,
+        )
     return out

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from asr.attention.append import NUM_STATS, append_kv, page_key_stats
+from asr.attention.append import append_kv
+from asr.attention.page_stats import NUM_STATS, page_key_stats
 from asr.attention.transfer import to_device
 from asr.errors import CacheCapacityError
 
@@ -160,15 +161,21 @@ class PagedKVCache:
             last = to_device([pages[-1]], torch.int64, self.k.device)
             fill = to_device([length % size], torch.int64, self.k.device)
             for layer in range(self.shape.num_layers):
-                self.key_stats[layer, last] = page_key_stats(self.k[layer, last], fill).to(self.key_stats.dtype)
+                self.key_stats[layer, last] = page_key_stats(self.k[layer, last], fill).to(
+                    self.key_stats.dtype
+                )
 
-    def rewrite_keys(self, seq_id: int, num_pages: int, rewrite: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def rewrite_keys(
+        self, seq_id: int, num_pages: int, rewrite: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
         """Replace the keys of a sequence's first ``num_pages`` pages, which must be full, in every
         layer by ``rewrite(keys)`` (keys: [num_pages, kv_heads, page_size, head_dim] of one layer;
         returns new keys of that shape, any dtype) and recompute those pages' statistics."""
         if num_pages * self.page_size > self._seq_lens[seq_id]:
-            raise ValueError(f"only full pages can be rewritten: {num_pages} pages of {self.page_size} tokens "
-                             f"exceed the sequence's {self._seq_lens[seq_id]} tokens")
+            raise ValueError(
+                f"only full pages can be rewritten: {num_pages} pages of {self.page_size} tokens "
+                f"exceed the sequence's {self._seq_lens[seq_id]} tokens"
+            )
         pages = to_device(self._seq_pages[seq_id][:num_pages], torch.int64, self.k.device)
         full = torch.full((num_pages,), self.page_size, device=self.k.device)
         for layer in range(self.shape.num_layers):

@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from asr.attention.append import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
 from asr.attention.config import UniqueConfig
+from asr.attention.page_stats import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
@@ -96,31 +96,6 @@ def oracle_page_mass(
     return probs.view(batch, kv_heads, -1, max_pages, page_size).sum(dim=(2, 4))
 
 
-def score_pages_cpu(
-    q: torch.Tensor,
-    key_stats: torch.Tensor,
-    page_table: torch.Tensor,
-    seq_lens: torch.Tensor,
-    config: UniqueConfig,
-    host_seq_lens: list[int] | None = None,
-) -> torch.Tensor:
-    """The CPU path of ``score_pages_reference`` (same arguments and result): one sequence at a time
-    with lengths read on the host (``host_seq_lens`` if given, planned once per step, else from
-    ``seq_lens``), scoring only its own pages, read in place when their ids run consecutively (as a
-    lone sequence's do) instead of gathered for every table slot."""
-    batch = q.shape[0]
-    scores = torch.full((batch, key_stats.shape[1], page_table.shape[1]), float("-inf"), device=q.device)
-    for row, length in enumerate(seq_lens.tolist() if host_seq_lens is None else host_seq_lens):
-        pages = page_table[row, : -(-length // config.page_size)].long()
-        first = int(pages[0])
-        consecutive = torch.equal(pages, torch.arange(first, first + len(pages), dtype=pages.dtype))
-        stats = key_stats[first : first + len(pages)] if consecutive else key_stats[pages]
-        row_scores = score_from_stats(q[row][None, :, None], stats.transpose(0, 1)[None], config.method,
-                                      config.offset, config.lam)  # [1, kv_heads, 1, pages]
-        scores[row, :, : len(pages)] = row_scores[0, :, 0]
-    return scores
-
-
 def score_pages(
     q: torch.Tensor,
     key_stats: torch.Tensor,
@@ -137,5 +112,7 @@ def score_pages(
 
         return score_pages_triton(q, key_stats, page_table, seq_lens, config)
     if q.device.type == "cpu":
-        return score_pages_cpu(q, key_stats, page_table, seq_lens, config, host_seq_lens)
+        from asr.attention import cpu  # imported here: cpu.py builds on score_from_stats above
+
+        return cpu.score_pages_cpu(q, key_stats, page_table, seq_lens, config, host_seq_lens)
     return score_pages_reference(q, key_stats, page_table, seq_lens, config)

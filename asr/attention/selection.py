@@ -22,7 +22,9 @@ def force_sink_and_local(scores: torch.Tensor, seq_lens: torch.Tensor, config: U
     return scores.masked_fill(forced[:, None, :], float("inf"))
 
 
-def select_pages_reference(scores: torch.Tensor, seq_lens: torch.Tensor, config: UniqueConfig) -> torch.Tensor:
+def select_pages_reference(
+    scores: torch.Tensor, seq_lens: torch.Tensor, config: UniqueConfig
+) -> torch.Tensor:
     """Choose ``config.num_select`` pages per sequence and kv head.
 
     scores: [batch, kv_heads, max_pages] float32, ``-inf`` past each sequence's end.
@@ -49,7 +51,9 @@ def select_pages(scores: torch.Tensor, seq_lens: torch.Tensor, config: UniqueCon
     if scores.is_cuda and scores.shape[-1] <= MAX_KERNEL_PAGES:
         from asr.attention.kernels.selection import select_pages_triton
 
-        page_table = torch.arange(scores.shape[-1], dtype=torch.int32, device=scores.device).expand(scores.shape[0], -1)
+        page_table = torch.arange(scores.shape[-1], dtype=torch.int32, device=scores.device).expand(
+            scores.shape[0], -1
+        )
         return select_pages_triton(scores, seq_lens, page_table, config.page_size, config.num_select,
                                    config.sink_pages, config.local_pages)[0]
     return select_pages_reference(scores, seq_lens, config)

@@ -14,8 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from asr.attention.append import NUM_STATS, STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
 from asr.attention.config import UniqueConfig
+from asr.attention.page_stats import NUM_STATS, STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
 from asr.attention.scoring import score_from_stats, upcast
 
 
@@ -27,7 +27,9 @@ def sequence_page_stats(k: torch.Tensor, page_size: int) -> torch.Tensor:
     """
     batch, kv_heads, seq, head_dim = k.shape
     pages = -(-seq // page_size)
-    keys = F.pad(upcast(k), (0, 0, 0, pages * page_size - seq)).view(batch, kv_heads, pages, page_size, head_dim)
+    keys = F.pad(upcast(k), (0, 0, 0, pages * page_size - seq)).view(
+        batch, kv_heads, pages, page_size, head_dim
+    )
     valid = (torch.arange(pages * page_size, device=k.device) < seq).view(1, 1, pages, page_size, 1)
     count = valid.sum(dim=3).to(keys.dtype)
     mean = torch.where(valid, keys, 0.0).sum(dim=3) / count
@@ -58,7 +60,9 @@ def soft_page_log_mask(
     query_page = torch.arange(seq, device=q.device) // page_size  # [seq]
     page_idx = torch.arange(pages, device=q.device)
     future = page_idx[None, :] > query_page[:, None]
-    forced = (page_idx[None, :] < config.sink_pages) | (page_idx[None, :] > query_page[:, None] - config.local_pages)
+    forced = (page_idx[None, :] < config.sink_pages) | (
+        page_idx[None, :] > query_page[:, None] - config.local_pages
+    )
     candidate = ~future & ~forced  # [seq, pages]
     free_budget = config.num_select - config.sink_pages - config.local_pages
     candidates = scores.masked_fill(~candidate, float("-inf"))

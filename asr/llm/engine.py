@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence as Seq
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,7 +37,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def resolve_device(config: EngineConfig) -> tuple[torch.device, torch.dtype]:
     """The engine's device and dtype: CUDA + bfloat16 when available, else CPU + float32."""
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[config.dtype] if config.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = (
+        DTYPES[config.dtype] if config.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    )
     return device, dtype
 
 
@@ -84,7 +87,7 @@ class LLMEngine:
         self.runner = self._runners[choice]
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, config: EngineConfig = EngineConfig()) -> "LLMEngine":
+    def from_pretrained(cls, path: str | Path, config: EngineConfig = EngineConfig()) -> LLMEngine:
         """Load a local Hugging Face directory or GGUF file (model and tokenizer); no hub access."""
         from transformers import AutoTokenizer
 
@@ -119,7 +122,9 @@ class LLMEngine:
         ids = torch.as_tensor(token_ids, dtype=torch.int64, device=self.device)
         return self.model.embed_tokens(ids)
 
-    def append(self, seq: Sequence, token_ids: Seq[int] | None = None, embeds: torch.Tensor | None = None) -> None:
+    def append(
+        self, seq: Sequence, token_ids: Seq[int] | None = None, embeds: torch.Tensor | None = None
+    ) -> None:
         """Prefill a segment at the end of ``seq``: token ids, or input embeddings [n, hidden_size]."""
         if (token_ids is None) == (embeds is None):
             raise ValueError("append takes exactly one of token_ids or embeds")
@@ -148,12 +153,15 @@ class LLMEngine:
         if not proposal or seq.next_logits is None or int(seq.next_logits.argmax()) != proposal[0]:
             return [], False
         start, first_logits = seq.num_tokens, seq.next_logits
-        after = self.runner.prefill(seq.seq_id, self.embed_tokens(proposal), every_position=True)  # [k, vocab]
+        # [k, vocab]
+        after = self.runner.prefill(seq.seq_id, self.embed_tokens(proposal), every_position=True)
         seq.token_ids.extend(proposal)
         seq.num_tokens += len(proposal)
         # proposal[i + 1] is greedy's choice when the logits after proposal[i] pick it
         predicted = after[:-1].argmax(dim=-1).tolist()
-        agreed = 1 + next((i for i, token in enumerate(predicted) if token != proposal[i + 1]), len(predicted))
+        agreed = 1 + next(
+            (i for i, token in enumerate(predicted) if token != proposal[i + 1]), len(predicted)
+        )
         kept = next((i for i, token in enumerate(proposal[:agreed]) if token in stops), agreed)
         if kept < len(proposal):
             self.truncate(seq, start + kept)
@@ -170,7 +178,10 @@ class LLMEngine:
 
     # ---------------------------------------------------------------- generation
     def generate(
-        self, seq: Sequence, params: SamplingParams = SamplingParams(), on_token: Callable[[int], None] | None = None
+        self,
+        seq: Sequence,
+        params: SamplingParams = SamplingParams(),
+        on_token: Callable[[int], None] | None = None,
     ) -> list[int]:
         """Generate after what ``seq`` holds; ``on_token(token_id)`` streams each returned token."""
         callback = (lambda _index, token: on_token(token)) if on_token else None
@@ -224,7 +235,11 @@ class LLMEngine:
         outputs: list[list[int]] = [[] for _ in seqs]
         generator = self._generator(params)
         rows = [i for i, p in enumerate(params) if p.max_tokens > 0]
-        step = self._pick(rows, torch.stack([seqs[i].next_logits for i in rows]), params, generator) if rows else None
+        step = (
+            self._pick(rows, torch.stack([seqs[i].next_logits for i in rows]), params, generator)
+            if rows
+            else None
+        )
         while step is not None:
             tokens = None if self.decode_ahead else step.host_tokens()
             fed = [r for r, i in enumerate(step.rows) if seqs[i].num_tokens < self.max_context
@@ -265,14 +280,14 @@ class LLMEngine:
         return outputs
 
     def _pick(self, rows: list[int], logits: torch.Tensor, params: list[SamplingParams],
-              generator: torch.Generator | None) -> "_PickedTokens":
+              generator: torch.Generator | None) -> _PickedTokens:
         """Tokens for ``rows`` (indices into ``params``) from their logits [len(rows), vocab], on device."""
         if all(params[i].temperature == 0 for i in rows):
             tokens = logits.argmax(dim=-1)
         else:
             temperatures = to_device([params[i].temperature for i in rows], torch.float32, self.device)
             top_ps = to_device([params[i].top_p for i in rows], torch.float32, self.device)
-            tokens = sample(logits, temperatures, top_ps, False, generator)
+            tokens = sample(logits, temperatures, top_ps, generator)
         return _PickedTokens.start(rows, logits, tokens)
 
     def _generator(self, params: list[SamplingParams]) -> torch.Generator | None:
@@ -299,7 +314,7 @@ class _PickedTokens:
         self.host, self.host_index, self.ready = host, host_index, ready
 
     @classmethod
-    def start(cls, rows: list[int], logits: torch.Tensor, tokens: torch.Tensor) -> "_PickedTokens":
+    def start(cls, rows: list[int], logits: torch.Tensor, tokens: torch.Tensor) -> _PickedTokens:
         cuda = tokens.device.type == "cuda"
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=cuda)
         host.copy_(tokens, non_blocking=cuda)
@@ -316,7 +331,7 @@ class _PickedTokens:
         values = self.host.tolist()
         return [values[j] for j in self.host_index]
 
-    def select(self, keep: list[int]) -> "_PickedTokens":
+    def select(self, keep: list[int]) -> _PickedTokens:
         """The rows at positions ``keep`` (no device work when that is every row)."""
         if keep == list(range(len(self.rows))):
             return self

@@ -18,8 +18,8 @@ def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor | None, weigh
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """x: [tokens, heads, head_dim]; cos, signed_sin: [tokens, 1, head_dim] (``RotaryEmbedding``):
-    ``x*cos + roll(x)*signed_sin``, HF's rotate-half rotation."""
+    """x: [tokens, heads, head_dim]; cos, signed_sin: [tokens, 1, head_dim] (``RotaryEmbedding``), or
+    any shapes that broadcast: ``x*cos + roll(x)*signed_sin``, HF's rotate-half rotation."""
     rolled = torch.roll(x, x.shape[-1] // 2, dims=-1)  # (x2, x1)
     return torch.addcmul(x * cos, rolled, signed_sin)
 

@@ -18,22 +18,28 @@ from safetensors import safe_open
 
 from asr.errors import ModelLoadError
 from asr.llm.config import ModelConfig
-from asr.llm.embedded import cache_root, gguf_to_hf_dir
+from asr.llm.embedded import gguf_to_hf_dir
 from asr.llm.model import CausalLM
+from asr.weights_cache import cache_root
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 # (our name, Hugging Face parts concatenated along the output dimension), per decoder layer.
 FUSED = {
-    "self_attn.qkv_proj.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    "self_attn.qkv_proj.weight": (
+        "self_attn.q_proj.weight",
+        "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight",
+    ),
     "self_attn.qkv_proj.bias": ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
     "mlp.gate_up_proj.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
 }
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """A Hugging Face directory for ``path``: the directory itself, or the cached conversion of a .gguf file."""
+    """A Hugging Face directory for ``path``: the directory itself, or the cached conversion of a
+    .gguf file."""
     path = Path(path).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         return path
@@ -56,7 +62,8 @@ def read_model_config(model_dir: Path) -> tuple[ModelConfig, dict]:
     model_type = raw.get("model_type", "")
     if model_type not in SUPPORTED_TYPES:
         raise ModelLoadError(
-            f"model type {model_type!r} in {model_dir} is not supported; use one of {', '.join(SUPPORTED_TYPES)}"
+            f"model type {model_type!r} in {model_dir} is not supported; use one of "
+            f"{', '.join(SUPPORTED_TYPES)}"
         )
     eos = raw.get("eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
@@ -166,10 +173,16 @@ def load_model(
 
 
 def random_model(
-    config: ModelConfig, device: torch.device | str, dtype: torch.dtype, rope_theta: float = 500000.0, seed: int = 0
+    config: ModelConfig,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    rope_theta: float = 500000.0,
+    seed: int = 0,
 ) -> CausalLM:
     """A model with random weights (speed benchmarks): std 0.02 linears, unit norms."""
-    inv_freq = 1.0 / (rope_theta ** (torch.arange(0, config.head_dim, 2, dtype=torch.float) / config.head_dim))
+    inv_freq = 1.0 / (
+        rope_theta ** (torch.arange(0, config.head_dim, 2, dtype=torch.float) / config.head_dim)
+    )
     torch.manual_seed(seed)
     with torch.device(device):
         model = CausalLM(config, inv_freq).to(dtype)

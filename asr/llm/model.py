@@ -64,7 +64,11 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
-        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            config.num_heads,
+            config.num_kv_heads,
+            config.head_dim,
+        )
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.split = (q_size, kv_size, kv_size)
         self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=config.qkv_bias)
@@ -73,12 +77,16 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.scale = self.head_dim**-0.5
 
-    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: StepContext
+    ) -> torch.Tensor:
         tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)
         v = qkv[:, self.split[0] + self.split[1] :].view(tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is None:  # rotate q and k together: one set of launches per layer
-            qk = qkv[:, : self.split[0] + self.split[1]].view(tokens, self.num_heads + self.num_kv_heads, self.head_dim)
+            qk = qkv[:, : self.split[0] + self.split[1]].view(
+                tokens, self.num_heads + self.num_kv_heads, self.head_dim
+            )
             q, k = rotate(qk, cos, sin).split((self.num_heads, self.num_kv_heads), dim=1)
         else:
             q, k, _ = qkv.split(self.split, dim=-1)
@@ -107,8 +115,14 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
-                ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        ctx: StepContext,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden: this layer's input not yet added to ``residual`` (the stream so far; None at the first
         layer). Returns the MLP output and the stream before it, for the next layer to add."""
         normed, residual = self.input_layernorm.add(hidden, residual)

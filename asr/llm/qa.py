@@ -13,14 +13,19 @@ from asr.llm.engine import LLMEngine
 MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
 # A file whose first block holds a NUL byte is binary (the test `file` and git use).
 BINARY_PROBE_BYTES = 8192
-SYSTEM_PROMPT = "You answer questions about the document the user gives. Answer briefly, from the document only."
+SYSTEM_PROMPT = (
+    "You answer questions about the document the user gives. Answer briefly, from the document only."
+)
 
 
 def read_document(path: str | Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> str:
-    """The text of a UTF-8 document; DocumentError for missing, unreadable, binary, empty or oversized files."""
+    """The text of a UTF-8 document; DocumentError for missing, unreadable, binary, empty or
+    oversized files."""
     path = Path(path)
     if not path.is_file():
-        raise DocumentError(f"document {path} does not exist (or is not a file); give the path of a text file")
+        raise DocumentError(
+            f"document {path} does not exist (or is not a file); give the path of a text file"
+        )
     size = path.stat().st_size
     if size > max_bytes:
         raise DocumentError(
@@ -44,7 +49,9 @@ def read_document(path: str | Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> str:
 def qa_prompt(engine: LLMEngine, document: str, question: str) -> list[int]:
     """Token ids of the chat prompt holding the document and then the question."""
     user = f"Document:\n\n{document.strip()}\n\nQuestion: {question.strip()}"
-    return engine.chat_prompt([{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}])
+    return engine.chat_prompt(
+        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    )
 
 
 class TextStream:

@@ -28,7 +28,9 @@ def quantize_linear_layers(model: CausalLM) -> CausalLM:
         return model
     weight = model.embed_tokens.weight
     if weight.device.type != "cpu" or weight.dtype != torch.float32:
-        raise ValueError(f"int8 weights need a float32 model on the CPU, not {weight.dtype} on {weight.device}")
+        raise ValueError(
+            f"int8 weights need a float32 model on the CPU, not {weight.dtype} on {weight.device}"
+        )
     qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
     with warnings.catch_warnings():  # eager-mode quantisation announces its move to torchao
         warnings.simplefilter("ignore")

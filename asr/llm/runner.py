@@ -50,7 +50,9 @@ class ModelRunner:
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self.scratch_page = cache.pages(scratch_seq)[0]
         self.scratch_slot = self.scratch_page * self.page_size
-        self.page_table = torch.full((max_batch, self.max_pages), self.scratch_page, dtype=torch.int32, device=self.device)
+        self.page_table = torch.full(
+            (max_batch, self.max_pages), self.scratch_page, dtype=torch.int32, device=self.device
+        )
         self._table_seqs: list[int] = []
         self._table_counts: list[int] = []
         self._table_version = -1  # the cache's layout_version when the kept page table was built
@@ -64,7 +66,9 @@ class ModelRunner:
         position's logits [vocab] float32, or with ``every_position`` each position's [n, vocab]."""
         hidden, every = None, []
         for begin in range(0, embeds.shape[0], self.prefill_chunk):
-            chunk = embeds[begin : begin + self.prefill_chunk].to(self.device, self.model.embed_tokens.weight.dtype)
+            chunk = embeds[begin : begin + self.prefill_chunk].to(
+                self.device, self.model.embed_tokens.weight.dtype
+            )
             start = self.cache.length(seq_id)
             slot_mapping = self.cache.reserve([seq_id], [chunk.shape[0]])
             context_slots = None
@@ -171,10 +175,14 @@ class ModelRunner:
         pool = None
         for size in sizes:
             static = self.static
-            ctx = self._decode_context(static["slot_mapping"][:size], static["page_table"][:size], static["seq_lens"][:size])
+            ctx = self._decode_context(
+                static["slot_mapping"][:size], static["page_table"][:size], static["seq_lens"][:size]
+            )
 
             def step() -> torch.Tensor:
-                hidden = self.model(self.model.embed_tokens(static["token_ids"][:size]), static["positions"][:size], ctx)
+                hidden = self.model(
+                    self.model.embed_tokens(static["token_ids"][:size]), static["positions"][:size], ctx
+                )
                 return self.model.logits(hidden)
 
             stream = torch.cuda.Stream()

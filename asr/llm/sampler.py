@@ -9,18 +9,16 @@ def sample(
     logits: torch.Tensor,
     temperatures: torch.Tensor,
     top_ps: torch.Tensor,
-    all_greedy: bool,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Pick one token per row.
 
     logits: [batch, vocab] float32; temperatures: [batch] float32 (0 = greedy); top_ps: [batch] float32
-    in (0, 1]; all_greedy: the caller's host-side knowledge that every temperature is 0. Returns [batch] int64 token ids. Top-p keeps the smallest prefix of the sorted
-    distribution whose mass reaches ``top_p`` (always at least the best token).
+    in (0, 1]. Returns [batch] int64 token ids. Top-p keeps the smallest prefix of the sorted
+    distribution whose mass reaches ``top_p`` (always at least the best token). A batch that is all
+    greedy never gets here: the engine takes the argmax itself, without sampling.
     """
     greedy = logits.argmax(dim=-1)
-    if all_greedy:
-        return greedy
     scaled = logits / temperatures.clamp(min=1e-5)[:, None]
     probs = scaled.softmax(dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True)

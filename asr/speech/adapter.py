@@ -35,11 +35,15 @@ class SpeechAdapter:
         tensors = {f"projector.{k}": v.to(dtype).contiguous().cpu() for k, v in self.projector.items()}
         tensors.update({f"lora.{k}": v.to(dtype).contiguous().cpu() for k, v in self.lora.items()})
         save_file(tensors, str(directory / "adapter.safetensors"))
-        meta = {"projector": asdict(self.projector_config), "lora": asdict(self.lora_config), "info": self.info}
+        meta = {
+            "projector": asdict(self.projector_config),
+            "lora": asdict(self.lora_config),
+            "info": self.info,
+        }
         (directory / "adapter.json").write_text(json.dumps(meta, indent=1))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "SpeechAdapter":
+    def load(cls, directory: str | Path) -> SpeechAdapter:
         directory = Path(directory)
         if not (directory / "adapter.json").exists() or not (directory / "adapter.safetensors").exists():
             raise AsrError(f"{directory} holds no speech adapter (adapter.json + adapter.safetensors)")

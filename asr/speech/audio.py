@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,6 @@ SAMPLE_RATE = 16000
 PCM_DTYPES = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 # Full scale of 16-bit PCM: int16 samples are divided by it to land in [-1, 1).
 INT16_FULL_SCALE = 32768.0
-_CONVERT_HINT = "convert it with `ffmpeg -i INPUT -ac 1 -ar 16000 OUTPUT.wav` and try again"
 
 
 @dataclass(frozen=True)
@@ -47,23 +47,37 @@ def _resample(samples: np.ndarray, source_rate: int, sample_rate: int) -> np.nda
         return samples
     import librosa
 
-    return librosa.resample(samples, orig_sr=source_rate, target_sr=sample_rate).astype(np.float32, copy=False)
+    return librosa.resample(samples, orig_sr=source_rate, target_sr=sample_rate).astype(
+        np.float32, copy=False
+    )
 
 
 def _checked(samples: np.ndarray, source_rate: int, sample_rate: int, name: str) -> np.ndarray:
     """Mono, resampled, and refused when it holds no samples or non-finite ones."""
     if samples.size == 0:
-        raise AudioError(f"{name} decodes to zero samples (a header without sound); give a recording with audio")
+        raise AudioError(
+            f"{name} decodes to zero samples (a header without sound); give a recording with audio"
+        )
     samples = _resample(_to_mono(samples), source_rate, sample_rate)
     if not np.isfinite(samples).all():
-        raise AudioError(f"{name} holds NaN or infinite samples; the recording is corrupt, {_CONVERT_HINT}")
+        raise AudioError(f"{name} holds NaN or infinite samples; the recording is corrupt, {_convert_hint()}")
     return np.ascontiguousarray(samples)
+
+
+def _convert_hint() -> str:
+    """What to do with a file this machine cannot decode: ffmpeg's command where ffmpeg is installed,
+    else the formats that libsndfile reads without it."""
+    if shutil.which("ffmpeg"):
+        return "convert it with `ffmpeg -i INPUT -ac 1 -ar 16000 OUTPUT.wav` and try again"
+    return "convert it to wav, flac, ogg or mp3 (read here without ffmpeg) and try again"
 
 
 def _undecodable(name: str, soundfile_error: Exception, reason: str) -> AudioError:
     soundfile_reason = getattr(soundfile_error, "error_string", soundfile_error)
-    return AudioError(f"{name} is not audio in a format this machine can decode (soundfile: {soundfile_reason}; "
-                      f"{reason}); {_CONVERT_HINT}")
+    return AudioError(
+        f"{name} is not audio in a format this machine can decode (soundfile: {soundfile_reason}; "
+        f"{reason}); {_convert_hint()}"
+    )
 
 
 def _decode_audioread(path: str, name: str, soundfile_error: Exception) -> tuple[np.ndarray, int]:
@@ -77,10 +91,21 @@ def _decode_audioread(path: str, name: str, soundfile_error: Exception) -> tuple
             rate, channels = stream.samplerate, stream.channels
             pcm = b"".join(stream)
     except audioread.NoBackendError:
-        raise _undecodable(name, soundfile_error, "no audioread backend (ffmpeg, GStreamer) is installed") from None
+        raise _undecodable(
+            name, soundfile_error, "no audioread backend (ffmpeg, GStreamer) is installed"
+        ) from None
     except (audioread.DecodeError, EOFError, OSError) as error:
         raise _undecodable(name, soundfile_error, f"audioread: {error or type(error).__name__}") from error
     return np.frombuffer(pcm, PCM_DTYPES["s16le"]).reshape(-1, channels) / np.float32(INT16_FULL_SCALE), rate
+
+
+def check_audio_path(path: str | Path) -> None:
+    """Raise ``AudioError`` if ``path`` is not a file or is empty (cheap: run it before loading a model)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path} does not exist or is not a file; check the path")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path} is empty (0 bytes); give a recording with audio")
 
 
 def load_audio(source: str | Path | bytes, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -90,11 +115,7 @@ def load_audio(source: str | Path | bytes, sample_rate: int = SAMPLE_RATE) -> np
     """
     name = f"{len(source)} bytes of audio" if isinstance(source, bytes) else str(source)
     if not isinstance(source, bytes):
-        path = Path(source)
-        if not path.is_file():
-            raise AudioError(f"{name} does not exist or is not a file; check the path")
-        if path.stat().st_size == 0:
-            raise AudioError(f"{name} is empty (0 bytes); give a recording with audio")
+        check_audio_path(source)
     elif not source:
         raise AudioError("the audio data is empty (0 bytes); send a recording with audio")
     try:
@@ -126,8 +147,10 @@ def decode_pcm(data: bytes, pcm: PcmFormat = PcmFormat(), sample_rate: int = SAM
     dtype = PCM_DTYPES[pcm.encoding]
     frame_bytes = dtype.itemsize * pcm.channels
     if len(data) % frame_bytes:
-        raise AudioError(f"{len(data)} bytes of {pcm.encoding} PCM with {pcm.channels} channel(s) is not a whole "
-                         f"number of {frame_bytes}-byte frames; send whole frames")
+        raise AudioError(
+            f"{len(data)} bytes of {pcm.encoding} PCM with {pcm.channels} channel(s) is not a whole "
+            f"number of {frame_bytes}-byte frames; send whole frames"
+        )
     samples = np.frombuffer(data, dtype=dtype).reshape(-1, pcm.channels).astype(np.float32)
     if pcm.encoding == "s16le":
         samples /= INT16_FULL_SCALE

@@ -98,7 +98,9 @@ def _read_variable(cursor: _Cursor, binary_version: int) -> tuple[str, torch.Ten
         )
     # Copy out of the file buffer: the tensor must own writable memory once the buffer is dropped.
     raw = bytearray(cursor.take(num_bytes))
-    return name, torch.frombuffer(raw, dtype=dtype).reshape(shape) if num_bytes else torch.empty(shape, dtype=dtype)
+    return name, torch.frombuffer(raw, dtype=dtype).reshape(shape) if num_bytes else torch.empty(
+        shape, dtype=dtype
+    )
 
 
 def parse_ct2(data: bytes | bytearray | memoryview, source: str = "model.bin") -> Ct2Model:
@@ -134,5 +136,7 @@ def read_ct2(path: str | Path) -> Ct2Model:
     if path.is_dir():
         path = path / "model.bin"
     if not path.is_file():
-        raise ModelLoadError(f"{path} does not exist; point to a CTranslate2 model directory or its model.bin")
+        raise ModelLoadError(
+            f"{path} does not exist; point to a CTranslate2 model directory or its model.bin"
+        )
     return parse_ct2(path.read_bytes(), str(path))

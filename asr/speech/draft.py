@@ -57,7 +57,11 @@ class Ct2Drafter:
 
         storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(windows.float().cpu().numpy()))
         results = self.model.generate(
-            storage, [self.prompt] * len(seconds), beam_size=1, return_scores=True, return_no_speech_prob=True,
+            storage,
+            [self.prompt] * len(seconds),
+            beam_size=1,
+            return_scores=True,
+            return_no_speech_prob=True,
             max_length=len(self.prompt) + draft_token_limit(max(seconds)),
         )
         drafts = []
@@ -66,7 +70,9 @@ class Ct2Drafter:
             length = len(result.sequences_ids[0])  # the score is the mean log-probability over these;
             logprob = result.scores[0] * length / (length + 1)  # Whisper's mean counts the end token too
             silent = result.no_speech_prob > NO_SPEECH_PROB and logprob < LOW_LOGPROB
-            drafts.append("" if silent else self.tokenizer.decode(ids[: draft_token_limit(chunk_seconds)]).strip())
+            drafts.append(
+                "" if silent else self.tokenizer.decode(ids[: draft_token_limit(chunk_seconds)]).strip()
+            )
         return drafts
 
 

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 
 from asr.errors import AudioError, ModelLoadError
+from asr.speech.audio import SAMPLE_RATE
 from asr.speech.draft import Ct2Drafter, Drafter, HfDrafter
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 CHUNK_SECONDS = 30
 CHUNK_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE
 # Log-mel hop 160 samples, then the encoder's second convolution has stride 2: one frame per 320 samples.
@@ -132,7 +133,7 @@ class AudioEncoder:
     @classmethod
     def load(cls, model_dir: str | Path | None = None, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float16, backend: Backend = "auto",
-             ct2_compute_type: str = CT2_COMPUTE_TYPE, drafts: bool = False) -> "AudioEncoder":
+             ct2_compute_type: str = CT2_COMPUTE_TYPE, drafts: bool = False) -> AudioEncoder:
         """Encoder of a Whisper directory (Hugging Face or CTranslate2; None: the embedded base).
 
         backend: "auto" takes CTranslate2 on the CPU when ``ctranslate2`` imports and the weights are a
@@ -147,9 +148,11 @@ class AudioEncoder:
         dtype = dtype if device.type == "cuda" else torch.float32
         ct2_dir = _ct2_dir(model_dir) if device.type == "cpu" and backend != "torch" else None
         if backend == "ctranslate2" and (ct2_dir is None or not _ct2_importable()):
-            raise ModelLoadError(f"the CTranslate2 encoder needs the CPU, the ctranslate2 package "
-                                 f"(`pip install ctranslate2`) and a CTranslate2 Whisper directory; got device "
-                                 f"{device} and {model_dir}: use backend='torch' or 'auto'")
+            raise ModelLoadError(
+                f"the CTranslate2 encoder needs the CPU, the ctranslate2 package "
+                f"(`pip install ctranslate2`) and a CTranslate2 Whisper directory; got device "
+                f"{device} and {model_dir}: use backend='torch' or 'auto'"
+            )
         drafter: Drafter | None = None
         if ct2_dir is not None and _ct2_importable():
             encoder: EncoderBackend = Ct2Encoder(ct2_dir, threads=torch.get_num_threads(),
@@ -165,7 +168,10 @@ class AudioEncoder:
             from asr.speech.whisper_weights import load_whisper
 
             whisper = load_whisper(model_dir, dtype=dtype)
-            encoder, num_mels = TorchEncoder(whisper.get_encoder(), device, dtype), whisper.config.num_mel_bins
+            encoder, num_mels = (
+                TorchEncoder(whisper.get_encoder(), device, dtype),
+                whisper.config.num_mel_bins,
+            )
             if drafts:
                 whisper.to(device=device, dtype=dtype).requires_grad_(False)
                 drafter = HfDrafter(whisper, WhisperTokenizer.from_pretrained(str(whisper.name_or_path)))
@@ -176,9 +182,11 @@ class AudioEncoder:
         """chunks: float32 16 kHz [samples <= 480000] each -> [batch, mels, 3000] float32 on the device."""
         for index, chunk in enumerate(chunks):
             if chunk.ndim != 1 or not 0 < len(chunk) <= CHUNK_SAMPLES:
-                raise AudioError(f"chunk {index} has shape {chunk.shape}; the encoder takes mono chunks of "
-                                 f"1 to {CHUNK_SAMPLES} samples (<= {CHUNK_SECONDS} s at {SAMPLE_RATE} Hz): split "
-                                 "long audio first")
+                raise AudioError(
+                    f"chunk {index} has shape {chunk.shape}; the encoder takes mono chunks of "
+                    f"1 to {CHUNK_SAMPLES} samples (<= {CHUNK_SECONDS} s at {SAMPLE_RATE} Hz): split "
+                    "long audio first"
+                )
         return self.feature_extractor(
             [np.asarray(chunk, dtype=np.float32) for chunk in chunks], sampling_rate=SAMPLE_RATE,
             return_tensors="pt", device=str(self.device),
@@ -196,12 +204,18 @@ class AudioEncoder:
 
     def _drafts(self, windows: torch.Tensor, chunks: list[np.ndarray]) -> list[str]:
         if self.drafter is None:
-            raise ModelLoadError("this encoder was loaded without Whisper's decoder: load it with drafts=True")
+            raise ModelLoadError(
+                "this encoder was loaded without Whisper's decoder: load it with drafts=True"
+            )
         return self.drafter(windows, [len(chunk) / SAMPLE_RATE for chunk in chunks])
 
     @torch.no_grad()
-    def encode_padded(self, chunks: list[np.ndarray], batch_size: int = 16,
-                      features_transform: FeaturesTransform | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_padded(
+        self,
+        chunks: list[np.ndarray],
+        batch_size: int = 16,
+        features_transform: FeaturesTransform | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """chunks -> (frames [batch, max_frames, dim] in ``dtype``, zero past each length;
         lengths [batch] int64), both on the device. Runs ``batch_size`` chunks at a time;
         ``features_transform`` (training augmentation) edits each batch's log-mel first."""

@@ -6,7 +6,8 @@ sees all earlier audio and text. Runaway output is cut: a transcript that ends i
 n-gram loop, or whose text compresses like one (Whisper's compression-ratio test), is decoded once
 more with sampling, and a loop left at the end of that is removed (one copy kept); a transcript
 past the chunk's token budget is stopped. Silence is never sent to the model. Timestamps come
-from sample positions, so they cannot drift. Past the distances the model was trained on, old pages are moved closer before
+from sample positions, so they cannot drift. Past the distances the model was trained on, old pages are moved
+closer before
 each chunk (``asr.llm.distance_cap``), so an hour stays in one context without leaving that range.
 
 A session is opened by ``SpeechModel.open_session`` and given its engine (``SpeechModel.open_engine``);
@@ -16,7 +17,7 @@ embeddings only: the caller owns encoding (``SpeechModel.encode_chunks``), batch
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -29,21 +30,20 @@ from asr.speech.prompt import draft_token_ids
 from asr.speech.repetition import LoopConfig, loop_start, repetitive, token_budget
 from asr.transcript import Segment
 
-RETRY_SAMPLING = dict(temperature=0.5, top_p=0.95, seed=0)  # second try after a loop, as Whisper's fallback
+GREEDY = SamplingParams()  # a chunk's first decode; max_tokens and the stop token are set per chunk
+RETRY_SAMPLING = replace(GREEDY, temperature=0.5, top_p=0.95, seed=0)  # after a loop, as Whisper's fallback
 
 
 @dataclass
 class SessionStats:
-    """Counters of one session: chunks decoded, loops cut, chunks stopped at their budget."""
+    """Counters of one session: chunks decoded, loops cut, chunks stopped at their budget, draft tokens
+    proposed and accepted."""
 
     chunks: int = 0
     loops_cut: int = 0
     budget_stops: int = 0
-    audio_tokens: int = 0
-    text_tokens: int = 0
     draft_tokens: int = 0  # transcript tokens proposed by Whisper drafts
     accepted_tokens: int = 0  # of those, kept by the LLM's greedy decode
-    notes: list[str] = field(default_factory=list)
 
 
 class LongformSession:
@@ -53,7 +53,9 @@ class LongformSession:
     def __init__(self, model: SpeechModel, engine: LLMEngine, loop: LoopConfig = LoopConfig(),
                  distance_cap: DistanceCap | None = DistanceCap()) -> None:
         if engine.model is not model.llm:
-            raise ValueError("the engine runs other weights than the speech model; open it with model.open_engine")
+            raise ValueError(
+                "the engine runs other weights than the speech model; open it with model.open_engine"
+            )
         self.model, self.loop, self.distance_cap = model, loop, distance_cap
         self.engine = engine
         self.seq = self.engine.new_sequence()
@@ -64,7 +66,7 @@ class LongformSession:
     def close(self) -> None:
         self.engine.free(self.seq)
 
-    def __enter__(self) -> "LongformSession":
+    def __enter__(self) -> LongformSession:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -74,11 +76,12 @@ class LongformSession:
     def kv_read_share(self) -> float:
         return self.seq.kv_read_share
 
-    def _generate(self, seconds: float, sampling: dict, proposal: list[int] = ()) -> list[int]:
-        """The chunk's transcript tokens; a greedy decode first keeps what it agrees with of
-        ``proposal`` (verified in one pass), then goes on token by token."""
-        params = SamplingParams(max_tokens=token_budget(seconds, self.loop),
-                                stop_token_ids=(self.model.prompt.end_of_turn,), **sampling)
+    def _generate(self, seconds: float, sampling: SamplingParams, proposal: list[int] = ()) -> list[int]:
+        """The chunk's transcript tokens, picked as ``sampling`` says (its length and stop token set
+        here); a greedy decode first keeps what it agrees with of ``proposal`` (verified in one
+        pass), then goes on token by token."""
+        params = replace(sampling, max_tokens=token_budget(seconds, self.loop),
+                         stop_token_ids=(self.model.prompt.end_of_turn,))
         accepted, stopped = [], False
         if proposal and params.temperature == 0:
             accepted, stopped = self.engine.accept_proposal(self.seq, proposal[: params.max_tokens],
@@ -87,7 +90,9 @@ class LongformSession:
             self.stats.accepted_tokens += len(accepted) + stopped
         if stopped or len(accepted) >= params.max_tokens:
             return accepted
-        return accepted + self.engine.generate(self.seq, replace(params, max_tokens=params.max_tokens - len(accepted)))
+        return accepted + self.engine.generate(
+            self.seq, replace(params, max_tokens=params.max_tokens - len(accepted))
+        )
 
     def transcribe_chunk(self, audio: np.ndarray, start_s: float, sample_rate: int = 16000, *,
                          encoded: EncodedChunk) -> Segment | None:
@@ -106,8 +111,10 @@ class LongformSession:
         before = self.seq.num_tokens
         proposal = []
         if encoded.draft is not None:  # the draft as the transcript would spell it, then the turn's end
-            proposal = engine.tokenizer(encoded.draft, add_special_tokens=False).input_ids + [prompt.end_of_turn]
-        tokens = self._generate(seconds, {}, proposal)
+            proposal = engine.tokenizer(encoded.draft, add_special_tokens=False).input_ids + [
+                prompt.end_of_turn
+            ]
+        tokens = self._generate(seconds, GREEDY, proposal)
         if loop_start(tokens, self.loop) is not None or repetitive(self._text(tokens), self.loop):
             self.stats.loops_cut += 1
             # drop the loop, and re-append the prompt's last token to get its next-token logits back
@@ -122,8 +129,6 @@ class LongformSession:
             self.stats.budget_stops += 1
         self.pending = list(prompt.after_transcript)
         self.stats.chunks += 1
-        self.stats.audio_tokens += encoded.embeds.shape[0]
-        self.stats.text_tokens += len(tokens)
         text = self._text(tokens)
         return Segment(start_s, start_s + seconds, text) if text else None
 

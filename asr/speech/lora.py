@@ -30,7 +30,9 @@ class LoraLinear(nn.Module):
         self.base = base
         self.scale = config.scale
         device = base.weight.device  # float32 adapters beside base weights of any dtype
-        self.lora_a = nn.Parameter(torch.randn(config.rank, base.in_features, device=device) / base.in_features**0.5)
+        self.lora_a = nn.Parameter(
+            torch.randn(config.rank, base.in_features, device=device) / base.in_features**0.5
+        )
         self.lora_b = nn.Parameter(torch.zeros(base.out_features, config.rank, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +56,9 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if name.endswith((".lora_a", ".lora_b"))}
 
 
-def merge_lora(weights: dict[str, torch.Tensor], adapters: dict[str, torch.Tensor], config: LoraConfig) -> None:
+def merge_lora(
+    weights: dict[str, torch.Tensor], adapters: dict[str, torch.Tensor], config: LoraConfig
+) -> None:
     """Fold adapters into plain weights in place: ``W += scale * B @ A``.
 
     weights: Hugging Face names (``model.layers.0.self_attn.q_proj.weight``); adapters: names as

@@ -91,7 +91,7 @@ class SpeechModel:
         return LLMEngine(self.llm, config, self.tokenizer)
 
     def open_session(self, engine: LLMEngine, loop: LoopConfig = LoopConfig(),
-                     distance_cap: DistanceCap | None = DistanceCap()) -> "LongformSession":
+                     distance_cap: DistanceCap | None = DistanceCap()) -> LongformSession:
         """A long-form session (one recording or live stream) in a new sequence of ``engine`` (from
         ``open_engine``); closing it frees its sequence, not the engine."""
         from asr.speech.longform import LongformSession
@@ -127,22 +127,32 @@ def load_speech_model(model_dir: str | Path | None, engine_config: EngineConfig,
     adapter_dir = Path(model_dir) if model_dir else EMBEDDED_ADAPTER
     if model_dir is None and not (adapter_dir / "adapter.json").exists():
         raise ModelLoadError(
-            "this version ships no trained speech adapter yet; train one with training/train_asr.py "
-            "and pass its directory with --model DIR")
+            f"the embedded speech adapter is missing ({adapter_dir / 'adapter.json'}); reinstall the project "
+            "(`bash scripts/setup.sh`), or train one with `python -m training.train_asr` and pass its "
+            "directory with --model DIR")
     adapter = SpeechAdapter.load(adapter_dir)
     device, dtype = resolve_device(engine_config)
     llm_path = _resolve(adapter_dir, adapter.info.get("llm")) or str(embedded_llm_dir())
-    model, hf_dir = load_model(llm_path, device, dtype,
-                               adapt_weights=lambda weights: merge_lora(weights, adapter.lora, adapter.lora_config))
+    model, hf_dir = load_model(
+        llm_path,
+        device,
+        dtype,
+        adapt_weights=lambda weights: merge_lora(weights, adapter.lora, adapter.lora_config),
+    )
     if engine_config.int8_weights:
         quantize_linear_layers(model)  # the weights' form is decided here, once, for every engine
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
     drafts = bool(adapter.info.get("drafts", False)) if drafts is None else drafts
-    encoder = AudioEncoder.load(_resolve(adapter_dir, adapter.info.get("whisper")), device=device,
-                                dtype=torch.float16 if device.type == "cuda" else torch.float32, drafts=drafts)
+    encoder = AudioEncoder.load(
+        _resolve(adapter_dir, adapter.info.get("whisper")),
+        device=device,
+        dtype=torch.float16 if device.type == "cuda" else torch.float32,
+        drafts=drafts,
+    )
     projector = FrameStackProjector(adapter.projector_config)
     projector.load_state_dict(adapter.projector)
     projector.to(device).eval()
     log.info("speech model: adapter %s, LLM %s, %s %s", adapter_dir, llm_path, device, dtype)
-    return SpeechModel(model, tokenizer, encoder, projector, PromptIds.from_tokenizer(tokenizer), adapter.info,
-                       drafts)
+    return SpeechModel(
+        model, tokenizer, encoder, projector, PromptIds.from_tokenizer(tokenizer), adapter.info, drafts
+    )

@@ -17,15 +17,15 @@ from asr.attention.config import UniqueConfig
 from asr.errors import AudioError
 from asr.llm.config import EngineConfig
 from asr.llm.distance_cap import DistanceCap
+from asr.speech.audio import SAMPLE_RATE
 from asr.speech.longform import LongformSession
 from asr.speech.model import EncodedChunk, SpeechModel, load_speech_model
 from asr.speech.repetition import LoopConfig
 from asr.speech.segmenter import SegmenterConfig, segment
-from asr.transcript import Transcript
+from asr.transcript import Transcript, TranscriptStats
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 ENCODER_BATCH = 4  # speech chunks encoded together (files only; a live stream encodes as it goes)
 
 
@@ -108,7 +108,10 @@ class Transcriber:
                     skipped.append((start_s, end_s, "silence"))
                 else:
                     if speech_index not in encoded:
-                        chunks = [audio[r.start : r.end] for r in speech[speech_index : speech_index + ENCODER_BATCH]]
+                        chunks = [
+                            audio[r.start : r.end]
+                            for r in speech[speech_index : speech_index + ENCODER_BATCH]
+                        ]
                         encoded = dict(enumerate(model.encode_chunks(chunks), start=speech_index))
                     piece = session.transcribe_chunk(audio[region.start : region.end], start_s, SAMPLE_RATE,
                                                      encoded=encoded.pop(speech_index))
@@ -120,16 +123,19 @@ class Transcriber:
                 bar.update(end_s - start_s)
             bar.close()
             elapsed = time.perf_counter() - started
-            stats = {"duration": round(duration, 3), "seconds": round(elapsed, 3), "rtf": elapsed / duration,
-                     "kv_pages_read": session.kv_read_share, "attention": self.options.attention,
-                     "budget_tokens": self.options.budget_tokens, "chunks": session.stats.chunks,
-                     "loops_cut": session.stats.loops_cut, "budget_stops": session.stats.budget_stops,
-                     "context_tokens": session.seq.num_tokens, "max_distance": self.options.max_distance,
-                     "drafts": model.drafts, "draft_tokens_accepted": session.stats.accepted_tokens,
-                     "draft_tokens": session.stats.draft_tokens}
+            stats = TranscriptStats(
+                duration=round(duration, 3), seconds=round(elapsed, 3), rtf=elapsed / duration,
+                kv_pages_read=session.kv_read_share, attention=self.options.attention,
+                budget_tokens=self.options.budget_tokens, chunks=session.stats.chunks,
+                loops_cut=session.stats.loops_cut, budget_stops=session.stats.budget_stops,
+                context_tokens=session.seq.num_tokens, max_distance=self.options.max_distance,
+                drafts=model.drafts, draft_tokens_accepted=session.stats.accepted_tokens,
+                draft_tokens=session.stats.draft_tokens)
         return Transcript(segments, duration, skipped, stats)
 
 
-def load_transcriber(model_dir: str | None = None, options: TranscribeOptions = TranscribeOptions()) -> Transcriber:
+def load_transcriber(
+    model_dir: str | None = None, options: TranscribeOptions = TranscribeOptions()
+) -> Transcriber:
     """A transcriber for a speech model directory (default: the embedded model)."""
     return Transcriber(load_speech_model(model_dir, options.engine_config(), options.drafts), options)

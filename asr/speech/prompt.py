@@ -4,12 +4,14 @@ A session is one growing context: a system turn, then per audio chunk a user tur
 chunk's audio embeddings and an assistant turn holding its transcript:
 
     <|im_start|>system\\n{SYSTEM}<|im_end|>\\n
-    <|im_start|>user\\n<audio>[audio embeddings]</audio><|im_end|>\\n<|im_start|>assistant\\n{transcript}<|im_end|>\\n
+    <|im_start|>user\\n<audio>[audio
+    embeddings]</audio><|im_end|>\\n<|im_start|>assistant\\n{transcript}<|im_end|>\\n
     ... next chunk ...
 
 A model trained with Whisper drafts (``asr.speech.draft``) reads each chunk's draft in its user turn:
 
-    <|im_start|>user\\n<audio>[audio embeddings]</audio>\\nDraft: {draft}<|im_end|>\\n<|im_start|>assistant\\n...
+    <|im_start|>user\\n<audio>[audio embeddings]</audio>\\nDraft:
+    {draft}<|im_end|>\\n<|im_start|>assistant\\n...
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class PromptIds:
         return self.after_audio if draft_ids is None else self.before_draft + draft_ids + self.after_draft
 
     @classmethod
-    def from_tokenizer(cls, tokenizer) -> "PromptIds":
+    def from_tokenizer(cls, tokenizer) -> PromptIds:
         def ids(text: str) -> list[int]:
             return tokenizer(text, add_special_tokens=False).input_ids
 

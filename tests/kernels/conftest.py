@@ -7,7 +7,6 @@ import os
 import torch
 
 
-
 def _interpreter_shims() -> None:
     """Two bugs of Triton 3.6's interpreter, patched for these tests (compiled kernels never see
     this): (1) a loop bound becomes an int through ``int(array)``, which NumPy >= 2.4 refuses for

@@ -32,21 +32,29 @@ def grow(batch, new_tokens, page_size, seed):
             slots.append(pages[pos // page_size] * page_size + pos % page_size)
     gen = torch.Generator().manual_seed(seed)
     shape = (len(slots), batch.k_cache.shape[1], batch.k_cache.shape[3])
-    return torch.tensor(slots, device=DEVICE), torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    return (
+        torch.tensor(slots, device=DEVICE),
+        torch.randn(shape, generator=gen),
+        torch.randn(shape, generator=gen),
+    )
 
 
 def run_both(batch, slots, new_k, new_v, dtype):
     stats = batch.key_stats.clone()
     caches = [t.clone() for t in (batch.k_cache, batch.v_cache, stats)]
     append_kv_reference(*caches, new_k.to(DEVICE), new_v.to(DEVICE), slots)
-    append_kv_triton(batch.k_cache, batch.v_cache, stats, new_k.to(DEVICE).to(dtype), new_v.to(DEVICE).to(dtype), slots)
+    append_kv_triton(
+        batch.k_cache, batch.v_cache, stats, new_k.to(DEVICE).to(dtype), new_v.to(DEVICE).to(dtype), slots
+    )
     pages = torch.unique(slots // batch.k_cache.shape[2])
     for got, want in ((batch.k_cache, caches[0]), (batch.v_cache, caches[1])):
         assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0)), "cache rows differ"
     assert_close(stats[pages].float(), caches[2][pages].float(), dtype)
     untouched = torch.ones(stats.shape[0], dtype=torch.bool, device=DEVICE)
     untouched[pages] = False
-    assert torch.equal(stats[untouched].nan_to_num(7.0), batch.key_stats[untouched].nan_to_num(7.0)), "stats of untouched pages changed"
+    assert torch.equal(stats[untouched].nan_to_num(7.0), batch.key_stats[untouched].nan_to_num(7.0)), (
+        "stats of untouched pages changed"
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

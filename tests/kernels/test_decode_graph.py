@@ -17,7 +17,9 @@ from tests.tolerances import assert_close
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-@pytest.mark.parametrize("sparse", [None, UniqueConfig(page_size=16, budget_tokens=512)], ids=["dense", "unique"])
+@pytest.mark.parametrize(
+    "sparse", [None, UniqueConfig(page_size=16, budget_tokens=512)], ids=["dense", "unique"]
+)
 def test_decode_step_replays_from_cuda_graph(sparse):
     batch = make_paged_batch([9000, 700, 33, 4000], 32, 8, 128, 16, torch.bfloat16, seed=40, device="cuda")
     scale = 1 / math.sqrt(128)
@@ -25,7 +27,9 @@ def test_decode_step_replays_from_cuda_graph(sparse):
     metadata = DecodeMetadata(batch.page_table.clone(), batch.seq_lens.clone())
 
     def step():
-        return decode_attention(q, batch.k_cache, batch.v_cache, batch.key_stats, metadata, scale, sparse, layer=0)
+        return decode_attention(
+            q, batch.k_cache, batch.v_cache, batch.key_stats, metadata, scale, sparse, layer=0
+        )
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -37,7 +41,9 @@ def test_decode_step_replays_from_cuda_graph(sparse):
         out = step()
     for seed in range(3):  # new query and shorter lengths, same buckets
         q.copy_(torch.randn(q.shape, generator=torch.Generator().manual_seed(seed)).to(q))
-        metadata.seq_lens.copy_(batch.seq_lens - torch.tensor([seed * 100, seed, 0, seed * 7], dtype=torch.int32, device="cuda"))
+        metadata.seq_lens.copy_(
+            batch.seq_lens - torch.tensor([seed * 100, seed, 0, seed * 7], dtype=torch.int32, device="cuda")
+        )
         graph.replay()
         chosen = None
         if sparse is not None:

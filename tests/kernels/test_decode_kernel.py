@@ -28,8 +28,15 @@ SHAPES += [pytest.param(torch.bfloat16, 64, 16, (9, 3), id="bf16-d64-P16-gqa3-sm
 
 def reference(batch, scale, chosen=None):
     """fp32 reference on the kernel's own (rounded) inputs."""
-    return paged_decode_reference(batch.q.float(), batch.k_cache.float(), batch.v_cache.float(), batch.page_table,
-                                  batch.seq_lens, scale, chosen)
+    return paged_decode_reference(
+        batch.q.float(),
+        batch.k_cache.float(),
+        batch.v_cache.float(),
+        batch.page_table,
+        batch.seq_lens,
+        scale,
+        chosen,
+    )
 
 
 def physical_ids(chosen, page_table):
@@ -73,8 +80,9 @@ def unique_step(q, batch, page_table, seq_lens, scale, config, out=None, lse=Non
     scores = score_pages_triton(q, batch.key_stats, page_table, seq_lens, config)
     chosen, physical = select_pages_triton(scores, seq_lens, page_table, config.page_size, config.num_select,
                                            config.sink_pages, config.local_pages)
-    out, lse = paged_decode_triton(q, batch.k_cache, batch.v_cache, page_table, seq_lens, scale, chosen, physical,
-                                   out=out, lse=lse)
+    out, lse = paged_decode_triton(
+        q, batch.k_cache, batch.v_cache, page_table, seq_lens, scale, chosen, physical, out=out, lse=lse
+    )
     return out, lse, chosen, scores
 
 
@@ -85,8 +93,9 @@ def test_scored_selected_decode_matches_reference(dtype, head_dim, page_size, he
     config = UniqueConfig(page_size=page_size, budget_tokens=4 * page_size)
     out = torch.full_like(batch.q, float("nan"))
     lse = torch.full(batch.q.shape[:2], float("nan"), device=batch.q.device)
-    out, lse, chosen, scores = unique_step(batch.q, batch, batch.page_table, batch.seq_lens, 1 / math.sqrt(head_dim),
-                                           config, out, lse)
+    out, lse, chosen, scores = unique_step(
+        batch.q, batch, batch.page_table, batch.seq_lens, 1 / math.sqrt(head_dim), config, out, lse
+    )
     expected = select_pages_reference(scores, batch.seq_lens, config)
     assert torch.equal(chosen < 0, expected < 0)
     ref_out, ref_lse = reference(batch, 1 / math.sqrt(head_dim), chosen)
@@ -131,7 +140,9 @@ def test_full_budget_sparse_equals_dense():
 def test_rejects_unsupported_inputs():
     batch = make_paged_batch([40], 4, 4, 64, 16, torch.bfloat16, device=DEVICE)
     with pytest.raises(TypeError):
-        paged_decode_triton(batch.q, batch.k_cache, batch.v_cache, batch.page_table.long(), batch.seq_lens, 0.1)
+        paged_decode_triton(
+            batch.q, batch.k_cache, batch.v_cache, batch.page_table.long(), batch.seq_lens, 0.1
+        )
     with pytest.raises(ValueError):
         paged_decode_triton(batch.q, batch.k_cache.transpose(2, 3), batch.v_cache, batch.page_table,
                             batch.seq_lens, 0.1)
@@ -142,7 +153,9 @@ def test_rejects_unsupported_inputs():
 @pytest.mark.parametrize("page_size", [16, 32])
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 def test_real_size_decode(page_size, sparse):
-    batch = make_paged_batch([32768, 5000, 17, 20001], 32, 8, 128, page_size, torch.bfloat16, seed=14, device=DEVICE)
+    batch = make_paged_batch(
+        [32768, 5000, 17, 20001], 32, 8, 128, page_size, torch.bfloat16, seed=14, device=DEVICE
+    )
     chosen = None
     if sparse:
         config = UniqueConfig(page_size=page_size, budget_tokens=2048)

@@ -27,7 +27,9 @@ DTYPES = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, i
 def check_physical(chosen_physical, chosen, page_table):
     """Physical ids are the page table's entries of the chosen pages, -1 where none."""
     chosen, page_table = chosen.long().cpu(), page_table.long().cpu()
-    expected = page_table.gather(1, chosen.clamp(min=0).flatten(1)).view(chosen.shape).masked_fill(chosen < 0, -1)
+    expected = (
+        page_table.gather(1, chosen.clamp(min=0).flatten(1)).view(chosen.shape).masked_fill(chosen < 0, -1)
+    )
     assert torch.equal(chosen_physical.long().cpu(), expected)
 
 
@@ -43,7 +45,9 @@ def check_selection(chosen, scores, seq_lens, config):
     assert torch.equal(chosen < 0, expected < 0), "different number of chosen pages"
     for row in range(chosen.shape[0]):
         num_pages = -(-int(seq_lens[row]) // config.page_size)
-        forced = set(range(min(config.sink_pages, num_pages))) | set(range(max(0, num_pages - config.local_pages), num_pages))
+        forced = set(range(min(config.sink_pages, num_pages))) | set(
+            range(max(0, num_pages - config.local_pages), num_pages)
+        )
         for head in range(chosen.shape[1]):
             got = [p for p in chosen[row, head].tolist() if p >= 0]
             ref = [p for p in expected[row, head].tolist() if p >= 0]
@@ -74,7 +78,9 @@ def test_scores_with_one_head_or_all_heads_per_program(split, heads, monkeypatch
 
     monkeypatch.setattr(scoring, "SPLIT_HEADS_MAX_ROWS_PER_SM", 1e9 if split else 0.0)
     config = UniqueConfig(method="unique", offset="gauss", budget_tokens=128)
-    batch = make_paged_batch([300, 16, 1, 77], *heads, 64, config.page_size, torch.bfloat16, seed=21, device=DEVICE)
+    batch = make_paged_batch(
+        [300, 16, 1, 77], *heads, 64, config.page_size, torch.bfloat16, seed=21, device=DEVICE
+    )
     expected = score_pages_reference(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
     scores = score_pages_triton(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
@@ -85,14 +91,19 @@ def test_scores_with_one_head_or_all_heads_per_program(split, heads, monkeypatch
 def test_selection_matches_reference(budget_pages, max_pages):
     config = UniqueConfig(page_size=16, budget_tokens=16 * budget_pages)
     gen = torch.Generator().manual_seed(budget_pages * 1000 + max_pages)
-    seq_lens = torch.tensor([max_pages * 16, 1, max_pages * 8 + 3, 17 * 16], dtype=torch.int32).clamp(max=max_pages * 16)
+    seq_lens = torch.tensor([max_pages * 16, 1, max_pages * 8 + 3, 17 * 16], dtype=torch.int32).clamp(
+        max=max_pages * 16
+    )
     scores = torch.randn(4, 3, max_pages, generator=gen) * 10
     num_pages = (seq_lens + 15) // 16
-    scores = scores.masked_fill(torch.arange(max_pages)[None, None] >= num_pages[:, None, None], float("-inf"))
+    scores = scores.masked_fill(
+        torch.arange(max_pages)[None, None] >= num_pages[:, None, None], float("-inf")
+    )
     poisoned = torch.full((4, 3, config.num_select), -7, dtype=torch.int32, device=DEVICE)
     page_table = torch.randperm(4 * max_pages, generator=gen).to(torch.int32).view(4, max_pages).to(DEVICE)
-    chosen, physical = select_pages_triton(scores.to(DEVICE), seq_lens.to(DEVICE), page_table, 16, config.num_select,
-                                           1, 2, out=poisoned)
+    chosen, physical = select_pages_triton(
+        scores.to(DEVICE), seq_lens.to(DEVICE), page_table, 16, config.num_select, 1, 2, out=poisoned
+    )
     assert chosen is poisoned and (chosen >= -1).all(), "unwritten chosen slots"
     check_selection(chosen, scores, seq_lens, config)
     check_physical(physical, chosen, page_table)
@@ -128,7 +139,9 @@ def check_score_and_select(batch, config, atol=1e-4):
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_scored_selection_as_reference(config):
-    batch = make_paged_batch([2000, 16, 1, 700], 8, 2, 64, config.page_size, torch.bfloat16, seed=22, device=DEVICE)
+    batch = make_paged_batch(
+        [2000, 16, 1, 700], 8, 2, 64, config.page_size, torch.bfloat16, seed=22, device=DEVICE
+    )
     check_score_and_select(batch, config)
 
 
@@ -155,5 +168,7 @@ def test_scored_selection_breaks_ties():
 @pytest.mark.parametrize("page_size", [16, 32])
 def test_real_size_score_select(page_size):
     config = UniqueConfig(page_size=page_size, budget_tokens=2048)
-    batch = make_paged_batch([131072, 40000, 3000], 32, 8, 128, page_size, torch.bfloat16, seed=23, device=DEVICE)
+    batch = make_paged_batch(
+        [131072, 40000, 3000], 32, 8, 128, page_size, torch.bfloat16, seed=23, device=DEVICE
+    )
     check_score_and_select(batch, config, atol=1e-3)

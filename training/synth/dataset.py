@@ -91,7 +91,9 @@ def generate(config: GenerateConfig) -> Path:
     progress = tqdm(total=round(target), initial=round(seconds), unit="s audio", desc="synthesizing")
     with multiprocessing.get_context("spawn").Pool(config.workers) as pool, manifest.open("a") as sink:
         while seconds < target:
-            jobs = [(config.out, config.seed, planner.plan(i), config.codec) for i in range(index, index + BATCH)]
+            jobs = [
+                (config.out, config.seed, planner.plan(i), config.codec) for i in range(index, index + BATCH)
+            ]
             index += BATCH
             for row in pool.imap(render, jobs):
                 if row is None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from asr.speech.audio import SAMPLE_RATE
 from training.synth.kokoro_voices import KokoroSpeaker, draw_speaker, load_styles
 from training.synth.manifest import MANIFEST_NAME, ManifestRow
 from training.synth.plan import Planner
@@ -28,7 +29,6 @@ from training.synth.text_corpus import build_corpus
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 KOKORO_RATE = 24000
 PEAK = 0.9
 EDGE_PAD_SECONDS = 0.1
@@ -161,7 +161,9 @@ def render(job: tuple[Path, int, KokoroPlan, str]) -> ManifestRow | None:
     kokoro, styles = _engine
     speaker = plan.speaker
     try:
-        audio, rate = kokoro.create(plan.text, voice=speaker.style(styles), speed=speaker.speed, lang=speaker.lang)
+        audio, rate = kokoro.create(
+            plan.text, voice=speaker.style(styles), speed=speaker.speed, lang=speaker.lang
+        )
         samples = finish_audio(audio, rate)
     except (RuntimeError, ValueError, IndexError) as error:
         log.warning("utterance %d skipped: %s", plan.index, error)
@@ -176,8 +178,9 @@ def render(job: tuple[Path, int, KokoroPlan, str]) -> ManifestRow | None:
     sf.write(str(out / relative), samples, SAMPLE_RATE, **options)
     style = {"voices": list(speaker.voices), "weights": list(speaker.weights), "speed": speaker.speed,
              "lang": speaker.lang}
-    return ManifestRow(uid, relative.as_posix(), plan.text, f"kokoro/{speaker.name}", round(duration, 3), style,
-                       plan.source)
+    return ManifestRow(
+        uid, relative.as_posix(), plan.text, f"kokoro/{speaker.name}", round(duration, 3), style, plan.source
+    )
 
 
 def generate(config: KokoroConfig) -> Path:
@@ -189,14 +192,24 @@ def generate(config: KokoroConfig) -> Path:
     planner = Planner(build_corpus(config.corpus_cache), {}, config.seed)
     index, seconds = resume_point(manifest)
     target = config.hours * 3600
-    log.info("resuming at index %d with %.2f h written; %d Kokoro voices", index, seconds / 3600, len(voice_names))
-    progress = tqdm(total=round(target), initial=round(seconds), unit="s audio", desc="kokoro", mininterval=10)
+    log.info(
+        "resuming at index %d with %.2f h written; %d Kokoro voices", index, seconds / 3600, len(voice_names)
+    )
+    progress = tqdm(
+        total=round(target), initial=round(seconds), unit="s audio", desc="kokoro", mininterval=10
+    )
     started, made = time.monotonic(), 0.0
-    with multiprocessing.get_context("spawn").Pool(config.workers, _init_worker, (str(model), str(config.voice_dir))) \
-            as pool, manifest.open("a") as sink:
+    with (
+        multiprocessing.get_context("spawn").Pool(
+            config.workers, _init_worker, (str(model), str(config.voice_dir))
+        ) as pool,
+        manifest.open("a") as sink,
+    ):
         while seconds < target:
-            jobs = [(config.out, config.seed, plan_utterance(planner, voice_names, config.seed, i), config.codec)
-                    for i in range(index, index + BATCH)]
+            jobs = [
+                (config.out, config.seed, plan_utterance(planner, voice_names, config.seed, i), config.codec)
+                for i in range(index, index + BATCH)
+            ]
             for row in pool.imap(render, jobs):
                 if row is None:
                     continue

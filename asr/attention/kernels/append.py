@@ -15,7 +15,6 @@ import torch
 import triton
 import triton.language as tl
 
-from asr.attention.append import NUM_STATS
 from asr.attention.kernels.common import (
     KERNEL_DTYPES,
     check_contiguous,
@@ -23,6 +22,7 @@ from asr.attention.kernels.common import (
     check_dtype,
     check_last_dim_contiguous,
 )
+from asr.attention.page_stats import NUM_STATS
 
 
 @triton.jit
@@ -72,8 +72,14 @@ def _append_kv_kernel(
         tl.store(p_s + 3 * HEAD_DIM, b_max.to(ty))
 
 
-def append_kv_triton(k_cache: torch.Tensor, v_cache: torch.Tensor, key_stats: torch.Tensor, new_k: torch.Tensor,
-                     new_v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+def append_kv_triton(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    key_stats: torch.Tensor,
+    new_k: torch.Tensor,
+    new_v: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
     """Kernel of ``append_kv_reference`` (same arguments, in place). A page's new tokens must be
     contiguous in ``slot_mapping`` and in offset order (how ``PagedKVCache.reserve`` makes it)."""
     _, kv_heads, page_size, head_dim = k_cache.shape

@@ -83,13 +83,27 @@ def _paged_decode_split_kernel(
             logical = o_slot
         m_page = m_slot & (logical >= 0) & (logical < num_pages)
         if HAS_PHYSICAL:  # loaded beside the logical pages, not after them
-            physical = tl.load(physical_ptr + i_b * stride_cb + i_h * stride_ch + o_slot, mask=m_slot, other=0)
+            physical = tl.load(
+                physical_ptr + i_b * stride_cb + i_h * stride_ch + o_slot, mask=m_slot, other=0
+            )
             physical = tl.where(m_page, physical, 0).to(tl.int64)
         else:
             physical = tl.load(page_table_ptr + i_b * stride_tb + logical, mask=m_page, other=0).to(tl.int64)
         m_tok = m_page & (logical * PAGE_SIZE + o_tok < seq_len)
-        p_k = k_ptr + physical[:, None] * stride_kp + i_h * stride_kh + o_tok[:, None] * stride_kt + o_d[None, :]
-        p_v = v_ptr + physical[:, None] * stride_vp + i_h * stride_vh + o_tok[:, None] * stride_vt + o_d[None, :]
+        p_k = (
+            k_ptr
+            + physical[:, None] * stride_kp
+            + i_h * stride_kh
+            + o_tok[:, None] * stride_kt
+            + o_d[None, :]
+        )
+        p_v = (
+            v_ptr
+            + physical[:, None] * stride_vp
+            + i_h * stride_vh
+            + o_tok[:, None] * stride_vt
+            + o_d[None, :]
+        )
         b_k = tl.load(p_k, mask=m_tok[:, None], other=0.0)
         b_v = tl.load(p_v, mask=m_tok[:, None], other=0.0)
         b_s = tl.dot(b_q, tl.trans(b_k)) * scale_log2  # [BLOCK_G, BLOCK_N], log2 units
@@ -126,7 +140,11 @@ def _combine_splits_kernel(
     b_w = tl.exp2(b_lse - b_max)
     b_w = tl.where(m_s, b_w, 0.0)
     b_sum = tl.sum(b_w, 0)
-    b_o = tl.load(o_part_ptr + (i_bq * num_splits + o_s)[:, None] * HEAD_DIM + o_d[None, :], mask=m_s[:, None], other=0.0)
+    b_o = tl.load(
+        o_part_ptr + (i_bq * num_splits + o_s)[:, None] * HEAD_DIM + o_d[None, :],
+        mask=m_s[:, None],
+        other=0.0,
+    )
     b_out = tl.sum(b_o * b_w[:, None], 0) / b_sum
     tl.store(out_ptr + i_b * stride_ob + i_q * stride_oh + o_d, b_out.to(out_ptr.dtype.element_ty))
     tl.store(lse_ptr + i_bq, (b_max + tl.log2(b_sum)) * 0.6931471805599453)
@@ -173,7 +191,9 @@ def paged_decode_triton(
         check_last_dim_contiguous(name, t)
     check_contiguous("seq_lens", seq_lens)
     if q_heads % kv_heads or head_dim not in (64, 128, 256) or page_size & (page_size - 1):
-        raise ValueError(f"unsupported geometry q_heads={q_heads} kv_heads={kv_heads} d={head_dim} page={page_size}")
+        raise ValueError(
+            f"unsupported geometry q_heads={q_heads} kv_heads={kv_heads} d={head_dim} page={page_size}"
+        )
     chosen_arg, stride_cb, stride_ch = page_table, 0, 0
     if chosen_pages is not None:
         check_dtype("chosen_pages", chosen_pages, (torch.int32,))
@@ -182,7 +202,10 @@ def paged_decode_triton(
         chosen_arg, stride_cb, stride_ch = chosen_pages, chosen_pages.stride(0), chosen_pages.stride(1)
         if chosen_physical is not None:
             check_dtype("chosen_physical", chosen_physical, (torch.int32,))
-            if chosen_physical.shape != chosen_pages.shape or chosen_physical.stride() != chosen_pages.stride():
+            if (
+                chosen_physical.shape != chosen_pages.shape
+                or chosen_physical.stride() != chosen_pages.stride()
+            ):
                 raise ValueError("chosen_physical must have the shape and strides of chosen_pages")
     else:
         num_slots = page_table.shape[1]
@@ -212,7 +235,9 @@ def paged_decode_triton(
     out = torch.empty_like(q) if out is None else out
     lse = torch.empty(batch, q_heads, dtype=torch.float32, device=device) if lse is None else lse
     if out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1 or not lse.is_contiguous():
-        raise ValueError("out must be like q with unit last stride and lse a contiguous [batch, q_heads] tensor")
+        raise ValueError(
+            "out must be like q with unit last stride and lse a contiguous [batch, q_heads] tensor"
+        )
     _combine_splits_kernel[(batch * q_heads,)](
         o_part, lse_part, out, lse, splits, out.stride(0), out.stride(1),
         Q_HEADS=q_heads, HEAD_DIM=head_dim, BLOCK_S=max(2, next_power_of_2(splits)), num_warps=4,

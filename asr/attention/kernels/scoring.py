@@ -24,7 +24,6 @@ import torch
 import triton
 import triton.language as tl
 
-from asr.attention.append import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
 from asr.attention.config import UniqueConfig
 from asr.attention.kernels.common import (
     KERNEL_DTYPES,
@@ -35,9 +34,11 @@ from asr.attention.kernels.common import (
     next_power_of_2,
     num_sms,
 )
+from asr.attention.page_stats import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
 
 METHOD_GAUSS, METHOD_L1, METHOD_QUEST, METHOD_MEAN = 0, 1, 2, 3
-ONE_HEAD_PAGES_PER_TILE = 64  # pages per loop step with one kv head per program (tuned at head_dim 128, 8 warps)
+# pages per loop step with one kv head per program (tuned at head_dim 128, 8 warps)
+ONE_HEAD_PAGES_PER_TILE = 64
 TUNED_HEAD_DIM = 128  # smaller heads take proportionally more pages per step in the one-head layout
 ONE_HEAD_WARPS = 8  # 128k B=1 P32 d=128: 15.5 us; 4 warps: 17.2
 # every kv head per program: [pages, heads, head_dim] tiles of this many elements and 4 warps (H100, 128k
@@ -93,7 +94,12 @@ def _score_pages_kernel(
         m_in = o_p < max_pages
         physical = tl.load(page_table_row_ptr + o_p, mask=m_in, other=0).to(tl.int64)
         m_ph = (o_p < num_pages)[:, None] & m_h[None, :]  # [BLOCK_P, BLOCK_H]
-        p_stat = stats_ptr + physical[:, None, None] * stride_sp + o_h[None, :, None] * stride_sh + o_d[None, None, :]
+        p_stat = (
+            stats_ptr
+            + physical[:, None, None] * stride_sp
+            + o_h[None, :, None] * stride_sh
+            + o_d[None, None, :]
+        )
         b_a = tl.load(p_stat + ROW_A * HEAD_DIM, mask=m_ph[:, :, None], other=0.0).to(tl.float32)
         b_score = tl.sum(b_a * b_wa[None, :, :], 2)
         if METHOD != 3:
@@ -130,8 +136,14 @@ def plan_pages_per_program(rows: int, max_pages: int, block_p: int, num_sms: int
     return max(block_p, min(max(MAX_PAGES_PER_PROGRAM, block_p), wanted))
 
 
-def score_pages_triton(q: torch.Tensor, key_stats: torch.Tensor, page_table: torch.Tensor, seq_lens: torch.Tensor,
-                       config: UniqueConfig, out: torch.Tensor | None = None) -> torch.Tensor:
+def score_pages_triton(
+    q: torch.Tensor,
+    key_stats: torch.Tensor,
+    page_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    config: UniqueConfig,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Kernel of ``score_pages_reference`` (same arguments): scores [batch, kv_heads, max_pages]
     fp32, -inf past each sequence's end (into ``out`` if given)."""
     batch, q_heads, head_dim = q.shape
@@ -150,8 +162,14 @@ def score_pages_triton(q: torch.Tensor, key_stats: torch.Tensor, page_table: tor
         raise ValueError(f"unsupported geometry q_heads={q_heads} kv_heads={kv_heads} d={head_dim}")
     method, row_a, row_b, offset_weight = _method(config, head_dim)
     group = q_heads // kv_heads
-    scores = torch.empty(batch, kv_heads, max_pages, dtype=torch.float32, device=q.device) if out is None else out
-    if scores.shape != (batch, kv_heads, max_pages) or scores.dtype != torch.float32 or not scores.is_contiguous():
+    scores = (
+        torch.empty(batch, kv_heads, max_pages, dtype=torch.float32, device=q.device) if out is None else out
+    )
+    if (
+        scores.shape != (batch, kv_heads, max_pages)
+        or scores.dtype != torch.float32
+        or not scores.is_contiguous()
+    ):
         raise ValueError(f"out must be a contiguous fp32 [{batch}, {kv_heads}, {max_pages}] tensor")
     sms = num_sms(q.device)
     block_h = next_power_of_2(plan_heads_per_program(batch, kv_heads, sms))

@@ -78,7 +78,9 @@ def _top_mask(b_key, m_cand, need, scratch_ptr, WAYS: tl.constexpr, BLOCK_C: tl.
         o_c = tl.arange(0, BLOCK_C)
         m_c = o_c < count_lo - count_hi
         c_key = tl.load(scratch_ptr + o_c, mask=m_c, other=-(2**31))
-        before = (c_key[None, :] > c_key[:, None]) | ((c_key[None, :] == c_key[:, None]) & (o_c[None, :] < o_c[:, None]))
+        before = (c_key[None, :] > c_key[:, None]) | (
+            (c_key[None, :] == c_key[:, None]) & (o_c[None, :] < o_c[:, None])
+        )
         rank = tl.sum((before & m_c[None, :]).to(tl.int32), 1)  # 0 = largest, ties by position
         kth = tl.max(tl.where(m_c & (rank == need - count_hi - 1), c_key, -(2**31)), 0).to(tl.int64)
         lo = kth
@@ -111,22 +113,39 @@ def _emit_chosen(m_take, b_page, chosen_row_ptr, physical_row_ptr, page_table_ro
 
 
 @triton.jit
-def _select_pages_kernel(scores_ptr, seq_lens_ptr, page_table_ptr, chosen_ptr, physical_ptr, scratch_ptr,
-                         max_pages, num_select, stride_tb,
-                         KV_HEADS: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                         SINK: tl.constexpr, LOCAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         WAYS: tl.constexpr, BLOCK_C: tl.constexpr):
+def _select_pages_kernel(
+    scores_ptr,
+    seq_lens_ptr,
+    page_table_ptr,
+    chosen_ptr,
+    physical_ptr,
+    scratch_ptr,
+    max_pages,
+    num_select,
+    stride_tb,
+    KV_HEADS: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    SINK: tl.constexpr,
+    LOCAL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    WAYS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     i_bh = tl.program_id(0)
     i_b = i_bh // KV_HEADS
     seq_len = tl.load(seq_lens_ptr + i_b)
     num_pages = (seq_len + PAGE_SIZE - 1) // PAGE_SIZE
     o_n = tl.arange(0, BLOCK_N)
     m_valid = o_n < num_pages
-    b_score = tl.load(scores_ptr + i_bh * max_pages + o_n, mask=m_valid & (o_n < max_pages), other=float("-inf"))
+    b_score = tl.load(
+        scores_ptr + i_bh * max_pages + o_n, mask=m_valid & (o_n < max_pages), other=float("-inf")
+    )
     m_forced = _forced_mask(o_n, num_pages, SINK, LOCAL)
     need = num_select - tl.sum(m_forced.to(tl.int32), 0)
-    m_take = m_forced | _top_mask(_ordered_key(b_score), m_valid & ~m_forced, need, scratch_ptr + i_bh * BLOCK_C,
-                                  WAYS, BLOCK_C)
+    m_take = m_forced | _top_mask(
+        _ordered_key(b_score), m_valid & ~m_forced, need, scratch_ptr + i_bh * BLOCK_C, WAYS, BLOCK_C
+    )
     _emit_chosen(m_take, o_n, chosen_ptr + i_bh * num_select, physical_ptr + i_bh * num_select,
                  page_table_ptr + i_b * stride_tb, num_select, BLOCK_K)
 
@@ -142,9 +161,16 @@ def search_ways(block_n: int, num_warps: int) -> int:
     return SEARCH_WAYS if block_n <= 32 * num_warps * SCORES_PER_THREAD else max(2, SEARCH_WAYS // 2)
 
 
-def select_pages_triton(scores: torch.Tensor, seq_lens: torch.Tensor, page_table: torch.Tensor, page_size: int,
-                        num_select: int, sink_pages: int, local_pages: int,
-                        out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def select_pages_triton(
+    scores: torch.Tensor,
+    seq_lens: torch.Tensor,
+    page_table: torch.Tensor,
+    page_size: int,
+    num_select: int,
+    sink_pages: int,
+    local_pages: int,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Kernel of ``select_pages_reference``: scores [batch, kv_heads, max_pages] fp32 ->
     (chosen, chosen_physical), both [batch, kv_heads, num_select] int32: logical pages ascending,
     -1 padded (into ``out`` if given), and their ids in ``page_table`` ([batch, >= max_pages] int32)."""
@@ -159,8 +185,16 @@ def select_pages_triton(scores: torch.Tensor, seq_lens: torch.Tensor, page_table
         raise ValueError("page_table must be [batch, max_pages] with unit stride in its last dim")
     if max_pages > MAX_PAGES:
         raise ValueError(f"selection kernel holds at most {MAX_PAGES} pages per row, got {max_pages}")
-    chosen = torch.empty(batch, kv_heads, num_select, dtype=torch.int32, device=scores.device) if out is None else out
-    if chosen.shape != (batch, kv_heads, num_select) or chosen.dtype != torch.int32 or not chosen.is_contiguous():
+    chosen = (
+        torch.empty(batch, kv_heads, num_select, dtype=torch.int32, device=scores.device)
+        if out is None
+        else out
+    )
+    if (
+        chosen.shape != (batch, kv_heads, num_select)
+        or chosen.dtype != torch.int32
+        or not chosen.is_contiguous()
+    ):
         raise ValueError(f"out must be a contiguous int32 [{batch}, {kv_heads}, {num_select}] tensor")
     physical = torch.empty_like(chosen)
     block_n = next_power_of_2(max(max_pages, 16))

@@ -10,7 +10,13 @@ import torch
 import triton
 import triton.language as tl
 
-from asr.attention.kernels.common import KERNEL_DTYPES, check_contiguous, check_device, check_dtype, next_power_of_2
+from asr.attention.kernels.common import (
+    KERNEL_DTYPES,
+    check_contiguous,
+    check_device,
+    check_dtype,
+    next_power_of_2,
+)
 
 
 @triton.jit

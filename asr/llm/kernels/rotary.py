@@ -44,10 +44,24 @@ def apply_rotary_triton(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Te
     check_dtype("x", x, KERNEL_DTYPES + (torch.float32,))
     check_last_dim_contiguous("x", x)
     tokens, heads, head_dim = x.shape
-    if cos.dtype != x.dtype or signed_sin.dtype != x.dtype or not (cos.is_contiguous() and signed_sin.is_contiguous()):
+    if (
+        cos.dtype != x.dtype
+        or signed_sin.dtype != x.dtype
+        or not (cos.is_contiguous() and signed_sin.is_contiguous())
+    ):
         raise ValueError("cos and signed_sin must be contiguous and in x's dtype")
     out = torch.empty((tokens, heads, head_dim), dtype=x.dtype, device=x.device)
     block_h = 16
-    _rotary_kernel[(tokens, triton.cdiv(heads, block_h))](x, cos, signed_sin, out, heads, x.stride(0), x.stride(1),
-                                                         HALF=head_dim // 2, BLOCK_H=block_h, num_warps=4)
+    _rotary_kernel[(tokens, triton.cdiv(heads, block_h))](
+        x,
+        cos,
+        signed_sin,
+        out,
+        heads,
+        x.stride(0),
+        x.stride(1),
+        HALF=head_dim // 2,
+        BLOCK_H=block_h,
+        num_warps=4,
+    )
     return out

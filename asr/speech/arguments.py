@@ -1,0 +1,35 @@
+"""Command-line arguments of a transcription run, shared by ``asr transcribe`` and ``eval/wer.py``:
+one set of flags, defaults and help texts, turned into ``TranscribeOptions`` in one place."""
+
+from __future__ import annotations
+
+import argparse
+
+ATTENTION_CHOICES = ("unique", "dense", "quest")
+DTYPE_CHOICES = ("bfloat16", "float32", "int8")
+
+
+def add_transcribe_arguments(parser: argparse.ArgumentParser, device_default: str | None = None) -> None:
+    """Add --model, --attention, --budget, --max-distance, --dtype, --drafts and --device to ``parser``."""
+    parser.add_argument("--attention", default="unique", choices=ATTENTION_CHOICES,
+                        help="decode attention: top-k pages (unique, quest) or every page (dense)")
+    parser.add_argument("--budget", type=int, default=2048, help="tokens each sparse decode step reads")
+    parser.add_argument("--max-distance", type=int, default=4096,
+                        help="farthest a cached key may sit from the newest token before old pages are moved "
+                        "closer, so hour-long contexts stay in the range the model was trained on (0: never)")
+    parser.add_argument("--dtype", default="bfloat16", choices=DTYPE_CHOICES,
+                        help="LLM weights and cache (int8: CPU only, int8 linear layers over float32)")
+    parser.add_argument("--model", help="speech model directory (default: the embedded model)")
+    parser.add_argument("--drafts", action=argparse.BooleanOptionalAction, default=None,
+                        help="put each chunk's Whisper draft into the context and verify it as the LLM's "
+                        "proposal (default: as the model was trained)")
+    device_help = "cpu or cuda" + (" (default: cuda if available)" if device_default is None else "")
+    parser.add_argument("--device", default=device_default, help=device_help)
+
+
+def options_from_args(args: argparse.Namespace):
+    """``TranscribeOptions`` of parsed arguments (ValueError for settings it refuses)."""
+    from asr.speech.pipeline import TranscribeOptions
+
+    return TranscribeOptions(attention=args.attention, budget_tokens=args.budget, device=args.device,
+                             dtype=args.dtype, max_distance=args.max_distance or None, drafts=args.drafts)

@@ -1,0 +1,2 @@
+"""Evaluation and benchmark scripts, run as modules from the repository root:
+``python -m eval.wer --help``."""
