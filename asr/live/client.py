@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,9 +41,12 @@ def pcm_s16le(samples: np.ndarray) -> bytes:
     return (np.clip(samples, -1.0, 1.0) * INT16_MAX).astype("<i2").tobytes()
 
 
-async def stream_audio(url: str, samples: np.ndarray, speed: float = 1.0, frame_s: float = 0.1,
-                       token: str | None = None, timeout_s: float = 300.0) -> StreamResult:
-    """Stream ``samples`` ([n] float32, 16 kHz) to ``url`` (ws://HOST:PORT/ws) and collect the captions."""
+async def stream_audio(url: str, samples: np.ndarray, speed: float | Callable[[float], float] = 1.0,
+                       frame_s: float = 0.1, token: str | None = None, timeout_s: float = 300.0) -> StreamResult:
+    """Stream ``samples`` ([n] float32, 16 kHz) to ``url`` (ws://HOST:PORT/ws) and collect the captions.
+    ``speed``: x real time (``inf``: as fast as the server reads), or a function of the stream
+    position in seconds giving it."""
+    speed_at = speed if callable(speed) else (lambda _position: speed)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     result = StreamResult()
     sent_at: list[tuple[int, float]] = []  # (samples sent, when)
@@ -65,11 +69,13 @@ async def stream_audio(url: str, samples: np.ndarray, speed: float = 1.0, frame_
 
         reader = asyncio.create_task(read())
         frame = int(frame_s * SAMPLE_RATE)
+        due = 0.0  # when the next frame is due, in seconds since the start (never behind now)
         for offset in range(0, len(samples), frame):
             piece = samples[offset : offset + frame]
             await ws.send(pcm_s16le(piece))
             sent_at.append((offset + len(piece), time.monotonic()))
-            lead = (offset + len(piece)) / SAMPLE_RATE / speed - (time.monotonic() - began)
+            due = max(due, time.monotonic() - began) + len(piece) / SAMPLE_RATE / speed_at(offset / SAMPLE_RATE)
+            lead = due - (time.monotonic() - began)
             if lead > 0:
                 await asyncio.sleep(lead)
             if reader.done():

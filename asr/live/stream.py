@@ -35,7 +35,7 @@ ARRIVALS_KEPT = 4096  # (sample count, arrival time) pairs kept to time captions
 class StreamConfig:
     """max_seconds: longest stream (its context is sized for it); max_backlog_s: audio waiting for
     the model before the reader pauses; partial_interval_s: tentative captions this often while
-    speech goes on (when the model has time); min_partial_s: shortest open speech worth one."""
+    speech goes on (when no other stream's work waits for the model); min_partial_s: shortest open speech worth one."""
 
     max_seconds: float = 1800.0
     max_backlog_s: float = 60.0
@@ -62,6 +62,7 @@ class StreamSession:
         self._stopping = False
         self._task: asyncio.Task | None = None
         self._last_partial = time.monotonic()
+        self._partial_cost = 0.0  # model seconds of the last tentative caption
 
     @property
     def received_seconds(self) -> float:
@@ -156,12 +157,17 @@ class StreamSession:
                 continue
             if self._stopping:
                 return
-            wait = config.partial_interval_s - (time.monotonic() - self._last_partial)
+            # at most half the worker's time on one stream's tentative captions: the next waits as
+            # long as the last one took (past the interval)
+            wait = max(config.partial_interval_s, self._partial_cost) - (time.monotonic() - self._last_partial)
             open_chunk = self.segmenter.open_chunk()
-            if open_chunk is not None and wait <= 0 and len(open_chunk.audio) >= config.min_partial_s * SAMPLE_RATE:
-                self._last_partial = time.monotonic()
+            # tentative captions only on an idle worker: under load, model time goes to finals
+            if (open_chunk is not None and wait <= 0 and len(open_chunk.audio) >= config.min_partial_s * SAMPLE_RATE
+                    and not self.worker.waiting()):
                 caption = await self.worker.run(
                     self.id, partial(self.decoder.partial, open_chunk.audio, open_chunk.start / SAMPLE_RATE), PARTIAL)
+                self._last_partial = time.monotonic()
+                self._partial_cost = caption.seconds
                 if not self.finals and open_chunk.start == getattr(self.segmenter.open_chunk(), "start", None):
                     await self.send(self._caption("partial", caption))
                 continue

@@ -2,8 +2,9 @@
 ``asr.speech.segmenter``, which sees a whole file).
 
 Frame energy against an adaptive noise floor marks speech. A chunk opens at the first speech frame
-(with a short pre-roll) and closes at the first pause long enough: a short pause once the chunk is
-``min_chunk_s`` long, a longer one (the end of an utterance) before that. A chunk that reaches
+(with a short pre-roll) and closes at the first pause long enough: a longer one (the end of an
+utterance) at first, a short one once the chunk is ``min_chunk_s`` long, a gap between words once
+it is ``long_chunk_s`` long. A chunk that reaches
 ``max_chunk_s`` without a pause is cut at its quietest frame in the last third, never mid-word
 where a quieter frame exists. Silence between chunks is never kept, so memory stays bounded by
 ``max_chunk_s`` of audio.
@@ -25,7 +26,9 @@ _FILE = SegmenterConfig()
 class StreamSegmenterConfig:
     """frame_s: energy frame; min_chunk_s: after this a ``min_pause_s`` pause ends a chunk;
     end_pause_s: a pause this long ends a chunk of any length (the end of an utterance: captions
-    should not wait for the chunk to grow); max_chunk_s: forced cut (Whisper sees 30 s);
+    should not wait for the chunk to grow); long_chunk_s / long_pause_s: past this length a
+    shorter gap between words ends the chunk (a final caption comes every few seconds even in
+    fluent reading; the gap is still silence, never inside a word); max_chunk_s: forced cut (Whisper sees 30 s);
     preroll_s / tail_s: quiet audio kept before the first and after the last speech frame
     (soft onsets and word endings); min_speech_s: chunks with less speech than this (a click)
     are dropped; floor_window_s: history the noise floor (10th percentile) is taken over;
@@ -35,6 +38,8 @@ class StreamSegmenterConfig:
     min_chunk_s: float = 4.0
     min_pause_s: float = _FILE.min_pause_s
     end_pause_s: float = 0.5
+    long_chunk_s: float = 8.0
+    long_pause_s: float = 0.12
     max_chunk_s: float = _FILE.max_chunk_s
     preroll_s: float = 0.2
     tail_s: float = 0.2
@@ -141,7 +146,8 @@ class StreamSegmenter:
         c = self.config
         chunk_s = len(self._frames) * c.frame_s
         pause = self._speech[::-1].index(True) if not is_speech else 0
-        needed_pause = c.min_pause_s if chunk_s >= c.min_chunk_s else c.end_pause_s
+        needed_pause = (c.long_pause_s if chunk_s >= c.long_chunk_s else
+                        c.min_pause_s if chunk_s >= c.min_chunk_s else c.end_pause_s)
         if pause and pause >= self._frames_of(needed_pause):
             return self._close(self._with_tail(len(self._frames) - pause), drop_rest=True)
         if chunk_s >= c.max_chunk_s:
