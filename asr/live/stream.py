@@ -35,11 +35,14 @@ ARRIVALS_KEPT = 4096  # (sample count, arrival time) pairs kept to time captions
 class StreamConfig:
     """max_seconds: longest stream (its context is sized for it); max_backlog_s: audio waiting for
     the model before the reader pauses; partial_interval_s: tentative captions this often while
-    speech goes on (when no other stream's work waits for the model); min_partial_s: shortest open speech worth one."""
+    speech goes on, when no other stream's work waits for the model; partial_share: most of the
+    model's time tentative captions may take (on a slow CPU they come less often);
+    min_partial_s: shortest open speech worth one."""
 
     max_seconds: float = 1800.0
     max_backlog_s: float = 60.0
     partial_interval_s: float = 1.0
+    partial_share: float = 0.25
     min_partial_s: float = 0.5
     segmenter: StreamSegmenterConfig = field(default_factory=StreamSegmenterConfig)
 
@@ -157,9 +160,9 @@ class StreamSession:
                 continue
             if self._stopping:
                 return
-            # at most half the worker's time on one stream's tentative captions: the next waits as
-            # long as the last one took (past the interval)
-            wait = max(config.partial_interval_s, self._partial_cost) - (time.monotonic() - self._last_partial)
+            # tentative captions take at most ``partial_share`` of the worker's time
+            spacing = self._partial_cost * (1 / config.partial_share - 1)
+            wait = max(config.partial_interval_s, spacing) - (time.monotonic() - self._last_partial)
             open_chunk = self.segmenter.open_chunk()
             # tentative captions only on an idle worker: under load, model time goes to finals
             if (open_chunk is not None and wait <= 0 and len(open_chunk.audio) >= config.min_partial_s * SAMPLE_RATE
