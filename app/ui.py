@@ -49,16 +49,10 @@ class UiBackend:
         return cls(load_transcriber(model_dir, TranscribeOptions(device=device)).model, qa_model, device, limits)
 
     def transcriber(self, attention: str, budget: int):
-        from asr.attention import UniqueConfig
-        from asr.llm.engine import LLMEngine
         from asr.speech.pipeline import TranscribeOptions, Transcriber
 
         options = TranscribeOptions(attention=attention, budget_tokens=int(budget), device=self.device)
-        base = self.speech_model.engine
-        # a one-page engine carries the config: each recording gets its own engine, sized for it, from it
-        config = replace(base.config, attention=attention, max_context=16,
-                         sparse=UniqueConfig(page_size=base.config.sparse.page_size, budget_tokens=int(budget)))
-        return Transcriber(replace(self.speech_model, engine=LLMEngine(base.model, config, base.tokenizer)), options)
+        return Transcriber(self.speech_model, options)  # each recording opens its own engine from the options
 
     def check_upload(self, path: str, what: str) -> None:
         size = Path(path).stat().st_size

@@ -88,7 +88,7 @@ def fill_random_context(engine: LLMEngine, seqs, context: int, seed: int = 0) ->
         cache.reserve([seq.seq_id], [context])
         seq.num_tokens, seq.token_ids = context, [None] * context
         seq.next_logits = torch.zeros(engine.model_config.vocab_size, device=cache.k.device)
-    pages = torch.tensor(sorted(p for s in seqs for p in cache.seq_pages[s.seq_id]), device=cache.k.device)
+    pages = torch.tensor(sorted(p for s in seqs for p in cache.pages(s.seq_id)), device=cache.k.device)
     fill = torch.full((8192,), cache.page_size, device=cache.k.device)
     for layer in range(cache.shape.num_layers):
         for chunk in pages.split(8192):

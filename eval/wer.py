@@ -84,7 +84,8 @@ def load_system(args):
         from asr.speech.pipeline import TranscribeOptions, load_transcriber
 
         options = TranscribeOptions(attention=args.attention, budget_tokens=args.budget, device=args.device,
-                                    dtype=args.dtype, max_distance=args.max_distance or None)
+                                    dtype=args.dtype, max_distance=args.max_distance or None,
+                                    drafts=args.drafts)
         transcriber = load_transcriber(args.model, options)
         return lambda audio: transcriber.transcribe(audio).text
     if args.system == "faster-whisper":
@@ -166,7 +167,7 @@ def run_config(args) -> dict:
     digest of the speech adapter, so a retrained embedded model is a new run), the manifest."""
     config = {"system": args.system, "attention": args.attention, "budget": args.budget,
               "max_distance": args.max_distance, "dtype": args.dtype, "longform_minutes": args.longform,
-              "device": args.device, "manifest": str(args.manifest)}
+              "device": args.device, "manifest": str(args.manifest), "drafts": args.drafts}
     if args.system == "speech-llm":
         from asr.speech.encoder import CT2_COMPUTE_TYPE
         from asr.speech.model import EMBEDDED_ADAPTER
@@ -225,6 +226,9 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("outputs/wer"))
     parser.add_argument("--system", default="speech-llm", choices=["speech-llm", "faster-whisper", "whisper-hf"])
     parser.add_argument("--model", help="speech model directory (default: the embedded one)")
+    parser.add_argument("--drafts", action=argparse.BooleanOptionalAction, default=None,
+                        help="put each chunk's Whisper draft into the context and verify it as the LLM's "
+                        "proposal (default: as the model was trained)")
     parser.add_argument("--attention", default="unique", choices=["unique", "dense", "quest"])
     parser.add_argument("--budget", type=int, default=2048, help="decode token budget of sparse attention")
     parser.add_argument("--max-distance", type=int, default=4096,

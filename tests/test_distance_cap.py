@@ -28,7 +28,7 @@ def test_rotating_embedded_keys_equals_embedding_at_the_new_position():
 
 def sequence_keys(engine, seq) -> torch.Tensor:
     """[layers, tokens, kv_heads, head_dim] keys of ``seq`` in token order."""
-    pages = engine.cache.seq_pages[seq.seq_id]
+    pages = engine.cache.pages(seq.seq_id)
     keys = engine.cache.k[:, pages]  # [layers, pages, heads, P, d]
     return keys.permute(0, 1, 3, 2, 4).flatten(1, 2)[:, : seq.num_tokens]
 
@@ -67,7 +67,7 @@ def test_old_pages_collapse_to_one_position_and_stats_follow(tiny_dir):
     expected = rotate_keys(before[:, :80].transpose(1, 2), (81 - current)[None, None, :], inv_freq).transpose(1, 2)
     assert_close(after[:, :80], expected)
 
-    pages = engine.cache.seq_pages[seq.seq_id][:20]
+    pages = engine.cache.pages(seq.seq_id, 0, 20)
     for layer in range(engine.cache.shape.num_layers):
         keys = engine.cache.k[layer, pages]
         stats = page_key_stats(keys, torch.full((20,), 4))

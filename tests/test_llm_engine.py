@@ -190,7 +190,7 @@ def test_decode_ahead_rolls_back_stop_tokens(tmp_path, attention):
         for seq, prompt in zip(seqs, prompts):
             engine.append(seq, token_ids=prompt)
         outputs = engine.generate_many(seqs, params)
-        state = [(seq.num_tokens, engine.cache.seq_lens[seq.seq_id], seq.next_logits.clone()) for seq in seqs]
+        state = [(seq.num_tokens, engine.cache.length(seq.seq_id), seq.next_logits.clone()) for seq in seqs]
         after = engine.generate_many(seqs, [SamplingParams(max_tokens=3, ignore_eos=True)] * 3)
         results[ahead] = outputs, state, after
     (plain, plain_state, plain_after), (ahead, ahead_state, ahead_after) = results[False], results[True]
@@ -200,6 +200,51 @@ def test_decode_ahead_rolls_back_stop_tokens(tmp_path, attention):
     for (n, cached, logits), (n2, cached2, logits2) in zip(plain_state, ahead_state):
         assert n == cached == n2 == cached2
         assert_close(logits2, logits, torch.float32)
+
+
+@pytest.mark.parametrize("wrong_at", [0, 1, 4, None], ids=["first-wrong", "second-wrong", "fifth-wrong", "all-right"])
+@pytest.mark.parametrize("attention", ["dense", "unique"])
+def test_accepted_proposal_continues_exactly_as_greedy(tmp_path, attention, wrong_at):
+    """A proposal verified in one pass keeps the prefix greedy decoding agrees with; generation after it
+    gives the greedy output, and cache, lengths and next logits equal the plain loop's. (Verification
+    attends densely, like any prefill: UNIQUE's budget here covers the context, so its decode is dense.)"""
+    save_tiny_model("llama", tmp_path)
+    prompt = token_ids(13, seed=3)
+    plain_engine = engine_for(tmp_path, attention=attention, budget=32)
+    plain_seq = plain_engine.new_sequence()
+    plain_engine.append(plain_seq, token_ids=prompt)
+    greedy = plain_engine.generate(plain_seq, SamplingParams(max_tokens=9, ignore_eos=True))
+    proposal = list(greedy[:7])
+    if wrong_at is not None:
+        proposal[wrong_at] = (proposal[wrong_at] + 1) % (VOCAB - 1)
+    engine = engine_for(tmp_path, attention=attention, budget=32)
+    seq = engine.new_sequence()
+    engine.append(seq, token_ids=prompt)
+    accepted, stopped = engine.accept_proposal(seq, proposal)
+    assert accepted == greedy[: 7 if wrong_at is None else wrong_at] and not stopped
+    assert seq.num_tokens == engine.cache.length(seq.seq_id) == len(prompt) + len(accepted)
+    rest = engine.generate(seq, SamplingParams(max_tokens=9 - len(accepted), ignore_eos=True))
+    assert accepted + rest == greedy
+    assert_close(seq.next_logits, plain_seq.next_logits, torch.float32)
+
+
+def test_accepted_proposal_stops_at_a_stop_token(tmp_path):
+    save_tiny_model("llama", tmp_path)
+    prompt = token_ids(10, seed=4)
+    engine = engine_for(tmp_path)
+    greedy = engine.generate_batch([prompt], SamplingParams(max_tokens=8, ignore_eos=True))[0]
+    seq = engine.new_sequence()
+    engine.append(seq, token_ids=prompt)
+    before = seq.next_logits.clone()
+    accepted, stopped = engine.accept_proposal(seq, greedy[:6], stop_token_ids=(greedy[3],))
+    stop_index = greedy.index(greedy[3])
+    assert accepted == greedy[:stop_index] and stopped
+    assert seq.num_tokens == engine.cache.length(seq.seq_id) == len(prompt) + stop_index
+    assert int(seq.next_logits.argmax()) == greedy[3]
+    fresh = engine.new_sequence()
+    engine.append(fresh, token_ids=prompt)
+    assert engine.accept_proposal(fresh, [], ()) == ([], False)
+    assert_close(fresh.next_logits, before, torch.float32)
 
 
 def test_decode_ahead_keeps_cache_in_step_when_a_callback_raises(tmp_path):
@@ -215,7 +260,7 @@ def test_decode_ahead_keeps_cache_in_step_when_a_callback_raises(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         engine.generate_many([seq], [SamplingParams(max_tokens=20, ignore_eos=True)], interrupt)
-    assert seq.num_tokens == engine.cache.seq_lens[seq.seq_id] == len(seq.token_ids) == 16
+    assert seq.num_tokens == engine.cache.length(seq.seq_id) == len(seq.token_ids) == 16
 
 
 def test_context_limit_raises_clear_error(tmp_path):
@@ -290,3 +335,57 @@ def test_cuda_graph_decode_matches_eager_and_transformers(tmp_path, attention):
     rel = (step_logits[0] - step_logits[1]).norm() / step_logits[1].norm()
     assert rel < 1e-2, f"graph and eager decode logits differ by {rel:.3e} (relative RMS)"
     assert outputs[0] == outputs[1]
+
+
+def test_decode_step_facts_are_planned_once_per_step(tmp_path, monkeypatch):
+    """CPU sparse decode: one DecodeMetadata per step carries the lengths on the host; every layer's
+    scoring and attention read that same list, and no layer reads a length tensor back."""
+    import asr.attention.decode as decode_module
+    import asr.attention.scoring as scoring_module
+    import asr.llm.runner as runner_module
+
+    save_tiny_model("llama", tmp_path)
+    engine = engine_for(tmp_path, attention="unique", budget=16, page_size=4)
+    seqs = [engine.new_sequence() for _ in range(2)]
+    for seq, length in zip(seqs, (100, 37)):
+        engine.append(seq, token_ids=token_ids(length, seed=length))
+    plans, seen = [], []
+    monkeypatch.setattr(runner_module, "DecodeMetadata", spy(runner_module.DecodeMetadata, plans))
+    for module, name in ((scoring_module, "score_pages_cpu"), (decode_module, "paged_decode_cpu")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *args, _f=original: (seen.append(args[-1]), _f(*args))[1])
+    tolist = torch.Tensor.tolist
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: (calls.append(1), tolist(self))[1])
+    engine.runner.decode([s.seq_id for s in seqs], torch.tensor([3, 4]))
+    monkeypatch.undo()
+    assert len(plans) == 1 and plans[0].host_seq_lens == [101, 38] and plans[0].max_seq_len == 101
+    assert len(seen) == 2 * 2 and all(lens is plans[0].host_seq_lens for lens in seen)  # 2 layers x (score, attend)
+    assert calls == [], "a layer read lengths back from a tensor"
+
+
+def spy(cls, made: list):
+    """``cls`` whose instances are recorded in ``made``."""
+    def make(*args, **kwargs):
+        made.append(cls(*args, **kwargs))
+        return made[-1]
+    return make
+
+
+def test_page_table_follows_truncation_without_being_told(tmp_path):
+    """The runner keeps its page table between steps and rebuilds it from the cache's layout version:
+    after a rollback whose freed pages another sequence took, decoding reads the right pages."""
+    save_tiny_model("llama", tmp_path)
+    engine = engine_for(tmp_path, page_size=4)
+    seq = engine.new_sequence()
+    engine.append(seq, token_ids=token_ids(20, seed=3))
+    logits = seq.next_logits.clone()
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    first = engine.generate(seq, params)
+    freed = engine.cache.pages(seq.seq_id, 5)
+    engine.truncate(seq, 20)
+    seq.next_logits = logits
+    other = engine.new_sequence()
+    engine.append(other, token_ids=token_ids(8, seed=4))
+    assert engine.cache.pages(other.seq_id) == freed  # the stale table would point into them
+    assert engine.generate(seq, params) == first

@@ -8,8 +8,8 @@ from asr.errors import CacheCapacityError
 
 def gather_sequence(cache: PagedKVCache, layer: int, seq_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[tokens, kv_heads, head_dim] keys and values of one sequence, in order."""
-    pages = torch.tensor(cache.seq_pages[seq_id])
-    n = cache.seq_lens[seq_id]
+    pages = torch.tensor(cache.pages(seq_id))
+    n = cache.length(seq_id)
     heads, dim = cache.shape.num_kv_heads, cache.shape.head_dim
     k = cache.k[layer, pages].permute(0, 2, 1, 3).reshape(-1, heads, dim)
     v = cache.v[layer, pages].permute(0, 2, 1, 3).reshape(-1, heads, dim)
@@ -38,11 +38,11 @@ def test_random_appends_keep_exact_stats(page_size, dtype):
     for s in seqs:
         keys = (torch.cat([k for k, _ in written[s]]) + 1).to(dtype)  # layer 1 got keys + 1
         values = torch.cat([v for _, v in written[s]]).to(dtype)
-        assert cache.seq_lens[s] == keys.shape[0]
+        assert cache.length(s) == keys.shape[0]
         got_k, got_v = gather_sequence(cache, 1, s)
         torch.testing.assert_close(got_k, keys)
         torch.testing.assert_close(got_v, values)
-        for index, page in enumerate(cache.seq_pages[s]):
+        for index, page in enumerate(cache.pages(s)):
             page_keys = keys[index * page_size : (index + 1) * page_size].double()
             stats = cache.key_stats[1, page].double()  # [kv_heads, 4, d]
             tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.06, rtol=0.02)
@@ -59,7 +59,7 @@ def test_page_table_and_lengths_for_uneven_batch():
     table, lens = cache.page_table([a, b]), cache.lengths([a, b])
     assert lens.tolist() == [17, 1]
     assert table.shape == (2, 2)
-    assert table[0].tolist() == cache.seq_pages[a] and table[1, 0].item() == cache.seq_pages[b][0]
+    assert table[0].tolist() == cache.pages(a) and table[1, 0].item() == cache.pages(b)[0]
 
 
 def test_free_and_reuse_pages():
@@ -69,12 +69,12 @@ def test_free_and_reuse_pages():
     b = cache.add_sequence()
     with pytest.raises(CacheCapacityError, match="free"):
         cache.reserve([b], [1])
-    assert cache.seq_lens[b] == 0, "a failed reservation must change nothing"
-    used = set(cache.seq_pages[a])
+    assert cache.length(b) == 0, "a failed reservation must change nothing"
+    used = set(cache.pages(a))
     cache.free_sequence(a)
     slots = cache.reserve([b], [40])
-    assert set(cache.seq_pages[b]) <= used and len(cache.seq_pages[b]) == 3
-    assert slots.tolist()[:2] == [cache.seq_pages[b][0] * 16, cache.seq_pages[b][0] * 16 + 1]
+    assert set(cache.pages(b)) <= used and len(cache.pages(b)) == 3
+    assert slots.tolist()[:2] == [cache.pages(b)[0] * 16, cache.pages(b)[0] * 16 + 1]
 
 
 def test_allocator_rejects_overdraw_without_losing_pages():
@@ -95,8 +95,8 @@ def test_truncate_frees_pages_and_restores_exact_stats():
     for layer in range(2):
         cache.write(layer, keys, keys, slots)
     cache.truncate(seq, 21)
-    assert cache.seq_lens[seq] == 21 and len(cache.seq_pages[seq]) == 2 and cache.allocator.num_free == 6
-    last = cache.seq_pages[seq][1]
+    assert cache.length(seq) == 21 and len(cache.pages(seq)) == 2 and cache.allocator.num_free == 6
+    last = cache.pages(seq)[1]
     torch.testing.assert_close(cache.key_stats[1, last, :, STAT_MEAN], keys[16:21].mean(0))
     torch.testing.assert_close(cache.key_stats[1, last, :, STAT_MAX], keys[16:21].amax(0))
     slots = cache.reserve([seq], [3])
@@ -120,3 +120,49 @@ def test_one_token_append_path_equals_reference(dtype):
         append_kv_reference(*slow, k, v, torch.tensor([slot]))
     for got, expected in zip(fast, slow):
         torch.testing.assert_close(got, expected, equal_nan=True, atol=1e-6, rtol=1e-5)
+
+
+def test_layout_version_moves_only_when_a_sequence_loses_pages():
+    cache = PagedKVCache(CacheShape(1, 8, 4, 1, 4), torch.float32, "cpu")
+    a, b = cache.add_sequence(), cache.add_sequence()
+    version = cache.layout_version
+    cache.reserve([a, b], [9, 3])
+    assert cache.layout_version == version, "growth keeps page tables valid: only new pages to append"
+    cache.truncate(a, 5)
+    assert cache.layout_version == version + 1 and cache.page_count(a) == 2
+    cache.free_sequence(b)
+    assert cache.layout_version == version + 2
+
+
+def test_token_slots_are_the_reserved_slots_in_order():
+    cache = PagedKVCache(CacheShape(1, 16, 4, 1, 4), torch.float32, "cpu")
+    a, b = cache.add_sequence(), cache.add_sequence()
+    first = cache.reserve([a, b], [3, 5])
+    second = cache.reserve([a], [6])
+    assert cache.token_slots(a, 9).tolist() == first[:3].tolist() + second.tolist()
+    assert cache.token_slots(b, 5).tolist() == first[3:].tolist()
+    assert cache.pages(a, 1) == cache.pages(a)[1:] and cache.length(a) == 9
+
+
+def test_rewrite_keys_replaces_full_pages_and_their_stats_only():
+    gen = torch.Generator().manual_seed(4)
+    cache = PagedKVCache(CacheShape(2, 8, 4, 2, 8), torch.float32, "cpu")
+    seq = cache.add_sequence()
+    keys = torch.randn(10, 2, 8, generator=gen)
+    slots = cache.reserve([seq], [10])
+    for layer in range(2):
+        cache.write(layer, keys + layer, keys, slots)
+    last_page = cache.pages(seq)[2]
+    untouched_stats = cache.key_stats[:, last_page].clone()
+    with pytest.raises(ValueError, match="full pages"):
+        cache.rewrite_keys(seq, 3, lambda k: k)  # the third page holds 2 of 4 tokens
+    cache.rewrite_keys(seq, 2, lambda k: 2 * k)
+    for layer in range(2):
+        got, _ = gather_sequence(cache, layer, seq)
+        torch.testing.assert_close(got[:8], 2 * (keys[:8] + layer))
+        torch.testing.assert_close(got[8:], keys[8:] + layer)
+        for index, page in enumerate(cache.pages(seq, 0, 2)):
+            page_keys = got[index * 4 : (index + 1) * 4]
+            torch.testing.assert_close(cache.key_stats[layer, page, :, STAT_MEAN], page_keys.mean(0))
+            torch.testing.assert_close(cache.key_stats[layer, page, :, STAT_MAX], page_keys.amax(0))
+    assert torch.equal(cache.key_stats[:, last_page], untouched_stats)

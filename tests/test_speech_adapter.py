@@ -72,7 +72,8 @@ def test_adapter_round_trip(tmp_path):
 
 
 def test_session_labels_cover_transcripts_and_their_end_token_only():
-    prompt = PromptIds(session_start=[1, 2], before_audio=[3], after_audio=[4, 5], after_transcript=[9, 10], end_of_turn=9)
+    prompt = PromptIds(session_start=[1, 2], before_audio=[3], after_audio=[4, 5], after_transcript=[9, 10], end_of_turn=9,
+                       before_draft=[4, 6], after_draft=[5])
     embed = nn.Embedding(20, 3)
     audio = [torch.randn(4, 3), torch.randn(2, 3)]
     embeds, labels = session_inputs(audio, [[11, 12], [13]], prompt, embed)
@@ -84,6 +85,12 @@ def test_session_labels_cover_transcripts_and_their_end_token_only():
     assert [int(t) for t in history_unlearnt if t != IGNORE] == [13, 9]
     batch_embeds, batch_labels, mask = pad_sessions([(embeds, labels), (embeds[:5], labels[:5])])
     assert batch_embeds.shape == (2, 21, 3) and mask[1].sum() == 5 and (batch_labels[1, 5:] == IGNORE).all()
+    # drafts sit between the audio and the assistant turn, unlearnt; a turn without a draft id list
+    # (None) keeps the plain layout
+    drafted, drafted_labels = session_inputs(audio, [[11, 12], [13]], prompt, embed, draft_ids=[[15, 16], []])
+    assert drafted.shape == (21 + 3 + 2 - 2 + 1, 3)
+    torch.testing.assert_close(drafted[7:12], embed(torch.tensor([4, 6, 15, 16, 5])))
+    assert [int(t) for t in drafted_labels if t != IGNORE] == [11, 12, 9, 13, 9]
 
 
 def test_corpus_reading_manifest_and_librispeech_layout(tmp_path):

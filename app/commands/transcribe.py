@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "int8"],
                         help="LLM weights and cache (int8: CPU only, int8 linear layers over float32)")
     parser.add_argument("--model", help="speech model directory (default: the embedded model)")
+    parser.add_argument("--drafts", action=argparse.BooleanOptionalAction, default=None,
+                        help="put each chunk's Whisper draft into the context and verify it as the LLM's "
+                        "proposal (default: as the model was trained)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.set_defaults(handler=run)
 
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     try:
         options = TranscribeOptions(attention=args.attention, budget_tokens=args.budget, device=args.device,
-                                    dtype=args.dtype, max_distance=args.max_distance or None)
+                                    dtype=args.dtype, max_distance=args.max_distance or None,
+                                    drafts=args.drafts)
     except ValueError as error:
         print(f"asr transcribe: {error}", file=sys.stderr)
         return 2

@@ -118,14 +118,16 @@ def paged_decode_cpu(
     seq_lens: torch.Tensor,
     scale: float,
     chosen_pages: torch.Tensor | None = None,
+    host_seq_lens: list[int] | None = None,
 ) -> torch.Tensor:
     """The CPU execution path when no LSE is needed (arguments as ``paged_decode_reference``; returns
-    out only), one sequence at a time with lengths read on the host. Dense attention reads the pages
-    in place; sparse attention gathers the chosen pages and masks their unused slots."""
+    out only), one sequence at a time with lengths read on the host (``host_seq_lens``, planned once
+    per step; read from ``seq_lens`` when not given). Dense attention reads the pages in place;
+    sparse attention gathers the chosen pages and masks their unused slots."""
     _, q_heads, head_dim = q.shape
     _, kv_heads, page_size, _ = k_cache.shape
     outs = []
-    for row, length in enumerate(seq_lens.tolist()):
+    for row, length in enumerate(seq_lens.tolist() if host_seq_lens is None else host_seq_lens):
         num_pages = -(-length // page_size)
         pages = page_table[row, :num_pages].long()
         qg = q[row].to(k_cache.dtype).view(kv_heads, q_heads // kv_heads, head_dim)
@@ -157,17 +159,19 @@ def paged_decode(
     chosen_pages: torch.Tensor | None = None,
     need_lse: bool = True,
     chosen_physical: torch.Tensor | None = None,
+    host_seq_lens: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Public decode attention (arguments as ``paged_decode_reference``): kernel on CUDA for
-    fp16/bf16 caches; elsewhere the reference, or one SDPA when ``need_lse`` is False (then the
+    fp16/bf16 caches; elsewhere the reference, or the CPU path when ``need_lse`` is False (then the
     returned lse is None). ``chosen_physical``: the chosen pages' ids in ``page_table`` if the
-    selector gave them (the kernel then skips the page-table lookup)."""
+    selector gave them (the kernel then skips the page-table lookup); ``host_seq_lens``: the
+    lengths on the host if the caller has them (``DecodeMetadata``), for the CPU path."""
     if q.is_cuda and k_cache.dtype in (torch.float16, torch.bfloat16):
         from asr.attention.kernels.decode import paged_decode_triton
 
         return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages, chosen_physical)
     if not need_lse:
-        return paged_decode_cpu(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages), None
+        return paged_decode_cpu(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages, host_seq_lens), None
     return paged_decode_reference(q, k_cache, v_cache, page_table, seq_lens, scale, chosen_pages)
 
 
@@ -181,13 +185,15 @@ def unique_decode(
     scale: float,
     config: UniqueConfig,
     need_lse: bool = True,
+    host_seq_lens: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Public sparse decode: score the pages, take the top ``config.num_select`` per sequence and
     kv head, attend over them (arguments as ``paged_decode_reference`` plus key_stats
     [num_pages, kv_heads, NUM_STATS, head_dim]). On CUDA with fp16/bf16 caches: the scoring
     kernel, the top-k kernel (chosen pages and their physical ids), then the decode kernel over
     those pages (and its merge), sizes from shapes only (graph-capturable); elsewhere the
-    references (or the CPU path when ``need_lse`` is False)."""
+    references (or the CPU paths when ``need_lse`` is False; ``host_seq_lens`` as in
+    ``paged_decode``)."""
     if q.is_cuda and k_cache.dtype in (torch.float16, torch.bfloat16) and page_table.shape[1] <= MAX_KERNEL_PAGES:
         from asr.attention.kernels.decode import paged_decode_triton
         from asr.attention.kernels.scoring import score_pages_triton
@@ -197,5 +203,7 @@ def unique_decode(
         chosen, chosen_physical = select_pages_triton(scores, seq_lens, page_table, config.page_size,
                                                       config.num_select, config.sink_pages, config.local_pages)
         return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen, chosen_physical)
-    chosen = select_pages(score_pages(q, key_stats, page_table, seq_lens, config), seq_lens, config)
-    return paged_decode(q, k_cache, v_cache, page_table, seq_lens, scale, chosen, need_lse)
+    scores = score_pages(q, key_stats, page_table, seq_lens, config, host_seq_lens)
+    chosen = select_pages(scores, seq_lens, config)
+    return paged_decode(q, k_cache, v_cache, page_table, seq_lens, scale, chosen, need_lse,
+                        host_seq_lens=host_seq_lens)

@@ -2,10 +2,17 @@
 
 All layers share one page numbering: a sequence owns the same page ids in every layer, so the
 page table and slot mapping are built once per step and reused by every layer.
+
+The cache owns its bookkeeping: sequences' page lists and lengths change only through its methods
+(``reserve``, ``truncate``, ``free_sequence``, ``rewrite_keys``); readers use ``length``, ``pages``
+and ``page_table``. ``layout_version`` changes whenever a sequence loses pages (truncate, free), so
+a holder of a page table built earlier (the runner keeps one between decode steps) knows to rebuild
+it instead of only appending the pages allocated since.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +70,7 @@ class PagedKVCache:
 
     k, v: [num_layers, num_pages, num_kv_heads, page_size, head_dim]
     key_stats: [num_layers, num_pages, num_kv_heads, NUM_STATS, head_dim] (mean, std, min, max)
+    layout_version: bumped when any sequence loses pages (page tables built before are stale).
     """
 
     def __init__(self, shape: CacheShape, dtype: torch.dtype, device: torch.device | str) -> None:
@@ -73,9 +81,10 @@ class PagedKVCache:
         stats = (shape.num_layers, shape.num_pages, shape.num_kv_heads, NUM_STATS, shape.head_dim)
         self.key_stats = torch.zeros(stats, dtype=dtype, device=device)
         self.allocator = PageAllocator(shape.num_pages)
-        self.seq_pages: dict[int, list[int]] = {}
-        self.seq_lens: dict[int, int] = {}
+        self._seq_pages: dict[int, list[int]] = {}
+        self._seq_lens: dict[int, int] = {}
         self._next_seq_id = 0
+        self.layout_version = 0
 
     @property
     def page_size(self) -> int:
@@ -85,14 +94,33 @@ class PagedKVCache:
         """Register an empty sequence and return its id."""
         seq_id = self._next_seq_id
         self._next_seq_id += 1
-        self.seq_pages[seq_id] = []
-        self.seq_lens[seq_id] = 0
+        self._seq_pages[seq_id] = []
+        self._seq_lens[seq_id] = 0
         return seq_id
 
     def free_sequence(self, seq_id: int) -> None:
         """Return a sequence's pages to the pool."""
-        self.allocator.free(self.seq_pages.pop(seq_id))
-        del self.seq_lens[seq_id]
+        self.allocator.free(self._seq_pages.pop(seq_id))
+        del self._seq_lens[seq_id]
+        self.layout_version += 1
+
+    def length(self, seq_id: int) -> int:
+        """Tokens cached for a sequence."""
+        return self._seq_lens[seq_id]
+
+    def page_count(self, seq_id: int) -> int:
+        """Pages a sequence holds."""
+        return len(self._seq_pages[seq_id])
+
+    def pages(self, seq_id: int, start: int = 0, stop: int | None = None) -> list[int]:
+        """Page ids of a sequence's logical pages ``[start, stop)`` (a copy)."""
+        return self._seq_pages[seq_id][start:stop]
+
+    def token_slots(self, seq_id: int, length: int) -> torch.Tensor:
+        """[length] int64 physical slots of a sequence's first ``length`` tokens, on the cache device."""
+        pages = to_device(self._seq_pages[seq_id], torch.int64, self.k.device)
+        offsets = torch.arange(self.page_size, device=self.k.device)
+        return (pages[:, None] * self.page_size + offsets[None, :]).flatten()[:length]
 
     def reserve(self, seq_ids: list[int], num_new_tokens: list[int]) -> torch.Tensor:
         """Grow each sequence by its count of new tokens, allocating pages as needed.
@@ -103,35 +131,49 @@ class PagedKVCache:
         """
         size = self.page_size
         needed = [
-            -(-(self.seq_lens[s] + n) // size) - len(self.seq_pages[s])
+            -(-(self._seq_lens[s] + n) // size) - len(self._seq_pages[s])
             for s, n in zip(seq_ids, num_new_tokens)
         ]
         self.allocator.ensure_available(sum(needed))
         slots: list[int] = []
         for seq_id, count, extra in zip(seq_ids, num_new_tokens, needed):
-            pages = self.seq_pages[seq_id]
+            pages = self._seq_pages[seq_id]
             pages.extend(self.allocator.allocate(extra))
-            start = self.seq_lens[seq_id]
+            start = self._seq_lens[seq_id]
             slots.extend(pages[pos // size] * size + pos % size for pos in range(start, start + count))
-            self.seq_lens[seq_id] = start + count
+            self._seq_lens[seq_id] = start + count
         return to_device(slots, torch.int64, self.k.device)
 
     def truncate(self, seq_id: int, length: int) -> None:
         """Drop a sequence's tokens from ``length`` on (e.g. a generation loop that was cut out),
         freeing emptied pages and recomputing the key statistics of the new last page."""
-        if not 0 <= length <= self.seq_lens[seq_id]:
-            raise ValueError(f"cannot truncate a {self.seq_lens[seq_id]}-token sequence to {length}")
+        if not 0 <= length <= self._seq_lens[seq_id]:
+            raise ValueError(f"cannot truncate a {self._seq_lens[seq_id]}-token sequence to {length}")
         size = self.page_size
-        pages = self.seq_pages[seq_id]
+        pages = self._seq_pages[seq_id]
         keep = -(-length // size)
         self.allocator.free(pages[keep:])
         del pages[keep:]
-        self.seq_lens[seq_id] = length
+        self._seq_lens[seq_id] = length
+        self.layout_version += 1
         if length % size:
             last = to_device([pages[-1]], torch.int64, self.k.device)
             fill = to_device([length % size], torch.int64, self.k.device)
             for layer in range(self.shape.num_layers):
                 self.key_stats[layer, last] = page_key_stats(self.k[layer, last], fill).to(self.key_stats.dtype)
+
+    def rewrite_keys(self, seq_id: int, num_pages: int, rewrite: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace the keys of a sequence's first ``num_pages`` pages, which must be full, in every
+        layer by ``rewrite(keys)`` (keys: [num_pages, kv_heads, page_size, head_dim] of one layer;
+        returns new keys of that shape, any dtype) and recompute those pages' statistics."""
+        if num_pages * self.page_size > self._seq_lens[seq_id]:
+            raise ValueError(f"only full pages can be rewritten: {num_pages} pages of {self.page_size} tokens "
+                             f"exceed the sequence's {self._seq_lens[seq_id]} tokens")
+        pages = to_device(self._seq_pages[seq_id][:num_pages], torch.int64, self.k.device)
+        full = torch.full((num_pages,), self.page_size, device=self.k.device)
+        for layer in range(self.shape.num_layers):
+            self.k[layer, pages] = rewrite(self.k[layer, pages]).to(self.k.dtype)
+            self.key_stats[layer, pages] = page_key_stats(self.k[layer, pages], full).to(self.key_stats.dtype)
 
     def write(self, layer: int, new_k: torch.Tensor, new_v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         """Store one layer's new keys/values ([tokens, kv_heads, head_dim]) at reserved slots."""
@@ -139,13 +181,13 @@ class PagedKVCache:
 
     def page_table(self, seq_ids: list[int], width: int | None = None) -> torch.Tensor:
         """[batch, width] int32 page ids of each sequence, padded with 0 (never read: lengths bound it)."""
-        width = width or max((len(self.seq_pages[s]) for s in seq_ids), default=0)
+        width = width or max((len(self._seq_pages[s]) for s in seq_ids), default=0)
         table = torch.zeros((len(seq_ids), max(width, 1)), dtype=torch.int32)
         for row, seq_id in enumerate(seq_ids):
-            pages = self.seq_pages[seq_id]
+            pages = self._seq_pages[seq_id]
             table[row, : len(pages)] = torch.tensor(pages, dtype=torch.int32)
         return to_device(table, torch.int32, self.k.device)
 
     def lengths(self, seq_ids: list[int]) -> torch.Tensor:
         """[batch] int32 token counts."""
-        return to_device([self.seq_lens[s] for s in seq_ids], torch.int32, self.k.device)
+        return to_device([self._seq_lens[s] for s in seq_ids], torch.int32, self.k.device)

@@ -102,13 +102,15 @@ def score_pages_cpu(
     page_table: torch.Tensor,
     seq_lens: torch.Tensor,
     config: UniqueConfig,
+    host_seq_lens: list[int] | None = None,
 ) -> torch.Tensor:
     """The CPU path of ``score_pages_reference`` (same arguments and result): one sequence at a time
-    with lengths read on the host, scoring only its own pages, read in place when their ids run
-    consecutively (as a lone sequence's do) instead of gathered for every table slot."""
+    with lengths read on the host (``host_seq_lens`` if given, planned once per step, else from
+    ``seq_lens``), scoring only its own pages, read in place when their ids run consecutively (as a
+    lone sequence's do) instead of gathered for every table slot."""
     batch = q.shape[0]
     scores = torch.full((batch, key_stats.shape[1], page_table.shape[1]), float("-inf"), device=q.device)
-    for row, length in enumerate(seq_lens.tolist()):
+    for row, length in enumerate(seq_lens.tolist() if host_seq_lens is None else host_seq_lens):
         pages = page_table[row, : -(-length // config.page_size)].long()
         first = int(pages[0])
         consecutive = torch.equal(pages, torch.arange(first, first + len(pages), dtype=pages.dtype))
@@ -125,13 +127,15 @@ def score_pages(
     page_table: torch.Tensor,
     seq_lens: torch.Tensor,
     config: UniqueConfig,
+    host_seq_lens: list[int] | None = None,
 ) -> torch.Tensor:
     """Public page scoring (arguments as ``score_pages_reference``): kernel on CUDA, the CPU path
-    on the CPU, the reference elsewhere."""
+    on the CPU (``host_seq_lens``: the lengths on the host if the caller has them), the reference
+    elsewhere."""
     if q.is_cuda:
         from asr.attention.kernels.scoring import score_pages_triton
 
         return score_pages_triton(q, key_stats, page_table, seq_lens, config)
     if q.device.type == "cpu":
-        return score_pages_cpu(q, key_stats, page_table, seq_lens, config)
+        return score_pages_cpu(q, key_stats, page_table, seq_lens, config, host_seq_lens)
     return score_pages_reference(q, key_stats, page_table, seq_lens, config)

@@ -12,11 +12,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from asr.llm.distance_cap import DistanceCap
-from asr.llm.engine import LLMEngine
 from asr.speech.longform import LongformSession
 from asr.speech.model import SpeechModel
-from asr.speech.pipeline import TOKENS_PER_SECOND_BOUND, CONTEXT_SLACK, TranscribeOptions, load_transcriber
+from asr.speech.pipeline import TranscribeOptions, load_transcriber
 from asr.speech.repetition import LoopConfig
 
 SAMPLE_RATE = 16000
@@ -47,14 +45,13 @@ class LiveModel:
         return cls(transcriber.model, transcriber.options)
 
     def open(self, max_seconds: float, prompt: str = "") -> "LiveDecoder":
-        """A decoder whose context holds ``max_seconds`` of stream (its KV cache is sized for it)."""
-        base = self.model.engine
-        needed = int(max_seconds * TOKENS_PER_SECOND_BOUND) + CONTEXT_SLACK + MAX_PROMPT_TOKENS
-        engine = LLMEngine(base.model, replace(base.config, max_context=needed), base.tokenizer)
-        cap = None if self.options.max_distance is None else DistanceCap(self.options.max_distance)
-        session = LongformSession(replace(self.model, engine=engine), self.options.loop, cap)
+        """A decoder whose context holds ``max_seconds`` of stream: its own engine (KV cache sized for
+        it) over the shared weights, one session in it."""
+        prompt_seconds = MAX_PROMPT_TOKENS / 12.5 if prompt else 0.0  # room for the prompt, as audio tokens
+        engine = self.model.open_engine(self.options.engine_config(), expected_seconds=max_seconds + prompt_seconds)
+        session = self.model.open_session(engine, self.options.loop, self.options.distance_cap())
         if prompt:
-            ids = engine.tokenizer(prompt, add_special_tokens=False).input_ids[:MAX_PROMPT_TOKENS]
+            ids = self.model.tokenizer(prompt, add_special_tokens=False).input_ids[:MAX_PROMPT_TOKENS]
             engine.append(session.seq, token_ids=ids)
         return LiveDecoder(session)
 
@@ -66,10 +63,14 @@ class LiveDecoder:
         self.session = session
         self.closed = False
 
+    def _encode(self, audio: np.ndarray):
+        """The chunk's embeddings (and Whisper draft): one encoder call (streams are not batched yet)."""
+        return self.session.model.encode_chunks([audio])[0]
+
     def final(self, audio: np.ndarray, start_s: float) -> Caption:
         """Append a closed chunk and its transcript to the context for good."""
         began = time.perf_counter()
-        segment = self.session.transcribe_chunk(audio, start_s, SAMPLE_RATE)
+        segment = self.session.transcribe_chunk(audio, start_s, SAMPLE_RATE, encoded=self._encode(audio))
         end_s = start_s + len(audio) / SAMPLE_RATE
         return Caption(start_s, end_s, segment.text if segment else "", time.perf_counter() - began)
 
@@ -80,7 +81,7 @@ class LiveDecoder:
         length, pending, stats, loop = session.seq.num_tokens, session.pending, replace(session.stats), session.loop
         session.loop = PARTIAL_LOOP
         try:
-            segment = session.transcribe_chunk(audio, start_s, SAMPLE_RATE)
+            segment = session.transcribe_chunk(audio, start_s, SAMPLE_RATE, encoded=self._encode(audio))
         finally:
             session.engine.truncate(session.seq, length)
             session.pending, session.stats, session.loop = pending, stats, loop

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 
-from asr.attention.append import page_key_stats
 from asr.attention.paged_cache import PagedKVCache
 from asr.llm.sequence import Sequence
 
@@ -62,15 +61,10 @@ def cap_distances(cache: PagedKVCache, seq: Sequence, inv_freq: torch.Tensor, ca
     count = target // size
     if count <= seq.collapsed_pages:
         return False
-    pages = torch.tensor(cache.seq_pages[seq.seq_id][:count], device=cache.k.device)
     # current position of every slot of those pages: collapsed ones share one, the rest their index
     positions = torch.arange(count * size, device=cache.k.device).view(count, size)
     positions[: seq.collapsed_pages] = seq.collapsed_position
     delta = (target - positions)[:, None, :]  # [pages, 1 (kv heads), page_size]
-    full = torch.full((count,), size, device=cache.k.device)
-    for layer in range(cache.shape.num_layers):
-        rotated = rotate_keys(cache.k[layer, pages], delta, inv_freq)
-        cache.k[layer, pages] = rotated.to(cache.k.dtype)
-        cache.key_stats[layer, pages] = page_key_stats(cache.k[layer, pages], full).to(cache.key_stats.dtype)
+    cache.rewrite_keys(seq.seq_id, count, lambda keys: rotate_keys(keys, delta, inv_freq))
     seq.collapsed_pages, seq.collapsed_position = count, target
     return True

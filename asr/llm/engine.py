@@ -100,16 +100,10 @@ class LLMEngine:
     def free(self, seq: Sequence) -> None:
         """Give a sequence's pages back."""
         self.cache.free_sequence(seq.seq_id)
-        self._invalidate_page_tables()
-
-    def _invalidate_page_tables(self) -> None:
-        for runner in self._runners.values():
-            runner.invalidate_page_table()
 
     def truncate(self, seq: Sequence, length: int) -> None:
         """Roll a sequence back to its first ``length`` positions (next_logits is cleared: append next)."""
         self.cache.truncate(seq.seq_id, length)
-        self._invalidate_page_tables()
         seq.num_tokens, seq.next_logits = length, None
         del seq.token_ids[length:]
         seq.collapsed_pages = min(seq.collapsed_pages, length // self.cache.page_size)
@@ -137,6 +131,34 @@ class LLMEngine:
         seq.next_logits = self.runner.prefill(seq.seq_id, rows)
         seq.token_ids.extend(list(token_ids) if token_ids is not None else [None] * count)
         seq.num_tokens += count
+
+    def accept_proposal(self, seq: Sequence, proposal: Seq[int],
+                        stop_token_ids: Seq[int] = ()) -> tuple[list[int], bool]:
+        """Speculative greedy decoding: verify ``proposal`` (ids guessed for what ``seq`` generates next)
+        in one forward pass and keep its longest prefix that greedy decoding would have produced.
+
+        Returns (the accepted tokens, now cached; whether greedy decoding stopped among them: at a
+        stop token, itself neither returned nor cached). ``seq.next_logits`` then predicts the token
+        after the accepted ones, so ``generate`` goes on exactly as greedy decoding would have. The
+        check is a prefill, so it attends to every page: under sparse decode attention the kept prefix
+        is the one dense greedy decoding would produce.
+        """
+        stops = set(stop_token_ids) | set(self.model_config.eos_token_ids)
+        proposal = list(proposal)[: self.max_context - seq.num_tokens]
+        if not proposal or seq.next_logits is None or int(seq.next_logits.argmax()) != proposal[0]:
+            return [], False
+        start, first_logits = seq.num_tokens, seq.next_logits
+        after = self.runner.prefill(seq.seq_id, self.embed_tokens(proposal), every_position=True)  # [k, vocab]
+        seq.token_ids.extend(proposal)
+        seq.num_tokens += len(proposal)
+        # proposal[i + 1] is greedy's choice when the logits after proposal[i] pick it
+        predicted = after[:-1].argmax(dim=-1).tolist()
+        agreed = 1 + next((i for i, token in enumerate(predicted) if token != proposal[i + 1]), len(predicted))
+        kept = next((i for i, token in enumerate(proposal[:agreed]) if token in stops), agreed)
+        if kept < len(proposal):
+            self.truncate(seq, start + kept)
+        seq.next_logits = first_logits if kept == 0 else after[kept - 1]
+        return proposal[:kept], kept < agreed
 
     def check_fits(self, length: int) -> None:
         if length > self.max_context:
@@ -221,7 +243,6 @@ class LLMEngine:
                     if token in stops[i]:
                         if row_of.pop(i, None) is not None:  # fed ahead: take it back out of the cache
                             self.cache.truncate(seq.seq_id, seq.num_tokens)
-                            self._invalidate_page_tables()
                         seq.next_logits = step.logits[r]
                         continue
                     outputs[i].append(token)
@@ -240,7 +261,6 @@ class LLMEngine:
             finally:  # rows fed but not accounted (a callback raised): keep cache and sequence in step
                 for i in row_of:
                     self.cache.truncate(seqs[i].seq_id, seqs[i].num_tokens)
-                    self._invalidate_page_tables()
             step = launched.select(keep) if keep else None
         return outputs
 

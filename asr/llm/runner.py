@@ -1,8 +1,10 @@
 """Model runner: prefill and decode forwards over the paged cache, CUDA graphs for decode.
 
-Host work (slot reservation, page tables) happens once per step here; layers only read the
-``StepContext``. Decode on CUDA replays a graph captured per batch-size bucket, with fixed-width page
-tables sized for ``max_context`` and padded rows writing to a scratch page.
+Host work (slot reservation, page tables, the host-side facts of a decode step such as its lengths)
+happens once per step here; layers only read the ``StepContext``. The page table kept between
+decode steps is rebuilt when the cache's ``layout_version`` says a sequence lost pages. Decode on
+CUDA replays a graph captured per batch-size bucket, with fixed-width page tables sized for
+``max_context`` and padded rows writing to a scratch page.
 """
 
 from __future__ import annotations
@@ -46,37 +48,34 @@ class ModelRunner:
         self.max_pages = math.ceil(max_context / self.page_size)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
-        self.scratch_page = cache.seq_pages[scratch_seq][0]
+        self.scratch_page = cache.pages(scratch_seq)[0]
         self.scratch_slot = self.scratch_page * self.page_size
         self.page_table = torch.full((max_batch, self.max_pages), self.scratch_page, dtype=torch.int32, device=self.device)
         self._table_seqs: list[int] = []
         self._table_counts: list[int] = []
+        self._table_version = -1  # the cache's layout_version when the kept page table was built
         if self.use_graphs:
             self._capture_graphs()
 
     # ---------------------------------------------------------------- prefill
     @torch.inference_mode()
-    def prefill(self, seq_id: int, embeds: torch.Tensor) -> torch.Tensor:
+    def prefill(self, seq_id: int, embeds: torch.Tensor, every_position: bool = False) -> torch.Tensor:
         """Append ``embeds`` ([n, hidden], n >= 1) to sequence ``seq_id`` in chunks; returns the last
-        position's logits [vocab] float32."""
-        hidden = None
+        position's logits [vocab] float32, or with ``every_position`` each position's [n, vocab]."""
+        hidden, every = None, []
         for begin in range(0, embeds.shape[0], self.prefill_chunk):
             chunk = embeds[begin : begin + self.prefill_chunk].to(self.device, self.model.embed_tokens.weight.dtype)
-            start = self.cache.seq_lens[seq_id]
+            start = self.cache.length(seq_id)
             slot_mapping = self.cache.reserve([seq_id], [chunk.shape[0]])
             context_slots = None
             if start > 0:
-                context_slots = self._context_slots(seq_id, start + chunk.shape[0])
+                context_slots = self.cache.token_slots(seq_id, start + chunk.shape[0])
             positions = torch.arange(start, start + chunk.shape[0], device=self.device)
             ctx = StepContext(self.cache, slot_mapping, context_slots=context_slots, start=start)
             hidden = self.model(chunk, positions, ctx)
-        return self.model.logits(hidden[-1:])[0]
-
-    def _context_slots(self, seq_id: int, length: int) -> torch.Tensor:
-        """[length] int64 physical slots of a sequence's first ``length`` tokens."""
-        pages = to_device(self.cache.seq_pages[seq_id], torch.int64, self.device)
-        offsets = torch.arange(self.page_size, device=self.device)
-        return (pages[:, None] * self.page_size + offsets[None, :]).flatten()[:length]
+            if every_position:
+                every.append(self.model.logits(hidden))
+        return torch.cat(every) if every_position else self.model.logits(hidden[-1:])[0]
 
     # ---------------------------------------------------------------- decode
     @torch.inference_mode()
@@ -84,7 +83,7 @@ class ModelRunner:
         """Feed one token per sequence (``token_ids``: [batch] int64 on device); returns [batch, vocab]
         float32 logits for each sequence's next token."""
         batch = len(seq_ids)
-        lengths = [self.cache.seq_lens[s] for s in seq_ids]
+        lengths = [self.cache.length(s) for s in seq_ids]
         slot_mapping = self.cache.reserve(seq_ids, [1] * batch)
         page_table = self._update_page_table(seq_ids)
         # one host-to-device copy for the per-step integers
@@ -93,7 +92,9 @@ class ModelRunner:
         bucket = self._bucket(batch)
         if bucket is None:
             width = max(math.ceil((n + 1) / self.page_size) for n in lengths)
-            ctx = self._decode_context(slot_mapping, page_table[:batch, :width], seq_lens)
+            # on the CPU the step's lengths are planned here once, from the host values already at hand
+            host_lens = [n + 1 for n in lengths] if self.device.type == "cpu" else None
+            ctx = self._decode_context(slot_mapping, page_table[:batch, :width], seq_lens, host_lens)
             return self.model.logits(self.model(self.model.embed_tokens(token_ids), positions, ctx))
         static = self.static
         static["token_ids"][:batch] = token_ids
@@ -110,29 +111,30 @@ class ModelRunner:
 
     def _update_page_table(self, seq_ids: list[int]) -> torch.Tensor:
         """The device page table [max_batch, max_pages] with rows for ``seq_ids`` (padded rows hold the
-        scratch page). Kept between steps: only pages allocated since the last step are copied."""
-        counts = [len(self.cache.seq_pages[s]) for s in seq_ids]
+        scratch page). Kept between steps: only pages allocated since the last step are copied, unless
+        the batch changed or the cache's layout did (a sequence was truncated or freed)."""
+        counts = [self.cache.page_count(s) for s in seq_ids]
         table = self.page_table
-        if list(seq_ids) != self._table_seqs:
+        if list(seq_ids) != self._table_seqs or self.cache.layout_version != self._table_version:
             table.fill_(self.scratch_page)
             table[: len(seq_ids)] = self.cache.page_table(seq_ids, width=self.max_pages)
         else:
             rows, cols, pages = [], [], []
             for row, (seq_id, count) in enumerate(zip(seq_ids, counts)):
-                for col in range(self._table_counts[row], count):
-                    rows.append(row), cols.append(col), pages.append(self.cache.seq_pages[seq_id][col])
+                first = self._table_counts[row]
+                rows.extend([row] * (count - first)), cols.extend(range(first, count))
+                pages.extend(self.cache.pages(seq_id, first, count))
             if pages:
                 update = to_device([rows, cols, pages], torch.int64, self.device)
                 table[update[0], update[1]] = update[2].int()
         self._table_seqs, self._table_counts = list(seq_ids), counts
+        self._table_version = self.cache.layout_version
         return table
 
-    def invalidate_page_table(self) -> None:
-        """Forget the kept page table (after a sequence was truncated or freed)."""
-        self._table_seqs = []
-
-    def _decode_context(self, slot_mapping, page_table, seq_lens) -> StepContext:
-        return StepContext(self.cache, slot_mapping, decode=DecodeMetadata(page_table, seq_lens), sparse=self.sparse)
+    def _decode_context(self, slot_mapping, page_table, seq_lens, host_seq_lens=None) -> StepContext:
+        """One decode step's context; ``host_seq_lens``: its lengths on the host (CPU steps only)."""
+        metadata = DecodeMetadata(page_table, seq_lens, host_seq_lens)
+        return StepContext(self.cache, slot_mapping, decode=metadata, sparse=self.sparse)
 
     def pages_read(self, length: int) -> tuple[int, int]:
         """(pages read, pages a dense decode reads) by one decode step of a ``length``-token context,

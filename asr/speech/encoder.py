@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from asr.errors import AudioError, ModelLoadError
+from asr.speech.draft import Ct2Drafter, Drafter, HfDrafter
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,9 @@ class AudioEncoder:
     trainable projector can take them as inputs.
     """
 
-    def __init__(self, backend: EncoderBackend, feature_extractor, device: torch.device, dtype: torch.dtype) -> None:
-        self.backend = backend
+    def __init__(self, backend: EncoderBackend, feature_extractor, device: torch.device, dtype: torch.dtype,
+                 drafter: Drafter | None = None) -> None:
+        self.backend, self.drafter = backend, drafter
         self.feature_extractor = feature_extractor
         self.device, self.dtype = device, dtype
         self.dim: int = backend.dim
@@ -130,13 +132,14 @@ class AudioEncoder:
     @classmethod
     def load(cls, model_dir: str | Path | None = None, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float16, backend: Backend = "auto",
-             ct2_compute_type: str = CT2_COMPUTE_TYPE) -> "AudioEncoder":
+             ct2_compute_type: str = CT2_COMPUTE_TYPE, drafts: bool = False) -> "AudioEncoder":
         """Encoder of a Whisper directory (Hugging Face or CTranslate2; None: the embedded base).
 
         backend: "auto" takes CTranslate2 on the CPU when ``ctranslate2`` imports and the weights are a
         CTranslate2 directory (the embedded base is one), else torch; "ctranslate2" insists (CPU only);
         "torch" is the Hugging Face encoder. ct2_compute_type: CTranslate2's precision ("int8" or
-        "float32").
+        "float32"). drafts: also load Whisper's decoder, for ``draft`` and ``encode_with_drafts``
+        (``asr.speech.draft``).
         """
         from transformers import WhisperFeatureExtractor
 
@@ -147,17 +150,27 @@ class AudioEncoder:
             raise ModelLoadError(f"the CTranslate2 encoder needs the CPU, the ctranslate2 package "
                                  f"(`pip install ctranslate2`) and a CTranslate2 Whisper directory; got device "
                                  f"{device} and {model_dir}: use backend='torch' or 'auto'")
+        drafter: Drafter | None = None
         if ct2_dir is not None and _ct2_importable():
             encoder: EncoderBackend = Ct2Encoder(ct2_dir, threads=torch.get_num_threads(),
                                                  compute_type=ct2_compute_type)
             num_mels = encoder.num_mels
+            if drafts:
+                from tokenizers import Tokenizer
+
+                drafter = Ct2Drafter(encoder.model, Tokenizer.from_file(str(ct2_dir / "tokenizer.json")))
         else:
+            from transformers import WhisperTokenizer
+
             from asr.speech.whisper_weights import load_whisper
 
             whisper = load_whisper(model_dir, dtype=dtype)
             encoder, num_mels = TorchEncoder(whisper.get_encoder(), device, dtype), whisper.config.num_mel_bins
-        log.info("audio encoder: %s backend on %s", encoder.name, device)
-        return cls(encoder, WhisperFeatureExtractor(feature_size=num_mels), device, dtype)
+            if drafts:
+                whisper.to(device=device, dtype=dtype).requires_grad_(False)
+                drafter = HfDrafter(whisper, WhisperTokenizer.from_pretrained(str(whisper.name_or_path)))
+        log.info("audio encoder: %s backend on %s%s", encoder.name, device, " with drafts" if drafter else "")
+        return cls(encoder, WhisperFeatureExtractor(feature_size=num_mels), device, dtype, drafter)
 
     def log_mel(self, chunks: list[np.ndarray]) -> torch.Tensor:
         """chunks: float32 16 kHz [samples <= 480000] each -> [batch, mels, 3000] float32 on the device."""
@@ -171,26 +184,57 @@ class AudioEncoder:
             return_tensors="pt", device=str(self.device),
         ).input_features.to(device=self.device, dtype=torch.float32)
 
+    def _windows(self, chunks: list[np.ndarray], batch_size: int,
+                 features_transform: FeaturesTransform | None = None):
+        """Yield (first chunk index, encoder output [batch, 1500, dim]) per batch of ``batch_size``."""
+        for start in range(0, len(chunks), batch_size):
+            batch = chunks[start : start + batch_size]
+            features = self.log_mel(batch)
+            if features_transform is not None:
+                features = features_transform(features, [len(chunk) // HOP_SAMPLES for chunk in batch])
+            yield start, self.backend(features)
+
+    def _drafts(self, windows: torch.Tensor, chunks: list[np.ndarray]) -> list[str]:
+        if self.drafter is None:
+            raise ModelLoadError("this encoder was loaded without Whisper's decoder: load it with drafts=True")
+        return self.drafter(windows, [len(chunk) / SAMPLE_RATE for chunk in chunks])
+
     @torch.no_grad()
     def encode_padded(self, chunks: list[np.ndarray], batch_size: int = 16,
                       features_transform: FeaturesTransform | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """chunks -> (frames [batch, max_frames, dim] in ``dtype``, zero past each length;
         lengths [batch] int64), both on the device. Runs ``batch_size`` chunks at a time;
         ``features_transform`` (training augmentation) edits each batch's log-mel first."""
+        frames, lengths, _ = self._encode(chunks, batch_size, features_transform, drafts=False)
+        return frames, lengths
+
+    def _encode(self, chunks: list[np.ndarray], batch_size: int, features_transform: FeaturesTransform | None,
+                drafts: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         lengths = torch.tensor([num_frames(len(chunk)) for chunk in chunks], dtype=torch.int64)
         width = int(lengths.max()) if len(chunks) else 0
         frames = torch.zeros(len(chunks), width, self.dim, device=self.device, dtype=self.dtype)
-        for start in range(0, len(chunks), batch_size):
-            batch = chunks[start : start + batch_size]
-            features = self.log_mel(batch)
-            if features_transform is not None:
-                features = features_transform(features, [len(chunk) // HOP_SAMPLES for chunk in batch])
-            hidden = self.backend(features)  # [batch, 1500, dim]
+        texts: list[str] = []
+        for start, hidden in self._windows(chunks, batch_size, features_transform):
             for offset, length in enumerate(lengths[start : start + batch_size].tolist()):
                 frames[start + offset, :length] = hidden[offset, :length]
-        return frames, lengths.to(self.device)
+            if drafts:
+                texts.extend(self._drafts(hidden, chunks[start : start + batch_size]))
+        return frames, lengths.to(self.device), texts
 
     def encode(self, chunks: list[np.ndarray], batch_size: int = 16) -> list[torch.Tensor]:
         """chunks (float32 16 kHz, <= 30 s each) -> per chunk [ceil(seconds * 50), dim] in ``dtype``."""
-        frames, lengths = self.encode_padded(chunks, batch_size)
-        return [frames[index, :length] for index, length in enumerate(lengths.tolist())]
+        return self.encode_with_drafts(chunks, batch_size, drafts=False)[0]
+
+    @torch.no_grad()
+    def encode_with_drafts(self, chunks: list[np.ndarray], batch_size: int = 16,
+                           drafts: bool = True) -> tuple[list[torch.Tensor], list[str]]:
+        """``encode`` and, from the same encoder output, Whisper's draft of each chunk (empty list
+        when ``drafts`` is False)."""
+        frames, lengths, texts = self._encode(chunks, batch_size, None, drafts)
+        return [frames[index, :length] for index, length in enumerate(lengths.tolist())], texts
+
+    @torch.no_grad()
+    def draft(self, chunks: list[np.ndarray], batch_size: int = 16) -> list[str]:
+        """Whisper's draft transcript of each chunk (training: drafts of the un-augmented log-mel)."""
+        return [text for start, hidden in self._windows(chunks, batch_size)
+                for text in self._drafts(hidden, chunks[start : start + batch_size])]

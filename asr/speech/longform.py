@@ -8,18 +8,24 @@ more with sampling, and a loop left at the end of that is removed (one copy kept
 past the chunk's token budget is stopped. Silence is never sent to the model. Timestamps come
 from sample positions, so they cannot drift. Past the distances the model was trained on, old pages are moved closer before
 each chunk (``asr.llm.distance_cap``), so an hour stays in one context without leaving that range.
+
+A session is opened by ``SpeechModel.open_session`` and given its engine (``SpeechModel.open_engine``);
+it owns one sequence in it, never the engine, so live sessions can share one. It takes audio
+embeddings only: the caller owns encoding (``SpeechModel.encode_chunks``), batched ahead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from asr.llm.config import SamplingParams
 from asr.llm.distance_cap import DistanceCap
-from asr.speech.model import SpeechModel
+from asr.llm.engine import LLMEngine
+from asr.speech.model import EncodedChunk, SpeechModel
+from asr.speech.prompt import draft_token_ids
 from asr.speech.repetition import LoopConfig, loop_start, repetitive, token_budget
 from asr.transcript import Segment
 
@@ -35,16 +41,21 @@ class SessionStats:
     budget_stops: int = 0
     audio_tokens: int = 0
     text_tokens: int = 0
+    draft_tokens: int = 0  # transcript tokens proposed by Whisper drafts
+    accepted_tokens: int = 0  # of those, kept by the LLM's greedy decode
     notes: list[str] = field(default_factory=list)
 
 
 class LongformSession:
-    """One recording (or one live stream) in one sequence of the engine; feed chunks in order."""
+    """One recording (or one live stream) in one sequence of ``engine``, an engine over ``model``'s
+    weights; feed chunks in order. ``close`` frees the sequence (the engine stays its opener's)."""
 
-    def __init__(self, model: SpeechModel, loop: LoopConfig = LoopConfig(),
+    def __init__(self, model: SpeechModel, engine: LLMEngine, loop: LoopConfig = LoopConfig(),
                  distance_cap: DistanceCap | None = DistanceCap()) -> None:
+        if engine.model is not model.llm:
+            raise ValueError("the engine runs other weights than the speech model; open it with model.open_engine")
         self.model, self.loop, self.distance_cap = model, loop, distance_cap
-        self.engine = model.engine
+        self.engine = engine
         self.seq = self.engine.new_sequence()
         self.engine.append(self.seq, token_ids=model.prompt.session_start)
         self.stats = SessionStats()
@@ -63,31 +74,45 @@ class LongformSession:
     def kv_read_share(self) -> float:
         return self.seq.kv_read_share
 
-    def _generate(self, seconds: float, sampling: dict) -> list[int]:
+    def _generate(self, seconds: float, sampling: dict, proposal: list[int] = ()) -> list[int]:
+        """The chunk's transcript tokens; a greedy decode first keeps what it agrees with of
+        ``proposal`` (verified in one pass), then goes on token by token."""
         params = SamplingParams(max_tokens=token_budget(seconds, self.loop),
                                 stop_token_ids=(self.model.prompt.end_of_turn,), **sampling)
-        return self.engine.generate(self.seq, params)
+        accepted, stopped = [], False
+        if proposal and params.temperature == 0:
+            accepted, stopped = self.engine.accept_proposal(self.seq, proposal[: params.max_tokens],
+                                                            params.stop_token_ids)
+            self.stats.draft_tokens += len(proposal)
+            self.stats.accepted_tokens += len(accepted) + stopped
+        if stopped or len(accepted) >= params.max_tokens:
+            return accepted
+        return accepted + self.engine.generate(self.seq, replace(params, max_tokens=params.max_tokens - len(accepted)))
 
-    def transcribe_chunk(self, audio: np.ndarray, start_s: float, sample_rate: int = 16000,
-                         embeds: torch.Tensor | None = None) -> Segment | None:
+    def transcribe_chunk(self, audio: np.ndarray, start_s: float, sample_rate: int = 16000, *,
+                         encoded: EncodedChunk) -> Segment | None:
         """Append one chunk (<= 30 s) and its transcript to the context; None if it holds no words.
-        ``embeds``: the chunk's audio embeddings if already computed (``SpeechModel.audio_embeddings``)."""
+        ``encoded``: the chunk's embeddings and draft, computed by the caller (``SpeechModel.encode_chunks``,
+        the one encoder call, batched over chunks)."""
         prompt, engine = self.model.prompt, self.engine
         seconds = len(audio) / sample_rate
-        if embeds is None:
-            embeds = self.model.audio_embeddings([audio])[0]
         if self.distance_cap is not None:
             engine.cap_distances(self.seq, self.distance_cap)
+        draft_ids = None if encoded.draft is None else draft_token_ids(engine.tokenizer, encoded.draft)
         # one prefill per chunk: its cost grows with the context, so the pieces go in together
-        engine.append(self.seq, embeds=torch.cat([engine.embed_tokens(self.pending + prompt.before_audio), embeds,
-                                                  engine.embed_tokens(prompt.after_audio)]))
+        engine.append(self.seq, embeds=torch.cat([engine.embed_tokens(self.pending + prompt.before_audio),
+                                                  encoded.embeds,
+                                                  engine.embed_tokens(prompt.after_audio_with(draft_ids))]))
         before = self.seq.num_tokens
-        tokens = self._generate(seconds, {})
+        proposal = []
+        if encoded.draft is not None:  # the draft as the transcript would spell it, then the turn's end
+            proposal = engine.tokenizer(encoded.draft, add_special_tokens=False).input_ids + [prompt.end_of_turn]
+        tokens = self._generate(seconds, {}, proposal)
         if loop_start(tokens, self.loop) is not None or repetitive(self._text(tokens), self.loop):
             self.stats.loops_cut += 1
             # drop the loop, and re-append the prompt's last token to get its next-token logits back
             engine.truncate(self.seq, before - 1)
-            engine.append(self.seq, token_ids=prompt.after_audio[-1:])
+            engine.append(self.seq, token_ids=prompt.after_audio_with(draft_ids)[-1:])
             tokens = self._generate(seconds, RETRY_SAMPLING)
             retry_cut = loop_start(tokens, self.loop)
             if retry_cut is not None:
@@ -97,7 +122,7 @@ class LongformSession:
             self.stats.budget_stops += 1
         self.pending = list(prompt.after_transcript)
         self.stats.chunks += 1
-        self.stats.audio_tokens += embeds.shape[0]
+        self.stats.audio_tokens += encoded.embeds.shape[0]
         self.stats.text_tokens += len(tokens)
         text = self._text(tokens)
         return Segment(start_s, start_s + seconds, text) if text else None

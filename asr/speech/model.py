@@ -4,57 +4,121 @@ A speech model directory holds a trained adapter (``adapter.json`` + ``adapter.s
 ``asr.speech.adapter``); its info may name the LLM (``llm``) and Whisper (``whisper``) directories,
 relative to it, and otherwise the embedded defaults are used. The LoRA adapters are folded into
 the LLM's weights at load time, so decoding runs on plain weights.
+
+Ownership: a ``SpeechModel`` holds only what every recording shares (weights, tokenizer, encoder,
+projector) and is loaded once. Each recording or live session gets an engine (its paged KV cache,
+runners and CUDA graphs) from ``open_engine``, sized for that recording, and its session from
+``open_session``, which is always given its engine: one per recording by default, or one engine
+shared by several live sessions (``EngineConfig.max_batch`` sequences). The caller encodes audio
+(``encode_chunks``, in batches: ahead across a file's chunks, or across live streams); sessions
+take embeddings only.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from asr.errors import ModelLoadError
 from asr.llm.config import EngineConfig
+from asr.llm.distance_cap import DistanceCap
 from asr.llm.engine import LLMEngine, resolve_device
 from asr.llm.loader import load_model
+from asr.llm.model import CausalLM
+from asr.llm.quantize import quantize_linear_layers
 from asr.speech.adapter import SpeechAdapter
 from asr.speech.lora import merge_lora
 from asr.speech.projector import FrameStackProjector
 from asr.speech.prompt import PromptIds
+from asr.speech.repetition import LoopConfig
+
+if TYPE_CHECKING:
+    from asr.speech.longform import LongformSession
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_ADAPTER = Path(__file__).parent / "weights" / "default"
+TOKENS_PER_SECOND_BOUND = 30  # audio (12.5/s) + transcript (<= 10/s) + prompt pieces, generous
+CONTEXT_SLACK = 512  # the session's system prompt and the last chunk's overrun
+
+
+def context_tokens(seconds: float) -> int:
+    """Context positions that ``seconds`` of audio can take in a session (an upper bound)."""
+    return int(seconds * TOKENS_PER_SECOND_BOUND) + CONTEXT_SLACK
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    """embeds: [audio_tokens, hidden] LLM input embeddings of one chunk; draft: Whisper's transcript
+    of it (``asr.speech.draft``), or None when the model reads no drafts."""
+
+    embeds: torch.Tensor
+    draft: str | None = None
 
 
 @dataclass
 class SpeechModel:
-    """encoder: frozen Whisper encoder (``AudioEncoder``); projector: frames -> LLM embeddings;
-    engine: the LLM with its paged cache; prompt: token ids of the fixed prompt pieces."""
+    """What every recording shares, loaded once. llm: the decoder (LoRA folded in); tokenizer: its
+    tokenizer; encoder: frozen Whisper encoder (``AudioEncoder``); projector: frames -> LLM
+    embeddings; prompt: token ids of the fixed prompt pieces; drafts: whether each chunk's Whisper
+    draft goes into the context (the adapter was trained with them). No engine: see ``open_engine``."""
 
+    llm: CausalLM
+    tokenizer: object
     encoder: object
     projector: FrameStackProjector
-    engine: LLMEngine
     prompt: PromptIds
     adapter_info: dict
+    drafts: bool = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The LLM's input-embedding dtype (and its engines' cache dtype)."""
+        return self.llm.embed_tokens.weight.dtype
+
+    def open_engine(self, config: EngineConfig, expected_seconds: float | None = None) -> LLMEngine:
+        """A new engine over these weights: its own paged KV cache, runners and (CUDA) decode graphs,
+        holding ``config.max_batch`` sequences of ``context_tokens(expected_seconds)`` positions
+        (``config.max_context`` when ``expected_seconds`` is None). One per recording, sized for it;
+        several live sessions may share one. The weights are shared, never copied."""
+        if expected_seconds is not None:
+            config = replace(config, max_context=context_tokens(expected_seconds))
+        return LLMEngine(self.llm, config, self.tokenizer)
+
+    def open_session(self, engine: LLMEngine, loop: LoopConfig = LoopConfig(),
+                     distance_cap: DistanceCap | None = DistanceCap()) -> "LongformSession":
+        """A long-form session (one recording or live stream) in a new sequence of ``engine`` (from
+        ``open_engine``); closing it frees its sequence, not the engine."""
+        from asr.speech.longform import LongformSession
+
+        return LongformSession(self, engine, loop, distance_cap)
 
     @torch.inference_mode()
-    def audio_embeddings(self, chunks: list[np.ndarray]) -> list[torch.Tensor]:
-        """Per chunk (<= 30 s, 16 kHz float32) its [audio_tokens, hidden] LLM input embeddings; the
-        chunks go through the encoder as one batch (on the CPU a batch of 4 costs ~25% less per
-        chunk than one at a time)."""
+    def encode_chunks(self, chunks: list[np.ndarray]) -> list[EncodedChunk]:
+        """Per chunk (<= 30 s, 16 kHz float32) its LLM input embeddings and, with ``drafts``, its
+        Whisper draft from the same encoder output; the chunks go through the encoder as one batch
+        (on the CPU a batch of 4 costs ~25% less per chunk than one at a time)."""
         dtype = self.projector.up.weight.dtype
-        return [self.projector(frames[None].to(dtype))[0].to(self.engine.dtype) for frames in self.encoder.encode(chunks)]
+        frames, drafts = self.encoder.encode_with_drafts(chunks, drafts=self.drafts)
+        embeds = [self.projector(chunk_frames[None].to(dtype))[0].to(self.dtype) for chunk_frames in frames]
+        return [EncodedChunk(chunk_embeds, drafts[index] if self.drafts else None)
+                for index, chunk_embeds in enumerate(embeds)]
 
 
 def _resolve(base: Path, name: str | None) -> str | None:
     return str((base / name).resolve()) if name else None
 
 
-def load_speech_model(model_dir: str | Path | None, engine_config: EngineConfig) -> SpeechModel:
-    """Load a speech model directory (default: the embedded one) onto the engine config's device."""
+def load_speech_model(model_dir: str | Path | None, engine_config: EngineConfig,
+                      drafts: bool | None = None) -> SpeechModel:
+    """Load a speech model directory (default: the embedded one) with the engine config's device,
+    dtype and ``int8_weights``; no engine is made (``SpeechModel.open_engine``). drafts: put Whisper
+    drafts into the context (None: as the adapter was trained, its ``info["drafts"]``)."""
     from transformers import AutoTokenizer
 
     from asr.llm.embedded import embedded_llm_dir
@@ -70,12 +134,15 @@ def load_speech_model(model_dir: str | Path | None, engine_config: EngineConfig)
     llm_path = _resolve(adapter_dir, adapter.info.get("llm")) or str(embedded_llm_dir())
     model, hf_dir = load_model(llm_path, device, dtype,
                                adapt_weights=lambda weights: merge_lora(weights, adapter.lora, adapter.lora_config))
+    if engine_config.int8_weights:
+        quantize_linear_layers(model)  # the weights' form is decided here, once, for every engine
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
-    engine = LLMEngine(model, engine_config, tokenizer)
+    drafts = bool(adapter.info.get("drafts", False)) if drafts is None else drafts
     encoder = AudioEncoder.load(_resolve(adapter_dir, adapter.info.get("whisper")), device=device,
-                                dtype=torch.float16 if device.type == "cuda" else torch.float32)
+                                dtype=torch.float16 if device.type == "cuda" else torch.float32, drafts=drafts)
     projector = FrameStackProjector(adapter.projector_config)
     projector.load_state_dict(adapter.projector)
     projector.to(device).eval()
     log.info("speech model: adapter %s, LLM %s, %s %s", adapter_dir, llm_path, device, dtype)
-    return SpeechModel(encoder, projector, engine, PromptIds.from_tokenizer(tokenizer), adapter.info)
+    return SpeechModel(model, tokenizer, encoder, projector, PromptIds.from_tokenizer(tokenizer), adapter.info,
+                       drafts)

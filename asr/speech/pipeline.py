@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from asr.attention.config import UniqueConfig
 from asr.errors import AudioError
 from asr.llm.config import EngineConfig
 from asr.llm.distance_cap import DistanceCap
-from asr.llm.engine import LLMEngine
 from asr.speech.longform import LongformSession
-from asr.speech.model import SpeechModel, load_speech_model
+from asr.speech.model import EncodedChunk, SpeechModel, load_speech_model
 from asr.speech.repetition import LoopConfig
 from asr.speech.segmenter import SegmenterConfig, segment
 from asr.transcript import Transcript
@@ -28,8 +26,6 @@ from asr.transcript import Transcript
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-TOKENS_PER_SECOND_BOUND = 30  # audio (12.5/s) + transcript (<= 10/s) + prompt pieces, generous
-CONTEXT_SLACK = 512
 ENCODER_BATCH = 4  # speech chunks encoded together (files only; a live stream encodes as it goes)
 
 
@@ -41,7 +37,9 @@ class TranscribeOptions:
     decodes 1.45x faster than float32 at 0.3% logit error; ``int8``: CPU only, int8 linear layers
     over a float32 model and cache); segmenter / loop: chunking and runaway
     control; max_distance: the farthest a key may sit from the next position before old pages are
-    moved closer (``asr.llm.distance_cap``; None keeps every key at its own position)."""
+    moved closer (``asr.llm.distance_cap``; None keeps every key at its own position); drafts: put
+    each chunk's Whisper draft into the context and verify it as the LLM's proposal (None: as the
+    model was trained; ``asr.speech.draft``)."""
 
     attention: str = "unique"
     budget_tokens: int = 2048
@@ -51,6 +49,7 @@ class TranscribeOptions:
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     max_distance: int | None = DistanceCap.max_distance
+    drafts: bool | None = None
 
     def __post_init__(self) -> None:
         """Refuse a bad budget, page size, dtype or distance now (ValueError), not mid-file."""
@@ -61,24 +60,32 @@ class TranscribeOptions:
             raise ValueError(f"unknown dtype {self.dtype!r}: use bfloat16, float32, float16 or int8")
 
     def engine_config(self, max_context: int | None = None) -> EngineConfig:
+        """The engine set-up of these options (one sequence; ``SpeechModel.open_engine`` sizes its
+        context for a recording, ``load_speech_model`` reads its device and dtype)."""
         sparse = UniqueConfig(page_size=self.page_size, budget_tokens=self.budget_tokens)
         int8 = self.dtype == "int8"
         return EngineConfig(attention=self.attention, sparse=sparse, device=self.device,
                             dtype="float32" if int8 else self.dtype, int8_weights=int8,
                             max_context=max_context, max_batch=1, extend_context=True)
 
+    def distance_cap(self) -> DistanceCap | None:
+        """The distance ceiling of a session (None: keys keep their own positions)."""
+        return None if self.max_distance is None else DistanceCap(self.max_distance)
+
 
 class Transcriber:
-    """Transcribes whole recordings with one speech model; safe to reuse across files."""
+    """Transcribes whole recordings with one speech model (loaded once); each recording gets its own
+    engine, sized for its duration. It owns encoding: a file's speech chunks are encoded ahead in
+    batches of ``ENCODER_BATCH``. Safe to reuse across files."""
 
     def __init__(self, model: SpeechModel, options: TranscribeOptions) -> None:
         self.model, self.options = model, options
 
-    def _engine_for(self, seconds: float) -> LLMEngine:
-        """An engine whose cache holds this recording's whole context (model weights shared)."""
-        needed = int(seconds * TOKENS_PER_SECOND_BOUND) + CONTEXT_SLACK
-        base = self.model.engine
-        return LLMEngine(base.model, replace(base.config, max_context=needed), base.tokenizer)
+    def open_session(self, seconds: float) -> LongformSession:
+        """A session for a ``seconds``-long recording, in an engine whose cache holds its whole context."""
+        options = self.options
+        engine = self.model.open_engine(options.engine_config(), expected_seconds=seconds)
+        return self.model.open_session(engine, options.loop, options.distance_cap())
 
     def transcribe(self, audio: np.ndarray, progress: bool = False, name: str = "") -> Transcript:
         """audio: [samples] float32 mono 16 kHz."""
@@ -87,15 +94,14 @@ class Transcriber:
         started = time.perf_counter()
         duration = len(audio) / SAMPLE_RATE
         regions = segment(audio, SAMPLE_RATE, self.options.segmenter)
-        model = replace(self.model, engine=self._engine_for(duration))
+        model = self.model
         segments, skipped = [], []
         bar = tqdm(total=round(duration, 1), unit="s", desc=name or "transcribing", disable=not progress,
                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
-        cap = None if self.options.max_distance is None else DistanceCap(self.options.max_distance)
         speech = [r for r in regions if r.kind == "speech"]
-        encoded: dict[int, torch.Tensor] = {}  # speech region index -> audio embeddings, a batch ahead
+        encoded: dict[int, EncodedChunk] = {}  # speech region index -> embeddings (and draft), a batch ahead
         speech_index = 0
-        with LongformSession(model, self.options.loop, cap) as session:
+        with self.open_session(duration) as session:
             for region in regions:
                 start_s, end_s = region.start / SAMPLE_RATE, region.end / SAMPLE_RATE
                 if region.kind == "silence":
@@ -103,9 +109,9 @@ class Transcriber:
                 else:
                     if speech_index not in encoded:
                         chunks = [audio[r.start : r.end] for r in speech[speech_index : speech_index + ENCODER_BATCH]]
-                        encoded = dict(enumerate(model.audio_embeddings(chunks), start=speech_index))
+                        encoded = dict(enumerate(model.encode_chunks(chunks), start=speech_index))
                     piece = session.transcribe_chunk(audio[region.start : region.end], start_s, SAMPLE_RATE,
-                                                     encoded.pop(speech_index))
+                                                     encoded=encoded.pop(speech_index))
                     speech_index += 1
                     if piece is None:
                         skipped.append((start_s, end_s, "no speech recognised"))
@@ -119,10 +125,12 @@ class Transcriber:
                      "budget_tokens": self.options.budget_tokens, "chunks": session.stats.chunks,
                      "loops_cut": session.stats.loops_cut, "budget_stops": session.stats.budget_stops,
                      "context_tokens": session.seq.num_tokens, "text_tokens": session.stats.text_tokens,
-                     "max_distance": self.options.max_distance}
+                     "max_distance": self.options.max_distance,
+                     "drafts": model.drafts, "draft_tokens_accepted": session.stats.accepted_tokens,
+                     "draft_tokens": session.stats.draft_tokens}
         return Transcript(segments, duration, skipped, stats)
 
 
 def load_transcriber(model_dir: str | None = None, options: TranscribeOptions = TranscribeOptions()) -> Transcriber:
     """A transcriber for a speech model directory (default: the embedded model)."""
-    return Transcriber(load_speech_model(model_dir, options.engine_config(max_context=4096)), options)
+    return Transcriber(load_speech_model(model_dir, options.engine_config(), options.drafts), options)

@@ -6,6 +6,10 @@ chunk's audio embeddings and an assistant turn holding its transcript:
     <|im_start|>system\\n{SYSTEM}<|im_end|>\\n
     <|im_start|>user\\n<audio>[audio embeddings]</audio><|im_end|>\\n<|im_start|>assistant\\n{transcript}<|im_end|>\\n
     ... next chunk ...
+
+A model trained with Whisper drafts (``asr.speech.draft``) reads each chunk's draft in its user turn:
+
+    <|im_start|>user\\n<audio>[audio embeddings]</audio>\\nDraft: {draft}<|im_end|>\\n<|im_start|>assistant\\n...
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ BEFORE_AUDIO = "<|im_start|>user\n<audio>"
 AFTER_AUDIO = "</audio><|im_end|>\n<|im_start|>assistant\n"
 END_OF_TURN = "<|im_end|>"
 AFTER_TRANSCRIPT = "<|im_end|>\n"
+BEFORE_DRAFT = "</audio>\nDraft:"
+AFTER_DRAFT = "<|im_end|>\n<|im_start|>assistant\n"
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,13 @@ class PromptIds:
     after_audio: list[int]
     after_transcript: list[int]
     end_of_turn: int
+    before_draft: list[int]
+    after_draft: list[int]
+
+    def after_audio_with(self, draft_ids: list[int] | None) -> list[int]:
+        """The user turn's end after the audio embeddings: plain (``draft_ids`` None) or holding a draft
+        (its ids from ``draft_token_ids``)."""
+        return self.after_audio if draft_ids is None else self.before_draft + draft_ids + self.after_draft
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> "PromptIds":
@@ -38,4 +51,10 @@ class PromptIds:
         end = ids(END_OF_TURN)
         if len(end) != 1:
             raise ValueError(f"tokenizer has no single token for {END_OF_TURN!r}: not a ChatML model")
-        return cls(ids(SESSION_START), ids(BEFORE_AUDIO), ids(AFTER_AUDIO), ids(AFTER_TRANSCRIPT), end[0])
+        return cls(ids(SESSION_START), ids(BEFORE_AUDIO), ids(AFTER_AUDIO), ids(AFTER_TRANSCRIPT), end[0],
+                   ids(BEFORE_DRAFT), ids(AFTER_DRAFT))
+
+
+def draft_token_ids(tokenizer, draft: str) -> list[int]:
+    """The LLM's ids of a draft as it sits after ``Draft:`` (one space apart; none when empty)."""
+    return tokenizer(" " + draft, add_special_tokens=False).input_ids if draft else []

@@ -16,11 +16,13 @@ def session_inputs(
     prompt: PromptIds,
     embed_tokens: torch.nn.Module,
     supervised: list[bool] | None = None,
+    draft_ids: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One session's input embeddings and labels.
 
     audio_embeds: per turn [audio_tokens, hidden]; transcript_ids: per turn token ids (no end token);
-    supervised: per turn, whether its transcript is learnt (default: all).
+    supervised: per turn, whether its transcript is learnt (default: all); draft_ids: per turn the
+    ids of its Whisper draft (``asr.speech.prompt.draft_token_ids``), or None for the plain layout.
     Returns embeds [length, hidden] and labels [length] (IGNORE except the supervised turns'
     transcript tokens and the end-of-turn token that closes each of them).
     """
@@ -34,11 +36,13 @@ def session_inputs(
         labels.append(ids_t if supervised else torch.full_like(ids_t, IGNORE))
 
     add_text(prompt.session_start, False)
-    for embeds, ids, learn in zip(audio_embeds, transcript_ids, supervised or [True] * len(audio_embeds)):
+    turns = len(audio_embeds)
+    for embeds, ids, learn, draft in zip(audio_embeds, transcript_ids, supervised or [True] * turns,
+                                         draft_ids or [None] * turns):
         add_text(prompt.before_audio, False)
         pieces.append(embeds.to(pieces[0].dtype))
         labels.append(torch.full((embeds.shape[0],), IGNORE, dtype=torch.long, device=device))
-        add_text(prompt.after_audio, False)
+        add_text(prompt.after_audio_with(draft), False)
         add_text(ids + [prompt.end_of_turn], learn)
         add_text(prompt.after_transcript[1:], False)  # the newline after the end token
     return torch.cat(pieces), torch.cat(labels)

@@ -49,14 +49,19 @@ class Planner:
 
     def plan(self, index: int) -> UtterancePlan:
         rng = random.Random(f"{self.seed}:{index}")
+        text, source = self.pick_text(rng)
+        family = rng.choices(self.families, [FAMILY_WEIGHTS[f] for f in self.families])[0]
+        voice = rng.choice(self.voices[family])
+        return UtterancePlan(index, text, source, voice, sample_style(voice, rng))
+
+    def pick_text(self, rng: random.Random) -> tuple[str, str]:
+        """(text, source): one sentence or, at ``MULTI_SENTENCE_SHARE``, 2-4 neighbouring ones."""
         kind = rng.choices(self.kinds, [SOURCE_WEIGHTS[k] for k in self.kinds])[0]
         position = rng.choice(self.by_kind[kind])
         sentences = [self.corpus.sentences[position]]
         if rng.random() < MULTI_SENTENCE_SHARE:
             sentences += self._neighbours(position, rng.randint(1, 3))
-        family = rng.choices(self.families, [FAMILY_WEIGHTS[f] for f in self.families])[0]
-        voice = rng.choice(self.voices[family])
-        return UtterancePlan(index, " ".join(sentences), self.corpus.sources[position], voice, sample_style(voice, rng))
+        return " ".join(sentences), self.corpus.sources[position]
 
     def _neighbours(self, position: int, count: int) -> list[str]:
         """Up to ``count`` following sentences of the same source, within the word budget."""

@@ -1,0 +1,120 @@
+"""Who owns what in a speech model: weights loaded once, one engine per recording (or one shared by live
+sessions), one sequence per session. A tiny random LLM stands in for the real one (no audio here)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from asr.attention import UniqueConfig
+from asr.llm.config import EngineConfig
+from asr.llm.loader import load_model
+from asr.speech.model import SpeechModel, context_tokens
+from asr.speech.projector import FrameStackProjector, ProjectorConfig
+from asr.speech.prompt import PromptIds
+from tests.test_llm_engine import save_tiny_model
+
+PROMPT = PromptIds(session_start=[1, 2, 3], before_audio=[4], after_audio=[5, 6], after_transcript=[7], end_of_turn=8,
+                   before_draft=[5, 9], after_draft=[6])
+CONFIG = EngineConfig(sparse=UniqueConfig(page_size=4, budget_tokens=16), max_batch=1, extend_context=True)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> SpeechModel:
+    directory = tmp_path_factory.mktemp("llama")
+    save_tiny_model("llama", directory)
+    llm, _ = load_model(directory)
+    projector = FrameStackProjector(ProjectorConfig(llm_dim=llm.embed_tokens.weight.shape[1], hidden=32))
+    return SpeechModel(llm, Tokenizer(), FrameEncoder(), projector, PROMPT, {})
+
+
+class Tokenizer:
+    """Words are their token ids ("12 40" -> [12, 40])."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return SimpleNamespace(input_ids=[int(word) for word in text.split()])
+
+    def decode(self, token_ids, skip_special_tokens=True):
+        return " ".join(map(str, token_ids))
+
+
+class FrameEncoder:
+    """Stands in for Whisper: [frames, 512] per chunk, 50 frames per second of 16 kHz audio; its draft
+    of a chunk is a few token ids as words."""
+
+    def encode_with_drafts(self, chunks, drafts=True):
+        frames = [torch.randn(len(chunk) // 320, 512) for chunk in chunks]
+        return frames, ["11 12 13" for _ in chunks] if drafts else []
+
+
+def test_each_recording_gets_its_own_engine_sized_for_it(model):
+    short, long = model.open_engine(CONFIG, expected_seconds=10), model.open_engine(CONFIG, expected_seconds=600)
+    assert short is not long and short.cache is not long.cache
+    assert short.model is long.model is model.llm  # weights shared, never copied
+    assert (short.max_context, long.max_context) == (context_tokens(10), context_tokens(600))
+    assert long.cache.shape.num_pages > short.cache.shape.num_pages
+    assert model.open_engine(replace(CONFIG, max_context=64)).max_context == 64  # no duration: the config's
+
+
+def test_sessions_sharing_an_engine_own_only_their_sequence(model):
+    engine = model.open_engine(replace(CONFIG, max_batch=2), expected_seconds=5)
+    first, second = model.open_session(engine), model.open_session(engine)
+    assert first.engine is second.engine is engine and first.seq.seq_id != second.seq.seq_id
+    for session in (first, second):
+        assert engine.cache.length(session.seq.seq_id) == len(PROMPT.session_start)
+    free_before = engine.cache.allocator.num_free
+    first.close()
+    assert engine.cache.allocator.num_free == free_before + 1  # its one page back, the other session untouched
+    assert engine.cache.length(second.seq.seq_id) == len(PROMPT.session_start)
+    second.close()
+
+
+def test_a_session_refuses_an_engine_over_other_weights(model, tmp_path):
+    save_tiny_model("llama", tmp_path, seed=1)
+    other, _ = load_model(tmp_path)
+    from asr.llm.engine import LLMEngine
+
+    with pytest.raises(ValueError, match="open_engine"):
+        model.open_session(LLMEngine(other, CONFIG))
+
+
+def test_caller_encodes_and_the_session_takes_embeddings(model):
+    """``encode_chunks`` (the one encoder call) gives [audio_tokens, hidden] in the LLM's dtype; a
+    session appends them with its prompt pieces and never encodes itself."""
+    from asr.speech.repetition import LoopConfig
+
+    audio = np.zeros(16000, dtype=np.float32)
+    (encoded,) = model.encode_chunks([audio])
+    embeds = encoded.embeds
+    assert encoded.draft is None and embeds.dtype == model.dtype and embeds.shape == (13, model.llm.embed_tokens.weight.shape[1])
+    without_encoder = replace(model, encoder=None)  # an encoder call from inside the session would fail
+    engine = without_encoder.open_engine(CONFIG, 5)
+    with without_encoder.open_session(engine, LoopConfig(tokens_per_second=1.0, extra_tokens=1), None) as session:
+        before = session.seq.num_tokens
+        session.transcribe_chunk(audio, 0.0, encoded=encoded)
+        appended = len(PROMPT.before_audio) + embeds.shape[0] + len(PROMPT.after_audio)
+        assert session.seq.num_tokens >= before + appended and session.stats.chunks == 1
+
+
+def test_a_drafted_chunk_reads_its_draft_and_verifies_it_as_the_proposal(model):
+    """With drafts, the chunk's user turn holds the draft's ids, and the greedy decode first checks the
+    draft (plus the end of the turn) as its proposal."""
+    from asr.speech.repetition import LoopConfig
+
+    drafted = replace(model, drafts=True)
+    audio = np.zeros(16000, dtype=np.float32)
+    (encoded,) = drafted.encode_chunks([audio])
+    assert encoded.draft == "11 12 13"
+    engine = drafted.open_engine(CONFIG, 5)
+    with drafted.open_session(engine, LoopConfig(tokens_per_second=1.0, extra_tokens=3), None) as session:
+        before = session.seq.num_tokens
+        session.transcribe_chunk(audio, 0.0, encoded=encoded)
+        turn_end = PROMPT.before_draft + [11, 12, 13] + PROMPT.after_draft
+        assert session.seq.num_tokens >= before + len(PROMPT.before_audio) + encoded.embeds.shape[0] + len(turn_end)
+        assert session.stats.draft_tokens == 4  # three draft tokens and the end of the turn
+        assert 0 <= session.stats.accepted_tokens <= 4

@@ -1,0 +1,42 @@
+"""Generate natural multi-speaker English training speech with Kokoro-82M on the CPU.
+
+    python training/kokoro_speech.py --out /work/data/kokoro_v1 --hours 40 --seed 11 --workers 2
+
+Each utterance reads 1-4 corpus sentences (training/synth/text_corpus.py) with a random speaker:
+one Kokoro voice or a Dirichlet-weighted mix of 2-3, at speed 0.8-1.25. Writes
+OUT/audio/NNNN/<id>.ogg (16 kHz mono Opus; --codec flac for FLAC) and appends
+{"id", "audio", "text", "voice", "duration", "style", "source"} rows to OUT/manifest.jsonl
+("voice" is "kokoro/<speaker>", e.g. "kokoro/bf_emma.62+bf_lily.38"). Rerunning with the same
+seed resumes after the last row. Needs training/setup_tts.sh (kokoro-onnx, model parts, voices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.synth.kokoro_dataset import CODECS, KokoroConfig, generate  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="dataset directory")
+    parser.add_argument("--hours", type=float, required=True, help="hours of audio to reach")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="processes, one onnxruntime thread each")
+    parser.add_argument("--codec", choices=sorted(CODECS), default="opus")
+    parser.add_argument("--voice-dir", type=Path, default=KokoroConfig.voice_dir, help="kokoro-js voices/*.bin")
+    parser.add_argument("--model", type=Path, default=KokoroConfig.model, help="Kokoro v1.0 int8 ONNX file")
+    parser.add_argument("--corpus-cache", type=Path, default=KokoroConfig.corpus_cache)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    generate(KokoroConfig(args.out, args.hours, args.seed, args.workers, args.voice_dir, args.model,
+                          args.corpus_cache, args.codec))
+
+
+if __name__ == "__main__":
+    main()
