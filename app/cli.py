@@ -10,7 +10,7 @@ import sys
 from asr.errors import AsrError
 
 # Subcommand modules under app.commands, in help order.
-COMMANDS: list[str] = ["transcribe", "qa"]
+COMMANDS: list[str] = ["transcribe", "qa", "serve", "ui"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,8 @@ class TranscriptStats:
     kv_pages_read: share of the KV pages that decode steps read (1.0 when the whole context fit the
     sparse budget, or with dense attention); attention, budget_tokens, max_distance: the settings;
     chunks: speech chunks decoded; loops_cut: chunks whose repetition loop was cut; budget_stops:
-    chunks stopped at their token budget; context_tokens: tokens in the context at the end; drafts:
+    chunks stopped at their token budget; context_tokens: tokens in the context at the end;
+    text_tokens: transcript tokens generated; drafts:
     whether Whisper drafts were in the context; draft_tokens: tokens they proposed;
     draft_tokens_accepted: of those, kept by the LLM."""
 
@@ -36,6 +37,7 @@ class TranscriptStats:
     loops_cut: int
     budget_stops: int
     context_tokens: int
+    text_tokens: int
     max_distance: int | None
     drafts: bool
     draft_tokens_accepted: int

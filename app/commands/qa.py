@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from asr.speech.repetition import LoopConfig
+
+# An answer that repeats a unit three times is looping (a transcript needs four: speech repeats more).
+QA_LOOP = LoopConfig(min_repeats=3)
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -23,6 +28,13 @@ def register(subparsers) -> None:
     parser.add_argument("--model", help="Hugging Face directory or GGUF file (default: the embedded model)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.set_defaults(handler=run)
+
+
+def qa_loop_start(token_ids: list[int]) -> int | None:
+    """The speech side's loop detection, for answers (small models loop until the token limit)."""
+    from asr.speech.repetition import loop_start
+
+    return loop_start(token_ids, QA_LOOP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         args.question,
         SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens),
         on_text=show,
+        loop_start=qa_loop_start,
     )
     sys.stdout.write("\n")
+    sys.stdout.flush()
     return 0

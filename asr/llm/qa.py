@@ -72,14 +72,26 @@ class TextStream:
             self.emitted = len(text)
 
 
+class _LoopFound(Exception):
+    """Raised from the token callback to end generation at a repetition loop."""
+
+    def __init__(self, cut: int) -> None:
+        self.cut = cut
+
+
 def answer(
     engine: LLMEngine,
     document: str,
     question: str,
     params: SamplingParams = SamplingParams(max_tokens=256),
     on_text: Callable[[str], None] | None = None,
+    loop_start: Callable[[list[int]], int | None] | None = None,
 ) -> str:
-    """Answer ``question`` about ``document``; ``on_text`` receives the answer as it is generated."""
+    """Answer ``question`` about ``document``; ``on_text`` receives the answer as it is generated.
+
+    ``loop_start(token_ids)``: where a repetition loop at the end of the answer so far starts its
+    second copy (None: no loop); generation stops there and the returned answer keeps one copy
+    (small models repeat themselves until the token limit otherwise; text already streamed stays)."""
     prompt = qa_prompt(engine, document, question)
     needed = len(prompt) + 1
     if needed > engine.max_context:
@@ -93,7 +105,16 @@ def answer(
     try:
         engine.append(seq, token_ids=prompt)
         stream = TextStream(engine.tokenizer, on_text or (lambda _text: None))
-        tokens = engine.generate(seq, params, on_token=stream)
+
+        def on_token(token_id: int) -> None:
+            stream(token_id)
+            if loop_start is not None and (cut := loop_start(stream.token_ids)) is not None:
+                raise _LoopFound(cut)
+
+        try:
+            tokens = engine.generate(seq, params, on_token=on_token)
+        except _LoopFound as found:
+            tokens = stream.token_ids[: found.cut]
     finally:
         engine.free(seq)
     return engine.tokenizer.decode(tokens, skip_special_tokens=True).strip()

@@ -42,6 +42,7 @@ class SessionStats:
     chunks: int = 0
     loops_cut: int = 0
     budget_stops: int = 0
+    text_tokens: int = 0  # transcript tokens generated
     draft_tokens: int = 0  # transcript tokens proposed by Whisper drafts
     accepted_tokens: int = 0  # of those, kept by the LLM's greedy decode
 
@@ -129,6 +130,7 @@ class LongformSession:
             self.stats.budget_stops += 1
         self.pending = list(prompt.after_transcript)
         self.stats.chunks += 1
+        self.stats.text_tokens += len(tokens)
         text = self._text(tokens)
         return Segment(start_s, start_s + seconds, text) if text else None
 

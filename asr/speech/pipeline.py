@@ -128,7 +128,8 @@ class Transcriber:
                 kv_pages_read=session.kv_read_share, attention=self.options.attention,
                 budget_tokens=self.options.budget_tokens, chunks=session.stats.chunks,
                 loops_cut=session.stats.loops_cut, budget_stops=session.stats.budget_stops,
-                context_tokens=session.seq.num_tokens, max_distance=self.options.max_distance,
+                context_tokens=session.seq.num_tokens, text_tokens=session.stats.text_tokens,
+                max_distance=self.options.max_distance,
                 drafts=model.drafts, draft_tokens_accepted=session.stats.accepted_tokens,
                 draft_tokens=session.stats.draft_tokens)
         return Transcript(segments, duration, skipped, stats)

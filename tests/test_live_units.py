@@ -1,0 +1,154 @@
+"""Parts of the live service that need no model: the streaming segmenter, the protocol's parsing
+and audio input, and the fair model worker."""
+
+import asyncio
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from asr.live.protocol import AudioInput, ProtocolError, StreamFormat, parse_message, parse_start
+from asr.live.vad import StreamSegmenter, StreamSegmenterConfig
+from asr.live.worker import FINAL, PARTIAL, ModelWorker
+
+SR = 16000
+
+
+def voiced(seconds, seed=0, level=0.2):
+    """Speech-like sound: a modulated tone with a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    tone = level * np.sin(2 * np.pi * 180 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+    return (tone + 0.003 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def quiet(seconds, seed=1):
+    return (0.001 * np.random.default_rng(seed).standard_normal(int(seconds * SR))).astype(np.float32)
+
+
+def feed_in_frames(segmenter, audio, frame):
+    chunks = []
+    for offset in range(0, len(audio), frame):
+        chunks += segmenter.feed(audio[offset : offset + frame])
+    return chunks + segmenter.flush()
+
+
+@pytest.mark.parametrize(
+    "frame", [pytest.param(160, id="10ms"), pytest.param(1601, id="100ms-odd"), pytest.param(SR * 3, id="3s")]
+)
+def test_segmenter_cuts_at_pauses_and_drops_silence(frame):
+    audio = np.concatenate([quiet(1), voiced(2), quiet(1.5), voiced(3, seed=2), quiet(2)])
+    chunks = feed_in_frames(StreamSegmenter(), audio, frame)
+    spans = [(c.start / SR, c.end / SR) for c in chunks]
+    assert len(spans) == 2, spans
+    (a0, a1), (b0, b1) = spans
+    assert 0.7 <= a0 <= 1.0 and 3.0 <= a1 <= 3.3  # pre-roll and tail of 0.2 s around the speech
+    assert 4.2 <= b0 <= 4.5 and 7.5 <= b1 <= 7.8
+    for chunk in chunks:  # chunks are the input's own samples, in place
+        np.testing.assert_array_equal(chunk.audio, audio[chunk.start : chunk.end])
+
+
+def test_segmenter_forces_a_cut_at_the_longest_chunk_and_keeps_every_sample():
+    config = StreamSegmenterConfig(max_chunk_s=5.0)
+    audio = np.concatenate([voiced(12), quiet(1)])
+    audio[int(3.8 * SR) : int(3.85 * SR)] *= 0.05  # a dip too short to be a pause: the forced cut goes there
+    chunks = feed_in_frames(StreamSegmenter(config), audio, 800)
+    assert all(len(c.audio) <= 5.0 * SR for c in chunks)
+    assert abs(chunks[0].end / SR - 3.82) < 0.05
+    assert all(a.end == b.start for a, b in zip(chunks[:-1], chunks[1:])), "samples lost between forced cuts"
+
+
+def test_segmenter_open_chunk_grows_with_speech_and_short_clicks_are_dropped():
+    segmenter = StreamSegmenter()
+    assert segmenter.feed(quiet(1)) == [] and segmenter.open_chunk() is None
+    segmenter.feed(voiced(1.5))
+    first = segmenter.open_chunk()
+    segmenter.feed(voiced(1.0, seed=3))
+    assert segmenter.open_chunk().start == first.start and len(segmenter.open_chunk().audio) > len(
+        first.audio
+    )
+    click = np.concatenate([quiet(1), voiced(0.04), quiet(1)])
+    assert feed_in_frames(StreamSegmenter(), click, 320) == []
+
+
+@pytest.mark.parametrize(
+    "message, code",
+    [
+        pytest.param({"type": "start", "sample_rate": 7999}, "bad_rate", id="rate-too-low"),
+        pytest.param({"type": "start", "sample_rate": True}, "bad_rate", id="rate-bool"),
+        pytest.param({"type": "start", "sample_rate": float("nan")}, "bad_rate", id="rate-nan"),
+        pytest.param({"type": "start", "format": "opus"}, "bad_format", id="format"),
+        pytest.param({"type": "start", "prompt": 5}, "bad_prompt", id="prompt"),
+    ],
+)
+def test_start_validation(message, code):
+    with pytest.raises(ProtocolError) as refused:
+        parse_start(message)
+    assert refused.value.code == code
+
+
+def test_start_defaults_and_message_parsing():
+    assert parse_start({"type": "start", "sample_rate": 48000.0, "format": "pcm_f32le"}) == StreamFormat(
+        48000, "f32le"
+    )
+    with pytest.raises(ProtocolError, match="JSON"):
+        parse_message("[")
+    assert parse_message(json.dumps({"type": "stop"})) == {"type": "stop"}
+
+
+def test_audio_input_resamples_a_stream_without_losing_time():
+    source = 48000
+    t = np.arange(source * 2) / source
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype("<f4")
+    audio = AudioInput(StreamFormat(source, "f32le"))
+    pieces = [audio.decode(tone[i : i + 4799].tobytes()) for i in range(0, len(tone), 4799)] + [audio.flush()]
+    out = np.concatenate(pieces)
+    assert abs(len(out) - 2 * SR) <= 2
+    spectrum = np.abs(np.fft.rfft(out[SR // 2 : SR // 2 + SR]))
+    assert abs(int(np.argmax(spectrum)) - 440) <= 1  # 1 Hz bins over one second
+
+
+def test_audio_input_refuses_odd_bytes_and_nan():
+    with pytest.raises(ProtocolError) as odd:
+        AudioInput(StreamFormat()).decode(b"\x00\x01\x02")
+    assert odd.value.code == "odd_length"
+    with pytest.raises(ProtocolError) as nan:
+        AudioInput(StreamFormat(encoding="f32le")).decode(np.array([0.1, np.inf], "<f4").tobytes())
+    assert nan.value.code == "bad_samples"
+
+
+def test_worker_serves_sessions_round_robin_finals_first():
+    order = []
+    gate = threading.Event()
+
+    async def scenario():
+        worker = ModelWorker()
+        try:
+            blocker = worker.run("a", gate.wait)  # holds the worker while the others queue
+            await asyncio.sleep(0.05)
+            futures = [
+                worker.run("b", lambda: order.append("b-partial"), PARTIAL),
+                worker.run("c", lambda: order.append("c-final"), FINAL),
+                worker.run("d", lambda: order.append("d-final"), FINAL),
+            ]
+            with pytest.raises(RuntimeError, match="already has a job"):
+                worker.run("c", lambda: None)
+            gate.set()
+            await blocker
+            await asyncio.gather(*futures)
+            failing = worker.run("e", lambda: 1 / 0)
+            with pytest.raises(ZeroDivisionError):
+                await failing
+            assert await worker.run("e", lambda: 42) == 42  # the worker survived the failure
+            worker.run("f", lambda: time.sleep(0.5))
+            doomed = worker.run("g", lambda: order.append("never"))
+            worker.forget("g")
+            with pytest.raises(asyncio.CancelledError):
+                await doomed
+        finally:
+            worker.stop()
+
+    asyncio.run(scenario())
+    assert order == ["c-final", "d-final", "b-partial"]
