@@ -178,7 +178,8 @@ def run_config(args) -> dict:
     digest of the speech adapter, so a retrained embedded model is a new run), the manifest."""
     config = {"system": args.system, "attention": args.attention, "budget": args.budget,
               "max_distance": args.max_distance, "dtype": args.dtype, "longform_minutes": args.longform,
-              "device": args.device, "manifest": str(args.manifest), "drafts": args.drafts}
+              "device": args.device, "manifest": str(args.manifest), "drafts": args.drafts,
+              "draft_tolerance": args.draft_tolerance}
     if args.system == "speech-llm":
         from asr.speech.encoder import CT2_COMPUTE_TYPE
         from asr.speech.model import EMBEDDED_ADAPTER

@@ -4,6 +4,7 @@ trained on) comes out closer to its own transcript than to the other utterances'
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from asr.corpus import read_manifest
@@ -29,3 +30,26 @@ def test_embedded_model_follows_real_speech():
     shifted, _ = error_rates(references[1:] + references[:1], hypotheses)
     assert wer < 0.6, f"WER {wer:.2f} on clear read speech"
     assert wer < shifted - 0.3, f"WER {wer:.2f} against its own transcripts, {shifted:.2f} against others'"
+
+
+def _music_like(seconds: float, seed: int) -> np.ndarray:
+    """Chords of sustained tones with a slow tremolo and a little noise: loud, tonal, no speech."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    chord = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) for f in (220.0, 277.2, 329.6, 440.0))
+    tremolo = 0.6 + 0.4 * np.sin(2 * np.pi * 0.7 * t)
+    return (0.08 * chord * tremolo + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["noise", "music"])
+def test_no_words_without_speech(kind):
+    """30 s of noise or of music-like tones is sent to the model (too loud to be cut as silence) and
+    gives no words."""
+    from asr.speech.pipeline import TranscribeOptions, load_transcriber
+
+    rng = np.random.default_rng(3)
+    audio = (0.05 * rng.standard_normal(30 * 16000)).astype(np.float32) if kind == "noise" else _music_like(30, 4)
+    transcriber = load_transcriber(None, TranscribeOptions(device="cpu"))
+    transcript = transcriber.transcribe(audio)
+    assert transcript.stats.chunks >= 1, "the audio never reached the model"
+    assert transcript.text.strip() == "", f"words on {kind}: {transcript.text!r}"

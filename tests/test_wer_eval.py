@@ -75,6 +75,7 @@ def _args(manifest: Path, longform: float = 0) -> argparse.Namespace:
         longform=longform,
         device="cpu",
         drafts=False,
+        draft_tolerance=0.0,
         manifest=manifest,
     )
 

@@ -53,7 +53,9 @@ class LiveModel:
         engine = self.model.open_engine(
             self.options.engine_config(), expected_seconds=max_seconds + prompt_seconds
         )
-        session = self.model.open_session(engine, self.options.loop, self.options.distance_cap())
+        session = self.model.open_session(
+            engine, self.options.loop, self.options.distance_cap(), self.options.draft_decoding()
+        )
         if prompt:
             ids = self.model.tokenizer(prompt, add_special_tokens=False).input_ids[:MAX_PROMPT_TOKENS]
             engine.append(session.seq, token_ids=ids)

@@ -137,31 +137,31 @@ class LLMEngine:
         seq.token_ids.extend(list(token_ids) if token_ids is not None else [None] * count)
         seq.num_tokens += count
 
-    def accept_proposal(self, seq: Sequence, proposal: Seq[int],
-                        stop_token_ids: Seq[int] = ()) -> tuple[list[int], bool]:
-        """Speculative greedy decoding: verify ``proposal`` (ids guessed for what ``seq`` generates next)
-        in one forward pass and keep its longest prefix that greedy decoding would have produced.
+    def accept_proposal(self, seq: Sequence, proposal: Seq[int], stop_token_ids: Seq[int] = (),
+                        tolerance: float = 0.0) -> tuple[list[int], bool]:
+        """Speculative decoding: verify ``proposal`` (ids guessed for what ``seq`` generates next) in one
+        forward pass and keep its longest prefix whose every token the model accepts: the greedy choice
+        (``tolerance`` 0), or a token whose log-probability is within ``tolerance`` nats of it.
 
-        Returns (the accepted tokens, now cached; whether greedy decoding stopped among them: at a
-        stop token, itself neither returned nor cached). ``seq.next_logits`` then predicts the token
-        after the accepted ones, so ``generate`` goes on exactly as greedy decoding would have. The
-        check is a prefill, so it attends to every page: under sparse decode attention the kept prefix
-        is the one dense greedy decoding would produce.
+        Returns (the accepted tokens, now cached; whether decoding stopped among them: at a stop token,
+        itself neither returned nor cached). ``seq.next_logits`` then predicts the token after the
+        accepted ones, so with tolerance 0 ``generate`` goes on exactly as greedy decoding would have.
+        The check is a prefill, so it attends to every page: under sparse decode attention the kept
+        prefix is the one dense decoding would produce.
         """
         stops = set(stop_token_ids) | set(self.model_config.eos_token_ids)
         proposal = list(proposal)[: self.max_context - seq.num_tokens]
-        if not proposal or seq.next_logits is None or int(seq.next_logits.argmax()) != proposal[0]:
+        if not proposal or seq.next_logits is None:
+            return [], False
+        if not _accepts(seq.next_logits[None], proposal[:1], tolerance)[0]:
             return [], False
         start, first_logits = seq.num_tokens, seq.next_logits
-        # [k, vocab]
+        # [k, vocab]: the logits after each proposed token
         after = self.runner.prefill(seq.seq_id, self.embed_tokens(proposal), every_position=True)
         seq.token_ids.extend(proposal)
         seq.num_tokens += len(proposal)
-        # proposal[i + 1] is greedy's choice when the logits after proposal[i] pick it
-        predicted = after[:-1].argmax(dim=-1).tolist()
-        agreed = 1 + next(
-            (i for i, token in enumerate(predicted) if token != proposal[i + 1]), len(predicted)
-        )
+        accepts = _accepts(after[:-1], proposal[1:], tolerance)  # proposal[i + 1] after proposal[i]
+        agreed = 1 + next((i for i, ok in enumerate(accepts) if not ok), len(accepts))
         kept = next((i for i, token in enumerate(proposal[:agreed]) if token in stops), agreed)
         if kept < len(proposal):
             self.truncate(seq, start + kept)
@@ -299,6 +299,16 @@ class LLMEngine:
         """Token ids of ``messages`` in the model's chat template, ending with the assistant turn's start."""
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+
+def _accepts(logits: torch.Tensor, tokens: list[int], tolerance: float) -> list[bool]:
+    """Per row of ``logits`` [n, vocab], whether ``tokens[row]`` is within ``tolerance`` nats of the
+    row's most likely token (tolerance 0: it is the greedy choice)."""
+    if not tokens:
+        return []
+    logprobs = logits.float().log_softmax(dim=-1)
+    picked = logprobs.gather(1, torch.as_tensor(tokens, device=logits.device)[:, None])[:, 0]
+    return (logprobs.max(dim=-1).values - picked <= tolerance).tolist()
 
 
 class _PickedTokens:

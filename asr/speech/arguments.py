@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from asr.speech.draft_decoding import DEFAULT_TOLERANCE
+
 ATTENTION_CHOICES = ("unique", "dense", "quest")
 DTYPE_CHOICES = ("bfloat16", "float32", "int8")
 
@@ -23,6 +25,9 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser, device_default: st
     parser.add_argument("--drafts", action=argparse.BooleanOptionalAction, default=None,
                         help="put each chunk's Whisper draft into the context and verify it as the LLM's "
                         "proposal (default: as the model was trained)")
+    parser.add_argument("--draft-tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help="nats by which a draft token may trail the LLM's own choice and still be kept "
+                        "(0: the LLM's exact greedy transcript; default: %(default)s)")
     device_help = "cpu or cuda" + (" (default: cuda if available)" if device_default is None else "")
     parser.add_argument("--device", default=device_default, help=device_help)
 
@@ -32,4 +37,5 @@ def options_from_args(args: argparse.Namespace):
     from asr.speech.pipeline import TranscribeOptions
 
     return TranscribeOptions(attention=args.attention, budget_tokens=args.budget, device=args.device,
-                             dtype=args.dtype, max_distance=args.max_distance or None, drafts=args.drafts)
+                             dtype=args.dtype, max_distance=args.max_distance or None, drafts=args.drafts,
+                             draft_tolerance=args.draft_tolerance)

@@ -25,6 +25,7 @@ import torch
 from asr.llm.config import SamplingParams
 from asr.llm.distance_cap import DistanceCap
 from asr.llm.engine import LLMEngine
+from asr.speech.draft_decoding import DraftDecoding, decode_with_draft
 from asr.speech.model import EncodedChunk, SpeechModel
 from asr.speech.prompt import draft_token_ids
 from asr.speech.repetition import LoopConfig, loop_start, repetitive, token_budget
@@ -52,12 +53,14 @@ class LongformSession:
     weights; feed chunks in order. ``close`` frees the sequence (the engine stays its opener's)."""
 
     def __init__(self, model: SpeechModel, engine: LLMEngine, loop: LoopConfig = LoopConfig(),
-                 distance_cap: DistanceCap | None = DistanceCap()) -> None:
+                 distance_cap: DistanceCap | None = DistanceCap(),
+                 draft_decoding: DraftDecoding = DraftDecoding()) -> None:
         if engine.model is not model.llm:
             raise ValueError(
                 "the engine runs other weights than the speech model; open it with model.open_engine"
             )
         self.model, self.loop, self.distance_cap = model, loop, distance_cap
+        self.draft_decoding = draft_decoding
         self.engine = engine
         self.seq = self.engine.new_sequence()
         self.engine.append(self.seq, token_ids=model.prompt.session_start)
@@ -79,21 +82,17 @@ class LongformSession:
 
     def _generate(self, seconds: float, sampling: SamplingParams, proposal: list[int] = ()) -> list[int]:
         """The chunk's transcript tokens, picked as ``sampling`` says (its length and stop token set
-        here); a greedy decode first keeps what it agrees with of ``proposal`` (verified in one
-        pass), then goes on token by token."""
+        here); a greedy decode goes through ``proposal`` (the draft) first (``asr.speech.draft_decoding``)."""
         params = replace(sampling, max_tokens=token_budget(seconds, self.loop),
                          stop_token_ids=(self.model.prompt.end_of_turn,))
-        accepted, stopped = [], False
-        if proposal and params.temperature == 0:
-            accepted, stopped = self.engine.accept_proposal(self.seq, proposal[: params.max_tokens],
-                                                            params.stop_token_ids)
-            self.stats.draft_tokens += len(proposal)
-            self.stats.accepted_tokens += len(accepted) + stopped
-        if stopped or len(accepted) >= params.max_tokens:
-            return accepted
-        return accepted + self.engine.generate(
-            self.seq, replace(params, max_tokens=params.max_tokens - len(accepted))
+        if not proposal or params.temperature != 0:
+            return self.engine.generate(self.seq, params)
+        tokens, accepted = decode_with_draft(
+            self.engine, self.seq, list(proposal), params, self.draft_decoding
         )
+        self.stats.draft_tokens += len(proposal)
+        self.stats.accepted_tokens += accepted
+        return tokens
 
     def transcribe_chunk(self, audio: np.ndarray, start_s: float, sample_rate: int = 16000, *,
                          encoded: EncodedChunk) -> Segment | None:

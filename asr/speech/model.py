@@ -32,6 +32,7 @@ from asr.llm.loader import load_model
 from asr.llm.model import CausalLM
 from asr.llm.quantize import quantize_linear_layers
 from asr.speech.adapter import SpeechAdapter
+from asr.speech.draft_decoding import DraftDecoding
 from asr.speech.lora import merge_lora
 from asr.speech.projector import FrameStackProjector
 from asr.speech.prompt import PromptIds
@@ -91,12 +92,13 @@ class SpeechModel:
         return LLMEngine(self.llm, config, self.tokenizer)
 
     def open_session(self, engine: LLMEngine, loop: LoopConfig = LoopConfig(),
-                     distance_cap: DistanceCap | None = DistanceCap()) -> LongformSession:
+                     distance_cap: DistanceCap | None = DistanceCap(),
+                     draft_decoding: DraftDecoding = DraftDecoding()) -> LongformSession:
         """A long-form session (one recording or live stream) in a new sequence of ``engine`` (from
         ``open_engine``); closing it frees its sequence, not the engine."""
         from asr.speech.longform import LongformSession
 
-        return LongformSession(self, engine, loop, distance_cap)
+        return LongformSession(self, engine, loop, distance_cap, draft_decoding)
 
     @torch.inference_mode()
     def encode_chunks(self, chunks: list[np.ndarray]) -> list[EncodedChunk]:

@@ -18,6 +18,7 @@ from asr.errors import AudioError
 from asr.llm.config import EngineConfig
 from asr.llm.distance_cap import DistanceCap
 from asr.speech.audio import SAMPLE_RATE
+from asr.speech.draft_decoding import DEFAULT_TOLERANCE, DraftDecoding
 from asr.speech.longform import LongformSession
 from asr.speech.model import EncodedChunk, SpeechModel, load_speech_model
 from asr.speech.repetition import LoopConfig
@@ -39,7 +40,9 @@ class TranscribeOptions:
     control; max_distance: the farthest a key may sit from the next position before old pages are
     moved closer (``asr.llm.distance_cap``; None keeps every key at its own position); drafts: put
     each chunk's Whisper draft into the context and verify it as the LLM's proposal (None: as the
-    model was trained; ``asr.speech.draft``)."""
+    model was trained; ``asr.speech.draft``); draft_tolerance: nats by which a draft token may trail
+    the LLM's own choice and still be kept (0: the LLM's exact greedy transcript;
+    ``asr.speech.draft_decoding``)."""
 
     attention: str = "unique"
     budget_tokens: int = 2048
@@ -50,6 +53,7 @@ class TranscribeOptions:
     loop: LoopConfig = field(default_factory=LoopConfig)
     max_distance: int | None = DistanceCap.max_distance
     drafts: bool | None = None
+    draft_tolerance: float = DEFAULT_TOLERANCE
 
     def __post_init__(self) -> None:
         """Refuse a bad budget, page size, dtype or distance now (ValueError), not mid-file."""
@@ -68,6 +72,10 @@ class TranscribeOptions:
                             dtype="float32" if int8 else self.dtype, int8_weights=int8,
                             max_context=max_context, max_batch=1, extend_context=True)
 
+    def draft_decoding(self) -> DraftDecoding:
+        """How a session decodes against each chunk's draft."""
+        return DraftDecoding(tolerance=self.draft_tolerance)
+
     def distance_cap(self) -> DistanceCap | None:
         """The distance ceiling of a session (None: keys keep their own positions)."""
         return None if self.max_distance is None else DistanceCap(self.max_distance)
@@ -85,7 +93,7 @@ class Transcriber:
         """A session for a ``seconds``-long recording, in an engine whose cache holds its whole context."""
         options = self.options
         engine = self.model.open_engine(options.engine_config(), expected_seconds=seconds)
-        return self.model.open_session(engine, options.loop, options.distance_cap())
+        return self.model.open_session(engine, options.loop, options.distance_cap(), options.draft_decoding())
 
     def transcribe(self, audio: np.ndarray, progress: bool = False, name: str = "") -> Transcript:
         """audio: [samples] float32 mono 16 kHz."""
