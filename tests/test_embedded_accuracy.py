@@ -1,5 +1,6 @@
 """The embedded speech model really transcribes: real read speech from the shared dev set (never
-trained on) comes out closer to its own transcript than to the other utterances' transcripts."""
+trained on) comes out close to its own transcript and far from the other utterances' transcripts; sound
+without speech gives no words."""
 
 import json
 from pathlib import Path
@@ -28,7 +29,7 @@ def test_embedded_model_follows_real_speech():
     references = [utt.text for utt in chosen]
     wer, _ = error_rates(references, hypotheses)
     shifted, _ = error_rates(references[1:] + references[:1], hypotheses)
-    assert wer < 0.6, f"WER {wer:.2f} on clear read speech"
+    assert wer < 0.25, f"WER {wer:.2f} on clear read speech"  # asr-v4: 0.10
     assert wer < shifted - 0.3, f"WER {wer:.2f} against its own transcripts, {shifted:.2f} against others'"
 
 

@@ -11,8 +11,8 @@ draft's tokens also serve as speculative proposals for the LLM's greedy decode
 
 Both take the encoder's full 30 s windows ([batch, 1500, dim]: Whisper's decoder attends to all of
 them, padding included) and the chunk lengths, and return one stripped draft per chunk. A chunk that
-Whisper judges to hold no speech (its no-speech probability above ``NO_SPEECH_PROB`` while the draft's
-mean log-probability is below ``LOW_LOGPROB``, Whisper's own rule) gets an empty draft.
+Whisper judges to hold no speech gets an empty draft (``judged_silent``), and a session writes no
+words for it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,12 @@ from typing import Protocol
 import numpy as np
 import torch
 
-NO_SPEECH_PROB = 0.6
+NO_SPEECH_PROB = 0.6  # Whisper's own rule: this likely silent, with a draft this unsure
 LOW_LOGPROB = -1.0
+# and a weaker no-speech signal with a far less sure draft: music and tones, which Whisper reads as
+# made-up sentences at mean log-probabilities of -1.9 and below (real dev and accented speech: >= -1.4)
+WEAK_NO_SPEECH_PROB = 0.3
+VERY_LOW_LOGPROB = -1.5
 DRAFT_TOKENS_PER_SECOND = 6  # Whisper tokens; read speech runs at about 4 per second
 DRAFT_TOKENS_SLACK = 16
 
@@ -32,6 +36,14 @@ DRAFT_TOKENS_SLACK = 16
 def draft_token_limit(seconds: float) -> int:
     """Most draft tokens for a chunk of ``seconds`` (a runaway draft is cut there)."""
     return min(224, math.ceil(seconds * DRAFT_TOKENS_PER_SECOND) + DRAFT_TOKENS_SLACK)
+
+
+def judged_silent(no_speech_prob: float, mean_logprob: float) -> bool:
+    """Whether a chunk holds no speech Whisper can read, from its no-speech probability and its draft's
+    mean log-probability (over the draft's tokens and the end token)."""
+    return (no_speech_prob > NO_SPEECH_PROB and mean_logprob < LOW_LOGPROB) or (
+        no_speech_prob > WEAK_NO_SPEECH_PROB and mean_logprob < VERY_LOW_LOGPROB
+    )
 
 
 class Drafter(Protocol):
@@ -69,7 +81,7 @@ class Ct2Drafter:
             ids = [token for token in result.sequences_ids[0] if token < self.first_special]
             length = len(result.sequences_ids[0])  # the score is the mean log-probability over these;
             logprob = result.scores[0] * length / (length + 1)  # Whisper's mean counts the end token too
-            silent = result.no_speech_prob > NO_SPEECH_PROB and logprob < LOW_LOGPROB
+            silent = judged_silent(result.no_speech_prob, logprob)
             drafts.append(
                 "" if silent else self.tokenizer.decode(ids[: draft_token_limit(chunk_seconds)]).strip()
             )
@@ -106,5 +118,5 @@ class HfDrafter:
         first = self.whisper.model.decoder(input_ids=start, encoder_hidden_states=hidden).last_hidden_state
         no_speech_prob = self.whisper.proj_out(first[:, 0]).float().softmax(-1)[:, self.no_speech]
         texts = self.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
-        silent = ((no_speech_prob > NO_SPEECH_PROB) & (mean_logprob < LOW_LOGPROB)).tolist()
+        silent = [judged_silent(p, lp) for p, lp in zip(no_speech_prob.tolist(), mean_logprob.tolist())]
         return ["" if quiet else text.strip() for text, quiet in zip(texts, silent)]
