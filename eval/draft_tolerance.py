@@ -45,20 +45,31 @@ def run(args: argparse.Namespace) -> None:
         drafts.append(encoded.draft or "")
         for tolerance in args.tolerances:
             engine = model.open_engine(options.engine_config(), expected_seconds=len(audio) / 16000)
-            with model.open_session(engine, options.loop, None, DraftDecoding(tolerance=tolerance)) as session:
+            with model.open_session(
+                engine, options.loop, None, DraftDecoding(tolerance=tolerance)
+            ) as session:
                 segment = session.transcribe_chunk(audio, 0.0, encoded=encoded)
             transcripts[tolerance].append(segment.text if segment else "")
     rows = [{"decoding": "whisper draft", "tolerance": None, **_rates(error_rates(references, drafts))}]
-    rows += [{"decoding": "speech LLM", "tolerance": tolerance, **_rates(error_rates(references, hyps))}
-             for tolerance, hyps in transcripts.items()]
+    rows += [
+        {"decoding": "speech LLM", "tolerance": tolerance, **_rates(error_rates(references, hyps))}
+        for tolerance, hyps in transcripts.items()
+    ]
     print(f"{'decoding':<14} {'tolerance':>9} {'WER':>7} {'CER':>7}")
     for row in rows:
         tolerance = "" if row["tolerance"] is None else f"{row['tolerance']:g}"
         print(f"{row['decoding']:<14} {tolerance:>9} {100 * row['wer']:6.2f}% {100 * row['cer']:6.2f}%")
-    result = {"manifest": str(args.manifest), "every": args.every, "utterances": len(utterances),
-              "model": args.model or "embedded", "seconds": round(time.perf_counter() - started), "rows": rows,
-              "references": references, "drafts": drafts,
-              "transcripts": {f"{tolerance:g}": hyps for tolerance, hyps in transcripts.items()}}
+    result = {
+        "manifest": str(args.manifest),
+        "every": args.every,
+        "utterances": len(utterances),
+        "model": args.model or "embedded",
+        "seconds": round(time.perf_counter() - started),
+        "rows": rows,
+        "references": references,
+        "drafts": drafts,
+        "transcripts": {f"{tolerance:g}": hyps for tolerance, hyps in transcripts.items()},
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1))
 
@@ -81,7 +92,9 @@ def plot(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="decode one manifest at several tolerances")
     run_parser.add_argument("manifest", type=Path)

@@ -52,7 +52,9 @@ def _decode(directory, prompt, proposal, max_tokens, tolerance):
     return tokens, accepted
 
 
-@pytest.mark.parametrize("wrong", [[], [1], [0, 3], [2, 3, 4]], ids=["right", "one-wrong", "two-wrong", "run-wrong"])
+@pytest.mark.parametrize(
+    "wrong", [[], [1], [0, 3], [2, 3, 4]], ids=["right", "one-wrong", "two-wrong", "run-wrong"]
+)
 def test_tolerance_zero_gives_the_greedy_transcript_whatever_the_draft(tiny, wrong):
     prompt = token_ids(11, seed=5)
     greedy = _greedy(tiny, prompt, 10)

@@ -49,7 +49,9 @@ def test_no_words_without_speech(kind):
     from asr.speech.pipeline import TranscribeOptions, load_transcriber
 
     rng = np.random.default_rng(3)
-    audio = (0.05 * rng.standard_normal(30 * 16000)).astype(np.float32) if kind == "noise" else _music_like(30, 4)
+    audio = (
+        (0.05 * rng.standard_normal(30 * 16000)).astype(np.float32) if kind == "noise" else _music_like(30, 4)
+    )
     transcriber = load_transcriber(None, TranscribeOptions(device="cpu"))
     transcript = transcriber.transcribe(audio)
     assert transcript.stats.chunks >= 1, "the audio never reached the model"

@@ -57,8 +57,16 @@ def convert_half(root: Path, half: str, out: Path, codec: str) -> int:
             sf.write(str(partial), audio, rate, format=fmt, subtype=subtype)
             partial.rename(target)
         duration = sf.info(str(target)).duration
-        lines.append(json.dumps({"audio": f"audio/{target.name}", "text": sentence_case(texts[utt_id]),
-                                 "duration": round(duration, 3), "id": utt_id}))
+        lines.append(
+            json.dumps(
+                {
+                    "audio": f"audio/{target.name}",
+                    "text": sentence_case(texts[utt_id]),
+                    "duration": round(duration, 3),
+                    "id": utt_id,
+                }
+            )
+        )
     (out / half / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     return len(lines)
 

@@ -45,8 +45,9 @@ def realign(proposal: list[int], position: int, token: int, window: int) -> int:
     return position + 1
 
 
-def decode_with_draft(engine: LLMEngine, seq: Sequence, proposal: list[int], params: SamplingParams,
-                      config: DraftDecoding) -> tuple[list[int], int]:
+def decode_with_draft(
+    engine: LLMEngine, seq: Sequence, proposal: list[int], params: SamplingParams, config: DraftDecoding
+) -> tuple[list[int], int]:
     """A greedy transcript (at most ``params.max_tokens``, ending at a stop token) of what ``seq`` holds,
     taking ``proposal`` (the draft's ids and the end of turn) where the LLM accepts it. Returns the
     transcript's tokens and how many proposed tokens were accepted (the end of turn included)."""
