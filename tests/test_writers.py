@@ -16,7 +16,8 @@ def sample():
 
 STATS = TranscriptStats(duration=3671.0, seconds=367.1, rtf=0.1, kv_pages_read=0.25, attention="unique",
                         budget_tokens=2048, chunks=2, loops_cut=0, budget_stops=0, context_tokens=900,
-                        max_distance=4096, drafts=False, draft_tokens_accepted=0, draft_tokens=0)
+                        text_tokens=40, max_distance=4096, drafts=False, draft_tokens_accepted=0,
+                        draft_tokens=0)
 
 
 def test_timestamps():
@@ -62,6 +63,7 @@ def test_every_format_holds_all_text(fmt, tmp_path):
             "loops_cut",
             "budget_stops",
             "context_tokens",
+            "text_tokens",
             "max_distance",
             "drafts",
             "draft_tokens_accepted",
