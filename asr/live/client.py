@@ -56,7 +56,8 @@ async def stream_audio(
     headers = {"Authorization": f"Bearer {token}"} if token else None
     result = StreamResult()
     sent_at: list[tuple[int, float]] = []  # (samples sent, when)
-    async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
+    # the server stops reading (pings included) while the model is behind: wait for it, don't time out
+    async with websockets.connect(url, additional_headers=headers, max_size=None, ping_timeout=None) as ws:
         await ws.send(json.dumps({"type": "start", "sample_rate": SAMPLE_RATE, "format": "pcm_s16le"}))
         began = time.monotonic()
 

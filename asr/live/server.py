@@ -96,6 +96,9 @@ class LiveServer:
             process_request=self._http,
             max_size=self.config.max_frame_bytes,
             max_queue=16,
+            # backpressure stops reading a stream's frames, and with them its pongs: a late pong must
+            # not close a stream that is only waiting for the model
+            ping_timeout=None,
             server_header="asr-live",
         )
         self.port = self._server.sockets[0].getsockname()[1]
