@@ -7,7 +7,7 @@ import torch
 from asr.attention import cpu
 from asr.attention.config import UniqueConfig
 from asr.attention.scoring import score_pages
-from asr.attention.selection import MAX_KERNEL_PAGES, select_pages
+from asr.attention.selection import select_pages
 
 
 def gather_attended(
@@ -119,29 +119,15 @@ def unique_decode(
     """Public sparse decode: score the pages, take the top ``config.num_select`` per sequence and
     kv head, attend over them (arguments as ``paged_decode_reference`` plus key_stats
     [num_pages, kv_heads, NUM_STATS, head_dim]). On CUDA with fp16/bf16 caches: the scoring
-    kernel, the top-k kernel (chosen pages and their physical ids), then the decode kernel over
+    kernel that also selects (chosen pages and their physical ids), then the decode kernel over
     those pages (and its merge), sizes from shapes only (graph-capturable); elsewhere the
     references (or the CPU paths when ``need_lse`` is False; ``host_seq_lens`` as in
     ``paged_decode``)."""
-    if (
-        q.is_cuda
-        and k_cache.dtype in (torch.float16, torch.bfloat16)
-        and page_table.shape[1] <= MAX_KERNEL_PAGES
-    ):
+    if q.is_cuda and k_cache.dtype in (torch.float16, torch.bfloat16):
         from asr.attention.kernels.decode import paged_decode_triton
-        from asr.attention.kernels.scoring import score_pages_triton
-        from asr.attention.kernels.selection import select_pages_triton
+        from asr.attention.kernels.scoring import score_select_triton
 
-        scores = score_pages_triton(q, key_stats, page_table, seq_lens, config)
-        chosen, chosen_physical = select_pages_triton(
-            scores,
-            seq_lens,
-            page_table,
-            config.page_size,
-            config.num_select,
-            config.sink_pages,
-            config.local_pages,
-        )
+        _, chosen, chosen_physical = score_select_triton(q, key_stats, page_table, seq_lens, config)
         return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen, chosen_physical)
     scores = score_pages(q, key_stats, page_table, seq_lens, config, host_seq_lens)
     chosen = select_pages(scores, seq_lens, config)

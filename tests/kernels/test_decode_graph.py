@@ -9,8 +9,7 @@ import torch
 from asr.attention.backend import DecodeMetadata, decode_attention
 from asr.attention.config import UniqueConfig
 from asr.attention.decode import paged_decode_reference
-from asr.attention.kernels.scoring import score_pages_triton
-from asr.attention.kernels.selection import select_pages_triton
+from asr.attention.kernels.scoring import score_select_triton
 from tests.paged_batch import make_paged_batch
 from tests.tolerances import assert_close
 
@@ -48,9 +47,7 @@ def test_decode_step_replays_from_cuda_graph(sparse):
         chosen = None
         if sparse is not None:
             # eager kernels choose the pages (the reference could break near-ties differently)
-            scores = score_pages_triton(q, batch.key_stats, metadata.page_table, metadata.seq_lens, sparse)
-            chosen, _ = select_pages_triton(scores, metadata.seq_lens, metadata.page_table, sparse.page_size,
-                                            sparse.num_select, sparse.sink_pages, sparse.local_pages)
+            _, chosen, _ = score_select_triton(q, batch.key_stats, metadata.page_table, metadata.seq_lens, sparse)
         expected, _ = paged_decode_reference(q.float(), batch.k_cache.float(), batch.v_cache.float(),
                                              metadata.page_table, metadata.seq_lens, scale, chosen)
         assert_close(out.float(), expected, torch.bfloat16)

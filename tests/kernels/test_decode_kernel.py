@@ -9,8 +9,7 @@ import torch
 from asr.attention.config import UniqueConfig
 from asr.attention.decode import paged_decode_reference
 from asr.attention.kernels.decode import paged_decode_triton
-from asr.attention.kernels.scoring import score_pages_triton
-from asr.attention.kernels.selection import select_pages_triton
+from asr.attention.kernels.scoring import score_select_triton
 from asr.attention.scoring import score_pages_reference
 from asr.attention.selection import select_pages_reference
 from tests.paged_batch import make_paged_batch
@@ -75,11 +74,9 @@ def test_sparse_decode_matches_reference(dtype, head_dim, page_size, heads):
 
 
 def unique_step(q, batch, page_table, seq_lens, scale, config, out=None, lse=None):
-    """The engine's UNIQUE step on CUDA: scoring kernel, top-k kernel, decode over the chosen pages
-    (given their physical ids). Returns (out, lse, chosen, scores)."""
-    scores = score_pages_triton(q, batch.key_stats, page_table, seq_lens, config)
-    chosen, physical = select_pages_triton(scores, seq_lens, page_table, config.page_size, config.num_select,
-                                           config.sink_pages, config.local_pages)
+    """The engine's UNIQUE step on CUDA: the scoring kernel that selects, then decode over the
+    chosen pages (given their physical ids). Returns (out, lse, chosen, scores)."""
+    scores, chosen, physical = score_select_triton(q, batch.key_stats, page_table, seq_lens, config)
     out, lse = paged_decode_triton(
         q, batch.k_cache, batch.v_cache, page_table, seq_lens, scale, chosen, physical, out=out, lse=lse
     )
@@ -88,7 +85,7 @@ def unique_step(q, batch, page_table, seq_lens, scale, config, out=None, lse=Non
 
 @pytest.mark.parametrize("dtype, head_dim, page_size, heads", SHAPES)
 def test_scored_selected_decode_matches_reference(dtype, head_dim, page_size, heads):
-    """Scores, top-k and decode kernels in a row: the output is the reference's over the pages chosen."""
+    """Scoring with selection, then decode: the output is the reference's over the pages chosen."""
     batch = make_paged_batch([500, 37, 260], *heads, head_dim, page_size, dtype, seed=15, device=DEVICE)
     config = UniqueConfig(page_size=page_size, budget_tokens=4 * page_size)
     out = torch.full_like(batch.q, float("nan"))
@@ -120,10 +117,17 @@ def test_unique_step_ignores_table_width_and_padded_rows():
     assert_close(wide_lse[:3], lse, torch.float16)
 
 
+@pytest.mark.parametrize("combine_in_last_split", [False, True], ids=["combine-kernel", "combine-in-split"])
 @pytest.mark.parametrize("num_splits", [1, 2, 5, 64])
-def test_split_count_does_not_change_result(num_splits):
+def test_split_count_does_not_change_result(num_splits, combine_in_last_split, monkeypatch):
+    from asr.attention.kernels import decode
+
+    monkeypatch.setattr(decode, "COMBINE_IN_LAST_SPLIT", combine_in_last_split)
     batch = make_paged_batch([1000, 1, 129], 8, 2, 64, 16, torch.bfloat16, seed=12, device=DEVICE)
     check(batch, 0.125, num_splits=num_splits)
+    if combine_in_last_split:  # the row counters were left at zero: a second launch merges right again
+        batch.q.copy_(torch.randn_like(batch.q))
+        check(batch, 0.125, num_splits=num_splits)
 
 
 def test_full_budget_sparse_equals_dense():

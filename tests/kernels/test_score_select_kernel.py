@@ -1,12 +1,12 @@
-"""Page scoring and the top-k selection kernel, alone and in a row as the engine runs them, against
-their references. Selections are compared by chosen set size, forced pages and summed scores (ties
-may differ); physical page ids by the page table."""
+"""Page scoring, the top-k selection kernel, and scoring with selection in one launch (the engine's
+step) against their references. Selections are compared by chosen set size, forced pages and
+summed scores (ties may differ); physical page ids by the page table."""
 
 import pytest
 import torch
 
 from asr.attention.config import UniqueConfig
-from asr.attention.kernels.scoring import score_pages_triton
+from asr.attention.kernels.scoring import score_pages_triton, score_select_triton
 from asr.attention.kernels.selection import select_pages_triton
 from asr.attention.scoring import score_pages_reference
 from asr.attention.selection import select_pages_reference
@@ -121,7 +121,7 @@ def test_selection_breaks_ties():
     check_selection(chosen, scores, seq_lens, config)
 
 
-def score_and_select(batch, config):
+def score_then_select(batch, config):
     """The scoring kernel, then the top-k kernel on its scores: (scores, chosen, physical)."""
     scores = score_pages_triton(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
     chosen, physical = select_pages_triton(scores, batch.seq_lens, batch.page_table, config.page_size,
@@ -129,46 +129,96 @@ def score_and_select(batch, config):
     return scores, chosen, physical
 
 
-def check_score_and_select(batch, config, atol=1e-4):
-    scores, chosen, physical = score_and_select(batch, config)
+def score_select(batch, config):
+    """Scoring with selection in one launch; chosen pages (and their ids) put in ascending order."""
+    scores, chosen, physical = score_select_triton(
+        batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config
+    )
+    order = chosen.long().masked_fill(chosen < 0, 2**40).argsort(dim=-1)
+    return scores, chosen.gather(-1, order), physical.gather(-1, order)
+
+
+STEPS = [pytest.param(score_then_select, id="two-kernels"), pytest.param(score_select, id="one-kernel")]
+
+
+def check_score_and_select(batch, config, step, atol=1e-4):
+    scores, chosen, physical = step(batch, config)
     args = (batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
     torch.testing.assert_close(scores, score_pages_reference(*args), rtol=1e-4, atol=atol)
     check_selection(chosen, scores, batch.seq_lens, config)
     check_physical(physical, chosen, batch.page_table)
 
 
+@pytest.mark.parametrize("step", STEPS)
 @pytest.mark.parametrize("config", CONFIGS)
-def test_scored_selection_as_reference(config):
+def test_scored_selection_as_reference(config, step):
     batch = make_paged_batch(
         [2000, 16, 1, 700], 8, 2, 64, config.page_size, torch.bfloat16, seed=22, device=DEVICE
     )
-    check_score_and_select(batch, config)
+    check_score_and_select(batch, config, step)
 
 
+@pytest.mark.parametrize("step", STEPS)
 @pytest.mark.parametrize("budget_pages", [3, 8, 64])
-def test_scored_selection_on_long_ragged_rows(budget_pages):
+def test_scored_selection_on_long_ragged_rows(budget_pages, step):
     """Rows longer and shorter than the budget."""
     config = UniqueConfig(page_size=16, budget_tokens=16 * budget_pages)
     batch = make_paged_batch([9000, 2100, 40, 5000], 8, 2, 64, 16, torch.bfloat16, seed=24, device=DEVICE)
-    check_score_and_select(batch, config)
+    check_score_and_select(batch, config, step)
 
 
-def test_scored_selection_breaks_ties():
+@pytest.mark.parametrize("step", STEPS)
+def test_scored_selection_breaks_ties(step):
     """Pages share three distinct statistics, so many scores tie."""
     config = UniqueConfig(page_size=16, budget_tokens=16 * 20)
     batch = make_paged_batch([9000, 3000], 8, 2, 64, 16, torch.bfloat16, seed=25, device=DEVICE)
     gen = torch.Generator().manual_seed(25)
     pool = batch.key_stats[:3].clone()
     batch.key_stats.copy_(pool[torch.randint(0, 3, (batch.key_stats.shape[0],), generator=gen).to(DEVICE)])
-    check_score_and_select(batch, config)
+    check_score_and_select(batch, config, step)
+
+
+@pytest.mark.parametrize("split", [True, False], ids=["one-head", "all-heads"])
+@pytest.mark.parametrize("candidates", [2, 8])
+@pytest.mark.parametrize("heads", [pytest.param((8, 2), id="gqa4"), pytest.param((9, 3), id="gqa3-smollm2")])
+def test_one_kernel_selection_merges_clustered_rows(split, candidates, heads, monkeypatch):
+    """The best pages sit together (keys grow with position, as recent context often scores), so
+    a program holds more of the top-k than it keeps as candidates: the merge must take in the rest
+    of its pages. Few candidates per program force that path everywhere."""
+    from asr.attention.kernels import scoring
+
+    monkeypatch.setattr(scoring, "SPLIT_HEADS_MAX_ROWS_PER_SM", 1e9 if split else 0.0)
+    monkeypatch.setattr(scoring, "CANDIDATES_PER_PROGRAM", candidates)
+    config = UniqueConfig(page_size=16, budget_tokens=16 * 24)
+    batch = make_paged_batch([7000, 2500, 300], *heads, 64, 16, torch.bfloat16, seed=26, device=DEVICE)
+    # the mean of logical page p moves p / 100 along the sign of its head's summed query
+    kv_heads = heads[1]
+    for row in range(batch.page_table.shape[0]):
+        pages = batch.page_table[row, : -(-int(batch.seq_lens[row]) // 16)].long()
+        position = torch.arange(len(pages), device=DEVICE, dtype=torch.float32) / 100
+        direction = batch.q[row].float().view(kv_heads, -1, 64).sum(1).sign()  # [kv_heads, d]
+        drift = position[:, None, None] * direction[None]
+        batch.key_stats[pages, :, 0] = (batch.key_stats[pages, :, 0].float() + drift).to(batch.key_stats.dtype)
+    check_score_and_select(batch, config, score_select)
+
+
+def test_one_kernel_selection_leaves_counters_reset():
+    """The row counters persist between launches (and graph replays): a second launch with other
+    queries selects exactly again."""
+    config = UniqueConfig(page_size=16, budget_tokens=16 * 8)
+    batch = make_paged_batch([5000, 800], 8, 2, 64, 16, torch.bfloat16, seed=27, device=DEVICE)
+    for seed in range(2):
+        batch.q.copy_(torch.randn(batch.q.shape, generator=torch.Generator().manual_seed(seed)).to(batch.q))
+        check_score_and_select(batch, config, score_select)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("page_size", [16, 32])
-def test_real_size_score_select(page_size):
+@pytest.mark.parametrize("page_size", [16, 32, 64])
+@pytest.mark.parametrize("step", STEPS)
+def test_real_size_score_select(page_size, step):
     config = UniqueConfig(page_size=page_size, budget_tokens=2048)
     batch = make_paged_batch(
         [131072, 40000, 3000], 32, 8, 128, page_size, torch.bfloat16, seed=23, device=DEVICE
     )
-    check_score_and_select(batch, config, atol=1e-3)
+    check_score_and_select(batch, config, step, atol=1e-3)

@@ -54,3 +54,20 @@ def num_sms(device: torch.device) -> int:
     if index not in _SM_COUNT:
         _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
     return _SM_COUNT[index]
+
+
+_COUNTERS: dict[tuple[str, torch.device, int], torch.Tensor] = {}
+
+
+def zeroed_counters(name: str, device: torch.device, count: int) -> torch.Tensor:
+    """int32 counters that start at zero and that the kernels using them leave at zero (the last
+    program of a row resets its counter), so they are made once and reused by every launch and
+    graph replay. One set per kernel name: kernels that share a set must not run concurrently.
+    A set first asked for during graph capture belongs to that graph and is not cached."""
+    key = (name, device, count)
+    counters = _COUNTERS.get(key)
+    if counters is None:
+        counters = torch.zeros(count, dtype=torch.int32, device=device)
+        if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            _COUNTERS[key] = counters
+    return counters

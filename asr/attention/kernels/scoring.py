@@ -14,6 +14,13 @@ tiles is faster (``plan_heads_per_program``). The page-table load does not wait 
 length (entries past the end are loaded but never followed), so a program pays two dependent
 memory round trips (page table, then stats). Short programs and many of them: at batch 1 the
 grid still covers every SM several times.
+
+With ``SELECT`` (``score_select_triton``, the UNIQUE decode step) the same launch also chooses
+the pages: each program reads its scores back as packed keys (``selection._page_keys``), keeps its
+top CANDIDATES_PER_PROGRAM, and the program of a (sequence, head group) that finishes last (an
+atomic counter per group, reset by that program) merges the group's candidates into the exact
+top-k (``selection._select_from_candidates``), writing logical and physical page ids. No program
+ranks a whole row, and the step saves the top-k kernel's launch.
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ from asr.attention.kernels.common import (
     interpreting,
     next_power_of_2,
     num_sms,
+    zeroed_counters,
 )
+from asr.attention.kernels.selection import _page_keys, _select_from_candidates
 from asr.attention.page_stats import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
 
 METHOD_GAUSS, METHOD_L1, METHOD_QUEST, METHOD_MEAN = 0, 1, 2, 3
@@ -49,18 +58,23 @@ ALL_HEADS_WARPS = 4
 # 15.5 us against 23.4 with all 8 heads per program; at B=8 85 us against 77; at B=32 316 against 235)
 SPLIT_HEADS_MAX_ROWS_PER_SM = 0.25
 SCORE_PROGRAMS_PER_SM = 4  # the grid covers the SMs about this many times
+SELECT_PROGRAMS_PER_SM = 4  # the same when the programs also select (fewer: longer runs, fewer candidates)
 MAX_PAGES_PER_PROGRAM = 1024  # longest run of pages one program scores
 SCORE_STAGES = 3  # software pipelining depth of the tile loop
+CANDIDATES_PER_PROGRAM = 8  # fused selection: top keys each scoring program keeps for its row's merge
 
 
 @triton.jit
 def _score_pages_kernel(
     q_ptr, stats_ptr, page_table_ptr, seq_lens_ptr, scores_ptr,
-    offset_weight, max_pages, pages_per_program, page_size,
+    candidates_ptr, counters_ptr, chosen_ptr, physical_ptr,
+    offset_weight, max_pages, page_size, num_select,
     stride_qb, stride_qh, stride_sp, stride_sh, stride_tb,
     KV_HEADS: tl.constexpr, BLOCK_H: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr, METHOD: tl.constexpr,
-    ROW_A: tl.constexpr, ROW_B: tl.constexpr,
+    ROW_A: tl.constexpr, ROW_B: tl.constexpr, PAGES_PER_PROGRAM: tl.constexpr,
+    SELECT: tl.constexpr, SINK: tl.constexpr, LOCAL: tl.constexpr, CANDIDATES: tl.constexpr,
+    BLOCK_PROGRAMS: tl.constexpr, BLOCK_ALL: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     i_b = tl.program_id(0)
     i_hg = tl.program_id(1)
@@ -88,8 +102,8 @@ def _score_pages_kernel(
 
     page_table_row_ptr = page_table_ptr + i_b * stride_tb
     scores_row_ptr = scores_ptr + (i_b * KV_HEADS + o_h[None, :]) * max_pages  # [1, BLOCK_H]
-    first_page = i_p * pages_per_program
-    for tile_page in range(first_page, tl.minimum(first_page + pages_per_program, max_pages), BLOCK_P):
+    first_page = i_p * PAGES_PER_PROGRAM
+    for tile_page in range(first_page, tl.minimum(first_page + PAGES_PER_PROGRAM, max_pages), BLOCK_P):
         o_p = tile_page + tl.arange(0, BLOCK_P)
         m_in = o_p < max_pages
         physical = tl.load(page_table_row_ptr + o_p, mask=m_in, other=0).to(tl.int64)
@@ -110,6 +124,26 @@ def _score_pages_kernel(
         b_score = tl.where(m_ph, b_score, float("-inf"))
         tl.store(scores_row_ptr + o_p[:, None], b_score, mask=m_in[:, None] & m_h[None, :])
 
+    if SELECT:  # keep this program's top CANDIDATES; the row's last program to finish selects
+        row = i_b * KV_HEADS + o_h
+        num_programs = tl.num_programs(2)
+        tl.debug_barrier()  # every thread's scores are stored before they are read back
+        o_c = first_page + tl.arange(0, PAGES_PER_PROGRAM)
+        b_key = _page_keys(scores_ptr + row[:, None] * max_pages, o_c[None, :], m_h[:, None], num_pages,
+                           SINK, LOCAL)
+        o_n = tl.arange(0, CANDIDATES)
+        p_cand = candidates_ptr + (row[:, None] * num_programs + i_p) * CANDIDATES + o_n[None, :]
+        tl.store(p_cand, tl.topk(b_key, CANDIDATES, dim=1), mask=m_h[:, None])
+        tl.debug_barrier()  # every thread's candidates are stored before the counter releases them
+        counter = counters_ptr + i_b * tl.num_programs(1) + i_hg
+        if tl.atomic_add(counter, 1, sem="acq_rel") == num_programs - 1:
+            tl.atomic_xchg(counter, 0)
+            _select_from_candidates(
+                scores_ptr, candidates_ptr, page_table_row_ptr, chosen_ptr, physical_ptr,
+                row, m_h, num_pages, max_pages, num_select, num_programs,
+                SINK, LOCAL, PAGES_PER_PROGRAM, CANDIDATES, BLOCK_PROGRAMS, BLOCK_ALL, BLOCK_K,
+            )
+
 
 def _method(config: UniqueConfig, head_dim: int) -> tuple[int, int, int, float]:
     """(method id, stat row A, stat row B, weight of the offset term)."""
@@ -127,11 +161,11 @@ def plan_heads_per_program(batch: int, kv_heads: int, num_sms: int) -> int:
     return 1 if batch * kv_heads <= SPLIT_HEADS_MAX_ROWS_PER_SM * num_sms else kv_heads
 
 
-def plan_pages_per_program(rows: int, max_pages: int, block_p: int, num_sms: int) -> int:
+def plan_pages_per_program(rows: int, max_pages: int, block_p: int, num_sms: int, programs_per_sm: int) -> int:
     """Pages per scoring program (a power of two, ``block_p`` to MAX_PAGES_PER_PROGRAM) so that
-    the grid over ``rows`` (sequence, head group) pairs covers the SMs about SCORE_PROGRAMS_PER_SM
+    the grid over ``rows`` (sequence, head group) pairs covers the SMs about ``programs_per_sm``
     times. Depends on shapes only (graph-safe)."""
-    programs_per_row = triton.cdiv(SCORE_PROGRAMS_PER_SM * num_sms, rows)
+    programs_per_row = triton.cdiv(programs_per_sm * num_sms, rows)
     wanted = next_power_of_2(triton.cdiv(max_pages, programs_per_row))
     return max(block_p, min(max(MAX_PAGES_PER_PROGRAM, block_p), wanted))
 
@@ -146,6 +180,33 @@ def score_pages_triton(
 ) -> torch.Tensor:
     """Kernel of ``score_pages_reference`` (same arguments): scores [batch, kv_heads, max_pages]
     fp32, -inf past each sequence's end (into ``out`` if given)."""
+    return _launch(q, key_stats, page_table, seq_lens, config, out, select=False)[0]
+
+
+def score_select_triton(
+    q: torch.Tensor,
+    key_stats: torch.Tensor,
+    page_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    config: UniqueConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scoring and top-k selection in one launch (the UNIQUE decode step's first half).
+
+    Arguments as ``score_pages_reference``. Returns scores (as ``score_pages_triton``), chosen
+    pages [batch, kv_heads, num_select] int32: the set ``select_pages_reference`` chooses (ties
+    aside) in descending score order (sink and local pages first), -1 padded; and their ids in
+    ``page_table`` (-1 padded), which the decode kernel reads directly. Graph-capturable: sizes
+    depend on shapes only and the row counters are left at zero."""
+    return _launch(q, key_stats, page_table, seq_lens, config, None, select=True)
+
+
+def plan_candidates(pages_per_program: int, num_select: int) -> int:
+    """Candidates one program keeps: CANDIDATES_PER_PROGRAM, at most its pages and the budget
+    (at least 2: ``tl.topk`` ranks at least two)."""
+    return max(2, min(CANDIDATES_PER_PROGRAM, pages_per_program, next_power_of_2(num_select)))
+
+
+def _launch(q, key_stats, page_table, seq_lens, config, out, select: bool):
     batch, q_heads, head_dim = q.shape
     _, kv_heads, num_stats, _ = key_stats.shape
     max_pages = page_table.shape[1]
@@ -178,13 +239,29 @@ def score_pages_triton(
         block_p, warps = ONE_HEAD_PAGES_PER_TILE * max(1, TUNED_HEAD_DIM // head_dim), ONE_HEAD_WARPS
     else:
         block_p, warps = max(1, ALL_HEADS_TILE_ELEMENTS // (block_h * head_dim)), ALL_HEADS_WARPS
-    pages_per_program = plan_pages_per_program(batch * head_groups, max_pages, block_p, sms)
-    _score_pages_kernel[(batch, head_groups, triton.cdiv(max_pages, pages_per_program))](
-        q, key_stats, page_table, seq_lens, scores,
-        offset_weight, max_pages, pages_per_program, config.page_size,
+    programs_per_sm = SELECT_PROGRAMS_PER_SM if select else SCORE_PROGRAMS_PER_SM
+    pages_per_program = plan_pages_per_program(batch * head_groups, max_pages, block_p, sms, programs_per_sm)
+    programs_per_row = triton.cdiv(max_pages, pages_per_program)
+    num_select = config.num_select
+    candidates = plan_candidates(pages_per_program, num_select)
+    block_k = max(2, next_power_of_2(num_select))
+    if select:
+        shape = (batch, kv_heads, num_select)
+        chosen = torch.empty(shape, dtype=torch.int32, device=q.device)
+        physical = torch.empty(shape, dtype=torch.int32, device=q.device)
+        kept = torch.empty(batch * kv_heads * programs_per_row * candidates, dtype=torch.int64, device=q.device)
+        counters = zeroed_counters("score_select", q.device, batch * head_groups)
+    else:
+        chosen = physical = kept = counters = scores  # not read
+    _score_pages_kernel[(batch, head_groups, programs_per_row)](
+        q, key_stats, page_table, seq_lens, scores, kept, counters, chosen, physical,
+        offset_weight, max_pages, config.page_size, num_select,
         q.stride(0), q.stride(1), key_stats.stride(0), key_stats.stride(1), page_table.stride(0),
         KV_HEADS=kv_heads, BLOCK_H=block_h, GROUP=group, BLOCK_G=next_power_of_2(group), HEAD_DIM=head_dim,
-        BLOCK_P=block_p, METHOD=method, ROW_A=row_a, ROW_B=row_b,
+        BLOCK_P=block_p, METHOD=method, ROW_A=row_a, ROW_B=row_b, PAGES_PER_PROGRAM=pages_per_program,
+        SELECT=select, SINK=config.sink_pages, LOCAL=config.local_pages, CANDIDATES=candidates,
+        BLOCK_PROGRAMS=next_power_of_2(programs_per_row),
+        BLOCK_ALL=max(block_k, next_power_of_2(programs_per_row) * candidates), BLOCK_K=block_k,
         num_warps=warps, num_stages=1 if interpreting() else SCORE_STAGES,
     )
-    return scores
+    return scores, chosen, physical

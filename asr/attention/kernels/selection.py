@@ -7,8 +7,14 @@ ranks the few scores left in the bracket exactly. Ties at the bound go to the lo
 i.e. the lower page index, since tiles hold pages in ascending order. ``_emit_chosen`` writes the
 taken pages in that order through a prefix sum, -1 padded, with their physical page ids.
 
-One program per (sequence, kv head) row. UNIQUE decode runs it between the scoring kernel and
-the decode kernel, which reads the chosen pages and their physical ids.
+One program per (sequence, kv head) row: the top-k of scores given (``select_pages``).
+
+The UNIQUE decode step selects inside the scoring kernel instead (``scoring.score_select_triton``)
+from packed keys: ``_page_keys`` puts a page's ordered score in the high word of an int64 and the
+page (inverted) in the low word, so keys are distinct, a larger key is a higher score and equal
+scores order by the lower page, exactly as above. Each scoring program keeps the top candidates
+of its pages (``tl.topk``); the program of a row that finishes last merges them
+(``_select_from_candidates``) and writes the chosen pages in key order.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ SEARCH_WAYS = 4  # thresholds tested per search step (4 beat 8 and 16 on the H10
 SCORES_PER_THREAD = 8  # sets the warps of a selection program (8: no spills on sm_90 up to 4096 pages)
 MAX_SELECT_WARPS = 16
 RANKED_SCORES = 128  # scores left near the k-th are ranked exactly against each other
+NO_KEY = tl.constexpr(-(2**63))  # packed key of "no page" (below every page's key)
+PAGE_MASK = tl.constexpr(0x7FFFFFFF)  # the low word of a packed key holds page ^ PAGE_MASK
 
 
 @triton.jit
@@ -110,6 +118,81 @@ def _emit_chosen(m_take, b_page, chosen_row_ptr, physical_row_ptr, page_table_ro
     m_pad = (o_k >= num_taken) & (o_k < num_select)
     tl.store(chosen_row_ptr + o_k, tl.full([BLOCK_K], -1, tl.int32), mask=m_pad)
     tl.store(physical_row_ptr + o_k, tl.full([BLOCK_K], -1, tl.int32), mask=m_pad)
+
+
+@triton.jit
+def _page_keys(score_row_ptr, o_page, m_page, num_pages, SINK: tl.constexpr, LOCAL: tl.constexpr):
+    """Packed int64 keys of pages ``o_page`` of score rows ``score_row_ptr`` (broadcastable): the
+    ordered score (+inf for sink and local pages) in the high word, ``page ^ PAGE_MASK`` (larger for
+    lower pages) in the low one; NO_KEY where ``m_page`` is off or the page is past ``num_pages``."""
+    m_valid = m_page & (o_page < num_pages)
+    b_score = tl.load(score_row_ptr + o_page, mask=m_valid, other=float("-inf"), cache_modifier=".cg")
+    b_score = tl.where(_forced_mask(o_page, num_pages, SINK, LOCAL), float("inf"), b_score)
+    b_key = (_ordered_key(b_score).to(tl.int64) << 32) | (o_page ^ PAGE_MASK).to(tl.int64)
+    return tl.where(m_valid, b_key, NO_KEY)
+
+
+@triton.jit
+def _key_page(b_key):
+    """Logical page of packed keys (garbage for NO_KEY)."""
+    return (b_key & PAGE_MASK).to(tl.int32) ^ PAGE_MASK
+
+
+@triton.jit
+def _merge_top(b_top, b_key, BLOCK_K: tl.constexpr):
+    """Top BLOCK_K keys (descending) per row of two [rows, BLOCK_K] key tiles."""
+    b_both = tl.reshape(tl.join(b_top, b_key), [b_top.shape[0], 2 * BLOCK_K])
+    return tl.topk(b_both, BLOCK_K, dim=1)
+
+
+@triton.jit
+def _select_from_candidates(
+    scores_ptr, candidates_ptr, page_table_row_ptr, chosen_ptr, physical_ptr,
+    row, m_row, num_pages, max_pages, num_select, num_programs,
+    SINK: tl.constexpr, LOCAL: tl.constexpr, PAGES_PER_PROGRAM: tl.constexpr, CANDIDATES: tl.constexpr,
+    BLOCK_PROGRAMS: tl.constexpr, BLOCK_ALL: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Exact top ``num_select`` pages of score rows ``row`` ([rows] of batch * kv_heads) from the
+    candidates each of the rows' ``num_programs`` programs kept (its top CANDIDATES keys of
+    PAGES_PER_PROGRAM pages, descending; [batch * kv_heads, num_programs, CANDIDATES] int64).
+
+    Let t be the num_select-th largest candidate. A page a program did not keep is below that
+    program's last candidate; if the last candidate is <= t, the page is below t and so outside the
+    top num_select of the row (whose num_select-th key is >= t, candidates being row keys). Only a
+    program whose every candidate beats t can hide more: its other pages are merged in too. Writes
+    chosen pages (highest key first, -1 past the chosen) and their ids in ``page_table_row_ptr``."""
+    o_k = tl.arange(0, BLOCK_K)
+    o_j = tl.arange(0, BLOCK_ALL)
+    o_r = tl.arange(0, BLOCK_PROGRAMS)
+    candidate_rows = candidates_ptr + row[:, None] * num_programs * CANDIDATES
+    b_top = tl.topk(
+        tl.load(candidate_rows + o_j[None, :], mask=m_row[:, None] & (o_j < num_programs * CANDIDATES)[None, :],
+                other=NO_KEY, cache_modifier=".cg"),
+        BLOCK_K, dim=1,
+    )
+    kth = tl.max(tl.where(o_k[None, :] == num_select - 1, b_top, NO_KEY), 1)
+    b_last = tl.load(candidate_rows + o_r[None, :] * CANDIDATES + CANDIDATES - 1,
+                     mask=m_row[:, None] & (o_r < num_programs)[None, :], other=NO_KEY, cache_modifier=".cg")
+    m_full = b_last > kth[:, None]  # [rows, BLOCK_PROGRAMS]: every candidate of the program was taken
+    if tl.max(tl.max(m_full.to(tl.int32), 1), 0) > 0:
+        b_full = tl.max(m_full.to(tl.int32), 0)
+        score_rows = scores_ptr + row[:, None] * max_pages
+        for i_p in range(num_programs):
+            if tl.max(tl.where(o_r == i_p, b_full, 0), 0) > 0:
+                bound = tl.max(tl.where(o_r[None, :] == i_p, b_last, NO_KEY), 1)  # its last candidate
+                chunk_end = (i_p + 1) * PAGES_PER_PROGRAM
+                for first in range(i_p * PAGES_PER_PROGRAM, chunk_end, BLOCK_K):
+                    o_page = first + o_k[None, :]
+                    b_key = _page_keys(score_rows, o_page, m_row[:, None] & (o_page < chunk_end), num_pages,
+                                       SINK, LOCAL)
+                    b_top = _merge_top(b_top, tl.where(b_key < bound[:, None], b_key, NO_KEY), BLOCK_K)
+    m_take = (o_k[None, :] < num_select) & (b_top != NO_KEY)
+    b_page = _key_page(b_top)
+    physical = tl.load(page_table_row_ptr + b_page, mask=m_take & m_row[:, None], other=-1)
+    m_out = m_row[:, None] & (o_k < num_select)[None, :]
+    p_out = row[:, None] * num_select + o_k[None, :]
+    tl.store(chosen_ptr + p_out, tl.where(m_take, b_page, -1), mask=m_out)
+    tl.store(physical_ptr + p_out, tl.where(m_take, physical, -1), mask=m_out)
 
 
 @triton.jit
