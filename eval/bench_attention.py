@@ -7,9 +7,10 @@ the whole K/V. Floors are converted to time with the device-to-device copy bandw
 in the same run (bytes read + written over time).
 
 Methods per (context, batch, page size, budget): ``unique_total`` (the step the engine runs:
-scoring kernel, top-k kernel, decode over the chosen pages and its merge), its parts
-``unique_score``, ``unique_topk`` (the top-k kernel on given scores) and ``unique_attend`` (decode
-over given pages), ``quest_total``; per (context, batch, page size) ``dense_paged`` and per
+the scoring kernel that also selects, decode over the chosen pages and its merge), its parts
+``unique_select`` (scoring with selection, one launch) and ``unique_attend`` (decode over given
+pages), for comparison ``unique_score`` (scoring alone) and ``unique_topk`` (the standalone top-k
+kernel on given scores), ``quest_total``; per (context, batch, page size) ``dense_paged`` and per
 (context, batch) ``sdpa``; with --parts at the longest context and smallest batch also
 ``read_same_bytes`` (one ``torch.sum`` over as many bytes as the step reads, in a graph: the
 practical floor of a launch that reads that much).
@@ -77,6 +78,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def bool_or_type(kind):
+    """A parser for an override of a constant of this type ("True"/"False" for bools)."""
+    return (lambda text: text == "True") if kind is bool else kind
+
+
 def apply_overrides(overrides: list[str]) -> list[tuple]:
     """Set kernel tuning constants (``module.NAME=value``); returns what ``restore`` needs."""
     import importlib
@@ -87,7 +93,7 @@ def apply_overrides(overrides: list[str]) -> list[tuple]:
         module_name, const = name.rsplit(".", 1)
         module = importlib.import_module(f"asr.attention.kernels.{module_name}")
         saved.append((module, const, getattr(module, const)))
-        setattr(module, const, type(getattr(module, const))(value))
+        setattr(module, const, bool_or_type(type(getattr(module, const)))(value))
         log.info("override %s = %s", name, value)
     return saved
 
@@ -97,10 +103,11 @@ def restore(saved: list[tuple]) -> None:
         setattr(module, const, value)
 
 
-SWEEP = [[], ["scoring.SCORE_PROGRAMS_PER_SM=2"], ["scoring.ONE_HEAD_PAGES_PER_TILE=128"],
-         ["scoring.SPLIT_HEADS_MAX_ROWS_PER_SM=0"], ["scoring.SCORE_STAGES=1"], ["scoring.ONE_HEAD_WARPS=4"],
-         ["scoring.ALL_HEADS_WARPS=8"],
-         ["selection.SEARCH_WAYS=8"], ["decode.TOKENS_PER_TILE=128"]]
+SWEEP = [[], ["scoring.SELECT_PROGRAMS_PER_SM=2"], ["scoring.SELECT_PROGRAMS_PER_SM=1"],
+         ["scoring.CANDIDATES_PER_PROGRAM=4"], ["scoring.CANDIDATES_PER_PROGRAM=16"],
+         ["scoring.SELECT_PROGRAMS_PER_SM=1", "scoring.CANDIDATES_PER_PROGRAM=16"],
+         ["decode.COMBINE_IN_LAST_SPLIT=True"], ["decode.PROGRAMS_PER_SM=1"], ["decode.TOKENS_PER_TILE=128"],
+         ["scoring.ONE_HEAD_PAGES_PER_TILE=128"], ["scoring.ALL_HEADS_TILE_ELEMENTS=8192"]]
 
 
 def graph_floor_us(args) -> float:
@@ -111,61 +118,67 @@ def graph_floor_us(args) -> float:
 
 def step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config) -> dict:
     """The UNIQUE decode step and its parts at one shape, as graph-capturable callables:
-    score (scoring kernel), topk (the top-k kernel on given scores), attend (decode over given
-    chosen pages and their physical ids, and its merge) and total (score, topk, attend: what the
-    engine runs)."""
+    select (the scoring kernel that selects), attend (decode over given chosen pages and their
+    physical ids, and its merge), total (select, attend: what the engine runs), and for comparison
+    score (scoring alone) and topk (the standalone top-k kernel on given scores)."""
     from asr.attention.kernels.decode import paged_decode_triton
-    from asr.attention.kernels.scoring import score_pages_triton
+    from asr.attention.kernels.scoring import score_pages_triton, score_select_triton
     from asr.attention.kernels.selection import select_pages_triton
 
-    scores = score_pages_triton(q, key_stats, page_table, seq_lens, config)
-    chosen, physical = select_pages_triton(scores, seq_lens, page_table, config.page_size, config.num_select,
-                                           config.sink_pages, config.local_pages)
+    scores, chosen, physical = score_select_triton(q, key_stats, page_table, seq_lens, config)
+
+    def select():
+        return score_select_triton(q, key_stats, page_table, seq_lens, config)
 
     def score():
         return score_pages_triton(q, key_stats, page_table, seq_lens, config)
 
-    def topk(page_scores=scores):
-        return select_pages_triton(page_scores, seq_lens, page_table, config.page_size, config.num_select,
+    def topk():
+        return select_pages_triton(scores, seq_lens, page_table, config.page_size, config.num_select,
                                    config.sink_pages, config.local_pages)
 
     def attend(picked=chosen, picked_physical=physical):
         return paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, picked, picked_physical)
 
-    return dict(score=score, topk=topk, attend=attend, total=lambda: attend(*topk(score())))
+    return dict(select=select, score=score, topk=topk, attend=attend, total=lambda: attend(*select()[1:]))
 
 
 def sweep(args) -> list[dict]:
-    """Time the step's parts at the first context, batch, budget and page size for each override
-    set in SWEEP."""
-    context, batch, budget = args.contexts[0], args.batches[0], args.budgets[0]
+    """Time the step and its parts at the first context and budget, for every batch and page size
+    asked, for each override set in SWEEP."""
+    context, budget = args.contexts[0], args.budgets[0]
     if args.compile_workers:
         compile_all(sweep_tasks(args), args.compile_workers)
     print({"graph_floor_us": round(graph_floor_us(args), 2)}, flush=True)
     hq, hkv, d = args.q_heads, args.kv_heads, args.head_dim
-    q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
     results = []
-    for page_size in args.page_sizes[:1]:
+    for batch, page_size in [(b, p) for b in args.batches for p in args.page_sizes]:
+        q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
         k_cache, v_cache, key_stats, page_table, seq_lens = make_paged_cache(
             batch, context, hkv, d, page_size
         )
         config = UniqueConfig(page_size=page_size, budget_tokens=budget)
-        fns = step_functions(q, k_cache, v_cache, key_stats, page_table, seq_lens, 1 / math.sqrt(d), config)
         for variant in SWEEP:
             saved = apply_overrides(variant)
+            fns = step_functions(
+                q, k_cache, v_cache, key_stats, page_table, seq_lens, 1 / math.sqrt(d), config
+            )
             row = dict(variant=",".join(variant) or "base", page_size=page_size, context=context, batch=batch,
                        budget=budget)
-            for part in ("score", "total"):
+            for part in ("select", "attend", "total"):
                 try:
                     row[part] = round(bench_graph(fns[part], args.warmup_ms, args.rep_ms), 2)
                 except Exception as err:  # a variant that fails to compile or capture
                     log.warning("%s %s failed: %r", row["variant"], part, err)
                     row[part] = math.inf
                     torch.cuda.synchronize()
+            row["check_ok"] = verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, 1 / math.sqrt(d),
+                                     config, context, batch)["ok"]
             restore(saved)
             results.append(row)
             print(row, flush=True)
         del k_cache, v_cache, key_stats
+        torch.cuda.empty_cache()
     return results
 
 
@@ -260,19 +273,25 @@ def grid_tasks(args, overrides=None) -> list:
 
 
 def sweep_tasks(args) -> list:
-    context, batch, budget = args.contexts[0], args.batches[0], args.budgets[0]
+    context, budget = args.contexts[0], args.budgets[0]
     return [
-        (variant, context, batch, args.page_sizes[0], [budget], args.q_heads, args.kv_heads, args.head_dim)
-        for variant in SWEEP[1:]
+        (variant, context, batch, page_size, [budget], args.q_heads, args.kv_heads, args.head_dim)
+        for variant in SWEEP[1:] for batch in args.batches for page_size in args.page_sizes
     ]
 
 
 def best_overrides(sweep_rows: list[dict], margin: float = 0.05) -> list[str]:
-    """From a sweep: the variants whose step beats the base by more than ``margin``, fastest first,
-    each kept only if it sets none of the constants a faster kept one sets; their overrides."""
-    base = {r["page_size"]: r["total"] for r in sweep_rows if r["variant"] == "base"}
-    faster = sorted((r["total"] / base[r["page_size"]], r["variant"]) for r in sweep_rows
-                    if r["variant"] != "base" and r["total"] / base[r["page_size"]] < 1 - margin)
+    """From a sweep: the variants whose step beats the base by more than ``margin`` on average over
+    the swept shapes (geometric mean of time ratios) and is slower at none by more than ``margin``,
+    fastest first, each kept only if it sets none of the constants a faster kept one sets; their
+    overrides."""
+    base = {(r["batch"], r["page_size"]): r["total"] for r in sweep_rows if r["variant"] == "base"}
+    ratios: dict[str, list[float]] = {}
+    for r in sweep_rows:
+        if r["variant"] != "base":
+            ratios.setdefault(r["variant"], []).append(r["total"] / base[(r["batch"], r["page_size"])])
+    faster = sorted((math.exp(sum(map(math.log, v)) / len(v)), name) for name, v in ratios.items()
+                    if math.exp(sum(map(math.log, v)) / len(v)) < 1 - margin and max(v) < 1 + margin)
     chosen: list[str] = []
     for _, variant in faster:
         items = variant.split(",")
@@ -282,19 +301,16 @@ def best_overrides(sweep_rows: list[dict], margin: float = 0.05) -> list[str]:
 
 
 def verify(q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config, context, batch) -> dict:
-    """Check the timed kernels at this size: the top-k kernel against the reference top-k of the
-    same scores (summed score of the chosen pages), its physical ids against the page table, and
-    the decode over its pages against the fp32 reference over the same pages."""
+    """Check the timed kernels at this size: the selection of the scoring kernel against the
+    reference top-k of its scores (summed score of the chosen pages), its physical ids against the
+    page table, and the decode over its pages against the fp32 reference over the same pages."""
     from asr.attention.decode import paged_decode_reference
     from asr.attention.kernels.decode import paged_decode_triton
-    from asr.attention.kernels.scoring import score_pages_triton
-    from asr.attention.kernels.selection import select_pages_triton
+    from asr.attention.kernels.scoring import score_select_triton
     from asr.attention.selection import select_pages_reference
 
-    scores = score_pages_triton(q, key_stats, page_table, seq_lens, config)
+    scores, chosen, physical = score_select_triton(q, key_stats, page_table, seq_lens, config)
     expected = select_pages_reference(scores, seq_lens, config)
-    chosen, physical = select_pages_triton(scores, seq_lens, page_table, config.page_size, config.num_select,
-                                           config.sink_pages, config.local_pages)
     out, _ = paged_decode_triton(q, k_cache, v_cache, page_table, seq_lens, scale, chosen, physical)
 
     def picked(pages):
@@ -423,8 +439,11 @@ def run(args) -> tuple[list[dict], dict]:
                         fns = step_functions(
                             q, k_cache, v_cache, key_stats, page_table, seq_lens, scale, config
                         )
-                        timed = ("total",) if method == "quest" else ("total", "score", "topk", "attend")
-                        floors = dict(total=stats_bytes + pages_bytes, score=stats_bytes, attend=pages_bytes)
+                        timed = ("total", "select", "score", "topk", "attend")
+                        if method == "quest":
+                            timed = ("total",)
+                        floors = dict(total=stats_bytes + pages_bytes, select=stats_bytes, score=stats_bytes,
+                                      attend=pages_bytes)
                         for part in timed:
                             add(
                                 context,
@@ -500,8 +519,9 @@ def table(rows: list[dict]) -> str:
     """One line per (context, batch, page size, budget)."""
     index = {(r["context"], r["batch"], r["budget"], r["page_size"], r["method"]): r for r in rows}
     head = (
-        f"{'ctx':>7} {'B':>3} {'P':>3} {'budget':>6} | {'sdpa':>8} {'dense':>8} | {'unique':>7} {'score':>6} "
-        f"{'topk':>6} {'attend':>6} {'quest':>7} | {'speedup':>7} {'floor':>6} {'share':>5}"
+        f"{'ctx':>7} {'B':>3} {'P':>3} {'budget':>6} | {'sdpa':>8} {'dense':>8} | {'unique':>7} "
+        f"{'select':>6} {'attend':>6} | {'score':>6} {'topk':>6} {'quest':>7} | {'speedup':>7} {'floor':>6} "
+        f"{'share':>5}"
     )
     lines = [head, "-" * len(head)]
     keys = sorted({(r["context"], r["batch"], r["page_size"], r["budget"]) for r in rows if r["budget"]})
@@ -514,8 +534,8 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"{ctx:>7} {b:>3} {p:>3} {budget:>6} | {t('sdpa', None, None):>8.1f} "
             f"{t('dense_paged', None):>8.1f} | "
-            f"{t('unique_total'):>7.1f} {t('unique_score'):>6.1f} {t('unique_topk'):>6.1f} "
-            f"{t('unique_attend'):>6.1f} {t('quest_total'):>7.1f} | "
+            f"{t('unique_total'):>7.1f} {t('unique_select'):>6.1f} {t('unique_attend'):>6.1f} | "
+            f"{t('unique_score'):>6.1f} {t('unique_topk'):>6.1f} {t('quest_total'):>7.1f} | "
             f"{total['speedup_vs_sdpa'] if total else float('nan'):>6.1f}x "
             f"{total['floor_us'] if total else float('nan'):>6.1f} "
             f"{total['floor_share'] if total else float('nan'):>5.2f}"

@@ -37,6 +37,7 @@ from asr.llm.config import EngineConfig, ModelConfig, SamplingParams
 from asr.llm.engine import LLMEngine
 from asr.llm.loader import random_model
 from eval.bandwidth import copy_bandwidth
+from eval.bench_attention import apply_overrides, best_overrides
 
 log = logging.getLogger("bench_decode")
 
@@ -72,6 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="skip the transformers baseline (B=1, SDPA + static cache, measured in this run)",
     )
+    parser.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                        help="override an attention kernel tuning constant (as eval.bench_attention --set)")
+    parser.add_argument("--set-from-sweep", type=Path, default=None, metavar="SWEEP_JSON",
+                        help="also apply the overrides an eval.bench_attention sweep found faster")
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -341,7 +346,11 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.set_from_sweep is not None:
+        args.set = args.set + best_overrides(json.loads(args.set_from_sweep.read_text()))
+    apply_overrides(args.set)
     rows, meta = run(args)
+    meta["overrides"] = args.set
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "bench_decode.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     print(

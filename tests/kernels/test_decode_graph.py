@@ -47,7 +47,9 @@ def test_decode_step_replays_from_cuda_graph(sparse):
         chosen = None
         if sparse is not None:
             # eager kernels choose the pages (the reference could break near-ties differently)
-            _, chosen, _ = score_select_triton(q, batch.key_stats, metadata.page_table, metadata.seq_lens, sparse)
+            _, chosen, _ = score_select_triton(
+                q, batch.key_stats, metadata.page_table, metadata.seq_lens, sparse
+            )
         expected, _ = paged_decode_reference(q.float(), batch.k_cache.float(), batch.v_cache.float(),
                                              metadata.page_table, metadata.seq_lens, scale, chosen)
         assert_close(out.float(), expected, torch.bfloat16)

@@ -198,7 +198,8 @@ def test_one_kernel_selection_merges_clustered_rows(split, candidates, heads, mo
         position = torch.arange(len(pages), device=DEVICE, dtype=torch.float32) / 100
         direction = batch.q[row].float().view(kv_heads, -1, 64).sum(1).sign()  # [kv_heads, d]
         drift = position[:, None, None] * direction[None]
-        batch.key_stats[pages, :, 0] = (batch.key_stats[pages, :, 0].float() + drift).to(batch.key_stats.dtype)
+        means = batch.key_stats[pages, :, 0].float() + drift
+        batch.key_stats[pages, :, 0] = means.to(batch.key_stats.dtype)
     check_score_and_select(batch, config, score_select)
 
 

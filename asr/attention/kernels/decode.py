@@ -144,7 +144,9 @@ def _combine_head(o_part_ptr, lse_part_ptr, out_ptr, lse_ptr, i_bq, num_splits, 
     o_s = tl.arange(0, BLOCK_S)
     m_s = o_s < num_splits
     o_d = tl.arange(0, HEAD_DIM)
-    b_lse = tl.load(lse_part_ptr + i_bq * num_splits + o_s, mask=m_s, other=float("-inf"), cache_modifier=".cg")
+    b_lse = tl.load(
+        lse_part_ptr + i_bq * num_splits + o_s, mask=m_s, other=float("-inf"), cache_modifier=".cg"
+    )
     b_max = tl.max(b_lse, 0)
     b_w = tl.exp2(b_lse - b_max)
     b_w = tl.where(m_s, b_w, 0.0)
@@ -258,7 +260,8 @@ def paged_decode_triton(
         out.stride(0), out.stride(1),
         KV_HEADS=kv_heads, GROUP=group, BLOCK_G=max(MIN_DOT_ROWS, next_power_of_2(group)), HEAD_DIM=head_dim,
         PAGE_SIZE=page_size, BLOCK_N=block_n, SPARSE=chosen_pages is not None,
-        HAS_PHYSICAL=chosen_pages is not None and chosen_physical is not None, COMBINE=combine, BLOCK_S=block_s,
+        HAS_PHYSICAL=chosen_pages is not None and chosen_physical is not None, COMBINE=combine,
+        BLOCK_S=block_s,
         num_warps=DECODE_WARPS, num_stages=1 if interpreting() else DECODE_STAGES,
     )
     if not combine:

@@ -161,7 +161,9 @@ def plan_heads_per_program(batch: int, kv_heads: int, num_sms: int) -> int:
     return 1 if batch * kv_heads <= SPLIT_HEADS_MAX_ROWS_PER_SM * num_sms else kv_heads
 
 
-def plan_pages_per_program(rows: int, max_pages: int, block_p: int, num_sms: int, programs_per_sm: int) -> int:
+def plan_pages_per_program(
+    rows: int, max_pages: int, block_p: int, num_sms: int, programs_per_sm: int
+) -> int:
     """Pages per scoring program (a power of two, ``block_p`` to MAX_PAGES_PER_PROGRAM) so that
     the grid over ``rows`` (sequence, head group) pairs covers the SMs about ``programs_per_sm``
     times. Depends on shapes only (graph-safe)."""
@@ -249,7 +251,9 @@ def _launch(q, key_stats, page_table, seq_lens, config, out, select: bool):
         shape = (batch, kv_heads, num_select)
         chosen = torch.empty(shape, dtype=torch.int32, device=q.device)
         physical = torch.empty(shape, dtype=torch.int32, device=q.device)
-        kept = torch.empty(batch * kv_heads * programs_per_row * candidates, dtype=torch.int64, device=q.device)
+        kept = torch.empty(
+            batch * kv_heads * programs_per_row * candidates, dtype=torch.int64, device=q.device
+        )
         counters = zeroed_counters("score_select", q.device, batch * head_groups)
     else:
         chosen = physical = kept = counters = scores  # not read

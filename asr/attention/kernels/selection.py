@@ -165,11 +165,9 @@ def _select_from_candidates(
     o_j = tl.arange(0, BLOCK_ALL)
     o_r = tl.arange(0, BLOCK_PROGRAMS)
     candidate_rows = candidates_ptr + row[:, None] * num_programs * CANDIDATES
-    b_top = tl.topk(
-        tl.load(candidate_rows + o_j[None, :], mask=m_row[:, None] & (o_j < num_programs * CANDIDATES)[None, :],
-                other=NO_KEY, cache_modifier=".cg"),
-        BLOCK_K, dim=1,
-    )
+    m_all = m_row[:, None] & (o_j < num_programs * CANDIDATES)[None, :]
+    b_all = tl.load(candidate_rows + o_j[None, :], mask=m_all, other=NO_KEY, cache_modifier=".cg")
+    b_top = tl.topk(b_all, BLOCK_K, dim=1)
     kth = tl.max(tl.where(o_k[None, :] == num_select - 1, b_top, NO_KEY), 1)
     b_last = tl.load(candidate_rows + o_r[None, :] * CANDIDATES + CANDIDATES - 1,
                      mask=m_row[:, None] & (o_r < num_programs)[None, :], other=NO_KEY, cache_modifier=".cg")
