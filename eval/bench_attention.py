@@ -106,8 +106,7 @@ def restore(saved: list[tuple]) -> None:
 SWEEP = [[], ["scoring.SELECT_PROGRAMS_PER_SM=2"], ["scoring.SELECT_PROGRAMS_PER_SM=1"],
          ["scoring.CANDIDATES_PER_PROGRAM=4"], ["scoring.CANDIDATES_PER_PROGRAM=16"],
          ["scoring.SELECT_PROGRAMS_PER_SM=1", "scoring.CANDIDATES_PER_PROGRAM=16"],
-         ["decode.COMBINE_IN_LAST_SPLIT=True"], ["decode.PROGRAMS_PER_SM=1"], ["decode.TOKENS_PER_TILE=128"],
-         ["scoring.ONE_HEAD_PAGES_PER_TILE=128"], ["scoring.ALL_HEADS_TILE_ELEMENTS=8192"]]
+         ["decode.COMBINE_IN_LAST_SPLIT=True"], ["decode.PROGRAMS_PER_SM=1"], ["decode.TOKENS_PER_TILE=128"]]
 
 
 def graph_floor_us(args) -> float:
