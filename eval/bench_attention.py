@@ -78,11 +78,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def bool_or_type(kind):
-    """A parser for an override of a constant of this type ("True"/"False" for bools)."""
-    return (lambda text: text == "True") if kind is bool else kind
-
-
 def apply_overrides(overrides: list[str]) -> list[tuple]:
     """Set kernel tuning constants (``module.NAME=value``); returns what ``restore`` needs."""
     import importlib
@@ -93,7 +88,7 @@ def apply_overrides(overrides: list[str]) -> list[tuple]:
         module_name, const = name.rsplit(".", 1)
         module = importlib.import_module(f"asr.attention.kernels.{module_name}")
         saved.append((module, const, getattr(module, const)))
-        setattr(module, const, bool_or_type(type(getattr(module, const)))(value))
+        setattr(module, const, type(getattr(module, const))(value))
         log.info("override %s = %s", name, value)
     return saved
 
@@ -106,7 +101,7 @@ def restore(saved: list[tuple]) -> None:
 SWEEP = [[], ["scoring.SELECT_PROGRAMS_PER_SM=2"], ["scoring.SELECT_PROGRAMS_PER_SM=1"],
          ["scoring.CANDIDATES_PER_PROGRAM=4"], ["scoring.CANDIDATES_PER_PROGRAM=16"],
          ["scoring.SELECT_PROGRAMS_PER_SM=1", "scoring.CANDIDATES_PER_PROGRAM=16"],
-         ["decode.COMBINE_IN_LAST_SPLIT=True"], ["decode.PROGRAMS_PER_SM=1"], ["decode.TOKENS_PER_TILE=128"]]
+         ["decode.PROGRAMS_PER_SM=1"], ["decode.TOKENS_PER_TILE=128"]]
 
 
 def graph_floor_us(args) -> float:

@@ -1,8 +1,6 @@
 """Helpers of eval/bench_attention.py that run without a GPU."""
 
-import pytest
-
-from eval.bench_attention import apply_overrides, best_overrides, restore
+from eval.bench_attention import best_overrides
 
 
 def test_best_overrides_never_mixes_variants_that_set_the_same_constant():
@@ -23,14 +21,3 @@ def test_best_overrides_weighs_every_swept_shape():
             dict(variant="scoring.A=1", batch=1, page_size=32, total=10.0),
             dict(variant="scoring.A=1", batch=8, page_size=32, total=120.0)]  # 20% slower at B=8: dropped
     assert best_overrides(rows) == ["decode.D=8"]
-
-
-@pytest.mark.parametrize("text, value", [("True", True), ("False", False)])
-def test_overrides_parse_booleans(text, value):
-    from asr.attention.kernels import decode
-
-    saved = apply_overrides([f"decode.COMBINE_IN_LAST_SPLIT={text}"])
-    try:
-        assert decode.COMBINE_IN_LAST_SPLIT is value
-    finally:
-        restore(saved)

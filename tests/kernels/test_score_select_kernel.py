@@ -129,13 +129,21 @@ def score_then_select(batch, config):
     return scores, chosen, physical
 
 
-def score_select(batch, config):
-    """Scoring with selection in one launch; chosen pages (and their ids) put in ascending order."""
-    scores, chosen, physical = score_select_triton(
-        batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config
-    )
+def in_page_order(scores, chosen, physical):
     order = chosen.long().masked_fill(chosen < 0, 2**40).argsort(dim=-1)
     return scores, chosen.gather(-1, order), physical.gather(-1, order)
+
+
+def score_select(batch, config):
+    """Scoring with selection in one launch, whatever the heads per program; chosen pages (and
+    their ids) put in ascending order."""
+    from asr.attention.kernels import scoring
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scoring, "FUSED_SELECT_MAX_HEADS", 1 << 20)
+        return in_page_order(
+            *score_select_triton(batch.q, batch.key_stats, batch.page_table, batch.seq_lens, config)
+        )
 
 
 STEPS = [pytest.param(score_then_select, id="two-kernels"), pytest.param(score_select, id="one-kernel")]
@@ -201,6 +209,17 @@ def test_one_kernel_selection_merges_clustered_rows(split, candidates, heads, mo
         means = batch.key_stats[pages, :, 0].float() + drift
         batch.key_stats[pages, :, 0] = means.to(batch.key_stats.dtype)
     check_score_and_select(batch, config, score_select)
+
+
+@pytest.mark.parametrize("lens, heads", [pytest.param([3000], (4, 1), id="one-head-fused"),
+                                         pytest.param([3000, 900, 20], (8, 2), id="all-heads-two-kernels")])
+def test_step_selection_as_reference(lens, heads):
+    """``score_select_triton`` as the engine calls it: one launch while a program scores one kv
+    head, the scoring and top-k kernels otherwise; either way the reference's selection."""
+    config = UniqueConfig(page_size=16, budget_tokens=16 * 12)
+    batch = make_paged_batch(lens, *heads, 64, 16, torch.bfloat16, seed=28, device=DEVICE)
+    check_score_and_select(batch, config, lambda b, c: in_page_order(
+        *score_select_triton(b.q, b.key_stats, b.page_table, b.seq_lens, c)))
 
 
 def test_one_kernel_selection_leaves_counters_reset():

@@ -5,10 +5,11 @@ Grid: (batch * kv_heads, splits). A program owns one kv head of one sequence and
 run of page slots (logical pages when dense, entries of ``chosen_pages`` when sparse); it keeps
 every query head of the GQA group on the same K/V tiles (one ``tl.dot`` per tile) and writes an
 normalised partial (output, log2-sum-exp). A second kernel merges the splits by log-sum-exp
-(merging inside the last split through an atomic counter measured slower on the H100: 20.5 us
-against 14.5 us for the sparse attend at 128k, B=1, budget 2048).
+(merging inside the last split through an atomic counter measured slower on the H100, twice:
+20.5 us against 14.5 us for the sparse attend at 128k, B=1, budget 2048, P32; and again 18.2
+against 14.4 at P64, 43.6 against 41.5 at B=8).
 
-UNIQUE decode passes the pages ``selection.select_pages_triton`` chose, with their physical ids.
+UNIQUE decode passes the pages ``scoring.score_select_triton`` chose, with their physical ids.
 Top-k inside this kernel and programmatic dependent launch were measured and removed (H100,
 separate top-k vs in-kernel: 128k B=1 P32 41.2 vs 41.1 us, 32k B=1 28.9 vs 30.3, 128k B=8 124.6
 vs 150.6, 32k B=32 P16 247 vs 342; PDL 45.6 vs 45.0 us with/without).
@@ -32,7 +33,6 @@ from asr.attention.kernels.common import (
     interpreting,
     next_power_of_2,
     num_sms,
-    zeroed_counters,
 )
 
 LOG2_E = 1.4426950408889634
@@ -41,19 +41,16 @@ TOKENS_PER_TILE = 64  # keys per loop step (several pages when pages are small)
 PROGRAMS_PER_SM = 2  # splits are chosen so the grid covers the SMs about this many times
 DECODE_WARPS = 4
 DECODE_STAGES = 2  # software pipelining depth of the K/V loads
-COMBINE_IN_LAST_SPLIT = False  # merge the splits in the row's last split instead of a second launch
 
 
 @triton.jit
 def _paged_decode_split_kernel(
     q_ptr, k_ptr, v_ptr, page_table_ptr, seq_lens_ptr, chosen_ptr, physical_ptr, o_part_ptr, lse_part_ptr,
-    counters_ptr, out_ptr, lse_ptr,
     scale_log2, slots_per_split, num_slots,
     stride_qb, stride_qh, stride_kp, stride_kh, stride_kt, stride_vp, stride_vh, stride_vt,
-    stride_tb, stride_cb, stride_ch, stride_ob, stride_oh,
+    stride_tb, stride_cb, stride_ch,
     KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
     PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPARSE: tl.constexpr, HAS_PHYSICAL: tl.constexpr,
-    COMBINE: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     i_bh = tl.program_id(0)
     i_s = tl.program_id(1)
@@ -126,27 +123,20 @@ def _paged_decode_split_kernel(
     p_o = o_part_ptr + (o_qh[:, None] * num_splits + i_s) * HEAD_DIM + o_d[None, :]
     tl.store(p_o, b_out, mask=m_g[:, None])
     tl.store(lse_part_ptr + o_qh * num_splits + i_s, b_lse, mask=m_g)
-    if COMBINE:  # the row's last split to finish merges them all
-        tl.debug_barrier()  # every thread's partials are stored before the counter releases them
-        if tl.atomic_add(counters_ptr + i_bh, 1, sem="acq_rel") == num_splits - 1:
-            tl.atomic_xchg(counters_ptr + i_bh, 0)
-            for i_g in range(GROUP):
-                _combine_head(o_part_ptr, lse_part_ptr, out_ptr, lse_ptr, i_bh * GROUP + i_g, num_splits,
-                              stride_ob, stride_oh, KV_HEADS * GROUP, HEAD_DIM, BLOCK_S)
 
 
 @triton.jit
-def _combine_head(o_part_ptr, lse_part_ptr, out_ptr, lse_ptr, i_bq, num_splits, stride_ob, stride_oh,
-                  Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Merge the splits of flat (batch, q head) ``i_bq`` by log-sum-exp into out and lse."""
+def _combine_splits_kernel(
+    o_part_ptr, lse_part_ptr, out_ptr, lse_ptr, num_splits, stride_ob, stride_oh,
+    Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    i_bq = tl.program_id(0)
     i_b = i_bq // Q_HEADS
     i_q = i_bq % Q_HEADS
     o_s = tl.arange(0, BLOCK_S)
     m_s = o_s < num_splits
     o_d = tl.arange(0, HEAD_DIM)
-    b_lse = tl.load(
-        lse_part_ptr + i_bq * num_splits + o_s, mask=m_s, other=float("-inf"), cache_modifier=".cg"
-    )
+    b_lse = tl.load(lse_part_ptr + i_bq * num_splits + o_s, mask=m_s, other=float("-inf"))
     b_max = tl.max(b_lse, 0)
     b_w = tl.exp2(b_lse - b_max)
     b_w = tl.where(m_s, b_w, 0.0)
@@ -155,20 +145,10 @@ def _combine_head(o_part_ptr, lse_part_ptr, out_ptr, lse_ptr, i_bq, num_splits, 
         o_part_ptr + (i_bq * num_splits + o_s)[:, None] * HEAD_DIM + o_d[None, :],
         mask=m_s[:, None],
         other=0.0,
-        cache_modifier=".cg",
     )
     b_out = tl.sum(b_o * b_w[:, None], 0) / b_sum
     tl.store(out_ptr + i_b * stride_ob + i_q * stride_oh + o_d, b_out.to(out_ptr.dtype.element_ty))
     tl.store(lse_ptr + i_bq, (b_max + tl.log2(b_sum)) * 0.6931471805599453)
-
-
-@triton.jit
-def _combine_splits_kernel(
-    o_part_ptr, lse_part_ptr, out_ptr, lse_ptr, num_splits, stride_ob, stride_oh,
-    Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
-):
-    _combine_head(o_part_ptr, lse_part_ptr, out_ptr, lse_ptr, tl.program_id(0), num_splits, stride_ob,
-                  stride_oh, Q_HEADS, HEAD_DIM, BLOCK_S)
 
 
 def plan_splits(rows: int, num_slots: int, pages_per_tile: int, programs: int) -> tuple[int, int]:
@@ -248,25 +228,19 @@ def paged_decode_triton(
         )
     o_part = torch.empty(batch * q_heads * splits * head_dim, dtype=torch.float32, device=device)
     lse_part = torch.empty(batch * q_heads * splits, dtype=torch.float32, device=device)
-    combine = COMBINE_IN_LAST_SPLIT and splits > 1
-    counters = zeroed_counters("decode_combine", device, batch * kv_heads) if combine else lse_part
-    block_s = max(2, next_power_of_2(splits))
     _paged_decode_split_kernel[(batch * kv_heads, splits)](
         q, k_cache, v_cache, page_table, seq_lens, chosen_arg,
-        chosen_physical if chosen_physical is not None else chosen_arg, o_part, lse_part, counters, out, lse,
+        chosen_physical if chosen_physical is not None else chosen_arg, o_part, lse_part,
         scale * LOG2_E, slots_per_split, num_slots,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), page_table.stride(0), stride_cb, stride_ch,
-        out.stride(0), out.stride(1),
         KV_HEADS=kv_heads, GROUP=group, BLOCK_G=max(MIN_DOT_ROWS, next_power_of_2(group)), HEAD_DIM=head_dim,
         PAGE_SIZE=page_size, BLOCK_N=block_n, SPARSE=chosen_pages is not None,
-        HAS_PHYSICAL=chosen_pages is not None and chosen_physical is not None, COMBINE=combine,
-        BLOCK_S=block_s,
+        HAS_PHYSICAL=chosen_pages is not None and chosen_physical is not None,
         num_warps=DECODE_WARPS, num_stages=1 if interpreting() else DECODE_STAGES,
     )
-    if not combine:
-        _combine_splits_kernel[(batch * q_heads,)](
-            o_part, lse_part, out, lse, splits, out.stride(0), out.stride(1),
-            Q_HEADS=q_heads, HEAD_DIM=head_dim, BLOCK_S=block_s, num_warps=4,
-        )
+    _combine_splits_kernel[(batch * q_heads,)](
+        o_part, lse_part, out, lse, splits, out.stride(0), out.stride(1),
+        Q_HEADS=q_heads, HEAD_DIM=head_dim, BLOCK_S=max(2, next_power_of_2(splits)), num_warps=4,
+    )
     return out, lse

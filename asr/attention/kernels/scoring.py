@@ -42,7 +42,8 @@ from asr.attention.kernels.common import (
     num_sms,
     zeroed_counters,
 )
-from asr.attention.kernels.selection import _page_keys, _select_from_candidates
+from asr.attention.kernels.selection import MAX_PAGES as MAX_SELECT_PAGES
+from asr.attention.kernels.selection import _page_keys, _select_from_candidates, select_pages_triton
 from asr.attention.page_stats import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
 
 METHOD_GAUSS, METHOD_L1, METHOD_QUEST, METHOD_MEAN = 0, 1, 2, 3
@@ -58,10 +59,18 @@ ALL_HEADS_WARPS = 4
 # 15.5 us against 23.4 with all 8 heads per program; at B=8 85 us against 77; at B=32 316 against 235)
 SPLIT_HEADS_MAX_ROWS_PER_SM = 0.25
 SCORE_PROGRAMS_PER_SM = 4  # the grid covers the SMs about this many times
-SELECT_PROGRAMS_PER_SM = 4  # the same when the programs also select (fewer: longer runs, fewer candidates)
 MAX_PAGES_PER_PROGRAM = 1024  # longest run of pages one program scores
 SCORE_STAGES = 3  # software pipelining depth of the tile loop
-CANDIDATES_PER_PROGRAM = 8  # fused selection: top keys each scoring program keeps for its row's merge
+# Selection in the scoring launch (H100, 128k, budget 2048, d=128; us per layer, whole step):
+# one kv head per program: 25.6 (P64) / 31.7 (P32) at B=1, against 2 programs per SM 25.9 / 35.7,
+# 1 per SM 26.7 / 43.7, 4 candidates 28.9 / 44.8, 16 candidates 26.1 / 34.1. Every kv head per
+# program (B=8): the group's merge of 8 heads in one 4-warp program costs 57 us at 4 programs per SM
+# (select 97.8 against scoring alone 41.1 at P64); at 2 per SM 88.8 / 147.7 total (P64 / P32) against
+# about 95 / 126 with the scoring and top-k kernels apart, so large batches keep the two kernels.
+FUSED_SELECT_MAX_HEADS = 1  # fuse the selection while a scoring program covers at most this many kv heads
+ONE_HEAD_SELECT_PROGRAMS_PER_SM = 4
+ALL_HEADS_SELECT_PROGRAMS_PER_SM = 2  # (used past the top-k kernel's row limit)
+CANDIDATES_PER_PROGRAM = 8  # top keys each scoring program keeps for its row's merge
 
 
 @triton.jit
@@ -192,14 +201,22 @@ def score_select_triton(
     seq_lens: torch.Tensor,
     config: UniqueConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Scoring and top-k selection in one launch (the UNIQUE decode step's first half).
+    """Scoring and top-k selection (the UNIQUE decode step's first half): in one launch where a
+    scoring program covers at most FUSED_SELECT_MAX_HEADS kv heads (small batches), else the
+    scoring kernel and then the top-k kernel (``selection.select_pages_triton``), whose one
+    program per row beats a merge of eight heads' candidates in one program there.
 
     Arguments as ``score_pages_reference``. Returns scores (as ``score_pages_triton``), chosen
     pages [batch, kv_heads, num_select] int32: the set ``select_pages_reference`` chooses (ties
-    aside) in descending score order (sink and local pages first), -1 padded; and their ids in
+    aside; the order within a row is unspecified), -1 padded at the end; and their ids in
     ``page_table`` (-1 padded), which the decode kernel reads directly. Graph-capturable: sizes
     depend on shapes only and the row counters are left at zero."""
-    return _launch(q, key_stats, page_table, seq_lens, config, None, select=True)
+    heads_per_program = plan_heads_per_program(q.shape[0], key_stats.shape[1], num_sms(q.device))
+    if heads_per_program <= FUSED_SELECT_MAX_HEADS or page_table.shape[1] > MAX_SELECT_PAGES:
+        return _launch(q, key_stats, page_table, seq_lens, config, None, select=True)
+    scores = _launch(q, key_stats, page_table, seq_lens, config, None, select=False)[0]
+    return (scores, *select_pages_triton(scores, seq_lens, page_table, config.page_size, config.num_select,
+                                         config.sink_pages, config.local_pages))
 
 
 def plan_candidates(pages_per_program: int, num_select: int) -> int:
@@ -241,7 +258,11 @@ def _launch(q, key_stats, page_table, seq_lens, config, out, select: bool):
         block_p, warps = ONE_HEAD_PAGES_PER_TILE * max(1, TUNED_HEAD_DIM // head_dim), ONE_HEAD_WARPS
     else:
         block_p, warps = max(1, ALL_HEADS_TILE_ELEMENTS // (block_h * head_dim)), ALL_HEADS_WARPS
-    programs_per_sm = SELECT_PROGRAMS_PER_SM if select else SCORE_PROGRAMS_PER_SM
+    programs_per_sm = SCORE_PROGRAMS_PER_SM
+    if select:
+        programs_per_sm = ONE_HEAD_SELECT_PROGRAMS_PER_SM
+        if block_h > 1:
+            programs_per_sm = ALL_HEADS_SELECT_PROGRAMS_PER_SM
     pages_per_program = plan_pages_per_program(batch * head_groups, max_pages, block_p, sms, programs_per_sm)
     programs_per_row = triton.cdiv(max_pages, pages_per_program)
     num_select = config.num_select
