@@ -98,9 +98,10 @@ def restore(saved: list[tuple]) -> None:
         setattr(module, const, value)
 
 
-SWEEP = [[], ["scoring.SELECT_PROGRAMS_PER_SM=2"], ["scoring.SELECT_PROGRAMS_PER_SM=1"],
+SWEEP = [[], ["scoring.ONE_HEAD_SELECT_PROGRAMS_PER_SM=2"], ["scoring.ONE_HEAD_SELECT_PROGRAMS_PER_SM=1"],
          ["scoring.CANDIDATES_PER_PROGRAM=4"], ["scoring.CANDIDATES_PER_PROGRAM=16"],
-         ["scoring.SELECT_PROGRAMS_PER_SM=1", "scoring.CANDIDATES_PER_PROGRAM=16"],
+         ["scoring.FUSED_SELECT_MAX_HEADS=8"],
+         ["scoring.FUSED_SELECT_MAX_HEADS=8", "scoring.ALL_HEADS_SELECT_PROGRAMS_PER_SM=1"],
          ["decode.PROGRAMS_PER_SM=1"], ["decode.TOKENS_PER_TILE=128"]]
 
 
