@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--contexts", type=int, nargs="+", default=[16384, 32768, 65536, 131072])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--budget", type=int, default=2048, help="UNIQUE tokens read per step and kv head")
-    parser.add_argument("--page-size", type=int, default=16)
+    parser.add_argument("--page-size", type=int, default=64, help="tokens per KV page (BENCHMARKS.md)")
     parser.add_argument("--steps", type=int, default=32, help="timed decode steps per setting")
     parser.add_argument("--warmup", type=int, default=16, help="untimed decode steps per setting")
     parser.add_argument("--device", default="cuda")

@@ -98,6 +98,8 @@ def test_qa_command_end_to_end(tiny_chat_model, tmp_path, capsys):
         "unique",
         "--budget",
         "64",
+        "--page-size",
+        "16",
     ]
     assert main(args) == 0
     assert capsys.readouterr().out.endswith("\n")

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     parser.add_argument("--attention", default="dense", choices=["dense", "unique", "quest"],
                         help="decode attention: every page (dense, default) or top-k pages (unique, quest)")
     parser.add_argument("--budget", type=int, default=1024, help="tokens each sparse decode step reads")
-    parser.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
+    parser.add_argument("--page-size", type=int, default=64,
+                        help="tokens per KV page (64: best long-context QA with unique, BENCHMARKS.md)")
     parser.add_argument("--max-tokens", type=int, default=256, help="longest answer in tokens")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--model", help="Hugging Face directory or GGUF file (default: the embedded model)")

@@ -60,8 +60,9 @@ def decode_attention(
     ``sparse.dense_layers``) reads every page; otherwise the top-k pages by ``sparse.method``.
     Returns [batch, q_heads, head_dim].
 
-    On CUDA sparse decode is four launches (scoring, top-k selection, the split decode over the
-    chosen pages, its merge; dense: the last two) whose sizes depend on tensor shapes only: no
+    On CUDA sparse decode is three launches at small batches (scoring that also selects, the split
+    decode over the chosen pages, its merge) and four at large ones (scoring and top-k apart; dense:
+    the split decode and merge) whose sizes depend on tensor shapes only: no
     host sync, so a decode step can be captured in a CUDA graph per batch bucket (fixed batch
     and page-table width).
     """

@@ -15,12 +15,13 @@ length (entries past the end are loaded but never followed), so a program pays t
 memory round trips (page table, then stats). Short programs and many of them: at batch 1 the
 grid still covers every SM several times.
 
-With ``SELECT`` (``score_select_triton``, the UNIQUE decode step) the same launch also chooses
-the pages: each program reads its scores back as packed keys (``selection._page_keys``), keeps its
-top CANDIDATES_PER_PROGRAM, and the program of a (sequence, head group) that finishes last (an
-atomic counter per group, reset by that program) merges the group's candidates into the exact
-top-k (``selection._select_from_candidates``), writing logical and physical page ids. No program
-ranks a whole row, and the step saves the top-k kernel's launch.
+With ``SELECT`` (``score_select_triton``: the UNIQUE decode step at small batches, where one
+program scores one kv head) the same launch also chooses the pages: each program reads its scores
+back as packed keys (``selection._page_keys``), keeps its top CANDIDATES_PER_PROGRAM, and the
+program of a (sequence, head group) that finishes last (an atomic counter per group, reset by that
+program) merges the group's candidates into the exact top-k (``selection._select_from_candidates``),
+writing logical and physical page ids. No program ranks a whole row, and the step saves the top-k
+kernel's launch.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ ranks the few scores left in the bracket exactly. Ties at the bound go to the lo
 i.e. the lower page index, since tiles hold pages in ascending order. ``_emit_chosen`` writes the
 taken pages in that order through a prefix sum, -1 padded, with their physical page ids.
 
-One program per (sequence, kv head) row: the top-k of scores given (``select_pages``).
+One program per (sequence, kv head) row: the top-k of scores given (``select_pages``, and the
+UNIQUE decode step at large batches, after the scoring kernel).
 
-The UNIQUE decode step selects inside the scoring kernel instead (``scoring.score_select_triton``)
+At small batches the step selects inside the scoring kernel instead (``scoring.score_select_triton``)
 from packed keys: ``_page_keys`` puts a page's ordered score in the high word of an int64 and the
 page (inverted) in the low word, so keys are distinct, a larger key is a higher score and equal
 scores order by the lower page, exactly as above. Each scoring program keeps the top candidates
