@@ -27,7 +27,10 @@ from asr.transcript import Transcript, TranscriptStats
 
 log = logging.getLogger(__name__)
 
-ENCODER_BATCH = 4  # speech chunks encoded together (files only; a live stream encodes as it goes)
+# speech chunks encoded (and drafted) together, files only: a live stream encodes as it goes. On the CPU a
+# batch of 4 costs ~25% less per chunk than one at a time; on a GPU the batched draft generation is what
+# keeps Whisper's decoder from dominating a long recording.
+ENCODER_BATCH = {"cpu": 4, "cuda": 32}
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class TranscribeOptions:
 class Transcriber:
     """Transcribes whole recordings with one speech model (loaded once); each recording gets its own
     engine, sized for its duration. It owns encoding: a file's speech chunks are encoded ahead in
-    batches of ``ENCODER_BATCH``. Safe to reuse across files."""
+    batches of ``ENCODER_BATCH[device]``. Safe to reuse across files."""
 
     def __init__(self, model: SpeechModel, options: TranscribeOptions) -> None:
         self.model, self.options = model, options
@@ -109,6 +112,7 @@ class Transcriber:
         speech = [r for r in regions if r.kind == "speech"]
         encoded: dict[int, EncodedChunk] = {}  # speech region index -> embeddings (and draft), a batch ahead
         speech_index = 0
+        encoder_batch = ENCODER_BATCH[model.projector.up.weight.device.type]
         with self.open_session(duration) as session:
             for region in regions:
                 start_s, end_s = region.start / SAMPLE_RATE, region.end / SAMPLE_RATE
@@ -118,7 +122,7 @@ class Transcriber:
                     if speech_index not in encoded:
                         chunks = [
                             audio[r.start : r.end]
-                            for r in speech[speech_index : speech_index + ENCODER_BATCH]
+                            for r in speech[speech_index : speech_index + encoder_batch]
                         ]
                         encoded = dict(enumerate(model.encode_chunks(chunks), start=speech_index))
                     piece = session.transcribe_chunk(audio[region.start : region.end], start_s, SAMPLE_RATE,
