@@ -26,9 +26,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from asr.corpus import Utterance, read_corpus
+from asr.llm.lora import LoraConfig, add_lora, lora_state_dict
 from asr.speech.adapter import SpeechAdapter
 from asr.speech.audio import SAMPLE_RATE
-from asr.speech.lora import LoraConfig, add_lora, lora_state_dict
 from asr.speech.projector import FrameStackProjector, ProjectorConfig
 from asr.speech.prompt import PromptIds, draft_token_ids
 from asr.speech.sessions import pad_sessions, session_inputs
