@@ -95,7 +95,8 @@ def keep_batch(batch: list) -> list:
     return batch
 
 
-def build_models(args, device):
+def build_models(args, device, attn_implementation: str | None = None):
+    """The speech LLM's parts; ``attn_implementation``: the LLM's attention (default: transformers')."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from asr.llm.embedded import embedded_llm_dir
@@ -103,7 +104,9 @@ def build_models(args, device):
 
     llm_dir = args.llm or str(embedded_llm_dir())
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
-    llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.bfloat16).to(device)
+    llm = AutoModelForCausalLM.from_pretrained(
+        llm_dir, dtype=torch.bfloat16, attn_implementation=attn_implementation
+    ).to(device)
     for p in llm.parameters():
         p.requires_grad_(False)
     lora_config = LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank)
@@ -269,12 +272,17 @@ class Schedule:
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.warmup = max(1, min(200, steps // 10))
 
-    def set_lr(self, step: int, elapsed_s: float) -> float:
-        """Set every group's rate for ``step`` (counted from this run's start); returns the projector's."""
+    def progress(self, step: int, elapsed_s: float) -> float:
+        """Share of the run done, 0..1: of the steps or of the time limit, whichever is further."""
         progress = step / self.steps
         if self.time_limit_min:
             progress = max(progress, elapsed_s / (self.time_limit_min * 60))
-        factor = min(1.0, (step + 1) / self.warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return min(progress, 1.0)
+
+    def set_lr(self, step: int, elapsed_s: float) -> float:
+        """Set every group's rate for ``step`` (counted from this run's start); returns the first group's."""
+        progress = self.progress(step, elapsed_s)
+        factor = min(1.0, (step + 1) / self.warmup) * 0.5 * (1 + math.cos(math.pi * progress))
         for index, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs)):
             frozen = index == LORA_GROUP and step < self.lora_start
             group["lr"] = 0.0 if frozen else base * factor
