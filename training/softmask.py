@@ -154,7 +154,7 @@ class TextTask:
 
         from asr.llm.embedded import embedded_llm_dir
         from training.softmask_data import TextBatches, heldout_text, text_probes
-        from training.text_corpus import load_or_build
+        from training.text_corpus import open_corpus
 
         self.args, self.base = args, Path(args.base or embedded_llm_dir()).resolve()
         out = Path(args.out)
@@ -174,9 +174,9 @@ class TextTask:
                 self.model.load_state_dict(
                     {k: v.to(place.device) for k, v in LoraAdapter.load(out).weights.items()}, strict=False
                 )
-        corpus = load_or_build(args.corpus, self.tokenizer) if place.main else None
-        place.barrier()  # the main process builds the corpus once; the others then read it
-        corpus = corpus or load_or_build(args.corpus, self.tokenizer)
+        corpus = open_corpus(args.corpus, self.tokenizer) if place.main else None
+        place.barrier()  # the main process builds a missing corpus once; the others then read it
+        corpus = corpus or open_corpus(args.corpus, self.tokenizer)
         self.stream = TextBatches(corpus, self.tokenizer, args.seq_len, args.batch, args.synthetic_share,
                                   args.seed + self.resumed_step(), place.rank)
         self.heldout = heldout_text(corpus, args.seq_len, args.eval_docs, place.device)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -59,7 +60,7 @@ class CorpusSpec:
     max_tokens: int = 16384
     holdout_every: int = 40
     seed: int = 0
-    tokenizer: str = ""  # the tokenizer's name and vocabulary size
+    tokenizer: str = ""  # the vocabulary's identity (tokenizer_name)
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,9 @@ def build_corpus(out_dir: Path, tokenizer, spec: CorpusSpec, sources: dict = SOU
 
 
 def tokenizer_name(tokenizer) -> str:
-    return f"{tokenizer.name_or_path.rstrip('/').split('/')[-1]}:{len(tokenizer)}"
+    """The vocabulary's identity (size and hash), whatever directory the tokenizer came from."""
+    vocabulary = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
+    return f"vocab{len(tokenizer)}-{hashlib.sha1(vocabulary).hexdigest()[:12]}"
 
 
 def load_or_build(
@@ -172,6 +175,20 @@ def load_or_build(
     if not (is_built(out_dir) and json.loads((out_dir / "corpus.json").read_text())["spec"] == asdict(spec)):
         build_corpus(out_dir, tokenizer, spec, sources)
     return TextCorpus(out_dir)
+
+
+def open_corpus(directory: str | Path, tokenizer) -> TextCorpus:
+    """The corpus in ``directory`` as it was built (whatever its spec), else one built there with the
+    default spec. Raises ValueError when it was built with another tokenizer."""
+    if not is_built(Path(directory)):
+        return load_or_build(directory, tokenizer)
+    corpus = TextCorpus(directory)
+    if corpus.spec.tokenizer != tokenizer_name(tokenizer):
+        raise ValueError(
+            f"the corpus in {directory} was built with the tokenizer {corpus.spec.tokenizer}, not "
+            f"{tokenizer_name(tokenizer)}; build one with `python -m training.text_corpus --tokenizer DIR`"
+        )
+    return corpus
 
 
 def main(argv: list[str] | None = None) -> None:
