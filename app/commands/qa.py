@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     parser.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
     parser.add_argument("--max-tokens", type=int, default=256, help="longest answer in tokens")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--model", help="Hugging Face directory or GGUF file (default: the embedded model)")
+    parser.add_argument("--model", help="Hugging Face directory, GGUF file or LoRA adapter directory "
+                        "(default: the embedded model)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.set_defaults(handler=run)
 

@@ -64,10 +64,11 @@ class LoraAdapter:
     def is_adapter_dir(path: str | Path) -> bool:
         return (Path(path).expanduser() / ADAPTER_JSON).is_file()
 
-    def save(self, directory: str | Path) -> None:
+    def save(self, directory: str | Path, dtype: torch.dtype = torch.float16) -> None:
+        """Write the adapter (float16 by default: rank 16 on SmolLM2-135M is 10 MB)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {name: tensor.float().contiguous().cpu() for name, tensor in self.weights.items()}
+        tensors = {name: tensor.to(dtype).contiguous().cpu() for name, tensor in self.weights.items()}
         save_file(tensors, str(directory / ADAPTER_WEIGHTS))
         meta = {"lora": asdict(self.lora_config), "base": self.base, "info": self.info}
         (directory / ADAPTER_JSON).write_text(json.dumps(meta, indent=1))
@@ -79,8 +80,9 @@ class LoraAdapter:
             raise ModelLoadError(f"{directory} holds no LoRA adapter ({ADAPTER_JSON} + {ADAPTER_WEIGHTS})")
         meta = json.loads((directory / ADAPTER_JSON).read_text())
         lora = dict(meta["lora"], targets=tuple(meta["lora"]["targets"]))
-        return cls(LoraConfig(**lora), load_file(str(directory / ADAPTER_WEIGHTS)), meta["base"],
-                   meta.get("info", {}))
+        stored = load_file(str(directory / ADAPTER_WEIGHTS))
+        weights = {name: tensor.float() for name, tensor in stored.items()}
+        return cls(LoraConfig(**lora), weights, meta["base"], meta.get("info", {}))
 
     def base_dir(self, directory: str | Path) -> Path:
         """The base model's Hugging Face directory for the adapter saved in ``directory``."""
