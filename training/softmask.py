@@ -41,8 +41,8 @@ from asr.attention.config import SoftMaskConfig, UniqueConfig
 from asr.attention.hf_softmask import ATTENTION_NAME, set_soft_mask, soft_mask_to_dict
 from asr.llm.lora import LoraConfig, add_lora, lora_state_dict
 from asr.llm.lora_adapter import LoraAdapter, model_fingerprint
+from training.schedule import Schedule
 from training.softmask_eval import autocast, evaluate
-from training.train_asr import Schedule
 
 log = logging.getLogger("softmask")
 STATE_FILE = "trainer_state.pt"  # optimizer, step, elapsed time: what --resume needs beside the weights

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from asr.speech.sessions import pad_sessions, session_inputs
 from training.ctc_head import VocabularyCtcHead
 from training.history_noise import corrupt_transcript
 from training.mel_warp import MelWarp
+from training.schedule import Schedule
 from training.spec_augment import SpecAugment
 from training.synth.augment import augment_waveform
 
@@ -42,7 +42,6 @@ log = logging.getLogger("train_asr")
 MAX_CHUNK_SECONDS = 30.0
 TURN_COUNTS, TURN_WEIGHTS = (1, 2, 3, 6), (0.5, 0.25, 0.15, 0.1)  # some long sessions: long-form contexts
 SILENT_CHUNK_SHARE = 0.03  # chunks of noise only, whose transcript is empty
-LORA_GROUP = 1  # optimizer parameter groups: projector, then LoRA
 POOL_BATCHES = 4  # batches drawn together and sorted by length
 NOISY_HISTORY_SHARE = 0.3  # multi-turn sessions whose earlier transcripts are corrupted (and not learnt)
 
@@ -247,7 +246,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_optimizer(projector: torch.nn.Module, ctc_head: torch.nn.Module, lora_params: list,
                    args: argparse.Namespace) -> torch.optim.AdamW:
-    """AdamW over two parameter groups: projector and CTC head at ``--lr``, then LoRA (``LORA_GROUP``) at
+    """AdamW over two parameter groups: projector and CTC head at ``--lr``, then LoRA (``LORA_GROUP`` of
+    ``training.schedule``) at
     ``--lr`` times ``--lora-lr-scale``."""
     return torch.optim.AdamW(
         [
@@ -256,37 +256,6 @@ def make_optimizer(projector: torch.nn.Module, ctc_head: torch.nn.Module, lora_p
         ],
         weight_decay=0.01,
     )
-
-
-class Schedule:
-    """Learning rates per step: linear warm-up, then cosine decay over the steps or the time limit,
-    whichever ends first; LoRA's group stays at 0 for the first ``lora_start`` steps."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, steps: int, time_limit_min: float, lora_start: int):
-        self.optimizer, self.steps, self.time_limit_min, self.lora_start = (
-            optimizer,
-            steps,
-            time_limit_min,
-            lora_start,
-        )
-        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
-        self.warmup = max(1, min(200, steps // 10))
-
-    def progress(self, step: int, elapsed_s: float) -> float:
-        """Share of the run done, 0..1: of the steps or of the time limit, whichever is further."""
-        progress = step / self.steps
-        if self.time_limit_min:
-            progress = max(progress, elapsed_s / (self.time_limit_min * 60))
-        return min(progress, 1.0)
-
-    def set_lr(self, step: int, elapsed_s: float) -> float:
-        """Set every group's rate for ``step`` (counted from this run's start); returns the first group's."""
-        progress = self.progress(step, elapsed_s)
-        factor = min(1.0, (step + 1) / self.warmup) * 0.5 * (1 + math.cos(math.pi * progress))
-        for index, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs)):
-            frozen = index == LORA_GROUP and step < self.lora_start
-            group["lr"] = 0.0 if frozen else base * factor
-        return self.base_lrs[0] * factor
 
 
 def train_step(
