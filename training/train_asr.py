@@ -247,8 +247,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def make_optimizer(projector: torch.nn.Module, ctc_head: torch.nn.Module, lora_params: list,
                    args: argparse.Namespace) -> torch.optim.AdamW:
     """AdamW over two parameter groups: projector and CTC head at ``--lr``, then LoRA (``LORA_GROUP`` of
-    ``training.schedule``) at
-    ``--lr`` times ``--lora-lr-scale``."""
+    ``training.schedule``) at ``--lr`` times ``--lora-lr-scale``."""
     return torch.optim.AdamW(
         [
             {"params": list(projector.parameters()) + list(ctc_head.parameters()), "lr": args.lr},
