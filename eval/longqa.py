@@ -91,7 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--model", help="HF directory or GGUF file (default: the embedded SmolLM2-135M-Instruct)"
+        "--model", help="HF directory, GGUF file or LoRA adapter directory (default: the embedded "
+        "SmolLM2-135M-Instruct)"
     )
     parser.add_argument(
         "--contexts", type=int, nargs="+", default=[2048, 4096, 7680], help="prompt lengths (tokens)"

@@ -6,8 +6,8 @@ from torch import nn
 
 from asr.corpus import read_corpus
 from asr.errors import AsrError
+from asr.llm.lora import LoraConfig, add_lora, lora_state_dict, merge_lora
 from asr.speech.adapter import SpeechAdapter
-from asr.speech.lora import LoraConfig, add_lora, lora_state_dict, merge_lora
 from asr.speech.projector import FrameStackProjector, ProjectorConfig
 from asr.speech.prompt import PromptIds
 from asr.speech.sessions import IGNORE, pad_sessions, session_inputs

@@ -12,8 +12,8 @@ import torch
 
 from app.cli import main as cli_main
 from asr.errors import AudioError
+from asr.llm.lora import LoraConfig
 from asr.speech.adapter import SpeechAdapter
-from asr.speech.lora import LoraConfig
 from asr.speech.pipeline import TranscribeOptions, Transcriber
 from asr.speech.projector import FrameStackProjector, ProjectorConfig
 from asr.speech.repetition import LoopConfig

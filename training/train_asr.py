@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -26,15 +25,16 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from asr.corpus import Utterance, read_corpus
+from asr.llm.lora import LoraConfig, add_lora, lora_state_dict
 from asr.speech.adapter import SpeechAdapter
 from asr.speech.audio import SAMPLE_RATE
-from asr.speech.lora import LoraConfig, add_lora, lora_state_dict
 from asr.speech.projector import FrameStackProjector, ProjectorConfig
 from asr.speech.prompt import PromptIds, draft_token_ids
 from asr.speech.sessions import pad_sessions, session_inputs
 from training.ctc_head import VocabularyCtcHead
 from training.history_noise import corrupt_transcript
 from training.mel_warp import MelWarp
+from training.schedule import Schedule
 from training.spec_augment import SpecAugment
 from training.synth.augment import augment_waveform
 
@@ -42,7 +42,6 @@ log = logging.getLogger("train_asr")
 MAX_CHUNK_SECONDS = 30.0
 TURN_COUNTS, TURN_WEIGHTS = (1, 2, 3, 6), (0.5, 0.25, 0.15, 0.1)  # some long sessions: long-form contexts
 SILENT_CHUNK_SHARE = 0.03  # chunks of noise only, whose transcript is empty
-LORA_GROUP = 1  # optimizer parameter groups: projector, then LoRA
 POOL_BATCHES = 4  # batches drawn together and sorted by length
 NOISY_HISTORY_SHARE = 0.3  # multi-turn sessions whose earlier transcripts are corrupted (and not learnt)
 
@@ -95,7 +94,8 @@ def keep_batch(batch: list) -> list:
     return batch
 
 
-def build_models(args, device):
+def build_models(args, device, attn_implementation: str | None = None):
+    """The speech LLM's parts; ``attn_implementation``: the LLM's attention (default: transformers')."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from asr.llm.embedded import embedded_llm_dir
@@ -103,7 +103,9 @@ def build_models(args, device):
 
     llm_dir = args.llm or str(embedded_llm_dir())
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
-    llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.bfloat16).to(device)
+    llm = AutoModelForCausalLM.from_pretrained(
+        llm_dir, dtype=torch.bfloat16, attn_implementation=attn_implementation
+    ).to(device)
     for p in llm.parameters():
         p.requires_grad_(False)
     lora_config = LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank)
@@ -244,8 +246,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_optimizer(projector: torch.nn.Module, ctc_head: torch.nn.Module, lora_params: list,
                    args: argparse.Namespace) -> torch.optim.AdamW:
-    """AdamW over two parameter groups: projector and CTC head at ``--lr``, then LoRA (``LORA_GROUP``) at
-    ``--lr`` times ``--lora-lr-scale``."""
+    """AdamW over two parameter groups: projector and CTC head at ``--lr``, then LoRA (``LORA_GROUP`` of
+    ``training.schedule``) at ``--lr`` times ``--lora-lr-scale``."""
     return torch.optim.AdamW(
         [
             {"params": list(projector.parameters()) + list(ctc_head.parameters()), "lr": args.lr},
@@ -253,32 +255,6 @@ def make_optimizer(projector: torch.nn.Module, ctc_head: torch.nn.Module, lora_p
         ],
         weight_decay=0.01,
     )
-
-
-class Schedule:
-    """Learning rates per step: linear warm-up, then cosine decay over the steps or the time limit,
-    whichever ends first; LoRA's group stays at 0 for the first ``lora_start`` steps."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, steps: int, time_limit_min: float, lora_start: int):
-        self.optimizer, self.steps, self.time_limit_min, self.lora_start = (
-            optimizer,
-            steps,
-            time_limit_min,
-            lora_start,
-        )
-        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
-        self.warmup = max(1, min(200, steps // 10))
-
-    def set_lr(self, step: int, elapsed_s: float) -> float:
-        """Set every group's rate for ``step`` (counted from this run's start); returns the projector's."""
-        progress = step / self.steps
-        if self.time_limit_min:
-            progress = max(progress, elapsed_s / (self.time_limit_min * 60))
-        factor = min(1.0, (step + 1) / self.warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        for index, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs)):
-            frozen = index == LORA_GROUP and step < self.lora_start
-            group["lr"] = 0.0 if frozen else base * factor
-        return self.base_lrs[0] * factor
 
 
 def train_step(

@@ -26,7 +26,8 @@ def register(subparsers) -> None:
                         help="tokens per KV page (64: best long-context QA with unique, BENCHMARKS.md)")
     parser.add_argument("--max-tokens", type=int, default=256, help="longest answer in tokens")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--model", help="Hugging Face directory or GGUF file (default: the embedded model)")
+    parser.add_argument("--model", help="Hugging Face directory, GGUF file or LoRA adapter directory "
+                        "(default: the embedded model)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.set_defaults(handler=run)
 

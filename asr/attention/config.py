@@ -54,3 +54,26 @@ class UniqueConfig:
     def num_select(self) -> int:
         """Pages read per decode step and kv head."""
         return self.budget_tokens // self.page_size
+
+
+@dataclass(frozen=True)
+class SoftMaskConfig:
+    """Training-time attention that imitates UNIQUE decoding with a soft top-k page mask.
+
+    sparse: the decode-time selection the mask stands for (page size, budget, scoring method and
+        offset, lam, sink and local pages, dense first layers); None attends densely (causal).
+    temperature: T of the page weight ``sigmoid((s - tau) / T)``, in units of page score (``q . k``
+        summed over a GQA group); as T -> 0 the mask becomes the hard top-k mask. Training anneals it.
+    query_block: queries computed together; memory per block is about
+        ``batch * q_heads * query_block * seq`` float32 values (recomputed block by block in backward).
+    """
+
+    sparse: UniqueConfig | None = UniqueConfig(budget_tokens=1024)
+    temperature: float = 1.0
+    query_block: int = 256
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.query_block < 1:
+            raise ValueError(f"query_block must be positive, got {self.query_block}")

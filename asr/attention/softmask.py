@@ -19,24 +19,32 @@ from asr.attention.page_stats import NUM_STATS, STAT_MAX, STAT_MEAN, STAT_MIN, S
 from asr.attention.scoring import score_from_stats, upcast
 
 
-def sequence_page_stats(k: torch.Tensor, page_size: int) -> torch.Tensor:
+def sequence_page_stats(
+    k: torch.Tensor, page_size: int, key_lengths: torch.Tensor | None = None
+) -> torch.Tensor:
     """Key statistics of consecutive pages of full sequences (differentiable).
 
-    k: [batch, kv_heads, seq, head_dim]. Returns [batch, kv_heads, pages, NUM_STATS, head_dim]
-    float32; the last page may be partial and uses only its real keys.
+    k: [batch, kv_heads, seq, head_dim]; key_lengths: [batch] int, the valid keys of each row
+    (right padding; default: all ``seq``). Returns [batch, kv_heads, pages, NUM_STATS, head_dim]
+    float32 (float64 for float64 keys); a partial page uses only its valid keys, and a page with
+    none holds zeros.
     """
     batch, kv_heads, seq, head_dim = k.shape
     pages = -(-seq // page_size)
     keys = F.pad(upcast(k), (0, 0, 0, pages * page_size - seq)).view(
         batch, kv_heads, pages, page_size, head_dim
     )
-    valid = (torch.arange(pages * page_size, device=k.device) < seq).view(1, 1, pages, page_size, 1)
-    count = valid.sum(dim=3).to(keys.dtype)
+    lengths = torch.full((batch,), seq, device=k.device) if key_lengths is None else key_lengths
+    positions = torch.arange(pages * page_size, device=k.device)
+    valid = (positions[None, :] < lengths[:, None]).view(batch, 1, pages, page_size, 1)
+    count = valid.sum(dim=3).to(keys.dtype)  # [batch, 1, pages, 1]
+    filled = count > 0
+    count = count.clamp(min=1)
     mean = torch.where(valid, keys, 0.0).sum(dim=3) / count
     var = torch.where(valid, (keys - mean[:, :, :, None]) ** 2, 0.0).sum(dim=3) / count
     std = (var + 1e-12).sqrt()
-    kmin = torch.where(valid, keys, float("inf")).amin(dim=3)
-    kmax = torch.where(valid, keys, float("-inf")).amax(dim=3)
+    kmin = torch.where(filled, torch.where(valid, keys, float("inf")).amin(dim=3), 0.0)
+    kmax = torch.where(filled, torch.where(valid, keys, float("-inf")).amax(dim=3), 0.0)
     stats = [None] * NUM_STATS
     stats[STAT_MEAN], stats[STAT_STD], stats[STAT_MIN], stats[STAT_MAX] = mean, std, kmin, kmax
     return torch.stack(stats, dim=3)

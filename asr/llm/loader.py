@@ -19,6 +19,8 @@ from safetensors import safe_open
 from asr.errors import ModelLoadError
 from asr.llm.config import ModelConfig
 from asr.llm.embedded import gguf_to_hf_dir
+from asr.llm.lora import merge_lora
+from asr.llm.lora_adapter import LoraAdapter
 from asr.llm.model import CausalLM
 from asr.weights_cache import cache_root
 
@@ -137,17 +139,37 @@ def map_hf_weights(hf: dict[str, torch.Tensor], config: ModelConfig) -> dict[str
     return ours
 
 
+def merging_adapter(
+    adapter: LoraAdapter, then: Callable[[dict[str, torch.Tensor]], None] | None
+) -> Callable[[dict[str, torch.Tensor]], None]:
+    """A weight edit that merges ``adapter`` into Hugging Face-named tensors, then runs ``then``."""
+
+    def adapt(weights: dict[str, torch.Tensor]) -> None:
+        merge_lora(weights, adapter.weights, adapter.lora_config)
+        if then is not None:
+            then(weights)
+
+    return adapt
+
+
 def load_model(
     path: str | Path,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     adapt_weights: Callable[[dict[str, torch.Tensor]], None] | None = None,
 ) -> tuple[CausalLM, Path]:
-    """Build the model of a Hugging Face directory or GGUF file; returns it (eval mode) and its HF directory.
+    """Build the model of a Hugging Face directory, GGUF file or LoRA adapter directory
+    (``asr.llm.lora_adapter``: its base model with the adapter merged); returns it (eval mode) and
+    its (base) Hugging Face directory.
 
     adapt_weights: edits the Hugging Face-named tensors in place before they are mapped (e.g. folds
-    trained LoRA adapters into them).
+    a speech adapter's LoRA into them); runs after a LoRA adapter directory's own merge.
     """
+    if LoraAdapter.is_adapter_dir(path):
+        adapter_dir, adapter = path, LoraAdapter.load(path)
+        path = adapter.base_dir(adapter_dir)
+        adapt_weights = merging_adapter(adapter, then=adapt_weights)
+        log.info("merging the LoRA adapter %s into %s", adapter_dir, path)
     model_dir = resolve_model_dir(path)
     config, raw = read_model_config(model_dir)
     inv_freq, scaling = rope_frequencies(model_dir, raw, config.head_dim)

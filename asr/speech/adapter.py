@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from asr.errors import AsrError
-from asr.speech.lora import LoraConfig
+from asr.llm.lora import LoraConfig
 from asr.speech.projector import ProjectorConfig
 
 

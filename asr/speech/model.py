@@ -29,11 +29,11 @@ from asr.llm.config import EngineConfig
 from asr.llm.distance_cap import DistanceCap
 from asr.llm.engine import LLMEngine, resolve_device
 from asr.llm.loader import load_model
+from asr.llm.lora import merge_lora
 from asr.llm.model import CausalLM
 from asr.llm.quantize import quantize_linear_layers
 from asr.speech.adapter import SpeechAdapter
 from asr.speech.draft_decoding import DraftDecoding
-from asr.speech.lora import merge_lora
 from asr.speech.projector import FrameStackProjector
 from asr.speech.prompt import PromptIds
 from asr.speech.repetition import LoopConfig

@@ -1,4 +1,4 @@
-"""Low-rank adapters on the LLM's linear layers: trained with the projector, merged for inference."""
+"""Low-rank adapters on an LLM's linear layers: trained (speech adapter, soft-mask tuning), merged at load."""
 
 from __future__ import annotations
 
