@@ -8,11 +8,13 @@ import math
 import torch
 
 LORA_GROUP = 1  # in the speech recipe's optimizer: parameter groups projector, then LoRA
+WARMUP_SHARE = 0.1  # warm-up ends after this share of the run at the latest (time-limited runs)
 
 
 class Schedule:
-    """Learning rates per step: linear warm-up, then cosine decay over the steps or the time limit,
-    whichever ends first; LoRA's group stays at 0 for the first ``lora_start`` steps."""
+    """Learning rates per step: linear warm-up (over min(200, steps / 10) steps, or the first
+    ``WARMUP_SHARE`` of the time limit if that comes first), then cosine decay over the steps or the
+    time limit, whichever ends first; LoRA's group stays at 0 for the first ``lora_start`` steps."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, steps: int, time_limit_min: float, lora_start: int):
         self.optimizer, self.steps, self.time_limit_min, self.lora_start = (
@@ -34,7 +36,8 @@ class Schedule:
     def set_lr(self, step: int, elapsed_s: float) -> float:
         """Set every group's rate for ``step`` (counted from this run's start); returns the first group's."""
         progress = self.progress(step, elapsed_s)
-        factor = min(1.0, (step + 1) / self.warmup) * 0.5 * (1 + math.cos(math.pi * progress))
+        warm = min(1.0, max((step + 1) / self.warmup, progress / WARMUP_SHARE))
+        factor = warm * 0.5 * (1 + math.cos(math.pi * progress))
         for index, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs)):
             frozen = index == LORA_GROUP and step < self.lora_start
             group["lr"] = 0.0 if frozen else base * factor

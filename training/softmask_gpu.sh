@@ -12,10 +12,11 @@ base=$1 corpus=$2 out=$3 minutes=${4:-10} nproc=${5:-1}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$out"
 python3 -c "import torch; assert torch.cuda.is_available(), 'no GPU'; print(torch.cuda.get_device_name())"
-# seq 8192 = SmolLM2-135M's trained context; budgets 512 and 1024 = 1/16 and 1/8 of it
+# seq 8192 = SmolLM2-135M's trained context; budgets 512 and 1024 = 1/16 and 1/8 of it. Query blocks of
+# 2048: the blockwise op is launch-bound at 256 (H100: 6 s a step at 8192 x 2, 3.6 s at 4096 x 1)
 python3 -m torch.distributed.run --standalone --nproc_per_node "$nproc" -m training.softmask \
     --base "$base" --corpus "$corpus" --out "$out/adapter" --time-limit "$minutes" --steps 100000 \
-    --seq-len 8192 --batch 2 --budgets 512 1024 --lora-rank 16 --lr 3e-4 --t-start 30 --t-end 0.5 \
+    --seq-len 8192 --batch 2 --query-block 2048 --budgets 512 1024 --lora-rank 16 --lr 3e-4 --t-start 30 --t-end 0.5 \
     --anneal 0.7 --eval-every 200 --eval-docs 8 --probes 32 --save-every 200 --checkpointing \
     2>&1 | tee "$out/train.log"
 for model in base trained; do
