@@ -139,3 +139,59 @@ def append_one_token(
     keys = k_cache[page, :, : offset + 1].float()  # [kv_heads, fill, head_dim]
     std, mean = torch.std_mean(keys, dim=1, correction=0)
     key_stats[page] = torch.stack([mean, std, keys.amin(dim=1), keys.amax(dim=1)], dim=1).to(key_stats.dtype)
+
+
+PREFILL_CHUNK_ELEMENTS = 1 << 24  # attention logits of block-sparse prefill computed at once (64 MiB)
+
+
+def block_sparse_prefill_cpu(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    start: int,
+    scale: float,
+    blocks: torch.Tensor,
+    block_size: int,
+) -> torch.Tensor:
+    """The CPU path of ``block_sparse_prefill_reference`` (same arguments and result): the queries in
+    position-aligned blocks, each (query head, query block) with its chosen key blocks gathered by one
+    ``index_select`` over [pages * kv_heads, P, d], then one masked SDPA per run of query blocks (the
+    mask: unused slots, and causality inside the diagonal block)."""
+    n, q_heads, head_dim = q.shape
+    _, kv_heads, page_size, _ = k_cache.shape
+    length = start + n
+    _, num_query_blocks, width = blocks.shape
+    first = start // block_size
+    lead = start - first * block_size
+    queries = q.new_zeros(num_query_blocks * block_size, q_heads, head_dim, dtype=k_cache.dtype)
+    queries[lead : lead + n] = q.to(k_cache.dtype)
+    queries = queries.view(num_query_blocks, block_size, q_heads, head_dim).permute(2, 0, 1, 3)
+    per_block = block_size // page_size
+    chosen = blocks.long()
+    logical = (chosen.clamp(min=0)[..., None] * per_block + torch.arange(per_block)).clamp(
+        max=-(-length // page_size) - 1
+    )  # the diagonal block may reach past the last page
+    kv_head = (torch.arange(q_heads) // (q_heads // kv_heads))[:, None, None, None]
+    rows = (page_table.long()[logical] * kv_heads + kv_head).flatten(2)  # [q_heads, query blocks, pages]
+    key_pos = (chosen[..., None] * block_size + torch.arange(block_size)).flatten(2)
+    # [q_heads, query blocks, width * S]: slots of used blocks inside the sequence (the rest may hold anything)
+    key_ok = ((chosen[..., None] >= 0) & (key_pos.view(chosen.shape + (block_size,)) < length)).flatten(2)
+    query_pos = (first + torch.arange(num_query_blocks))[:, None] * block_size + torch.arange(block_size)
+    out = torch.empty_like(queries)
+    flat_k, flat_v = k_cache.flatten(0, 1), v_cache.flatten(0, 1)
+    step = max(1, PREFILL_CHUNK_ELEMENTS // (q_heads * block_size * width * block_size))
+    for begin in range(0, num_query_blocks, step):
+        part = slice(begin, begin + step)
+        index = rows[:, part].flatten()
+        shape = (q_heads, -1, width * block_size, head_dim)
+        unused = ~key_ok[:, part, :, None]
+        keys = flat_k.index_select(0, index).view(shape).masked_fill(unused, 0.0)
+        values = flat_v.index_select(0, index).view(shape).masked_fill(unused, 0.0)
+        allowed = key_ok[:, part, None, :] & (
+            key_pos[:, part, None, :] <= query_pos[None, part, :, None]
+        )  # [q_heads, qb, S, width * S]
+        out[:, part] = torch.nn.functional.scaled_dot_product_attention(
+            queries[:, part], keys, values, attn_mask=allowed, scale=scale
+        )
+    return out.permute(1, 2, 0, 3).reshape(-1, q_heads, head_dim)[lead : lead + n].to(q.dtype)

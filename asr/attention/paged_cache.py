@@ -66,6 +66,14 @@ class PageAllocator:
         self._free.sort(reverse=True)
 
 
+def gather_sequence(cache_layer: torch.Tensor, page_table: torch.Tensor, length: int) -> torch.Tensor:
+    """K or V of a sequence's first ``length`` tokens, in order: cache_layer [num_pages, kv_heads,
+    page_size, head_dim] (one layer), page_table [>= pages] int -> [length, kv_heads, head_dim]."""
+    page_size = cache_layer.shape[2]
+    position = torch.arange(length, device=cache_layer.device)
+    return cache_layer[page_table.long()[position // page_size], :, position % page_size]
+
+
 class PagedKVCache:
     """K/V pages, key statistics and per-sequence page lists.
 
@@ -116,12 +124,6 @@ class PagedKVCache:
     def pages(self, seq_id: int, start: int = 0, stop: int | None = None) -> list[int]:
         """Page ids of a sequence's logical pages ``[start, stop)`` (a copy)."""
         return self._seq_pages[seq_id][start:stop]
-
-    def token_slots(self, seq_id: int, length: int) -> torch.Tensor:
-        """[length] int64 physical slots of a sequence's first ``length`` tokens, on the cache device."""
-        pages = to_device(self._seq_pages[seq_id], torch.int64, self.k.device)
-        offsets = torch.arange(self.page_size, device=self.k.device)
-        return (pages[:, None] * self.page_size + offsets[None, :]).flatten()[:length]
 
     def reserve(self, seq_ids: list[int], num_new_tokens: list[int]) -> torch.Tensor:
         """Grow each sequence by its count of new tokens, allocating pages as needed.

@@ -80,9 +80,10 @@ class LLMEngine:
         choice = None if attention == "dense" else replace(sparse, method=attention)
         if choice not in self._runners:
             config = self.config
+            unisparse = config.unisparse if config.prefill == "unisparse" else None
             self._runners[choice] = ModelRunner(
                 self.model, self.cache, choice, self.max_context, config.max_batch, config.prefill_chunk,
-                config.cuda_graphs, self._scratch_seq,
+                config.cuda_graphs, self._scratch_seq, unisparse,
             )
         self.runner = self._runners[choice]
 
