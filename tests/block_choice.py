@@ -6,7 +6,8 @@ import torch
 from asr.attention.block_selection import prefill_blocks
 
 
-def random_blocks(q_heads: int, start: int, length: int, block_size: int, keep: float, seed: int) -> torch.Tensor:
+def random_blocks(q_heads: int, start: int, length: int, block_size: int, keep: float,
+                  seed: int) -> torch.Tensor:
     """[q_heads, query blocks, key blocks] int32: each visible block kept with probability ``keep``."""
     first, num_query_blocks = prefill_blocks(start, length, block_size)
     num_key_blocks = -(-length // block_size)

@@ -175,7 +175,7 @@ def block_sparse_prefill_cpu(
     kv_head = (torch.arange(q_heads) // (q_heads // kv_heads))[:, None, None, None]
     rows = (page_table.long()[logical] * kv_heads + kv_head).flatten(2)  # [q_heads, query blocks, pages]
     key_pos = (chosen[..., None] * block_size + torch.arange(block_size)).flatten(2)
-    # [q_heads, query blocks, width * S]: slots of used blocks inside the sequence (the rest may hold anything)
+    # [q_heads, query blocks, width * S]: slots of used blocks inside the sequence (others may hold anything)
     key_ok = ((chosen[..., None] >= 0) & (key_pos.view(chosen.shape + (block_size,)) < length)).flatten(2)
     query_pos = (first + torch.arange(num_query_blocks))[:, None] * block_size + torch.arange(block_size)
     out = torch.empty_like(queries)

@@ -44,7 +44,8 @@ def check(q, k_cache, v_cache, page_table, start, blocks, block_size):
 
 @pytest.mark.parametrize("start, n", SPANS)
 @pytest.mark.parametrize("dtype, head_dim, page_size, block_size, heads", SHAPES)
-def test_kernel_over_selected_blocks_matches_reference(dtype, head_dim, page_size, block_size, heads, start, n):
+def test_kernel_over_selected_blocks_matches_reference(dtype, head_dim, page_size, block_size, heads, start,
+                                                       n):
     q, k_cache, v_cache, page_table = sequence(start, n, heads, head_dim, page_size, dtype, seed=start + n)
     config = UniSparseConfig(block_size=block_size, granularities=(16,), mass=0.6, max_blocks=2)
     mass = estimate_block_mass(q, k_cache, page_table, start, 1 / math.sqrt(head_dim), config)
