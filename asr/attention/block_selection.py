@@ -52,6 +52,59 @@ def query_composites(q: torch.Tensor, start: int, granularity: int) -> tuple[tor
     return mean.transpose(0, 1), count
 
 
+def composite_shares_reference(
+    queries: torch.Tensor,
+    last_pos: torch.Tensor,
+    k_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    length: int,
+    scale: float,
+    block_size: int,
+) -> torch.Tensor:
+    """Each key block's share of each composite query's attention.
+
+    queries: [q_heads, composites, head_dim] float32 (``query_composites``); last_pos: [composites]
+    int, the last position a composite holds (it sees the keys up to there); k_cache: [num_pages,
+    kv_heads, P, head_dim] (one layer); page_table: [>= pages] int; length: tokens in the sequence.
+    Returns [q_heads, composites, key blocks] float32: the softmax of ``scale q.k`` over the visible
+    keys, summed per key block (rows sum to 1).
+    """
+    q_heads, num_composites, head_dim = queries.shape
+    keys = gather_sequence(k_cache, page_table, length).float().transpose(0, 1)  # [kv_heads, length, d]
+    kv_heads = keys.shape[0]
+    num_key_blocks = -(-length // block_size)
+    key_pos = torch.arange(length, device=queries.device)
+    shares = torch.empty(q_heads, num_composites, num_key_blocks, device=queries.device)
+    rows = max(1, SCORE_CHUNK_ELEMENTS // (q_heads * length))
+    for begin in range(0, num_composites, rows):
+        part = slice(begin, begin + rows)
+        logits = torch.einsum("hgad,htd->hgat", queries[:, part].reshape(kv_heads, q_heads // kv_heads, -1,
+                                                                         head_dim), keys) * scale
+        logits.masked_fill_(key_pos[None, :] > last_pos[part, None], float("-inf"))
+        probs = torch.nn.functional.pad(logits.softmax(-1), (0, num_key_blocks * block_size - length))
+        shares[:, part] = probs.view(q_heads, -1, num_key_blocks, block_size).sum(-1)
+    return shares
+
+
+def composite_shares(
+    queries: torch.Tensor,
+    last_pos: torch.Tensor,
+    k_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    length: int,
+    scale: float,
+    block_size: int,
+) -> torch.Tensor:
+    """Public composite scoring (arguments as ``composite_shares_reference``): the Triton kernel on
+    CUDA for fp16/bf16 caches (one pass over the keys per run of composites, no logits in memory),
+    the reference elsewhere."""
+    if queries.is_cuda and k_cache.dtype in (torch.float16, torch.bfloat16):
+        from asr.attention.kernels.block_mass import composite_shares_triton
+
+        return composite_shares_triton(queries, last_pos, k_cache, page_table, length, scale, block_size)
+    return composite_shares_reference(queries, last_pos, k_cache, page_table, length, scale, block_size)
+
+
 def estimate_block_mass(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -70,40 +123,17 @@ def estimate_block_mass(
     length = start + q.shape[0]
     size = config.block_size
     first, num_query_blocks = prefill_blocks(start, length, size)
-    num_key_blocks = -(-length // size)
-    keys = gather_sequence(k_cache, page_table, length).float().transpose(0, 1)  # [kv_heads, length, d]
-    total = torch.zeros(q.shape[1], num_query_blocks, num_key_blocks, device=q.device)
+    total = torch.zeros(q.shape[1], num_query_blocks, -(-length // size), device=q.device)
     for granularity in config.granularities:
         queries, weights = query_composites(q, start, granularity)
-        total += _granularity_mass(queries, weights, keys, start, granularity, scale, size, first,
-                                   num_query_blocks, num_key_blocks)
+        composite = start // granularity + torch.arange(queries.shape[1], device=q.device)
+        last_pos = torch.clamp((composite + 1) * granularity, max=length) - 1
+        shares = composite_shares(queries, last_pos, k_cache, page_table, length, scale, size)
+        query_block = composite * granularity // size - first
+        block_weight = torch.zeros(num_query_blocks, device=q.device).index_add_(0, query_block, weights)
+        mass = torch.zeros_like(total).index_add_(1, query_block, shares * weights[None, :, None])
+        total += mass / block_weight[None, :, None]
     return total / len(config.granularities)
-
-
-def _granularity_mass(queries, weights, keys, start, granularity, scale, block_size, first_block,
-                      num_query_blocks, num_key_blocks) -> torch.Tensor:
-    """Block masses at one granularity (queries, weights from ``query_composites``; keys: [kv_heads,
-    length, d] float32), over chunks of query composites. Returns [q_heads, query blocks, key blocks]."""
-    q_heads, num_queries, head_dim = queries.shape
-    kv_heads, length, _ = keys.shape
-    group = q_heads // kv_heads
-    first_composite = start // granularity
-    key_pos = torch.arange(length, device=queries.device)
-    composite = first_composite + torch.arange(num_queries, device=queries.device)
-    last_pos = torch.clamp((composite + 1) * granularity, max=length) - 1  # each composite's last query
-    query_block = composite * granularity // block_size - first_block
-    out = torch.zeros(q_heads, num_query_blocks, num_key_blocks, device=queries.device)
-    rows = max(1, SCORE_CHUNK_ELEMENTS // (q_heads * length))
-    for begin in range(0, num_queries, rows):
-        part = slice(begin, begin + rows)
-        qc = queries[:, part].reshape(kv_heads, group, -1, head_dim)
-        logits = torch.einsum("hgad,htd->hgat", qc, keys) * scale
-        logits.masked_fill_(key_pos[None, :] > last_pos[part, None], float("-inf"))
-        probs = torch.nn.functional.pad(logits.softmax(-1), (0, num_key_blocks * block_size - length))
-        block_probs = probs.view(q_heads, -1, num_key_blocks, block_size).sum(-1)
-        out.index_add_(1, query_block[part], block_probs * weights[part, None])
-    block_weight = torch.zeros(num_query_blocks, device=queries.device).index_add_(0, query_block, weights)
-    return out / block_weight[None, :, None]
 
 
 def select_blocks(
