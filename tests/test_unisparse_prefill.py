@@ -27,8 +27,8 @@ def sequence(start, n, heads, head_dim=16, page_size=8, dtype=torch.float32, see
 
 
 def true_block_mass(q, k_cache, page_table, start, scale, block_size):
-    """[q_heads, query blocks, key blocks]: the exact attention share of each key block, averaged over
-    each query block's queries."""
+    """[kv_heads, query blocks, key blocks]: the exact attention share of each key block, averaged over
+    each query block's queries and the query heads of each kv head."""
     n, q_heads, _ = q.shape
     length = start + n
     keys = gather_sequence(k_cache, page_table, length).float()
@@ -42,7 +42,8 @@ def true_block_mass(q, k_cache, page_table, start, scale, block_size):
     first, num_query_blocks = prefill_blocks(start, length, block_size)
     query_block = torch.arange(start, length) // block_size - first
     total = torch.zeros(q_heads, num_query_blocks, num_key_blocks).index_add_(1, query_block, per_block)
-    return total / torch.bincount(query_block).float()[None, :, None]
+    total = total / torch.bincount(query_block).float()[None, :, None]
+    return total.view(k_cache.shape[1], -1, num_query_blocks, num_key_blocks).mean(1)
 
 
 @pytest.mark.parametrize("start, n", SPANS)
@@ -123,10 +124,10 @@ def test_cpu_path_matches_reference(dtype, heads, page_size, block_size, start, 
     q, k_cache, v_cache, page_table = sequence(start, n, heads, 32, page_size, dtype, seed=start + n)
     scale = 1 / math.sqrt(32)
     for keep in (0.3, 1.0):
-        blocks = random_blocks(heads[0], start, start + n, block_size, keep=keep, seed=start)
+        blocks = random_blocks(heads[1], start, start + n, block_size, keep=keep, seed=start)
         out = block_sparse_prefill_cpu(q, k_cache, v_cache, page_table, start, scale, blocks, block_size)
-        expected = block_sparse_prefill_reference(q.float(), k_cache.float(), v_cache.float(), page_table, start,
-                                                  scale, blocks, block_size)
+        expected = block_sparse_prefill_reference(q.float(), k_cache.float(), v_cache.float(), page_table,
+                                                  start, scale, blocks, block_size)
         assert_close(out.float(), expected, dtype)
 
 
@@ -148,5 +149,6 @@ def test_sparse_choice_changes_the_output_only_where_blocks_were_left_out():
     dense = block_sparse_prefill_reference(q, k_cache, v_cache, page_table, start, 0.2, None, size)
     mass = estimate_block_mass(q, k_cache, page_table, start, 0.2, config)
     blocks, _ = select_blocks(mass, start, start + n, config)
-    assert_close(out, block_sparse_prefill_reference(q, k_cache, v_cache, page_table, start, 0.2, blocks, size))
+    sparse = block_sparse_prefill_reference(q, k_cache, v_cache, page_table, start, 0.2, blocks, size)
+    assert_close(out, sparse)
     assert (out - dense).abs().max() > 1e-3  # left-out blocks carried attention

@@ -12,9 +12,10 @@ estimates are averaged. Keys are not pooled: on SmolLM2-135M reading 8k tokens o
 per page (16) or even per 4 tokens lost the single keys that some heads of the early layers attend
 (recall 0.74 at a 0.95 target, layers 3-9), while queries pooled per 64 kept it (0.94).
 
-A query block then keeps its sink and local blocks (the diagonal included) and, highest estimate
-first, the fewest further blocks that bring the kept share to ``mass``, at most ``max_blocks`` of
-them. Each query head chooses its own blocks.
+The query heads of a GQA group share their choice (the mean of their estimates): keys are read once
+per kv head. A query block then keeps its sink and local blocks (the diagonal included) and, highest
+estimate first, the fewest further blocks that bring the kept share to ``mass``, at most
+``max_blocks`` of them.
 """
 
 from __future__ import annotations
@@ -43,12 +44,12 @@ def query_composites(q: torch.Tensor, start: int, granularity: int) -> tuple[tor
     n, q_heads, head_dim = q.shape
     lead = start % granularity
     composites = -(-(lead + n) // granularity)
-    padded = q.new_zeros(composites * granularity, q_heads, head_dim, dtype=torch.float32)
-    padded[lead : lead + n] = q.float()
+    padded = torch.nn.functional.pad(q, (0, 0, 0, 0, lead, composites * granularity - lead - n))
     present = torch.zeros(composites * granularity, device=q.device)
     present[lead : lead + n] = 1
     count = present.view(composites, granularity).sum(1)
-    mean = padded.view(composites, granularity, q_heads, head_dim).sum(1) / count[:, None, None]
+    total = padded.view(composites, granularity, q_heads, head_dim).sum(1, dtype=torch.float32)
+    mean = total / count[:, None, None]
     return mean.transpose(0, 1), count
 
 
@@ -113,11 +114,12 @@ def estimate_block_mass(
     scale: float,
     config: UniSparseConfig,
 ) -> torch.Tensor:
-    """Each key block's estimated share of each query block's attention, per query head.
+    """Each key block's estimated share of each query block's attention, per kv head (the mean over
+    the query heads of its group).
 
     q: [n, q_heads, head_dim] new queries at positions ``start ..`` (their keys are in the cache);
     k_cache: [num_pages, kv_heads, P, head_dim] (one layer); page_table: [>= pages] int.
-    Returns [q_heads, query blocks, key blocks] float32; each row sums to 1 over the key blocks its
+    Returns [kv_heads, query blocks, key blocks] float32; each row sums to 1 over the key blocks its
     queries may see (``prefill_blocks`` numbers the query blocks; key blocks count from 0).
     """
     length = start + q.shape[0]
@@ -133,18 +135,19 @@ def estimate_block_mass(
         block_weight = torch.zeros(num_query_blocks, device=q.device).index_add_(0, query_block, weights)
         mass = torch.zeros_like(total).index_add_(1, query_block, shares * weights[None, :, None])
         total += mass / block_weight[None, :, None]
-    return total / len(config.granularities)
+    kv_heads = k_cache.shape[1]
+    return total.view(kv_heads, -1, *total.shape[1:]).mean(1) / len(config.granularities)
 
 
 def select_blocks(
     mass: torch.Tensor, start: int, length: int, config: UniSparseConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Key blocks each query block attends, per query head.
+    """Key blocks each query block attends, per kv head.
 
-    mass: [q_heads, query blocks, key blocks] estimated shares (``estimate_block_mass``) of the
-    queries at positions ``[start, length)``. Returns blocks: [q_heads, query blocks, width] int32 key
+    mass: [kv_heads, query blocks, key blocks] estimated shares (``estimate_block_mass``) of the
+    queries at positions ``[start, length)``. Returns blocks: [kv_heads, query blocks, width] int32 key
     block indices in ascending order (the diagonal last), padded with -1, width =
-    ``min(key blocks, config.max_chosen)``; and counts: [q_heads, query blocks] int32.
+    ``min(key blocks, config.max_chosen)``; and counts: [kv_heads, query blocks] int32.
     """
     first, num_query_blocks = prefill_blocks(start, length, config.block_size)
     num_key_blocks = mass.shape[-1]

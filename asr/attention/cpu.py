@@ -141,9 +141,6 @@ def append_one_token(
     key_stats[page] = torch.stack([mean, std, keys.amin(dim=1), keys.amax(dim=1)], dim=1).to(key_stats.dtype)
 
 
-PREFILL_CHUNK_ELEMENTS = 1 << 24  # attention logits of block-sparse prefill computed at once (64 MiB)
-
-
 def block_sparse_prefill_cpu(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -154,44 +151,51 @@ def block_sparse_prefill_cpu(
     blocks: torch.Tensor,
     block_size: int,
 ) -> torch.Tensor:
-    """The CPU path of ``block_sparse_prefill_reference`` (same arguments and result): the queries in
-    position-aligned blocks, each (query head, query block) with its chosen key blocks gathered by one
-    ``index_select`` over [pages * kv_heads, P, d], then one masked SDPA per run of query blocks (the
-    mask: unused slots, and causality inside the diagonal block)."""
+    """The CPU path of ``block_sparse_prefill_reference`` (same arguments and result), one query block
+    at a time: its chosen key blocks of every kv head gathered by one ``index_select`` over [pages *
+    kv_heads, P, d] and attended by all query heads of each group together (matmuls in the cache
+    dtype, the scale folded into the queries; softmax in float32). The diagonal block is moved to the
+    last slot, so the causal mask is one [S, S] triangle there; unused slots are masked one by one
+    (a query block's unused slots are few: the budget binds, or the mass is reached early)."""
     n, q_heads, head_dim = q.shape
     _, kv_heads, page_size, _ = k_cache.shape
+    group, size = q_heads // kv_heads, block_size
     length = start + n
     _, num_query_blocks, width = blocks.shape
-    first = start // block_size
-    lead = start - first * block_size
-    queries = q.new_zeros(num_query_blocks * block_size, q_heads, head_dim, dtype=k_cache.dtype)
-    queries[lead : lead + n] = q.to(k_cache.dtype)
-    queries = queries.view(num_query_blocks, block_size, q_heads, head_dim).permute(2, 0, 1, 3)
-    per_block = block_size // page_size
+    first = start // size
+    lead = start - first * size
+    tail = num_query_blocks * size - lead - n
+    queries = torch.nn.functional.pad((q.float() * scale).to(k_cache.dtype), (0, 0, 0, 0, lead, tail))
+    queries = queries.view(num_query_blocks, size, kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
+    queries = queries.reshape(num_query_blocks, kv_heads, group * size, head_dim)
     chosen = blocks.long()
+    own = first + torch.arange(num_query_blocks)
+    diagonal_slot = (chosen >= 0).sum(-1, keepdim=True) - 1
+    chosen = chosen.masked_fill(torch.arange(width) == diagonal_slot, -1)
+    chosen[..., -1] = own  # [kv_heads, query blocks, width]: the diagonal last
+    per_block = size // page_size
     logical = (chosen.clamp(min=0)[..., None] * per_block + torch.arange(per_block)).clamp(
         max=-(-length // page_size) - 1
-    )  # the diagonal block may reach past the last page
-    kv_head = (torch.arange(q_heads) // (q_heads // kv_heads))[:, None, None, None]
-    rows = (page_table.long()[logical] * kv_heads + kv_head).flatten(2)  # [q_heads, query blocks, pages]
-    key_pos = (chosen[..., None] * block_size + torch.arange(block_size)).flatten(2)
-    # [q_heads, query blocks, width * S]: slots of used blocks inside the sequence (others may hold anything)
-    key_ok = ((chosen[..., None] >= 0) & (key_pos.view(chosen.shape + (block_size,)) < length)).flatten(2)
-    query_pos = (first + torch.arange(num_query_blocks))[:, None] * block_size + torch.arange(block_size)
-    out = torch.empty_like(queries)
+    )  # the last block may reach past the sequence's last page
+    rows = (page_table.long()[logical] * kv_heads + torch.arange(kv_heads)[:, None, None, None]).flatten(2)
+    unused = (chosen < 0).nonzero().tolist()  # (kv head, query block, slot)
     flat_k, flat_v = k_cache.flatten(0, 1), v_cache.flatten(0, 1)
-    step = max(1, PREFILL_CHUNK_ELEMENTS // (q_heads * block_size * width * block_size))
-    for begin in range(0, num_query_blocks, step):
-        part = slice(begin, begin + step)
-        index = rows[:, part].flatten()
-        shape = (q_heads, -1, width * block_size, head_dim)
-        unused = ~key_ok[:, part, :, None]
-        keys = flat_k.index_select(0, index).view(shape).masked_fill(unused, 0.0)
-        values = flat_v.index_select(0, index).view(shape).masked_fill(unused, 0.0)
-        allowed = key_ok[:, part, None, :] & (
-            key_pos[:, part, None, :] <= query_pos[None, part, :, None]
-        )  # [q_heads, qb, S, width * S]
-        out[:, part] = torch.nn.functional.scaled_dot_product_attention(
-            queries[:, part], keys, values, attn_mask=allowed, scale=scale
-        )
-    return out.permute(1, 2, 0, 3).reshape(-1, q_heads, head_dim)[lead : lead + n].to(q.dtype)
+    out = torch.empty_like(queries)
+    for block in range(num_query_blocks):
+        shape = (kv_heads, width * size, head_dim)
+        keys = flat_k.index_select(0, rows[:, block].flatten()).view(shape)
+        values = flat_v.index_select(0, rows[:, block].flatten()).view(shape)
+        inside = length - int(own[block]) * size  # diagonal slots inside the sequence
+        if inside < size:  # the slack past its end may hold anything
+            keys[:, width * size - size + inside :] = 0
+            values[:, width * size - size + inside :] = 0
+        logits = torch.matmul(queries[block], keys.transpose(1, 2)).float()
+        for head, slot in ((h, j) for h, b, j in unused if b == block):
+            logits[head, :, slot * size : (slot + 1) * size] = float("-inf")
+        query_offset = torch.arange(size).repeat(group)[:, None]
+        key_offset = torch.arange(size)[None, :]
+        causal = (key_offset <= query_offset) & (key_offset < inside)
+        logits[..., -size:].masked_fill_(~causal, float("-inf"))
+        out[block] = torch.matmul(torch.softmax(logits, dim=-1).to(values.dtype), values)
+    out = out.view(num_query_blocks, kv_heads, group, size, head_dim).permute(0, 3, 1, 2, 4)
+    return out.reshape(num_query_blocks * size, q_heads, head_dim)[lead : lead + n].to(q.dtype)

@@ -2,9 +2,9 @@
 
 A prefill appends ``n`` tokens to one sequence after ``start`` cached ones; their K/V are already in
 the pages (written in full, so page statistics stay exact), and query ``i`` sits at position
-``start + i``. Block-sparse prefill attends, per query head and query block, only the key blocks
-``asr.attention.block_selection`` chose (causal inside the diagonal block); choosing every block
-is dense causal attention.
+``start + i``. Block-sparse prefill attends, per kv head (its query heads alike) and query block,
+only the key blocks ``asr.attention.block_selection`` chose (causal inside the diagonal block);
+choosing every block is dense causal attention.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def block_sparse_prefill_reference(
     """Causal attention of the new queries over the sequence's keys, restricted to chosen key blocks.
 
     q: [n, q_heads, d] at positions ``start ..``; k_cache, v_cache: [num_pages, kv_heads, P, d] (one
-    layer, the new tokens included); page_table: [>= pages] int; blocks: [q_heads, query blocks,
+    layer, the new tokens included); page_table: [>= pages] int; blocks: [kv_heads, query blocks,
     width] int key-block indices, -1 = unused (``select_blocks``), or None for every block.
     Returns [n, q_heads, d] in q's dtype (float32 arithmetic).
     """
@@ -47,8 +47,9 @@ def block_sparse_prefill_reference(
     if blocks is not None:
         first, num_query_blocks = prefill_blocks(start, length, block_size)
         num_key_blocks = -(-length // block_size)
-        chosen = torch.zeros(q_heads, num_query_blocks, num_key_blocks + 1, dtype=torch.bool, device=q.device)
+        chosen = torch.zeros(*blocks.shape[:2], num_key_blocks + 1, dtype=torch.bool, device=q.device)
         chosen.scatter_(-1, blocks.long().masked_fill(blocks < 0, num_key_blocks), True)
+        chosen = chosen.repeat_interleave(group, dim=0)  # the query heads of a kv head share its blocks
         rows = chosen[:, query_pos // block_size - first, :num_key_blocks]  # [q_heads, n, key blocks]
         allowed = allowed & rows[:, :, key_pos // block_size]
     probs = logits.masked_fill(~allowed, float("-inf")).softmax(-1)

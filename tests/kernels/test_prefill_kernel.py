@@ -57,9 +57,9 @@ def test_kernel_over_selected_blocks_matches_reference(dtype, head_dim, page_siz
 def test_kernel_over_random_and_every_block_matches_reference(dtype, head_dim, page_size, block_size, heads):
     start, n = 450, 130
     q, k_cache, v_cache, page_table = sequence(start, n, heads, head_dim, page_size, dtype, seed=5)
-    blocks = random_blocks(heads[0], start, start + n, block_size, keep=0.4, seed=6).to(DEVICE)
+    blocks = random_blocks(heads[1], start, start + n, block_size, keep=0.4, seed=6).to(DEVICE)
     check(q, k_cache, v_cache, page_table, start, blocks, block_size)
-    every = random_blocks(heads[0], start, start + n, block_size, keep=1.0, seed=6).to(DEVICE)
+    every = random_blocks(heads[1], start, start + n, block_size, keep=1.0, seed=6).to(DEVICE)
     check(q, k_cache, v_cache, page_table, start, every, block_size)
 
 

@@ -50,7 +50,7 @@ def _composite_shares_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr, BLOCK: tl.constexpr,
     ROWS: tl.constexpr,
 ):
-    i_r = tl.program_id(0)
+    i_r = tl.num_programs(0) - 1 - tl.program_id(0)  # the latest composites see the most keys: first
     i_h = tl.program_id(1)
     o_r = i_r * ROWS + tl.arange(0, ROWS)
     m_r = o_r < num_composites

@@ -2,8 +2,8 @@
 reference: ``asr.attention.prefill.block_sparse_prefill_reference``.
 
 Grid: (query blocks, q_heads). A program owns one query block (``BLOCK`` positions aligned to
-multiples of ``BLOCK``, only the new queries loaded) of one query head and walks that head's chosen
-key blocks (``select_blocks``: ascending, the diagonal last). Every block before the diagonal is
+multiples of ``BLOCK``, only the new queries loaded) of one query head and walks the key blocks its
+kv head chose (``select_blocks``: ascending, the diagonal last). Every block before the diagonal is
 full and entirely in the past, so it is attended without a mask; the diagonal block last, with the
 causal and end-of-sequence masks. Keys and values are read in place from their pages through the
 page table (``BLOCK`` is a multiple of the page size).
@@ -24,7 +24,7 @@ from asr.attention.kernels.common import (
 )
 
 LOG2_E = 1.4426950408889634
-PREFILL_STAGES = 3  # software pipelining depth of the K/V loads
+PREFILL_STAGES = 3  # software pipelining depth of the K/V loads (2 for 128x128 tiles: shared memory)
 
 
 @triton.jit
@@ -69,7 +69,7 @@ def _block_sparse_prefill_kernel(
     stride_ot, stride_oh, stride_bh, stride_bq, stride_ch,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    i_qb = tl.program_id(0)
+    i_qb = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest rows (latest blocks) start first
     i_h = tl.program_id(1)
     own_block = start // BLOCK + i_qb
     query_pos = own_block * BLOCK + tl.arange(0, BLOCK)
@@ -84,8 +84,8 @@ def _block_sparse_prefill_kernel(
     b_m = tl.full([BLOCK], -1e30, tl.float32)
     b_l = tl.zeros([BLOCK], tl.float32)
     b_acc = tl.zeros([BLOCK, HEAD_DIM], tl.float32)
-    count = tl.load(counts_ptr + i_h * stride_ch + i_qb)
-    p_blocks = blocks_ptr + i_h * stride_bh + i_qb * stride_bq
+    count = tl.load(counts_ptr + (i_h // GROUP) * stride_ch + i_qb)
+    p_blocks = blocks_ptr + (i_h // GROUP) * stride_bh + i_qb * stride_bq
     for i_s in range(0, count - 1):
         key_block = tl.load(p_blocks + i_s)
         b_m, b_l, b_acc = _attend_block(b_q, b_m, b_l, b_acc, k_head, v_head, page_table_ptr, key_block,
@@ -140,6 +140,7 @@ def block_sparse_prefill_triton(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
         blocks.stride(0), blocks.stride(1), counts.stride(0),
         GROUP=q_heads // kv_heads, HEAD_DIM=head_dim, PAGE_SIZE=page_size, BLOCK=block_size,
-        num_warps=4 if block_size <= 64 else 8, num_stages=1 if interpreting() else PREFILL_STAGES,
+        num_warps=4 if block_size <= 64 else 8,
+        num_stages=1 if interpreting() else PREFILL_STAGES - (block_size * head_dim >= 128 * 128),
     )
     return out
