@@ -17,6 +17,11 @@ Triton kernels on CUDA, the PyTorch paths on the CPU); ``select_ms`` is its scor
 blocks; ``out_rel_err``: ||out - dense|| / ||dense||. ``model_time_ms``: the per-layer time times the
 geometry's layers (its whole prefill attention).
 
+- ``chunk``: the whole embedded SmolLM2-135M prefilling one appended chunk of ``--append`` tokens on
+  ``context`` cached ones (random keys and values written straight into the cache: diffuse attention,
+  so UniSparse chooses up to its budget, its costliest case): the cost of a speech chunk late in a
+  long recording, linear layers included. Time only (no accuracy columns).
+
 Inputs: ``synthetic`` (default): keys carry the topic of their passage (passages of 256-4096
 tokens), each run of 64 queries asks about its own passage (80%) or an earlier one, a sink token
 every query sees; RoPE (theta 500000) on queries and keys, the topics and the sink in its slowest
@@ -72,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--contexts", type=int, nargs="+", default=[32768, 65536, 131072])
     p.add_argument("--geometries", nargs="+", default=None, choices=list(GEOMETRIES),
                    help="default: llama3-8b and llama3.2-1b on CUDA, smollm2-135m on the CPU")
-    p.add_argument("--modes", nargs="+", default=None, choices=["full", "append"],
+    p.add_argument("--modes", nargs="+", default=None, choices=["full", "append", "chunk"],
                    help="default: full and append on CUDA, append on the CPU")
     p.add_argument("--append", type=int, default=None, help="appended tokens (default: 4096 CUDA, 448 CPU)")
     p.add_argument("--inputs", default="synthetic", choices=["synthetic", "real"])
@@ -221,6 +226,46 @@ def recall_of(q, k, start, blocks, block_size, scale) -> float:
 
 
 # ------------------------------------------------------------------------------------------- rows
+def bench_chunk(args, contexts: list[int]) -> list[dict]:
+    """Mode ``chunk``: rows of the embedded model's whole prefill of one appended chunk per context."""
+    from asr.llm.config import EngineConfig
+    from asr.llm.embedded import embedded_llm_dir
+    from asr.llm.engine import LLMEngine
+
+    rows = []
+    for prefill in ("dense", "unisparse"):
+        config = EngineConfig(prefill=prefill, device=args.device, dtype="bfloat16", max_batch=1,
+                              cuda_graphs=False, max_context=max(contexts) + args.append, extend_context=True)
+        engine = LLMEngine.from_pretrained(embedded_llm_dir(), config)
+        shape = engine.cache.shape
+        gen = torch.Generator(args.device).manual_seed(args.seed)
+        ids = torch.randint(1000, 20000, (args.append,), generator=gen, device=args.device)
+        chunk = engine.embed_tokens(ids)
+        for context in contexts:
+            seq = engine.new_sequence()
+            slots = engine.cache.reserve([seq.seq_id], [context])
+            for layer in range(shape.num_layers):
+                k, v = torch.randn(2, context, shape.num_kv_heads, shape.head_dim, generator=gen,
+                                   device=args.device)
+                engine.cache.write(layer, k, v, slots)
+            seq.num_tokens = context
+
+            def run(seq=seq, context=context):
+                engine.append(seq, embeds=chunk)
+                engine.truncate(seq, context)
+
+            rows.append(dict(geometry="smollm2-135m", context=context, mode="chunk", queries=args.append,
+                             layer=None, inputs="random cache", device=device_name(args.device),
+                             method=f"engine-{prefill}", time_ms=time_ms(run, args.device),
+                             block_size=config.unisparse.block_size))
+            engine.free(seq)
+    for row in rows:
+        dense = next(r for r in rows if r["context"] == row["context"] and r["method"] == "engine-dense")
+        row.update(speedup_vs_sdpa=dense["time_ms"] / row["time_ms"], block_density=float("nan"),
+                   recall=float("nan"), out_rel_err=float("nan"), model_time_ms=row["time_ms"])
+    return rows
+
+
 def bench_case(args, geometry_name: str, context: int, mode: str, qkv, layer: int | None) -> list[dict]:
     geometry = GEOMETRIES[geometry_name]
     q_all, k_all, v_all = (t.to(torch.bfloat16) for t in qkv)
@@ -309,6 +354,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_grad_enabled(False)
     rows: list[dict] = []
+    if "chunk" in args.modes:
+        rows += bench_chunk(args, args.contexts)
+        args.modes = [mode for mode in args.modes if mode != "chunk"]
     for geometry_name in args.geometries:
         geometry = GEOMETRIES[geometry_name]
         for context in args.contexts:

@@ -64,7 +64,9 @@ class UniSparseConfig:
     granularities: queries per composite query at each scoring granularity (each divides
         ``block_size``): the new queries are average-pooled in runs of that many positions and
         scored against every cached key; the block masses estimated at every granularity are
-        averaged (``asr.attention.block_selection``).
+        averaged (``asr.attention.block_selection``). One granularity of a whole block by default:
+        on SmolLM2-135M reading real text, adding 16 or 32 raised the mass recall by 0.001-0.008
+        for 2.5-5x the scoring work.
     mass: a query block keeps the fewest key blocks, highest estimated attention first, that hold
         this share of its estimated attention mass (forced blocks count towards it).
     max_blocks: at most this many key blocks are chosen besides the forced ones (the cost of a
@@ -75,7 +77,7 @@ class UniSparseConfig:
     """
 
     block_size: int = 64
-    granularities: tuple[int, ...] = (16, 64)
+    granularities: tuple[int, ...] = (64,)
     mass: float = 0.95
     max_blocks: int = 64
     sink_blocks: int = 1
