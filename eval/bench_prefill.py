@@ -379,6 +379,8 @@ def main(argv=None) -> None:
             del layers
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(rows, indent=1))
     print("\n" + table(rows))
     print(f"\nwrote {args.output}")
 

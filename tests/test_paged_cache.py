@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from asr.attention.page_stats import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
+from asr.attention.page_stats import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD, page_key_stats
 from asr.attention.paged_cache import CacheShape, PageAllocator, PagedKVCache, gather_sequence
 from asr.errors import CacheCapacityError
 
@@ -176,3 +176,8 @@ def test_rewrite_keys_replaces_full_pages_and_their_stats_only():
             torch.testing.assert_close(cache.key_stats[layer, page, :, STAT_MEAN], page_keys.mean(0))
             torch.testing.assert_close(cache.key_stats[layer, page, :, STAT_MAX], page_keys.amax(0))
     assert torch.equal(cache.key_stats[:, last_page], untouched_stats)
+
+
+def test_full_page_statistics_without_fill_equal_the_masked_ones():
+    keys = torch.randn(5, 2, 4, 8, generator=torch.Generator().manual_seed(9)) * 3 + 1
+    torch.testing.assert_close(page_key_stats(keys, None), page_key_stats(keys, torch.full((5,), 4)))

@@ -179,10 +179,9 @@ class PagedKVCache:
                 f"exceed the sequence's {self._seq_lens[seq_id]} tokens"
             )
         pages = to_device(self._seq_pages[seq_id][:num_pages], torch.int64, self.k.device)
-        full = torch.full((num_pages,), self.page_size, device=self.k.device)
         for layer in range(self.shape.num_layers):
             self.k[layer, pages] = rewrite(self.k[layer, pages]).to(self.k.dtype)
-            self.key_stats[layer, pages] = page_key_stats(self.k[layer, pages], full).to(self.key_stats.dtype)
+            self.key_stats[layer, pages] = page_key_stats(self.k[layer, pages], None).to(self.key_stats.dtype)
 
     def write(self, layer: int, new_k: torch.Tensor, new_v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         """Store one layer's new keys/values ([tokens, kv_heads, head_dim]) at reserved slots."""
