@@ -17,9 +17,9 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser, device_default: st
     ``parser``."""
     parser.add_argument("--attention", default="unique", choices=ATTENTION_CHOICES,
                         help="decode attention: top-k pages (unique, quest) or every page (dense)")
-    parser.add_argument("--prefill", default="dense", choices=PREFILL_CHOICES,
-                        help="attention of each chunk appended to a long context: every cached key (dense) "
-                        "or the key blocks UniSparse picks per query block (unisparse; default: %(default)s)")
+    parser.add_argument("--prefill", default="unisparse", choices=PREFILL_CHOICES,
+                        help="attention of each chunk appended to a long context: the key blocks UniSparse "
+                        "picks per query block (unisparse, default) or every cached key (dense)")
     parser.add_argument("--budget", type=int, default=2048, help="tokens each sparse decode step reads")
     parser.add_argument("--max-distance", type=int, default=4096,
                         help="farthest a cached key may sit from the newest token before old pages are moved "
