@@ -25,7 +25,9 @@ class TranscriptStats:
     chunks stopped at their token budget; context_tokens: tokens in the context at the end;
     text_tokens: transcript tokens generated; drafts:
     whether Whisper drafts were in the context; draft_tokens: tokens they proposed;
-    draft_tokens_accepted: of those, kept by the LLM."""
+    draft_tokens_accepted: of those, kept by the LLM; prefill: how appended chunks attended the
+    context (``dense`` or ``unisparse``); chunk_seconds: per decoded chunk, its start in the audio
+    and the wall-clock seconds of its LLM work (prefill and decoding; encoding is batched apart)."""
 
     duration: float
     seconds: float
@@ -42,6 +44,8 @@ class TranscriptStats:
     drafts: bool
     draft_tokens_accepted: int
     draft_tokens: int
+    prefill: str = "dense"
+    chunk_seconds: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass

@@ -12,7 +12,9 @@ context, shows as rising WER in the last windows.
 ``build`` writes ``recording.flac`` (utterances in manifest order, 0.5 s apart) and ``spans.json``
 (start/end seconds and reference text per utterance). ``score`` gives each segment to the window
 holding its midpoint and each reference utterance to the window holding its own, and prints WER
-per window (table, JSON and PNG); the last segments are listed beside the references they overlap.
+per window (table, JSON and PNG) with the mean seconds of LLM work per chunk (``chunk_seconds`` in the
+transcript's stats: flat when a chunk's cost does not grow with the context); the last segments are
+listed beside the references they overlap.
 """
 
 from __future__ import annotations
@@ -68,12 +70,15 @@ def score(transcript_path: Path, spans_path: Path, window_min: float, output: Pa
         refs = [s["text"] for s in spans if lo <= (s["start"] + s["end"]) / 2 < hi]
         hyps = [g["text"] for g in transcript["segments"] if lo <= (g["start"] + g["end"]) / 2 < hi]
         wer, cer = error_rates([" ".join(refs)], [" ".join(hyps)]) if refs else (float("nan"), float("nan"))
+        chunk_seconds = transcript["stats"].get("chunk_seconds", [])
+        times = [seconds for start, seconds in chunk_seconds if lo <= start < hi]
         rows.append({"window": index, "start_min": lo / 60, "end_min": min(hi, transcript["duration"]) / 60,
-                     "utterances": len(refs), "segments": len(hyps), "wer": wer, "cer": cer})
-    print(f"{'window (min)':>14} {'utts':>5} {'segs':>5} {'WER':>7} {'CER':>7}")
+                     "utterances": len(refs), "segments": len(hyps), "wer": wer, "cer": cer,
+                     "chunks": len(times), "chunk_seconds": float(np.mean(times)) if times else float("nan")})
+    print(f"{'window (min)':>14} {'utts':>5} {'segs':>5} {'WER':>7} {'CER':>7} {'s/chunk':>8}")
     for r in rows:
         print(f"{r['start_min']:6.1f}-{r['end_min']:6.1f} {r['utterances']:5d} {r['segments']:5d} "
-              f"{100 * r['wer']:6.1f}% {100 * r['cer']:6.1f}%")
+              f"{100 * r['wer']:6.1f}% {100 * r['cer']:6.1f}% {r['chunk_seconds']:8.2f}")
     print(f"\nlast {last} segments against the references they overlap:")
     for seg in transcript["segments"][len(transcript["segments"]) - last:]:
         overlapping = [s["text"] for s in spans if s["start"] < seg["end"] and s["end"] > seg["start"]]

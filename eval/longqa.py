@@ -102,6 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budgets", type=int, nargs="+", default=[4, 8, 16, 32], help="budget = context / N")
     parser.add_argument("--methods", nargs="+", default=["unique", "quest"], choices=["unique", "quest"])
     parser.add_argument("--page-size", type=int, default=16)
+    parser.add_argument("--prefill", default="dense", choices=["dense", "unisparse"],
+                        help="attention of the prompt's prefill (every setting answers from the same cache)")
     parser.add_argument("--doc", type=Path, default=DEFAULT_DOC, help="real long document for the doc task")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
@@ -295,7 +297,7 @@ def write_results(
     columns = [("dense", 1)] + [(m, d) for m in args.methods for d in args.budgets]
     meta = dict(model=str(args.model or "embedded SmolLM2-135M-Instruct"), device=str(engine.device),
                 dtype=str(engine.dtype), contexts=contexts, samples=args.samples, seed=args.seed,
-                page_size=args.page_size, seconds=round(seconds, 1), doc=str(args.doc))
+                page_size=args.page_size, prefill=args.prefill, seconds=round(seconds, 1), doc=str(args.doc))
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "longqa.json").write_text(
         json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1)
@@ -310,7 +312,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
     config = EngineConfig(device=args.device, dtype=args.dtype, max_batch=args.batch, cuda_graphs=True,
-                          sparse=UniqueConfig(page_size=args.page_size))
+                          sparse=UniqueConfig(page_size=args.page_size), prefill=args.prefill)
     engine = LLMEngine.from_pretrained(args.model or embedded_llm_dir(), config)
     document = args.doc.read_text() if "doc" in args.tasks and args.doc.is_file() else None
     contexts = [c for c in args.contexts if c <= engine.max_context - 64]

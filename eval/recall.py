@@ -25,6 +25,7 @@ from asr.attention.config import UniqueConfig
 from asr.attention.scoring import score_from_stats
 from asr.attention.selection import select_pages_reference
 from asr.attention.softmask import sequence_page_stats
+from eval.capture import capture_attention
 
 SELECTORS = {
     "unique-gauss-0.5": dict(method="unique", offset="gauss", lam=0.5),
@@ -106,26 +107,9 @@ def capture_real_qk(model_dir: str, text: str, num_queries: int, max_tokens: int
     and query position t, positions spread over the last quarter of the text, each query with
     exactly its causal prefix.
     """
-    from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def capture(module, query, key, value, attention_mask, **kwargs):
-        captured.append((query[0].detach(), key[0].detach()))  # [heads, seq, d]
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-    AttentionInterface.register("recall_capture", capture)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="recall_capture"
-    )
-    ids = tokenizer(text, return_tensors="pt").input_ids[:, :max_tokens]
-    with torch.no_grad():
-        model(ids)
-    seq = ids.shape[1]
+    captured, seq = capture_attention(model_dir, text, max_tokens)
     positions = torch.linspace(seq * 3 // 4, seq - 1, num_queries).long().tolist()
-    samples = [(query[None, :, t], key[None, :, : t + 1]) for query, key in captured for t in positions]
+    samples = [(q[None, t], k[None, : t + 1].transpose(1, 2)) for q, k, _ in captured for t in positions]
     return samples, seq
 
 

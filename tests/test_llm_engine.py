@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from asr.attention import UniqueConfig
+from asr.attention.config import UniSparseConfig
+from asr.attention.page_stats import page_key_stats
 from asr.errors import ContextLengthError
 from asr.llm.config import EngineConfig, SamplingParams
 from asr.llm.engine import LLMEngine
@@ -230,6 +232,75 @@ def test_accepted_proposal_continues_exactly_as_greedy(tmp_path, attention, wron
     rest = engine.generate(seq, SamplingParams(max_tokens=9 - len(accepted), ignore_eos=True))
     assert accepted + rest == greedy
     assert_close(seq.next_logits, plain_seq.next_logits, torch.float32)
+
+
+def unisparse(**fields) -> dict:
+    """Engine overrides for UniSparse prefill in blocks of 8 tokens (two 4-token pages), from any context
+    unless ``fields`` say otherwise."""
+    fields = dict(dict(block_size=8, granularities=(4, 8), min_context=0), **fields)
+    return dict(prefill="unisparse", unisparse=UniSparseConfig(**fields))
+
+
+def append_pieces(engine, seq, ids) -> list[torch.Tensor]:
+    """Append ``ids`` in three segments (token ids, embeddings, a one-token tail); next logits after each."""
+    logits = []
+    for piece in (ids[:30], ids[30:69], ids[69:]):
+        if piece is ids[30:69]:
+            engine.append(seq, embeds=engine.embed_tokens(piece))
+        else:
+            engine.append(seq, token_ids=piece)
+        logits.append(seq.next_logits)
+    return logits
+
+
+def test_unisparse_prefill_of_every_block_runs_as_dense(tmp_path):
+    """Choosing every block is dense prefill: same logits after each appended segment, and the same
+    UNIQUE decode (small budget) right after it."""
+    save_tiny_model("qwen2", tmp_path)
+    ids, params = token_ids(70, seed=6), SamplingParams(max_tokens=8, ignore_eos=True)
+    results = []
+    for overrides in ({}, unisparse(mass=1.0, max_blocks=1000)):
+        engine = engine_for(tmp_path, attention="unique", budget=16, **overrides)
+        seq = engine.new_sequence()
+        results.append((append_pieces(engine, seq, ids), engine.generate(seq, params)))
+    (dense_logits, dense_tokens), (sparse_logits, sparse_tokens) = results
+    for sparse, dense in zip(sparse_logits, dense_logits):
+        assert_close(sparse, dense)
+    assert sparse_tokens == dense_tokens
+
+
+def test_sparse_prefill_writes_every_key_and_exact_page_statistics(tmp_path):
+    """A prefill that attends only its sink and diagonal blocks still writes every token's K/V: layer 0
+    (whose K/V come before any attention) equals a dense prefill's, every page's statistics are those of
+    its keys, and UNIQUE decoding goes on from them."""
+    save_tiny_model("llama", tmp_path)
+    ids = token_ids(70, seed=7)
+    dense = engine_for(tmp_path, attention="unique", budget=16)
+    sparse = engine_for(tmp_path, attention="unique", budget=16, **unisparse(mass=0.01, max_blocks=0,
+                                                                                local_blocks=1))
+    seqs = [engine.new_sequence() for engine in (dense, sparse)]
+    dense_logits, sparse_logits = (append_pieces(e, s, ids) for e, s in zip((dense, sparse), seqs))
+    assert (sparse_logits[-1] - dense_logits[-1]).abs().max() > 1e-3  # the sparse path ran
+    pages = sparse.cache.page_table([seqs[1].seq_id])[0].long()
+    dense_pages = dense.cache.page_table([seqs[0].seq_id])[0].long()
+    fill = torch.full((len(pages),), 4)
+    fill[-1] = 70 - 4 * (len(pages) - 1)
+    assert torch.equal(sparse.cache.k[0, pages], dense.cache.k[0, dense_pages])
+    assert torch.equal(sparse.cache.v[0, pages], dense.cache.v[0, dense_pages])
+    for layer in range(2):
+        assert_close(sparse.cache.key_stats[layer, pages], page_key_stats(sparse.cache.k[layer, pages], fill))
+    out = sparse.generate(seqs[1], SamplingParams(max_tokens=5, ignore_eos=True))
+    assert len(out) == 5 and seqs[1].kv_read_share < 1.0
+
+
+def test_unisparse_below_its_minimum_context_is_dense(tmp_path):
+    save_tiny_model("qwen3", tmp_path)
+    ids = token_ids(70, seed=8)
+    logits = []
+    for overrides in ({}, unisparse(min_context=71)):
+        engine = engine_for(tmp_path, **overrides)
+        logits.append(append_pieces(engine, engine.new_sequence(), ids))
+    assert all(torch.equal(a, b) for a, b in zip(*logits))
 
 
 def test_accepted_proposal_stops_at_a_stop_token(tmp_path):

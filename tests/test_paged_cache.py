@@ -1,19 +1,15 @@
 import pytest
 import torch
 
-from asr.attention.page_stats import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD
-from asr.attention.paged_cache import CacheShape, PageAllocator, PagedKVCache
+from asr.attention.page_stats import STAT_MAX, STAT_MEAN, STAT_MIN, STAT_STD, page_key_stats
+from asr.attention.paged_cache import CacheShape, PageAllocator, PagedKVCache, gather_sequence
 from asr.errors import CacheCapacityError
 
 
-def gather_sequence(cache: PagedKVCache, layer: int, seq_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_kv(cache: PagedKVCache, layer: int, seq_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[tokens, kv_heads, head_dim] keys and values of one sequence, in order."""
-    pages = torch.tensor(cache.pages(seq_id))
-    n = cache.length(seq_id)
-    heads, dim = cache.shape.num_kv_heads, cache.shape.head_dim
-    k = cache.k[layer, pages].permute(0, 2, 1, 3).reshape(-1, heads, dim)
-    v = cache.v[layer, pages].permute(0, 2, 1, 3).reshape(-1, heads, dim)
-    return k[:n], v[:n]
+    pages, n = cache.page_table([seq_id])[0], cache.length(seq_id)
+    return gather_sequence(cache.k[layer], pages, n), gather_sequence(cache.v[layer], pages, n)
 
 
 @pytest.mark.parametrize("page_size", [pytest.param(16, id="P16"), pytest.param(64, id="P64")])
@@ -43,7 +39,7 @@ def test_random_appends_keep_exact_stats(page_size, dtype):
         keys = (torch.cat([k for k, _ in written[s]]) + 1).to(dtype)  # layer 1 got keys + 1
         values = torch.cat([v for _, v in written[s]]).to(dtype)
         assert cache.length(s) == keys.shape[0]
-        got_k, got_v = gather_sequence(cache, 1, s)
+        got_k, got_v = sequence_kv(cache, 1, s)
         torch.testing.assert_close(got_k, keys)
         torch.testing.assert_close(got_v, values)
         for index, page in enumerate(cache.pages(s)):
@@ -144,13 +140,17 @@ def test_layout_version_moves_only_when_a_sequence_loses_pages():
     assert cache.layout_version == version + 2
 
 
-def test_token_slots_are_the_reserved_slots_in_order():
+def test_gather_sequence_reads_the_reserved_slots_in_order():
     cache = PagedKVCache(CacheShape(1, 16, 4, 1, 4), torch.float32, "cpu")
     a, b = cache.add_sequence(), cache.add_sequence()
     first = cache.reserve([a, b], [3, 5])
     second = cache.reserve([a], [6])
-    assert cache.token_slots(a, 9).tolist() == first[:3].tolist() + second.tolist()
-    assert cache.token_slots(b, 5).tolist() == first[3:].tolist()
+    slots = torch.cat([first, second])
+    keys = torch.randn(len(slots), 1, 4)
+    cache.write(0, keys, keys, slots)
+    order_a = torch.cat([torch.arange(3), torch.arange(8, 14)])
+    assert torch.equal(gather_sequence(cache.k[0], cache.page_table([a])[0], 9), keys[order_a])
+    assert torch.equal(gather_sequence(cache.v[0], cache.page_table([b])[0], 5), keys[3:8])
     assert cache.pages(a, 1) == cache.pages(a)[1:] and cache.length(a) == 9
 
 
@@ -168,7 +168,7 @@ def test_rewrite_keys_replaces_full_pages_and_their_stats_only():
         cache.rewrite_keys(seq, 3, lambda k: k)  # the third page holds 2 of 4 tokens
     cache.rewrite_keys(seq, 2, lambda k: 2 * k)
     for layer in range(2):
-        got, _ = gather_sequence(cache, layer, seq)
+        got, _ = sequence_kv(cache, layer, seq)
         torch.testing.assert_close(got[:8], 2 * (keys[:8] + layer))
         torch.testing.assert_close(got[8:], keys[8:] + layer)
         for index, page in enumerate(cache.pages(seq, 0, 2)):
@@ -176,3 +176,8 @@ def test_rewrite_keys_replaces_full_pages_and_their_stats_only():
             torch.testing.assert_close(cache.key_stats[layer, page, :, STAT_MEAN], page_keys.mean(0))
             torch.testing.assert_close(cache.key_stats[layer, page, :, STAT_MAX], page_keys.amax(0))
     assert torch.equal(cache.key_stats[:, last_page], untouched_stats)
+
+
+def test_full_page_statistics_without_fill_equal_the_masked_ones():
+    keys = torch.randn(5, 2, 4, 8, generator=torch.Generator().manual_seed(9)) * 3 + 1
+    torch.testing.assert_close(page_key_stats(keys, None), page_key_stats(keys, torch.full((5,), 4)))

@@ -68,6 +68,8 @@ def test_every_format_holds_all_text(fmt, tmp_path):
             "drafts",
             "draft_tokens_accepted",
             "draft_tokens",
+            "prefill",
+            "chunk_seconds",
         ]
         assert data["stats"]["rtf"] == 0.1
 

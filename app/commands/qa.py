@@ -21,6 +21,9 @@ def register(subparsers) -> None:
     # (names, numbers) a few tokens into an answer (eval/longqa.py, BENCHMARKS.md)
     parser.add_argument("--attention", default="dense", choices=["dense", "unique", "quest"],
                         help="decode attention: every page (dense, default) or top-k pages (unique, quest)")
+    parser.add_argument("--prefill", default="dense", choices=["dense", "unisparse"],
+                        help="attention of the document's prefill: every earlier key (dense, default) or the "
+                        "key blocks UniSparse picks per query block (unisparse)")
     parser.add_argument("--budget", type=int, default=1024, help="tokens each sparse decode step reads")
     parser.add_argument("--page-size", type=int, default=64,
                         help="tokens per KV page (64: best long-context QA with unique, BENCHMARKS.md)")
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     document = read_document(args.doc)  # fail fast, before loading the model
     sparse = UniqueConfig(page_size=args.page_size, budget_tokens=args.budget)
     config = EngineConfig(
-        attention=args.attention, sparse=sparse, device=args.device, max_batch=1, cuda_graphs=False
+        attention=args.attention, sparse=sparse, prefill=args.prefill, device=args.device, max_batch=1,
+        cuda_graphs=False,
     )
     engine = LLMEngine.from_pretrained(args.model or embedded_llm_dir(), config)
 

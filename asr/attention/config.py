@@ -77,3 +77,49 @@ class SoftMaskConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.query_block < 1:
             raise ValueError(f"query_block must be positive, got {self.query_block}")
+
+
+@dataclass(frozen=True)
+class UniSparseConfig:
+    """How a block-sparse (UniSparse) prefill picks the key blocks each query block attends.
+
+    block_size: tokens per query block and per key block (a multiple of the cache's page size).
+    granularities: queries per composite query at each scoring granularity (each divides
+        ``block_size``): the new queries are average-pooled in runs of that many positions and
+        scored against every cached key; the block masses estimated at every granularity are
+        averaged (``asr.attention.block_selection``). One granularity of a whole block by default:
+        on SmolLM2-135M reading real text, adding 16 or 32 raised the mass recall by 0.001-0.008
+        for 2.5-5x the scoring work.
+    mass: a query block keeps the fewest key blocks, highest estimated attention first, that hold
+        this share of its estimated attention mass (forced blocks count towards it).
+    max_blocks: at most this many key blocks are chosen besides the forced ones (the cost of a
+        query block stays flat as the context grows).
+    sink_blocks: leading key blocks always attended (attention sinks).
+    local_blocks: key blocks always attended up to the query block's own (the diagonal, causal).
+    min_context: contexts (cached plus new tokens) shorter than this are prefilled densely.
+    """
+
+    block_size: int = 64
+    granularities: tuple[int, ...] = (64,)
+    mass: float = 0.95
+    max_blocks: int = 64
+    sink_blocks: int = 1
+    local_blocks: int = 2
+    min_context: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or any(g < 1 or self.block_size % g for g in self.granularities):
+            raise ValueError(
+                f"every granularity {self.granularities} must divide block_size={self.block_size}"
+            )
+        if not self.granularities:
+            raise ValueError("give at least one scoring granularity")
+        if not 0 < self.mass <= 1:
+            raise ValueError(f"mass must be in (0, 1], got {self.mass}")
+        if self.max_blocks < 0 or self.sink_blocks < 0 or self.local_blocks < 1:
+            raise ValueError("need max_blocks >= 0, sink_blocks >= 0 and local_blocks >= 1 (the diagonal)")
+
+    @property
+    def max_chosen(self) -> int:
+        """Most key blocks one query block attends (the width of a block list)."""
+        return self.sink_blocks + self.local_blocks + self.max_blocks

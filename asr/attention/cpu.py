@@ -139,3 +139,63 @@ def append_one_token(
     keys = k_cache[page, :, : offset + 1].float()  # [kv_heads, fill, head_dim]
     std, mean = torch.std_mean(keys, dim=1, correction=0)
     key_stats[page] = torch.stack([mean, std, keys.amin(dim=1), keys.amax(dim=1)], dim=1).to(key_stats.dtype)
+
+
+def block_sparse_prefill_cpu(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    start: int,
+    scale: float,
+    blocks: torch.Tensor,
+    block_size: int,
+) -> torch.Tensor:
+    """The CPU path of ``block_sparse_prefill_reference`` (same arguments and result), one query block
+    at a time: the key blocks its kv heads chose (as many slots as the head that chose most) gathered
+    by one ``index_select`` over [pages * kv_heads, P, d] and attended by all query heads of each
+    group together (matmuls in the cache dtype, the scale folded into the queries; softmax in
+    float32). The diagonal block is moved to the last slot, so the causal mask is one [S, S]
+    triangle there; the few unused slots of heads that chose fewer are masked one by one."""
+    n, q_heads, head_dim = q.shape
+    _, kv_heads, page_size, _ = k_cache.shape
+    group, size = q_heads // kv_heads, block_size
+    length = start + n
+    num_query_blocks = blocks.shape[1]
+    first = start // size
+    lead = start - first * size
+    tail = num_query_blocks * size - lead - n
+    queries = torch.nn.functional.pad((q.float() * scale).to(k_cache.dtype), (0, 0, 0, 0, lead, tail))
+    queries = queries.view(num_query_blocks, size, kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
+    queries = queries.reshape(num_query_blocks, kv_heads, group * size, head_dim)
+    counts = (blocks >= 0).sum(-1)  # [kv_heads, query blocks]
+    widths = counts.amax(0).tolist()
+    per_block = size // page_size
+    last_page = -(-length // page_size) - 1
+    heads = torch.arange(kv_heads)[:, None]
+    query_offset = torch.arange(size).repeat(group)[:, None]
+    key_offset = torch.arange(size)[None, :]
+    flat_k, flat_v = k_cache.flatten(0, 1), v_cache.flatten(0, 1)
+    out = torch.empty_like(queries)
+    for block, width in enumerate(widths):
+        own = first + block
+        chosen = blocks[:, block, :width].long()
+        chosen = chosen.masked_fill(torch.arange(width) == counts[:, block, None] - 1, -1)
+        chosen[:, -1] = own  # [kv_heads, width]: the diagonal last
+        # the pages of the chosen blocks (the last block may reach past the sequence's last page)
+        logical = (chosen.clamp(min=0)[..., None] * per_block + torch.arange(per_block)).clamp(max=last_page)
+        rows = (page_table.long()[logical.flatten(1)] * kv_heads + heads).flatten()
+        keys = flat_k.index_select(0, rows).view(kv_heads, width * size, head_dim)
+        values = flat_v.index_select(0, rows).view(kv_heads, width * size, head_dim)
+        inside = length - own * size  # diagonal slots inside the sequence
+        if inside < size:  # the slack past its end may hold anything
+            keys[:, width * size - size + inside :] = 0
+            values[:, width * size - size + inside :] = 0
+        logits = torch.matmul(queries[block], keys.transpose(1, 2)).float()
+        for head, slot in (chosen < 0).nonzero().tolist():
+            logits[head, :, slot * size : (slot + 1) * size] = float("-inf")
+        causal = (key_offset <= query_offset) & (key_offset < inside)
+        logits[..., -size:].masked_fill_(~causal, float("-inf"))
+        out[block] = torch.matmul(torch.softmax(logits, dim=-1).to(values.dtype), values)
+    out = out.view(num_query_blocks, kv_heads, group, size, head_dim).permute(0, 3, 1, 2, 4)
+    return out.reshape(num_query_blocks * size, q_heads, head_dim)[lead : lead + n].to(q.dtype)

@@ -13,14 +13,19 @@ import torch
 STAT_MEAN, STAT_STD, STAT_MIN, STAT_MAX = 0, 1, 2, 3
 NUM_STATS = 4
 
-def page_key_stats(page_keys: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+def page_key_stats(page_keys: torch.Tensor, fill: torch.Tensor | None) -> torch.Tensor:
     """Statistics of the first ``fill`` keys of each page.
 
-    page_keys: [pages, kv_heads, page_size, head_dim]; fill: [pages] int, 1..page_size.
+    page_keys: [pages, kv_heads, page_size, head_dim]; fill: [pages] int, 1..page_size, or None when
+    every page is full (no masking: about 3x faster, as when the distance cap rewrites whole pages).
     Returns [pages, kv_heads, NUM_STATS, head_dim] float32.
     """
-    page_size = page_keys.shape[2]
     keys = page_keys.float()
+    if fill is None:  # (torch.std_mean over this middle dim is ~10x slower on the CPU)
+        mean = keys.mean(dim=2)
+        std = (keys - mean[:, :, None, :]).square().mean(dim=2).sqrt()
+        return torch.stack([mean, std, keys.amin(dim=2), keys.amax(dim=2)], dim=2)
+    page_size = page_keys.shape[2]
     valid = (torch.arange(page_size, device=keys.device)[None, :] < fill[:, None])[:, None, :, None]
     count = fill.to(torch.float32)[:, None, None]
     mean = torch.where(valid, keys, 0.0).sum(dim=2) / count

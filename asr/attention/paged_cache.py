@@ -66,6 +66,14 @@ class PageAllocator:
         self._free.sort(reverse=True)
 
 
+def gather_sequence(cache_layer: torch.Tensor, page_table: torch.Tensor, length: int) -> torch.Tensor:
+    """K or V of a sequence's first ``length`` tokens, in order: cache_layer [num_pages, kv_heads,
+    page_size, head_dim] (one layer), page_table [>= pages] int -> [length, kv_heads, head_dim]."""
+    page_size = cache_layer.shape[2]
+    position = torch.arange(length, device=cache_layer.device)
+    return cache_layer[page_table.long()[position // page_size], :, position % page_size]
+
+
 class PagedKVCache:
     """K/V pages, key statistics and per-sequence page lists.
 
@@ -116,12 +124,6 @@ class PagedKVCache:
     def pages(self, seq_id: int, start: int = 0, stop: int | None = None) -> list[int]:
         """Page ids of a sequence's logical pages ``[start, stop)`` (a copy)."""
         return self._seq_pages[seq_id][start:stop]
-
-    def token_slots(self, seq_id: int, length: int) -> torch.Tensor:
-        """[length] int64 physical slots of a sequence's first ``length`` tokens, on the cache device."""
-        pages = to_device(self._seq_pages[seq_id], torch.int64, self.k.device)
-        offsets = torch.arange(self.page_size, device=self.k.device)
-        return (pages[:, None] * self.page_size + offsets[None, :]).flatten()[:length]
 
     def reserve(self, seq_ids: list[int], num_new_tokens: list[int]) -> torch.Tensor:
         """Grow each sequence by its count of new tokens, allocating pages as needed.
@@ -177,10 +179,9 @@ class PagedKVCache:
                 f"exceed the sequence's {self._seq_lens[seq_id]} tokens"
             )
         pages = to_device(self._seq_pages[seq_id][:num_pages], torch.int64, self.k.device)
-        full = torch.full((num_pages,), self.page_size, device=self.k.device)
         for layer in range(self.shape.num_layers):
             self.k[layer, pages] = rewrite(self.k[layer, pages]).to(self.k.dtype)
-            self.key_stats[layer, pages] = page_key_stats(self.k[layer, pages], full).to(self.key_stats.dtype)
+            self.key_stats[layer, pages] = page_key_stats(self.k[layer, pages], None).to(self.key_stats.dtype)
 
     def write(self, layer: int, new_k: torch.Tensor, new_v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         """Store one layer's new keys/values ([tokens, kv_heads, head_dim]) at reserved slots."""

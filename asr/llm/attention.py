@@ -3,8 +3,10 @@
 The runner builds one ``StepContext`` per forward (host work, once per step); every layer reads it.
 
 - Prefill: the new tokens of ONE sequence (possibly appended to a context already in the cache). Their
-  K/V are written to the pages, then the sequence's whole K/V (cached + new) is gathered from the pages
-  and attended with SDPA under a causal mask shifted by the cached length.
+  K/V are written to the pages in full (page statistics stay exact), then either the sequence's whole
+  K/V (cached + new) is gathered from the pages and attended with SDPA under a causal mask shifted by
+  the cached length, or, with ``unisparse`` set, each query block attends only the key blocks
+  ``asr.attention.prefill.unisparse_prefill`` chooses.
 - Decode: one new token per sequence: ``PagedKVCache.write`` (the append kernel on CUDA, capturable in a
   graph), then ``decode_attention`` (dense or top-k pages).
 """
@@ -17,6 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from asr.attention import DecodeMetadata, PagedKVCache, UniqueConfig, decode_attention
+from asr.attention.config import UniSparseConfig
+from asr.attention.paged_cache import gather_sequence
+from asr.attention.prefill import unisparse_prefill
 
 
 @dataclass
@@ -24,25 +29,20 @@ class StepContext:
     """What every layer of one forward shares.
 
     cache: the paged KV cache; slot_mapping: [tokens] int64 slots of the new tokens.
-    Prefill (``decode is None``): context_slots: [context_len] int64 slots of every token of the
-        sequence (cached + new, in order); start: tokens already cached before this chunk.
+    Prefill (``decode is None``): page_table: [pages] int32 the sequence's pages (cached + new tokens);
+        start: tokens already cached before this chunk; unisparse: block-sparse prefill, or None for
+        dense.
     Decode: decode: page table and lengths (including the new token); sparse: top-k page choice, or
         None for dense.
     """
 
     cache: PagedKVCache
     slot_mapping: torch.Tensor
-    context_slots: torch.Tensor | None = None
+    page_table: torch.Tensor | None = None
     start: int = 0
+    unisparse: UniSparseConfig | None = None
     decode: DecodeMetadata | None = None
     sparse: UniqueConfig | None = None
-
-
-def gather_context(cache_layer: torch.Tensor, context_slots: torch.Tensor) -> torch.Tensor:
-    """K or V of the tokens at ``context_slots`` ([n] int64): [num_pages, kv_heads, P, d] -> [n,
-    kv_heads, d]."""
-    page_size = cache_layer.shape[2]
-    return cache_layer[context_slots // page_size, :, context_slots % page_size]
 
 
 def prefill_attention(
@@ -75,10 +75,15 @@ def paged_attention(
     cache = ctx.cache
     if ctx.decode is None:
         cache.write(layer, k, v, ctx.slot_mapping)
+        if ctx.unisparse is not None:
+            return unisparse_prefill(
+                q, cache.k[layer], cache.v[layer], ctx.page_table, ctx.start, scale, ctx.unisparse
+            )
         if ctx.start == 0:  # nothing cached before: attend over the fresh K/V directly
             return prefill_attention(q, k.to(cache.k.dtype), v.to(cache.v.dtype), 0, scale)
-        keys = gather_context(cache.k[layer], ctx.context_slots)
-        values = gather_context(cache.v[layer], ctx.context_slots)
+        length = ctx.start + q.shape[0]
+        keys = gather_sequence(cache.k[layer], ctx.page_table, length)
+        values = gather_sequence(cache.v[layer], ctx.page_table, length)
         return prefill_attention(q, keys, values, ctx.start, scale)
     cache.write(layer, k, v, ctx.slot_mapping)
     return decode_attention(

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from asr.attention.config import UniqueConfig
+from asr.attention.config import UniqueConfig, UniSparseConfig
 
 AttentionMode = Literal["dense", "unique", "quest"]
+PrefillMode = Literal["dense", "unisparse"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,10 @@ class EngineConfig:
     """How the engine runs a model.
 
     attention: ``dense`` reads every KV page in decode; ``unique``/``quest`` read the top-k pages of
-        ``sparse`` (its ``method`` is set from this field). Prefill is always dense (SDPA).
+        ``sparse`` (its ``method`` is set from this field).
+    prefill: ``dense`` attends every cached key when tokens are appended (SDPA); ``unisparse``
+        attends, per query block, the key blocks ``unisparse`` chooses, once the context (cached plus
+        new tokens) reaches ``unisparse.min_context`` (``asr.attention.prefill``).
     sparse: page size, token budget, sink/local pages and dense first layers (page_size is also the
         cache's page size in dense mode).
     device, dtype: ``None`` picks CUDA + bfloat16 when available, else CPU + float32.
@@ -60,6 +64,8 @@ class EngineConfig:
 
     attention: AttentionMode = "dense"
     sparse: UniqueConfig = field(default_factory=UniqueConfig)
+    prefill: PrefillMode = "dense"
+    unisparse: UniSparseConfig = field(default_factory=UniSparseConfig)
     device: str | None = None
     dtype: str | None = None
     max_context: int | None = None
@@ -73,6 +79,13 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.attention not in ("dense", "unique", "quest"):
             raise ValueError(f"unknown attention {self.attention!r}; choose dense, unique or quest")
+        if self.prefill not in ("dense", "unisparse"):
+            raise ValueError(f"unknown prefill {self.prefill!r}; choose dense or unisparse")
+        if self.unisparse.block_size % self.sparse.page_size:
+            raise ValueError(
+                f"the UniSparse block size {self.unisparse.block_size} must be a multiple of the page size "
+                f"{self.sparse.page_size}"
+            )
         if self.max_batch < 1 or self.prefill_chunk < 1:
             raise ValueError("max_batch and prefill_chunk must be positive")
 

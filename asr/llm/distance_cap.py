@@ -38,16 +38,18 @@ class DistanceCap:
             )
 
 
+def key_rotation(delta: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, signed_sin [..., tokens, head_dim] float32 that move rotary-embedded keys by ``delta``
+    ([..., tokens] int) positions (rotate-half convention; inv_freq: [head_dim // 2])."""
+    angles = delta[..., None].float() * inv_freq.float()  # [..., tokens, head_dim // 2]
+    return torch.cat((angles.cos(), angles.cos()), -1), torch.cat((-angles.sin(), angles.sin()), -1)
+
+
 def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     """Move rotary-embedded keys by ``delta`` positions (rotate-half convention, no attention scaling:
     the keys already carry it). keys: [..., tokens, head_dim]; delta: [..., tokens] int (broadcast
     against keys' leading dims); inv_freq: [head_dim // 2]. Returns float32 [..., tokens, head_dim]."""
-    angles = delta[..., None].float() * inv_freq.float()  # [..., tokens, head_dim // 2]
-    cos, signed_sin = (
-        torch.cat((angles.cos(), angles.cos()), -1),
-        torch.cat((-angles.sin(), angles.sin()), -1),
-    )
-    return apply_rotary(keys.float(), cos, signed_sin)
+    return apply_rotary(keys.float(), *key_rotation(delta, inv_freq))
 
 
 @torch.inference_mode()
@@ -70,6 +72,7 @@ def cap_distances(cache: PagedKVCache, seq: Sequence, inv_freq: torch.Tensor, ca
     positions = torch.arange(count * size, device=cache.k.device).view(count, size)
     positions[: seq.collapsed_pages] = seq.collapsed_position
     delta = (target - positions)[:, None, :]  # [pages, 1 (kv heads), page_size]
-    cache.rewrite_keys(seq.seq_id, count, lambda keys: rotate_keys(keys, delta, inv_freq))
+    cos, signed_sin = key_rotation(delta, inv_freq)  # once for every layer
+    cache.rewrite_keys(seq.seq_id, count, lambda keys: apply_rotary(keys.float(), cos, signed_sin))
     seq.collapsed_pages, seq.collapsed_position = count, target
     return True

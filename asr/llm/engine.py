@@ -80,9 +80,10 @@ class LLMEngine:
         choice = None if attention == "dense" else replace(sparse, method=attention)
         if choice not in self._runners:
             config = self.config
+            unisparse = config.unisparse if config.prefill == "unisparse" else None
             self._runners[choice] = ModelRunner(
                 self.model, self.cache, choice, self.max_context, config.max_batch, config.prefill_chunk,
-                config.cuda_graphs, self._scratch_seq,
+                config.cuda_graphs, self._scratch_seq, unisparse,
             )
         self.runner = self._runners[choice]
 
@@ -146,8 +147,9 @@ class LLMEngine:
         Returns (the accepted tokens, now cached; whether decoding stopped among them: at a stop token,
         itself neither returned nor cached). ``seq.next_logits`` then predicts the token after the
         accepted ones, so with tolerance 0 ``generate`` goes on exactly as greedy decoding would have.
-        The check is a prefill, so it attends to every page: under sparse decode attention the kept
-        prefix is the one dense decoding would produce.
+        The check is a prefill, so it attends as prefill does (every key, or with ``unisparse`` prefill
+        on a long context the key blocks chosen for it): under sparse decode attention the kept prefix
+        is the one decoding with that prefill's attention would produce.
         """
         stops = set(stop_token_ids) | set(self.model_config.eos_token_ids)
         proposal = list(proposal)[: self.max_context - seq.num_tokens]

@@ -15,6 +15,7 @@ import math
 import torch
 
 from asr.attention import DecodeMetadata, PagedKVCache, UniqueConfig
+from asr.attention.config import UniSparseConfig
 from asr.attention.transfer import to_device
 from asr.llm.attention import StepContext
 from asr.llm.model import CausalLM
@@ -27,7 +28,8 @@ class ModelRunner:
 
     sparse: the decode page choice (None = dense); max_context: longest sequence (sizes graph page
     tables); prefill_chunk: new tokens per prefill forward; scratch_seq: a one-token cache sequence that
-    padded graph rows write to and read (never a live sequence).
+    padded graph rows write to and read (never a live sequence); unisparse: block-sparse prefill for
+    contexts of at least its ``min_context`` tokens (None: every prefill dense).
     """
 
     def __init__(
@@ -40,8 +42,9 @@ class ModelRunner:
         prefill_chunk: int,
         cuda_graphs: bool,
         scratch_seq: int,
+        unisparse: UniSparseConfig | None = None,
     ) -> None:
-        self.model, self.cache, self.sparse = model, cache, sparse
+        self.model, self.cache, self.sparse, self.unisparse = model, cache, sparse, unisparse
         self.max_batch, self.prefill_chunk = max_batch, prefill_chunk
         self.device = cache.k.device
         self.page_size = cache.page_size
@@ -71,11 +74,12 @@ class ModelRunner:
             )
             start = self.cache.length(seq_id)
             slot_mapping = self.cache.reserve([seq_id], [chunk.shape[0]])
-            context_slots = None
-            if start > 0:
-                context_slots = self.cache.token_slots(seq_id, start + chunk.shape[0])
+            sparse = self.unisparse
+            if sparse is not None and start + chunk.shape[0] < sparse.min_context:
+                sparse = None
+            page_table = self.cache.page_table([seq_id])[0] if start > 0 or sparse else None
             positions = torch.arange(start, start + chunk.shape[0], device=self.device)
-            ctx = StepContext(self.cache, slot_mapping, context_slots=context_slots, start=start)
+            ctx = StepContext(self.cache, slot_mapping, page_table=page_table, start=start, unisparse=sparse)
             hidden = self.model(chunk, positions, ctx)
             if every_position:
                 every.append(self.model.logits(hidden))

@@ -8,13 +8,18 @@ import argparse
 from asr.speech.draft_decoding import DEFAULT_TOLERANCE
 
 ATTENTION_CHOICES = ("unique", "dense", "quest")
+PREFILL_CHOICES = ("dense", "unisparse")
 DTYPE_CHOICES = ("bfloat16", "float32", "int8")
 
 
 def add_transcribe_arguments(parser: argparse.ArgumentParser, device_default: str | None = None) -> None:
-    """Add --model, --attention, --budget, --max-distance, --dtype, --drafts and --device to ``parser``."""
+    """Add --model, --attention, --prefill, --budget, --max-distance, --dtype, --drafts and --device to
+    ``parser``."""
     parser.add_argument("--attention", default="unique", choices=ATTENTION_CHOICES,
                         help="decode attention: top-k pages (unique, quest) or every page (dense)")
+    parser.add_argument("--prefill", default="unisparse", choices=PREFILL_CHOICES,
+                        help="attention of each chunk appended to a long context: the key blocks UniSparse "
+                        "picks per query block (unisparse, default) or every cached key (dense)")
     parser.add_argument("--budget", type=int, default=2048, help="tokens each sparse decode step reads")
     parser.add_argument("--max-distance", type=int, default=4096,
                         help="farthest a cached key may sit from the newest token before old pages are moved "
@@ -36,6 +41,6 @@ def options_from_args(args: argparse.Namespace):
     """``TranscribeOptions`` of parsed arguments (ValueError for settings it refuses)."""
     from asr.speech.pipeline import TranscribeOptions
 
-    return TranscribeOptions(attention=args.attention, budget_tokens=args.budget, device=args.device,
-                             dtype=args.dtype, max_distance=args.max_distance or None, drafts=args.drafts,
-                             draft_tolerance=args.draft_tolerance)
+    return TranscribeOptions(attention=args.attention, prefill=args.prefill, budget_tokens=args.budget,
+                             device=args.device, dtype=args.dtype, max_distance=args.max_distance or None,
+                             drafts=args.drafts, draft_tolerance=args.draft_tolerance)
