@@ -139,21 +139,36 @@ def test_two_processes_through_torchrun_with_gloo(tiny_base, corpus_dir, tmp_pat
     assert adapter.info["world"] == 2 and adapter.info["steps"] == 2
 
 
-def test_speech_path_trains_the_speech_llm_on_sessions(tiny_base, tmp_path):
-    from asr.speech.adapter import SpeechAdapter
-
+def tone_manifest(tmp_path) -> Path:
     rows = []
     for index in range(4):
         tone = 0.1 * np.sin(np.arange(16000 * (1 + index % 2)) * 0.05 * (index + 1)).astype(np.float32)
         sf.write(tmp_path / f"u{index}.wav", tone, 16000)
         rows.append(json.dumps({"audio": f"u{index}.wav", "text": f"tone number {index}"}))
     (tmp_path / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    return tmp_path / "manifest.jsonl"
+
+
+def test_speech_path_trains_the_speech_llm_on_sessions(tiny_base, tmp_path):
+    from asr.speech.adapter import SpeechAdapter
+
+    manifest = tone_manifest(tmp_path)
     out = tmp_path / "speech"
-    softmask.main(["--speech-data", str(tmp_path / "manifest.jsonl"), "--speech-heldout",
-                   str(tmp_path / "manifest.jsonl"), "--base", str(tiny_base), "--out", str(out),
-                   "--steps", "1", "--batch", "2", "--budgets", "32", "--page-size", "8", "--eval-docs", "1",
-                   "--workers", "0", "--lora-rank", "4"])
+    softmask.main(["--speech-data", str(manifest), "--speech-heldout", str(manifest), "--base",
+                   str(tiny_base), "--out", str(out), "--steps", "1", "--batch", "2", "--budgets", "32",
+                   "--page-size", "8", "--eval-docs", "1", "--workers", "0", "--lora-rank", "4"])
     adapter = SpeechAdapter.load(out)
     assert adapter.info["steps"] == 1 and adapter.lora and adapter.info["llm"] == str(tiny_base.resolve())
     evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
     assert np.isfinite(evals[-1]["loss_hard"]) and "probe_exact_hard" not in evals[-1]
+
+
+def test_speech_path_trains_on_long_sessions(tiny_base, tmp_path):
+    from asr.speech.adapter import SpeechAdapter
+
+    manifest = tone_manifest(tmp_path)
+    out = tmp_path / "long"
+    softmask.main(["--speech-data", str(manifest), "--session-minutes", "0.5", "0.5", "--base",
+                   str(tiny_base), "--out", str(out), "--steps", "1", "--batch", "1", "--budgets", "32",
+                   "--page-size", "8", "--eval-docs", "0", "--workers", "0", "--lora-rank", "4"])
+    assert SpeechAdapter.load(out).info["steps"] == 1

@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
+from torch.utils.data import IterableDataset, get_worker_info
 
 from asr.corpus import Utterance
 from asr.speech.audio import SAMPLE_RATE
@@ -79,3 +80,17 @@ def long_session(
         total += len(wave) + config.gap_s[1] * SAMPLE_RATE / 2
     recording, spans = join_utterances(waves, rng, config)
     return chunk_turns(recording, spans, texts)
+
+
+class LongSessionStream(IterableDataset):
+    """Endless batches of ``batch`` long sessions (``long_session``), as ``training.train_asr``'s
+    ``SessionStream`` yields short ones; each loader worker draws with its own seed."""
+
+    def __init__(self, utterances: list[Utterance], config: LongSessionConfig, seed: int, batch: int) -> None:
+        self.utterances, self.config, self.seed, self.batch = utterances, config, seed, batch
+
+    def __iter__(self):
+        info = get_worker_info()
+        rng = random.Random(self.seed + (info.id if info else 0))
+        while True:
+            yield [long_session(self.utterances, rng, self.config) for _ in range(self.batch)]

@@ -10,8 +10,9 @@ the k-th best score). T is annealed geometrically from ``--t-start`` to ``--t-en
 Text: long documents of ``training.text_corpus`` (cut to ``--seq-len``), some with synthetic copy and
 lookup tasks (``training.text_tasks``); saves a LoRA adapter directory (``asr.llm.lora_adapter``) that
 ``asr qa --model`` and ``python -m eval.longqa --model`` load, or (full) a Hugging Face directory.
-Speech (``--speech-data``): sessions of ``training.train_asr`` through the same loop; saves a speech
-adapter (``asr transcribe --model``).
+Speech (``--speech-data``): sessions of ``training.train_asr`` through the same loop, or with
+``--session-minutes`` long sessions of tens of chunks cut as inference cuts a recording
+(``training.long_sessions``); saves a speech adapter (``asr transcribe --model``).
 
 Every ``--eval-every`` steps (and at the start and the end): held-out LM loss and a record-lookup
 probe, dense and with the hard mask (``training.softmask_eval``), into ``OUT/eval.jsonl``. ``--resume``
@@ -58,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="text corpus directory (training.text_corpus; built there if missing)")
     parser.add_argument("--speech-data", nargs="+", help="speech manifests: train the speech LLM instead")
     parser.add_argument("--speech-adapter", help="speech adapter to start from (default: a fresh one)")
+    parser.add_argument("--session-minutes", type=float, nargs=2, metavar=("MIN", "MAX"),
+                        help="speech: long sessions of MIN..MAX minutes, chunked as inference chunks a "
+                             "recording (training.long_sessions; default: train_asr's sessions of 1-6 turns)")
     parser.add_argument("--speech-heldout", help="manifest of held-out speech for the loss evaluation")
     parser.add_argument("--whisper", help="Whisper directory (speech; default: the embedded Whisper base)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
@@ -208,6 +212,7 @@ class SpeechTask:
         from asr.corpus import read_corpus
         from asr.speech.adapter import SpeechAdapter
         from asr.speech.prompt import PromptIds
+        from training.long_sessions import LongSessionConfig, LongSessionStream
         from training.softmask_data import SpeechBatches, speech_inputs
         from training.train_asr import SessionStream, build_models
 
@@ -230,7 +235,12 @@ class SpeechTask:
             param.requires_grad_(False)
         models = (tokenizer, PromptIds.from_tokenizer(tokenizer), self.model, encoder, self.projector)
         utterances = [u for source in args.speech_data for u in read_corpus(source)]
-        stream = SessionStream(utterances, False, args.seed + 7919 * place.rank, args.batch)
+        seed = args.seed + 7919 * place.rank
+        if args.session_minutes:
+            stream = LongSessionStream(utterances, LongSessionConfig(tuple(args.session_minutes)), seed,
+                                       args.batch)
+        else:
+            stream = SessionStream(utterances, False, seed, args.batch)
         self.stream = SpeechBatches(stream, models, args.workers)
         heldout = read_corpus(args.speech_heldout)[: args.eval_docs] if args.speech_heldout else []
         self.heldout = [speech_inputs([[(u.load(), u.text, True)]], models) for u in heldout]
