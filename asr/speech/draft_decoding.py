@@ -61,8 +61,8 @@ def draft_proposal(tokenizer, draft: Draft, end_of_turn: int) -> tuple[list[int]
     per token, Whisper's confidence (``Draft.span_probability`` of the characters it spells; the end's
     for the end of the turn). tokenizer: the LLM's (a fast tokenizer: it gives character offsets)."""
     encoding = tokenizer(draft.text, add_special_tokens=False, return_offsets_mapping=True)
-    confidences = [draft.span_probability(start, end) for start, end in encoding["offset_mapping"]]
-    return list(encoding["input_ids"]) + [end_of_turn], confidences + [draft.end_probability]
+    confidences = [draft.span_probability(start, end) for start, end in encoding.offset_mapping]
+    return list(encoding.input_ids) + [end_of_turn], confidences + [draft.end_probability]
 
 
 def realign(proposal: list[int], position: int, token: int, window: int) -> int:
