@@ -101,7 +101,9 @@ def decode_with_draft(
         if not own:
             return tokens, accepted_count  # it ended the transcript here
         tokens += own
-        position = realign(proposal, position, own[0], config.realign_window)
+        # where the draft goes on: never past a token Whisper was sure of, unless the LLM wrote that one
+        sure = [math.isinf(allowed) for allowed in tolerances[position + 1 :]] + [True]
+        position = realign(proposal, position, own[0], min(config.realign_window, sure.index(True) + 1))
     if len(tokens) < params.max_tokens:
         tokens += engine.generate(seq, replace(params, max_tokens=params.max_tokens - len(tokens)))
     return tokens, accepted_count
