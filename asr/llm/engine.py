@@ -191,7 +191,8 @@ class LLMEngine:
             self.check_fits(start + len(candidate))
             logits = first_logits[None]
             if len(candidate) > 1:
-                after = self.runner.prefill(seq.seq_id, self.embed_tokens(candidate[:-1]), every_position=True)
+                rows = self.embed_tokens(candidate[:-1])
+                after = self.runner.prefill(seq.seq_id, rows, every_position=True)
                 logits = torch.cat([logits, after])
                 self.cache.truncate(seq.seq_id, start)
             logprobs = logits.float().log_softmax(dim=-1)

@@ -22,12 +22,14 @@ from dataclasses import dataclass, replace
 from asr.llm.config import SamplingParams
 from asr.llm.engine import LLMEngine
 from asr.llm.sequence import Sequence
-from asr.speech.draft import Draft
+from asr.speech.draft import AlternativeSearch, Draft
 
 # chosen on the dev set, speechocean762 test and held-out Kokoro speech together (BENCHMARKS.md)
 DEFAULT_GATE = 0.9
 DEFAULT_TOLERANCE = 1.0
 DEFAULT_END_TOLERANCE = 5.0
+DEFAULT_LLM_WEIGHT = 0.3
+DEFAULT_ALTERNATIVES = 5
 
 
 @dataclass(frozen=True)
@@ -36,16 +38,27 @@ class DraftDecoding:
     the draft is kept whole; above 1: the LLM checks every token); tolerance: nats by which an unsure
     draft token may trail the LLM's own choice and still be kept (0: the LLM's greedy choice wins);
     end_tolerance: the same where the LLM's choice is to end the transcript; realign_window: draft
-    tokens searched ahead for the LLM's correction."""
+    tokens searched ahead for the LLM's correction; rescore: instead of correcting tokens, pick each
+    unsure chunk's transcript among the draft and Whisper's ``alternatives`` best beam readings by
+    Whisper's log-probability plus ``llm_weight`` times the LLM's (the LLM writes no word Whisper did
+    not read; tolerances then do not apply)."""
 
     gate: float = DEFAULT_GATE
     tolerance: float = DEFAULT_TOLERANCE
     end_tolerance: float = DEFAULT_END_TOLERANCE
     realign_window: int = 3
+    rescore: bool = True
+    llm_weight: float = DEFAULT_LLM_WEIGHT
+    alternatives: int = DEFAULT_ALTERNATIVES
+
+    def search(self) -> AlternativeSearch | None:
+        """What the drafter searches for beside each unsure draft (None: no other readings)."""
+        return AlternativeSearch(self.gate, self.alternatives) if self.rescore and self.alternatives else None
 
     def __post_init__(self) -> None:
-        if min(self.gate, self.tolerance, self.end_tolerance, self.realign_window) < 0:
-            raise ValueError("draft gate, tolerances and realign window must be >= 0")
+        if min(self.gate, self.tolerance, self.end_tolerance, self.realign_window, self.llm_weight,
+               self.alternatives) < 0:
+            raise ValueError("draft gate, tolerances, realign window, LLM weight and alternatives: >= 0")
 
     def tolerances(self, confidences: list[float]) -> list[float]:
         """Per proposed token, nats by which it may trail the LLM's choice (inf: kept unchecked)."""
