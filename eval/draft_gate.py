@@ -27,18 +27,19 @@ from eval.line_plot import line_plot
 
 def _setting_name(setting) -> str:
     if setting.rescore:
-        return f"rescore gate={setting.gate:g} weight={setting.llm_weight:g}"
+        return f"rescore gate={setting.gate:g} weight={setting.llm_weight:g} share={setting.correct_share:g}"
     return f"correct gate={setting.gate:g} tol={setting.tolerance:g} end={setting.end_tolerance:g}"
 
 
 def _settings(args: argparse.Namespace) -> list:
-    """The grid: per mode, gates x LLM weights (rescore) or gates x tolerances x end tolerances (correct)."""
+    """The grid: per mode, gates x LLM weights x correct shares (rescore) or gates x tolerances x end
+    tolerances (correct)."""
     from asr.speech.draft_decoding import DraftDecoding
 
     settings = []
     if "rescore" in args.modes:
-        settings += [DraftDecoding(gate=gate, llm_weight=weight)
-                     for gate, weight in itertools.product(args.gates, args.llm_weights)]
+        settings += [DraftDecoding(gate=gate, llm_weight=weight, correct_share=share) for gate, weight, share
+                     in itertools.product(args.gates, args.llm_weights, args.correct_shares)]
     if "correct" in args.modes:
         settings += [DraftDecoding(gate=g, tolerance=t, end_tolerance=e, rescore=False)
                      for g, t, e in itertools.product(args.gates, args.tolerances, args.end_tolerances)]
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> None:
     rows = [{"decoding": "whisper draft", **_rates(error_rates(references, drafts))}]
     rows += [
         {"decoding": "rescore" if s.rescore else "correct", "gate": s.gate, "llm_weight": s.llm_weight,
+         "correct_share": s.correct_share,
          "tolerance": s.tolerance, "end_tolerance": s.end_tolerance,
          "kept_share": kept[name] / max(1, len(utterances)),
          **_rates(error_rates(references, transcripts[name]))}
@@ -116,7 +118,7 @@ def _rates(rates: tuple[float, float]) -> dict:
 
 def _line_key(row: dict) -> str:
     if row["decoding"] == "rescore":
-        return f"rescore, LLM weight {row['llm_weight']:g}"
+        return f"rescore, LLM weight {row['llm_weight']:g}, correct above {row['correct_share']:g}"
     return f"correct, tol {row['tolerance']:g}/{row['end_tolerance']:g}"
 
 
@@ -149,6 +151,8 @@ def main() -> None:
     run_parser.add_argument("--modes", nargs="+", default=["rescore", "correct"],
                             choices=["rescore", "correct"])
     run_parser.add_argument("--llm-weights", type=float, nargs="+", default=[0.3])
+    run_parser.add_argument("--correct-shares", type=float, nargs="+", default=[0.25],
+                            help="rescore: share of guessed words above which a chunk is corrected instead")
     run_parser.add_argument("--tolerances", type=float, nargs="+", default=[1.0])
     run_parser.add_argument("--end-tolerances", type=float, nargs="+", default=[5.0])
     run_parser.add_argument("--model", help="speech model directory (default: the embedded one)")

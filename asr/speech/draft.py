@@ -98,6 +98,17 @@ class Draft:
         """Whether Whisper was at least ``gate`` sure of every word and of the end."""
         return self.end_probability >= gate and all(word.probability >= gate for word in self.words)
 
+    def keeps_sure_words(self, text: str, gate: float) -> bool:
+        """Whether ``text`` holds every word of this draft Whisper was at least ``gate`` sure of, in order
+        (compared without case or punctuation): a reading that only changes unsure words."""
+        remaining = iter(_plain_words(text))
+        return all(word in remaining for word in _plain_words(" ".join(
+            self.text[w.start : w.end] for w in self.words if w.probability >= gate)))
+
+    def unsure_share(self, probability: float) -> float:
+        """The share of words Whisper gave less than ``probability`` (0 for an empty draft)."""
+        return sum(word.probability < probability for word in self.words) / max(1, len(self.words))
+
     def span_probability(self, start: int, end: int) -> float:
         """Whisper's confidence in the characters [start, end) of ``text``: the least probable word they
         touch; characters between words take the next word's (the end's past the last word)."""
@@ -106,6 +117,12 @@ class Draft:
             return min(touched)
         following = next((word.probability for word in self.words if word.start >= end), None)
         return self.end_probability if following is None else following
+
+
+def _plain_words(text: str) -> list[str]:
+    """Words of ``text`` lower-cased, without punctuation."""
+    plain = ("".join(char for char in raw if char.isalnum() or char == "'").lower() for raw in text.split())
+    return [word for word in plain if word]
 
 
 def draft_from_tokens(token_ids: Sequence[int], probabilities: Sequence[float], end_probability: float,

@@ -12,6 +12,12 @@ ending the transcript before the draft is used up needs ``end_tolerance`` nats. 
 everywhere (its end included) is kept whole, and the LLM decodes nothing for it. With ``gate`` above 1
 and ``tolerance`` 0 the result is exactly the LLM's greedy transcript and the draft only saves decode
 steps; with ``gate`` 0 it is the draft.
+
+Correcting token by token helps where Whisper guessed much of a chunk (accented speech), and harms
+clear speech, where the LLM's own words replace right ones. So by default (``rescore``) a chunk that
+is unsure but not mostly guessed is arbitrated instead: the LLM (reading the audio, no draft in its
+context) scores the draft and Whisper's other beam readings, and the best of Whisper's and its
+log-probabilities combined wins (``LongformSession``), so the LLM only chooses among words Whisper heard.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ DEFAULT_TOLERANCE = 1.0
 DEFAULT_END_TOLERANCE = 5.0
 DEFAULT_LLM_WEIGHT = 0.3
 DEFAULT_ALTERNATIVES = 5
+DEFAULT_CORRECT_SHARE = 0.25
+UNSURE_WORD = 0.5  # a word Whisper gave less than this is a guess
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,8 @@ class DraftDecoding:
     tokens searched ahead for the LLM's correction; rescore: instead of correcting tokens, pick each
     unsure chunk's transcript among the draft and Whisper's ``alternatives`` best beam readings by
     Whisper's log-probability plus ``llm_weight`` times the LLM's (the LLM writes no word Whisper did
-    not read; tolerances then do not apply)."""
+    not read), except in chunks where Whisper guessed more than ``correct_share`` of the words, which
+    the LLM corrects (``corrects``)."""
 
     gate: float = DEFAULT_GATE
     tolerance: float = DEFAULT_TOLERANCE
@@ -50,6 +59,13 @@ class DraftDecoding:
     rescore: bool = True
     llm_weight: float = DEFAULT_LLM_WEIGHT
     alternatives: int = DEFAULT_ALTERNATIVES
+    correct_share: float = DEFAULT_CORRECT_SHARE
+
+    def corrects(self, draft: Draft) -> bool:
+        """Whether the LLM corrects ``draft`` token by token rather than picking among Whisper's readings:
+        when rescoring is off, or where Whisper guessed more than ``correct_share`` of its words (hard,
+        often accented speech, where Whisper's readings all miss and the LLM's own words help)."""
+        return not self.rescore or draft.unsure_share(UNSURE_WORD) > self.correct_share
 
     def search(self) -> AlternativeSearch | None:
         """What the drafter searches for beside each unsure draft (None: no other readings)."""
@@ -57,7 +73,7 @@ class DraftDecoding:
 
     def __post_init__(self) -> None:
         if min(self.gate, self.tolerance, self.end_tolerance, self.realign_window, self.llm_weight,
-               self.alternatives) < 0:
+               self.alternatives, self.correct_share) < 0:
             raise ValueError("draft gate, tolerances, realign window, LLM weight and alternatives: >= 0")
 
     def tolerances(self, confidences: list[float]) -> list[float]:

@@ -108,11 +108,14 @@ class LongformSession:
         """The transcript tokens of the reading of the chunk picked among the draft and Whisper's other
         readings of it (``Draft.alternatives``): the most likely by Whisper's log-probability plus
         ``llm_weight`` times the LLM's (each reading and the turn's end after what the sequence holds).
-        A draft sure at the gate is kept whole; readings that loop or overrun are left out. None when
-        none is left."""
+        A draft sure at the gate is kept whole; readings that change a word Whisper was sure of, or that
+        loop or overrun, are left out. None when none is left."""
         tokenizer, end = self.engine.tokenizer, self.model.prompt.end_of_turn
+        gate = self.draft_decoding.gate
+        readings = [draft] if draft.sure(gate) else [draft] + [
+            other for other in draft.alternatives if draft.keeps_sure_words(other.text, gate)]
         candidates = []  # (token ids, Whisper's log-probability)
-        for reading in [draft] if draft.sure(self.draft_decoding.gate) else [draft, *draft.alternatives]:
+        for reading in readings:
             ids = tokenizer(reading.text, add_special_tokens=False).input_ids
             if not self._runaway(seconds, ids):
                 candidates.append((ids, reading.logprob))
@@ -142,7 +145,8 @@ class LongformSession:
         seconds = len(audio) / sample_rate
         if self.distance_cap is not None:
             engine.cap_distances(self.seq, self.distance_cap)
-        draft, rescoring = encoded.draft, encoded.draft is not None and self.draft_decoding.rescore
+        draft = encoded.draft
+        rescoring = draft is not None and not self.draft_decoding.corrects(draft)
         # rescoring scores readings as the LLM would write them from the audio alone: no draft in its turn
         draft_ids = None if draft is None or rescoring else draft_token_ids(engine.tokenizer, draft.text)
         # one prefill per chunk: its cost grows with the context, so the pieces go in together
