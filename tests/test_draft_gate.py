@@ -63,8 +63,10 @@ def test_proposal_confidences_follow_the_llm_tokens_characters():
 def test_the_gate_splits_tokens_into_unchecked_and_checked():
     gate = DraftDecoding(gate=0.8, tolerance=1.5)
     assert gate.tolerances([0.9, 0.8, 0.5]) == [math.inf, math.inf, 1.5]
-    assert gate.keeps_whole([0.9, 0.8]) and not gate.keeps_whole([0.9, 0.79])
-    assert DraftDecoding(gate=0.0).keeps_whole([0.0]) and not DraftDecoding(gate=1.01).keeps_whole([1.0])
+    draft = Draft("ab cd", (DraftWord(0, 2, 0.9), DraftWord(3, 5, 0.8)), end_probability=0.95)
+    assert draft.sure(0.8) and not draft.sure(0.81)
+    assert not Draft("ab", (DraftWord(0, 2, 1.0),), end_probability=0.5).sure(0.8)
+    assert Draft("").sure(1.0) and not Draft("").sure(1.01)
     with pytest.raises(ValueError):
         DraftDecoding(gate=-0.1)
 

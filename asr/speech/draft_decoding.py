@@ -80,10 +80,6 @@ class DraftDecoding:
         """Per proposed token, nats by which it may trail the LLM's choice (inf: kept unchecked)."""
         return [math.inf if confidence >= self.gate else self.tolerance for confidence in confidences]
 
-    def keeps_whole(self, confidences: list[float]) -> bool:
-        """Whether a draft with these per-token confidences (its end's included) is kept unchecked."""
-        return all(confidence >= self.gate for confidence in confidences)
-
 
 def draft_proposal(tokenizer, draft: Draft, end_of_turn: int) -> tuple[list[int], list[float]]:
     """The draft as the LLM's transcript would spell it, then the end of the turn: its token ids and,

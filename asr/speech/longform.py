@@ -128,11 +128,11 @@ class LongformSession:
         self.stats.readings_changed += best != 0
         return candidates[best][0]
 
-    def _kept_draft(self, seconds: float, proposal: list[int], confidences: list[float]) -> list[int] | None:
-        """The draft's tokens when it is kept whole: Whisper sure of every token and of its end, and
-        no loop or overrun in it (those go to the LLM). None otherwise."""
+    def _kept_draft(self, seconds: float, draft: Draft, proposal: list[int]) -> list[int] | None:
+        """The draft's tokens (``proposal`` less the turn's end) when it is kept whole: Whisper sure of
+        every word and of its end, and no loop or overrun in it (those go to the LLM). None otherwise."""
         tokens = proposal[:-1]
-        if not self.draft_decoding.keeps_whole(confidences) or self._runaway(seconds, tokens):
+        if not draft.sure(self.draft_decoding.gate) or self._runaway(seconds, tokens):
             return None
         return tokens
 
@@ -161,7 +161,7 @@ class LongformSession:
         proposal, confidences = [], None
         if draft is not None and not rescoring:
             proposal, confidences = draft_proposal(engine.tokenizer, draft, prompt.end_of_turn)
-            kept = self._kept_draft(seconds, proposal, confidences)
+            kept = self._kept_draft(seconds, draft, proposal)
             if kept is not None:  # the transcript is prefilled with the next chunk, as its closing tokens are
                 self.stats.drafts_kept += 1
                 self.stats.draft_tokens += len(proposal)
