@@ -280,24 +280,23 @@ class HfDrafter:
         self.end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         no_speech = [tokenizer.convert_tokens_to_ids(t) for t in ("<|nospeech|>", "<|nocaptions|>")]
         self.no_speech = next(t for t in no_speech if t is not None and t != tokenizer.unk_token_id)
+        self.prompt = tokenizer.convert_tokens_to_ids(
+            ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"])
         classes = torch.arange(whisper.config.vocab_size)  # [vocab]
         classes[: self.end + 1] = torch.from_numpy(spelling_classes(tokenizer.decode, self.end))
         self.classes = classes.to(next(whisper.parameters()).device)
-
-    def _generate(self, hidden: torch.Tensor, seconds: list[float], beams: int, count: int):
-        from transformers.modeling_outputs import BaseModelOutput
-
-        return self.whisper.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), language="en",
-                                     task="transcribe", num_beams=beams, num_return_sequences=count,
-                                     do_sample=False, max_new_tokens=draft_token_limit(max(seconds)),
-                                     return_dict_in_generate=True, output_scores=True)
 
     @torch.no_grad()
     def __call__(self, windows: torch.Tensor, seconds: list[float],
                  search: AlternativeSearch | None = None) -> list[Draft]:
         param = next(self.whisper.parameters())
         hidden = windows.to(param.device, param.dtype)
-        out = self._generate(hidden, seconds, beams=1, count=1)
+        from transformers.modeling_outputs import BaseModelOutput
+
+        out = self.whisper.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), language="en",
+                                    task="transcribe", num_beams=1, do_sample=False,
+                                    max_new_tokens=draft_token_limit(max(seconds)),
+                                    return_dict_in_generate=True, output_scores=True)
         # mean log-probability of each draft's tokens and its end token, as CTranslate2 scores them
         picked = out.sequences[:, -len(out.scores):]  # [batch, steps]
         step_logprobs = torch.stack(out.scores, 1).float().log_softmax(-1)  # [batch, steps, vocab]
@@ -336,11 +335,18 @@ class HfDrafter:
         unsure = [i for i, draft in enumerate(drafts) if draft.text and not draft.sure(search.gate)]
         if not unsure:
             return drafts
-        out = self._generate(hidden[unsure], [seconds[i] for i in unsure], search.beam_size, search.count)
-        generated = out.sequences[:, -len(out.scores):]  # [unsure * count, steps]
-        prompt = out.sequences[:, : out.sequences.shape[1] - generated.shape[1]]
+        from transformers import GenerationMixin
+        from transformers.modeling_outputs import BaseModelOutput
+
+        # the generic beam search: Whisper's own generate cannot return several beams from encoder outputs
+        prompt = torch.tensor([self.prompt] * len(unsure), device=hidden.device)
+        sequences = GenerationMixin.generate(
+            self.whisper, encoder_outputs=BaseModelOutput(last_hidden_state=hidden[unsure]),
+            decoder_input_ids=prompt, num_beams=search.beam_size, num_return_sequences=search.count,
+            do_sample=False, max_new_tokens=draft_token_limit(max(seconds[i] for i in unsure)))
+        generated = sequences[:, prompt.shape[1] :]  # [unsure * count, steps]
         encoded = hidden[unsure].repeat_interleave(search.count, dim=0)
-        logits = self.whisper(encoder_outputs=(encoded,), decoder_input_ids=out.sequences).logits
+        logits = self.whisper(encoder_outputs=(encoded,), decoder_input_ids=sequences).logits
         logprobs = logits[:, prompt.shape[1] - 1 : -1].float().log_softmax(-1)
         token_logprobs = logprobs.gather(2, generated[..., None])[..., 0]  # [unsure * count, steps]
         counted = (generated == self.end).long().cumsum(1)
