@@ -88,13 +88,13 @@ def run(args: argparse.Namespace) -> None:
          **_rates(error_rates(references, transcripts[name]))}
         for name, s in zip(names, settings)
     ]
-    print(f"{'decoding':<14} {'gate':>5} {'weight':>6} {'tol':>5} {'end':>5} {'kept':>6} {'WER':>7} "
-          f"{'CER':>7}")
+    print(f"{'decoding':<14} {'gate':>5} {'weight':>6} {'share':>5} {'tol':>5} {'end':>5} {'kept':>6} "
+          f"{'WER':>7} {'CER':>7}")
     for row in rows:
-        setting = " " * 31
+        setting = " " * 37
         if "gate" in row:
-            setting = (f"{row['gate']:>5g} {row['llm_weight']:>6g} {row['tolerance']:>5g} "
-                       f"{row['end_tolerance']:>5g} {100 * row['kept_share']:5.1f}%")
+            setting = (f"{row['gate']:>5g} {row['llm_weight']:>6g} {row['correct_share']:>5g} "
+                       f"{row['tolerance']:>5g} {row['end_tolerance']:>5g} {100 * row['kept_share']:5.1f}%")
         print(f"{row['decoding']:<14} {setting} {100 * row['wer']:6.2f}% {100 * row['cer']:6.2f}%")
     result = {
         "manifest": str(args.manifest),
