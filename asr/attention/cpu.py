@@ -11,6 +11,8 @@ import torch
 from asr.attention.config import UniqueConfig
 from asr.attention.scoring import score_from_stats
 
+SCORE_PAGES = 256  # pages of keys widened to float32 at once by composite scoring (~3 MB at 3 kv heads, d 64)
+
 
 def _pages_view(cache: torch.Tensor, pages: torch.Tensor) -> torch.Tensor:
     """cache[pages] ([n, kv_heads, page_size, head_dim]) as a view when the ids run consecutively
@@ -121,6 +123,44 @@ def score_pages_cpu(
                                       config.offset, config.lam)  # [1, kv_heads, 1, pages]
         scores[row, :, : len(pages)] = row_scores[0, :, 0]
     return scores
+
+
+def composite_shares_cpu(
+    queries: torch.Tensor,
+    last_pos: torch.Tensor,
+    k_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    length: int,
+    scale: float,
+    block_size: int,
+) -> torch.Tensor:
+    """The CPU path of ``composite_shares_reference`` (same arguments and result): the keys are read in
+    place, ``SCORE_PAGES`` pages at a time (a view when their ids run consecutively), and widened to
+    float32 per run of pages while it sits in the cache, instead of gathered and widened whole (a
+    float32 copy of every key, per layer and prefill). Only the keys past the earliest composite's
+    last position are masked."""
+    q_heads, num_composites, head_dim = queries.shape
+    _, kv_heads, page_size, _ = k_cache.shape
+    num_pages = -(-length // page_size)
+    pages = page_table[:num_pages].long()
+    rows = queries.reshape(kv_heads, q_heads // kv_heads * num_composites, head_dim) * scale
+    logits = torch.empty(kv_heads, rows.shape[1], num_pages * page_size)
+    for begin in range(0, num_pages, SCORE_PAGES):
+        keys = _pages_view(k_cache, pages[begin : begin + SCORE_PAGES])  # [n, kv_heads, P, d]
+        wide = torch.empty(kv_heads, keys.shape[0], page_size, head_dim)
+        wide.copy_(keys.transpose(0, 1))
+        logits[:, :, begin * page_size : (begin + keys.shape[0]) * page_size] = torch.matmul(
+            rows, wide.flatten(1, 2).transpose(1, 2)
+        )
+    first_masked = int(last_pos.min()) + 1  # keys every composite sees come before it
+    key_pos = torch.arange(first_masked, num_pages * page_size)
+    hidden = (key_pos[None, :] > last_pos[:, None]).repeat(q_heads // kv_heads, 1)  # [rows, keys]
+    logits[:, :, first_masked:].masked_fill_(hidden, float("-inf"))
+    num_key_blocks = -(-length // block_size)
+    probs = logits.softmax(-1)[..., :length]
+    probs = torch.nn.functional.pad(probs, (0, num_key_blocks * block_size - length))
+    shares = probs.view(kv_heads, rows.shape[1], num_key_blocks, block_size).sum(-1)
+    return shares.view(q_heads, num_composites, num_key_blocks)
 
 
 def append_one_token(
