@@ -13,7 +13,9 @@ one chunk as ``LongformSession.transcribe_chunk`` does and rolls it back:
   tokens' pages join the collapsed ones), charged to the chunk by the share of a collapse its tokens
   cause (``(append + proposal + decode) / slack``).
 
-Each piece is the median of ``--repeats`` runs. On the 60-minute recording of BENCHMARKS.md a chunk
+Each piece is the median of ``--repeats`` runs, in wall-clock seconds and in CPU seconds of this process
+(``time.process_time``: on a machine that other jobs share, the wall clock measures them too; with
+``--threads 1`` the CPU seconds are the work itself). On the 60-minute recording of BENCHMARKS.md a chunk
 added 146 tokens (the defaults: 120 + 20 + 6) and its first / last ten minutes held 0-11k / 56k-68k
 tokens, so the rows at 5k and 62k stand for them; ``last/first`` is the ratio of their chunk times.
 
@@ -75,27 +77,32 @@ def chunk_row(engine: LLMEngine, context: int, args, cap: DistanceCap, gen: torc
     chunk = engine.embed_tokens(torch.randint(*PROPOSAL_IDS, (args.append,), generator=gen))
     proposal = torch.randint(*PROPOSAL_IDS, (args.proposal,), generator=gen).tolist()
     decoding = SamplingParams(max_tokens=args.decode, ignore_eos=True)
-    seconds = {"append": [], "accept": [], "decode": [], "collapse": []}
-    for _ in range(args.repeats):
-        for name, run in (("append", lambda: engine.append(seq, embeds=chunk)),
-                          ("accept", lambda: engine.accept_proposal(seq, proposal, tolerance=float("inf"))),
-                          ("decode", lambda: engine.generate(seq, decoding))):
-            started = time.perf_counter()
-            run()
-            seconds[name].append(time.perf_counter() - started)
-        engine.truncate(seq, context)
-        # the state just before a collapse: the oldest uncollapsed key one past max_distance + slack
+
+    def before_collapse() -> None:  # the oldest uncollapsed key one past max_distance + slack
         position = context - cap.max_distance - cap.slack - 1
         seq.collapsed_pages, seq.collapsed_position = position // engine.cache.page_size, position
-        started = time.perf_counter()
-        assert engine.cap_distances(seq, cap)
-        seconds["collapse"].append(time.perf_counter() - started)
+
+    pieces = (("append", lambda: engine.append(seq, embeds=chunk)),
+              ("accept", lambda: engine.accept_proposal(seq, proposal, tolerance=float("inf"))),
+              ("decode", lambda: engine.generate(seq, decoding)),
+              ("rollback", lambda: engine.truncate(seq, context)),
+              ("collapse", lambda: before_collapse() or engine.cap_distances(seq, cap)))
+    wall, cpu = {name: [] for name, _ in pieces}, {name: [] for name, _ in pieces}
+    for _ in range(args.repeats):
+        for name, run in pieces:
+            started, started_cpu = time.perf_counter(), time.process_time()
+            run()
+            wall[name].append(time.perf_counter() - started)
+            cpu[name].append(time.process_time() - started_cpu)
     engine.free(seq)
-    row = {name: statistics.median(values) for name, values in seconds.items()}
-    tokens = args.append + args.proposal + args.decode
-    row["collapse_per_chunk"] = row["collapse"] * tokens / cap.slack
-    row["chunk"] = row["append"] + row["accept"] + row["decode"] + row["collapse_per_chunk"]
-    return {"context": context, **{f"{name}_s": value for name, value in row.items()}}
+    row = {"context": context}
+    collapses_per_chunk = (args.append + args.proposal + args.decode) / cap.slack
+    for suffix, seconds in (("s", wall), ("cpu_s", cpu)):
+        median = {name: statistics.median(values) for name, values in seconds.items() if name != "rollback"}
+        median["collapse_per_chunk"] = median["collapse"] * collapses_per_chunk
+        median["chunk"] = sum(median[name] for name in ("append", "accept", "decode", "collapse_per_chunk"))
+        row.update({f"{name}_{suffix}": value for name, value in median.items()})
+    return row
 
 
 def device_info() -> dict:
@@ -125,17 +132,17 @@ def main(argv=None) -> None:
     cap = DistanceCap()
     engine.append(engine.new_sequence(), token_ids=[1] * 8)  # warm-up (lazy initialisation)
     rows = []
-    print(f"{'context':>8} {'append':>8} {'accept':>8} {'decode':>8} {'collapse':>9} {'per chunk':>10} "
-          f"{'chunk':>7}  (seconds)")
+    print(f"{'context':>8} {'append':>13} {'accept':>13} {'decode':>13} {'collapse':>13} {'per chunk':>13} "
+          f"{'chunk':>13}  (wall / CPU seconds)")
+    names = ("append", "accept", "decode", "collapse", "collapse_per_chunk", "chunk")
     for context in args.contexts:
         row = chunk_row(engine, context, args, cap, gen)
         rows.append(row)
-        print(f"{context:8d} {row['append_s']:8.3f} {row['accept_s']:8.3f} {row['decode_s']:8.3f} "
-              f"{row['collapse_s']:9.3f} {row['collapse_per_chunk_s']:10.3f} {row['chunk_s']:7.3f}",
+        print(f"{context:8d} " + " ".join(f"{row[f'{n}_s']:6.3f}/{row[f'{n}_cpu_s']:6.3f}" for n in names),
               flush=True)
-    last_over_first = rows[-1]["chunk_s"] / rows[0]["chunk_s"]
-    print(f"chunk time at {rows[-1]['context']} / at {rows[0]['context']} tokens (last/first): "
-          f"{last_over_first:.2f}")
+    last_over_first = {unit: rows[-1][f"chunk_{unit}"] / rows[0][f"chunk_{unit}"] for unit in ("s", "cpu_s")}
+    print(f"chunk time at {rows[-1]['context']} / at {rows[0]['context']} tokens (last/first): wall "
+          f"{last_over_first['s']:.2f}, CPU {last_over_first['cpu_s']:.2f}")
     runs = json.loads(args.output.read_text())["runs"] if args.output.exists() else {}
     runs[args.label] = {"device": device_info(), "code": code_version(),
                         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
