@@ -13,8 +13,9 @@ context, shows as rising WER in the last windows.
 (start/end seconds and reference text per utterance). ``score`` gives each segment to the window
 holding its midpoint and each reference utterance to the window holding its own, and prints WER
 per window (table, JSON and PNG) with the mean seconds of LLM work per chunk (``chunk_seconds`` in the
-transcript's stats: flat when a chunk's cost does not grow with the context); the last segments are
-listed beside the references they overlap.
+transcript's stats: flat when a chunk's cost does not grow with the context), that time in the last
+window over the first, and the real-time factor; the last segments are listed beside the references
+they overlap. ``eval.bench_flat`` is the fast proxy of the per-chunk time (one chunk per context).
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ def score(transcript_path: Path, spans_path: Path, window_min: float, output: Pa
     for r in rows:
         print(f"{r['start_min']:6.1f}-{r['end_min']:6.1f} {r['utterances']:5d} {r['segments']:5d} "
               f"{100 * r['wer']:6.1f}% {100 * r['cer']:6.1f}% {r['chunk_seconds']:8.2f}")
+    flatness = chunk_time_growth(rows, transcript["stats"])
+    print(f"\nLLM s/chunk, last window / first: {flatness['last_over_first']:.2f} "
+          f"({flatness['last_chunk_seconds']:.2f} / {flatness['first_chunk_seconds']:.2f}); "
+          f"RTF {flatness['rtf']:.3f}")
     print(f"\nlast {last} segments against the references they overlap:")
     for seg in transcript["segments"][len(transcript["segments"]) - last:]:
         overlapping = [s["text"] for s in spans if s["start"] < seg["end"] and s["end"] > seg["start"]]
@@ -88,9 +93,19 @@ def score(transcript_path: Path, spans_path: Path, window_min: float, output: Pa
         )
     output.mkdir(parents=True, exist_ok=True)
     result = {"transcript": str(transcript_path), "window_minutes": window_min, "stats": transcript["stats"],
-              "skipped_seconds": sum(s["end"] - s["start"] for s in transcript["skipped"]), "windows": rows}
+              "skipped_seconds": sum(s["end"] - s["start"] for s in transcript["skipped"]), "windows": rows,
+              "chunk_time_growth": flatness}
     (output / "longform_drift.json").write_text(json.dumps(result, indent=1))
     plot(rows, output / "longform_drift.png")
+
+
+def chunk_time_growth(rows: list[dict], stats: dict) -> dict:
+    """The mean LLM seconds per chunk of the first and the last window holding chunks, their ratio (1.0:
+    a chunk late in the recording costs what an early one did) and the run's real-time factor."""
+    timed = [r for r in rows if r["chunks"]]
+    first, last = (timed[0]["chunk_seconds"], timed[-1]["chunk_seconds"]) if timed else (float("nan"),) * 2
+    return {"first_chunk_seconds": first, "last_chunk_seconds": last, "last_over_first": last / first,
+            "rtf": stats.get("rtf", float("nan"))}
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from asr.attention.page_stats import page_key_stats
+from asr.attention.paged_cache import CacheShape, PagedKVCache
 from asr.llm.config import SamplingParams
-from asr.llm.distance_cap import DistanceCap, rotate_keys
+from asr.llm.distance_cap import DistanceCap, cap_distances, rotate_keys
 from asr.llm.layers import apply_rotary
 from asr.llm.model import RotaryEmbedding
+from asr.llm.sequence import Sequence
 from tests.test_llm_engine import engine_for, save_tiny_model, token_ids
 from tests.tolerances import assert_close
 
@@ -87,3 +89,46 @@ def test_old_pages_collapse_to_one_position_and_stats_follow(tiny_dir):
 def test_invalid_cap_is_refused():
     with pytest.raises(ValueError):
         DistanceCap(max_distance=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("run_pages", [1, 3, 64], ids=["run1", "run3", "run64"])
+@pytest.mark.parametrize("collapsed_before", [0, 5, 11], ids=["first", "mid-run", "run-edge"])
+def test_collapse_in_runs_equals_rotating_every_key_from_its_position(dtype, run_pages, collapsed_before,
+                                                                      monkeypatch):
+    """The run-wise collapse (one shared rotation for pages collapsed before, per-token rotations for the
+    new ones) against every key rotated from its current position to the target and its page's
+    statistics recomputed: scattered pages (two sequences interleaved), three kv heads, a partial last
+    page left alone, runs that straddle the old/new boundary."""
+    monkeypatch.setattr("asr.attention.paged_cache.REWRITE_PAGES", run_pages)
+    page_size, head_dim, length = 4, 16, 103
+    gen = torch.Generator().manual_seed(run_pages * 100 + collapsed_before)
+    cache = PagedKVCache(CacheShape(2, 64, page_size, 3, head_dim), dtype, "cpu")
+    seq_id, other = cache.add_sequence(), cache.add_sequence()
+    for begin in range(0, length, 9):  # interleaved growth: the sequence's page ids are not consecutive
+        n = min(9, length - begin)
+        for target_seq, count in ((seq_id, n), (other, 5)):
+            slots = cache.reserve([target_seq], [count])
+            for layer in range(2):
+                keys = torch.randn(count, 3, head_dim, generator=gen).to(dtype)
+                cache.write(layer, keys, keys, slots)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    seq = Sequence(seq_id, num_tokens=length, collapsed_pages=collapsed_before,
+                   collapsed_position=collapsed_before * page_size)
+    cap = DistanceCap(max_distance=40, slack=1)
+    pages = cache.pages(seq_id)
+    before = cache.k[:, pages].clone()  # [layers, pages, heads, P, d]
+    other_keys = cache.k[:, cache.pages(other)].clone()
+    assert cap_distances(cache, seq, inv_freq, cap)
+    target = length - 40
+    count = target // page_size
+    assert (seq.collapsed_pages, seq.collapsed_position) == (count, target)
+    current = torch.arange(count * page_size).view(count, 1, page_size)
+    current = current.masked_fill(current < collapsed_before * page_size, collapsed_before * page_size)
+    expected = rotate_keys(before[:, :count], target - current, inv_freq).to(dtype)
+    assert_close(cache.k[:, pages[:count]].float(), expected.float(), dtype)
+    assert torch.equal(cache.k[:, pages[count:]], before[:, count:])  # newer and partial pages untouched
+    assert torch.equal(cache.k[:, cache.pages(other)], other_keys)
+    for layer in range(2):
+        stats = page_key_stats(cache.k[layer, pages[:count]], None)
+        assert_close(cache.key_stats[layer, pages[:count]].float(), stats, dtype)

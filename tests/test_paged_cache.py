@@ -165,8 +165,8 @@ def test_rewrite_keys_replaces_full_pages_and_their_stats_only():
     last_page = cache.pages(seq)[2]
     untouched_stats = cache.key_stats[:, last_page].clone()
     with pytest.raises(ValueError, match="full pages"):
-        cache.rewrite_keys(seq, 3, lambda k: k)  # the third page holds 2 of 4 tokens
-    cache.rewrite_keys(seq, 2, lambda k: 2 * k)
+        cache.rewrite_keys(seq, 3, lambda k, first: k)  # the third page holds 2 of 4 tokens
+    cache.rewrite_keys(seq, 2, lambda k, first: 2 * k)
     for layer in range(2):
         got, _ = sequence_kv(cache, layer, seq)
         torch.testing.assert_close(got[:8], 2 * (keys[:8] + layer))

@@ -6,9 +6,15 @@ import math
 import pytest
 import torch
 
-from asr.attention.block_selection import estimate_block_mass, prefill_blocks, select_blocks
+from asr.attention.block_selection import (
+    composite_shares_reference,
+    estimate_block_mass,
+    prefill_blocks,
+    query_composites,
+    select_blocks,
+)
 from asr.attention.config import UniSparseConfig
-from asr.attention.cpu import block_sparse_prefill_cpu
+from asr.attention.cpu import SCORE_PAGES, block_sparse_prefill_cpu, composite_shares_cpu
 from asr.attention.paged_cache import gather_sequence
 from asr.attention.prefill import block_sparse_prefill_reference, unisparse_prefill
 from asr.llm.attention import prefill_attention
@@ -129,6 +135,23 @@ def test_cpu_path_matches_reference(dtype, heads, page_size, block_size, start, 
         expected = block_sparse_prefill_reference(q.float(), k_cache.float(), v_cache.float(), page_table,
                                                   start, scale, blocks, block_size)
         assert_close(out.float(), expected, dtype)
+
+
+@pytest.mark.parametrize("start, n", SPANS + [pytest.param(SCORE_PAGES * 8 + 3, 77, id="several-runs")])
+@pytest.mark.parametrize("dtype, heads, page_size, block_size", CPU_SHAPES)
+@pytest.mark.parametrize("consecutive", [False, True], ids=["scattered", "consecutive"])
+def test_cpu_composite_scoring_matches_reference(dtype, heads, page_size, block_size, start, n, consecutive):
+    q, k_cache, _, page_table = sequence(start, n, heads, 32, page_size, dtype, seed=start + n, key_scale=2.0)
+    if consecutive:  # pages in order: read as views (the scattered ones are gathered)
+        k_cache, page_table = k_cache[page_table.long()], torch.arange(len(page_table), dtype=torch.int32)
+    length = start + n
+    for granularity in (1, block_size):
+        queries, _ = query_composites(q, start, granularity)
+        composite = start // granularity + torch.arange(queries.shape[1])
+        last_pos = torch.clamp((composite + 1) * granularity, max=length) - 1
+        shares = composite_shares_cpu(queries, last_pos, k_cache, page_table, length, 0.2, block_size)
+        expected = composite_shares_reference(queries, last_pos, k_cache, page_table, length, 0.2, block_size)
+        assert_close(shares, expected)
 
 
 @pytest.mark.parametrize("start, n", SPANS)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from asr.attention import cpu
 from asr.attention.config import UniSparseConfig
 from asr.attention.paged_cache import gather_sequence
 
@@ -98,11 +99,13 @@ def composite_shares(
 ) -> torch.Tensor:
     """Public composite scoring (arguments as ``composite_shares_reference``): the Triton kernel on
     CUDA for fp16/bf16 caches (one pass over the keys per run of composites, no logits in memory),
-    the reference elsewhere."""
+    the CPU path on the CPU (keys read in place), the reference elsewhere."""
     if queries.is_cuda and k_cache.dtype in (torch.float16, torch.bfloat16):
         from asr.attention.kernels.block_mass import composite_shares_triton
 
         return composite_shares_triton(queries, last_pos, k_cache, page_table, length, scale, block_size)
+    if queries.device.type == "cpu":
+        return cpu.composite_shares_cpu(queries, last_pos, k_cache, page_table, length, scale, block_size)
     return composite_shares_reference(queries, last_pos, k_cache, page_table, length, scale, block_size)
 
 

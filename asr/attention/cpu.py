@@ -9,7 +9,10 @@ from __future__ import annotations
 import torch
 
 from asr.attention.config import UniqueConfig
-from asr.attention.scoring import score_from_stats
+from asr.attention.page_stats import STAT_MEAN, STAT_STD
+from asr.attention.scoring import score_from_stats, upcast
+
+SCORE_PAGES = 256  # pages of keys widened to float32 at once by composite scoring (~3 MB at 3 kv heads, d 64)
 
 
 def _pages_view(cache: torch.Tensor, pages: torch.Tensor) -> torch.Tensor:
@@ -100,6 +103,27 @@ def paged_decode_cpu(
     return torch.stack(outs).to(q.dtype)
 
 
+def _mean_std_scores(q: torch.Tensor, stats: torch.Tensor, config: UniqueConfig) -> torch.Tensor:
+    """``score_from_stats`` for ``mean`` and UNIQUE's ``gauss`` offset, of one sequence: each group's
+    queries summed before the products, ``(sum_g q) . mean + lam / (2 sqrt(d)) (sum_g q^2) . std^2``,
+    one matrix-vector product per kv head over the mean and squared std rows widened together (the two
+    rows lie side by side), instead of two widened copies and two products per query.
+
+    q: [q_heads, head_dim]; stats: [pages, kv_heads, NUM_STATS, head_dim]. Returns [kv_heads, pages]."""
+    pages, kv_heads, _, head_dim = stats.shape
+    qg = upcast(q).view(kv_heads, -1, head_dim)
+    weights = [qg.sum(1)]
+    if config.method == "unique":
+        weights.append(qg.square().sum(1) * (config.lam / (2 * head_dim**0.5)))
+    rows = len(weights)
+    wide = torch.empty(pages, kv_heads, rows, head_dim, dtype=weights[0].dtype)
+    wide.copy_(stats[:, :, STAT_MEAN : STAT_STD + 1 if rows == 2 else STAT_MEAN + 1])
+    if rows == 2:
+        wide[:, :, 1].square_()
+    flat = wide.view(pages, kv_heads, rows * head_dim).transpose(0, 1)  # [kv_heads, pages, rows * d]
+    return torch.matmul(flat, torch.cat(weights, -1)[:, :, None])[..., 0]
+
+
 def score_pages_cpu(
     q: torch.Tensor,
     key_stats: torch.Tensor,
@@ -111,16 +135,59 @@ def score_pages_cpu(
     """The CPU path of ``score_pages_reference`` (same arguments and result): one sequence at a time
     with lengths read on the host (``host_seq_lens`` if given, planned once per step, else from
     ``seq_lens``), scoring only its own pages, read in place when their ids run consecutively (as a
-    lone sequence's do) instead of gathered for every table slot."""
+    lone sequence's do) instead of gathered for every table slot; ``mean`` and UNIQUE's ``gauss``
+    offset as one product per kv head (``_mean_std_scores``)."""
     batch = q.shape[0]
     scores = torch.full((batch, key_stats.shape[1], page_table.shape[1]), float("-inf"), device=q.device)
+    fused = config.method == "mean" or (config.method == "unique" and config.offset == "gauss")
     for row, length in enumerate(seq_lens.tolist() if host_seq_lens is None else host_seq_lens):
         pages = page_table[row, : -(-length // config.page_size)].long()
         stats = _pages_view(key_stats, pages)
+        if fused:
+            scores[row, :, : len(pages)] = _mean_std_scores(q[row], stats, config)
+            continue
         row_scores = score_from_stats(q[row][None, :, None], stats.transpose(0, 1)[None], config.method,
                                       config.offset, config.lam)  # [1, kv_heads, 1, pages]
         scores[row, :, : len(pages)] = row_scores[0, :, 0]
     return scores
+
+
+def composite_shares_cpu(
+    queries: torch.Tensor,
+    last_pos: torch.Tensor,
+    k_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    length: int,
+    scale: float,
+    block_size: int,
+) -> torch.Tensor:
+    """The CPU path of ``composite_shares_reference`` (same arguments and result): the keys are read in
+    place, ``SCORE_PAGES`` pages at a time (a view when their ids run consecutively), and widened to
+    float32 per run of pages while it sits in the cache, instead of gathered and widened whole (a
+    float32 copy of every key, per layer and prefill). Only the keys past the earliest composite's
+    last position are masked."""
+    q_heads, num_composites, head_dim = queries.shape
+    _, kv_heads, page_size, _ = k_cache.shape
+    num_pages = -(-length // page_size)
+    pages = page_table[:num_pages].long()
+    rows = queries.reshape(kv_heads, q_heads // kv_heads * num_composites, head_dim) * scale
+    logits = torch.empty(kv_heads, rows.shape[1], num_pages * page_size)
+    for begin in range(0, num_pages, SCORE_PAGES):
+        keys = _pages_view(k_cache, pages[begin : begin + SCORE_PAGES])  # [n, kv_heads, P, d]
+        wide = torch.empty(kv_heads, keys.shape[0], page_size, head_dim)
+        wide.copy_(keys.transpose(0, 1))
+        logits[:, :, begin * page_size : (begin + keys.shape[0]) * page_size] = torch.matmul(
+            rows, wide.flatten(1, 2).transpose(1, 2)
+        )
+    first_masked = int(last_pos.min()) + 1  # keys every composite sees come before it
+    key_pos = torch.arange(first_masked, num_pages * page_size)
+    hidden = (key_pos[None, :] > last_pos[:, None]).repeat(q_heads // kv_heads, 1)  # [rows, keys]
+    logits[:, :, first_masked:].masked_fill_(hidden, float("-inf"))
+    num_key_blocks = -(-length // block_size)
+    probs = logits.softmax(-1)[..., :length]
+    probs = torch.nn.functional.pad(probs, (0, num_key_blocks * block_size - length))
+    shares = probs.view(kv_heads, rows.shape[1], num_key_blocks, block_size).sum(-1)
+    return shares.view(q_heads, num_composites, num_key_blocks)
 
 
 def append_one_token(

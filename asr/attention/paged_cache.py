@@ -22,6 +22,8 @@ from asr.attention.page_stats import NUM_STATS, page_key_stats
 from asr.attention.transfer import to_device
 from asr.errors import CacheCapacityError
 
+REWRITE_PAGES = 128  # pages rewritten at once (``rewrite_keys``): 1.5 MB of float32 keys at 3 kv heads, d 64
+
 
 @dataclass(frozen=True)
 class CacheShape:
@@ -168,20 +170,29 @@ class PagedKVCache:
                 )
 
     def rewrite_keys(
-        self, seq_id: int, num_pages: int, rewrite: Callable[[torch.Tensor], torch.Tensor]
+        self, seq_id: int, num_pages: int, rewrite: Callable[[torch.Tensor, int], torch.Tensor]
     ) -> None:
         """Replace the keys of a sequence's first ``num_pages`` pages, which must be full, in every
-        layer by ``rewrite(keys)`` (keys: [num_pages, kv_heads, page_size, head_dim] of one layer;
-        returns new keys of that shape, any dtype) and recompute those pages' statistics."""
+        layer by ``rewrite(keys, first)`` and recompute those pages' statistics. The pages go in runs of
+        at most ``REWRITE_PAGES`` (keys: [run, kv_heads, page_size, head_dim] of one layer, read in
+        place when the run's ids are consecutive; first: the run's first logical page; returns new keys
+        of that shape, any dtype), all layers of a run before the next, so a run's keys stay in the CPU
+        cache from read to statistics."""
         if num_pages * self.page_size > self._seq_lens[seq_id]:
             raise ValueError(
                 f"only full pages can be rewritten: {num_pages} pages of {self.page_size} tokens "
                 f"exceed the sequence's {self._seq_lens[seq_id]} tokens"
             )
-        pages = to_device(self._seq_pages[seq_id][:num_pages], torch.int64, self.k.device)
-        for layer in range(self.shape.num_layers):
-            self.k[layer, pages] = rewrite(self.k[layer, pages]).to(self.k.dtype)
-            self.key_stats[layer, pages] = page_key_stats(self.k[layer, pages], None).to(self.key_stats.dtype)
+        ids = self._seq_pages[seq_id][:num_pages]
+        for first in range(0, num_pages, REWRITE_PAGES):
+            run = ids[first : first + REWRITE_PAGES]
+            consecutive = run == list(range(run[0], run[0] + len(run)))
+            pages = (slice(run[0], run[0] + len(run)) if consecutive
+                     else to_device(run, torch.int64, self.k.device))
+            for layer in range(self.shape.num_layers):
+                keys = rewrite(self.k[layer, pages], first).to(self.k.dtype)
+                self.k[layer, pages] = keys
+                self.key_stats[layer, pages] = page_key_stats(keys, None).to(self.key_stats.dtype)
 
     def write(self, layer: int, new_k: torch.Tensor, new_v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         """Store one layer's new keys/values ([tokens, kv_heads, head_dim]) at reserved slots."""

@@ -4,12 +4,14 @@ Rotary attention depends only on the distance between a query's and a key's posi
 never saw distances past its training context (SmolLM2-135M: 8k tokens; the speech adapter: a few
 thousand) degrades over an hour of audio (~55k tokens). As in LM-Infinite's distance ceiling, old keys
 are moved closer, page by page: once the oldest key still at its own position lies more than
-``max_distance + slack`` behind the next position ``n``, every whole page behind ``n - max_distance``
-is re-rotated to that one position (``Sequence.collapsed_position``) and its key statistics are
-recomputed. The keys stay in the cache and are still found by content (dense attention, or the top-k
-page choice); they only lose their order among themselves. New tokens keep their own positions, so the
-runner, the kernels and the CUDA graphs are untouched; the work is one pass over the collapsed keys
-every ``slack`` tokens.
+``max_distance + slack`` behind the next position ``n``, every whole page behind ``n - max_distance`` is
+re-rotated to that one position (``Sequence.collapsed_position``) and its key statistics are recomputed:
+the pages collapsed before move by one shared distance, the new ones each token from its own position,
+in runs of pages that stay in the CPU cache from rotation to statistics. The keys stay in the cache and
+are still found by content (dense attention, or the top-k page choice); they only lose their order among
+themselves. New tokens keep their own positions, so the runner, the kernels and the CUDA graphs are
+untouched; the work is one pass over the collapsed keys every ``slack`` tokens (it still grows with the
+context: every collapsed key must move once per ``slack`` tokens while the kernels read keys as stored).
 """
 
 from __future__ import annotations
@@ -68,11 +70,24 @@ def cap_distances(cache: PagedKVCache, seq: Sequence, inv_freq: torch.Tensor, ca
     count = target // size
     if count <= seq.collapsed_pages:
         return False
-    # current position of every slot of those pages: collapsed ones share one, the rest their index
-    positions = torch.arange(count * size, device=cache.k.device).view(count, size)
-    positions[: seq.collapsed_pages] = seq.collapsed_position
-    delta = (target - positions)[:, None, :]  # [pages, 1 (kv heads), page_size]
-    cos, signed_sin = key_rotation(delta, inv_freq)  # once for every layer
-    cache.rewrite_keys(seq.seq_id, count, lambda keys: apply_rotary(keys.float(), cos, signed_sin))
+    # pages collapsed before all move by one distance (one cos/sin row); the newly collapsed ones, each
+    # token from its own position, by per-token rows (built once for every layer)
+    moved = seq.collapsed_pages
+    shift = torch.tensor([target - seq.collapsed_position], device=cache.k.device)
+    old_cos, old_sin = key_rotation(shift, inv_freq)
+    own = torch.arange(moved * size, count * size, device=cache.k.device).view(count - moved, 1, size)
+    new_cos, new_sin = key_rotation(target - own, inv_freq)  # [new pages, 1 (kv heads), page_size, d]
+
+    def move(keys: torch.Tensor, first: int) -> torch.Tensor:
+        """keys: [run, kv_heads, page_size, head_dim] of logical pages ``first ..`` -> float32 at target."""
+        wide = keys.float()
+        split = min(max(moved - first, 0), len(keys))  # the run's pages that were collapsed before
+        fresh = slice(first + split - moved, first + len(keys) - moved)
+        parts = [apply_rotary(wide[:split], old_cos, old_sin)] if split else []
+        if split < len(keys):
+            parts.append(apply_rotary(wide[split:], new_cos[fresh], new_sin[fresh]))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    cache.rewrite_keys(seq.seq_id, count, move)
     seq.collapsed_pages, seq.collapsed_position = count, target
     return True
