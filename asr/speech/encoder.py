@@ -247,12 +247,12 @@ class AudioEncoder:
         return frames, lengths
 
     def _encode(self, chunks: list[np.ndarray], batch_size: int, features_transform: FeaturesTransform | None,
-                drafts: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+                drafts: bool, margin_s: float | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         lengths = torch.tensor([num_frames(len(chunk)) for chunk in chunks], dtype=torch.int64)
         width = int(lengths.max()) if len(chunks) else 0
         frames = torch.zeros(len(chunks), width, self.dim, device=self.device, dtype=self.dtype)
         texts: list[str] = []
-        for start, hidden in self._windows(chunks, batch_size, features_transform):
+        for start, hidden in self._windows(chunks, batch_size, features_transform, margin_s):
             for offset, length in enumerate(lengths[start : start + batch_size].tolist()):
                 frames[start + offset, :length] = hidden[offset, :length]
             if drafts:
@@ -264,11 +264,11 @@ class AudioEncoder:
         return self.encode_with_drafts(chunks, batch_size, drafts=False)[0]
 
     @torch.no_grad()
-    def encode_with_drafts(self, chunks: list[np.ndarray], batch_size: int = 16,
-                           drafts: bool = True) -> tuple[list[torch.Tensor], list[str]]:
+    def encode_with_drafts(self, chunks: list[np.ndarray], batch_size: int = 16, drafts: bool = True,
+                           margin_s: float | None = None) -> tuple[list[torch.Tensor], list[str]]:
         """``encode`` and, from the same encoder output, Whisper's draft of each chunk (empty list
-        when ``drafts`` is False)."""
-        frames, lengths, texts = self._encode(chunks, batch_size, None, drafts)
+        when ``drafts`` is False); windows of 30 s, or short ones with ``margin_s`` (``window_samples``)."""
+        frames, lengths, texts = self._encode(chunks, batch_size, None, drafts, margin_s)
         return [frames[index, :length] for index, length in enumerate(lengths.tolist())], texts
 
     @torch.no_grad()
