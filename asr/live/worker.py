@@ -77,10 +77,6 @@ class ModelWorker:
             self._ready.notify()
         return job.future
 
-    def waiting(self) -> int:
-        with self._ready:
-            return len(self._jobs)
-
     def forget(self, session_id: str) -> None:
         """Drop a session's waiting job (its client left); a running job finishes."""
         with self._ready:
