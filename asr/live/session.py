@@ -6,8 +6,8 @@ batches across streams. Keep it that way: when the speech API changes (who owns 
 Final captions come from the speech LLM (``LongformSession.transcribe_chunk``); the chunks of all
 streams waiting for one go through the Whisper encoder (and its draft) as one batch. Tentative
 captions come from Whisper's draft alone (``AudioEncoder.draft_short``): the LLM is off their
-path, and the drafts of all streams waiting for one are one batch. Both encode windows only as
-long as their chunks (``WINDOW_MARGIN_S``), not 30 s.
+path, and the drafts of all streams waiting for one are one batch. Both encode windows only a
+little longer than their chunks (``PARTIAL_MARGIN_S``, ``FINAL_MARGIN_S``), not 30 s.
 
 Every method here runs on the model worker's thread (``asr.live.worker``), never on the event loop.
 """
@@ -32,10 +32,12 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 MAX_PROMPT_TOKENS = 200  # an optional client prompt sits in the context for the whole session
 # Live chunks are encoded in windows as long as the chunk plus this much silence, not 30 s (on the CPU
-# a 5-s chunk encodes ~20x faster). With no silence Whisper's decoder reads past the audio's end and
-# repeats itself; with 2 s its drafts, and the speech LLM's transcripts, score as in 30-s windows on
-# the dev set (eval/draft_window.py, BENCHMARKS.md).
-WINDOW_MARGIN_S = 2.0
+# a 5-s chunk alone encodes ~20x faster). With no silence Whisper's decoder reads past the audio's end
+# and repeats itself: dev-set draft WER 27.9% against 10.1% in 30-s windows; 2 s of silence: 12.2%,
+# 5 s: 10.5% (eval/draft_window.py, BENCHMARKS.md). Tentative captions take the cheaper window (the
+# next draft and the final correct them); finals, which keep what they write, the closer one.
+PARTIAL_MARGIN_S = 2.0
+FINAL_MARGIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class LiveModel:
         order: one encoder batch for all of them, then the speech LLM per stream. A chunk the
         speech library refuses (e.g. its context is full) yields the error, the others go on."""
         began = time.perf_counter()
-        encoded = self.model.encode_chunks([request.audio for request in requests], WINDOW_MARGIN_S)
+        encoded = self.model.encode_chunks([request.audio for request in requests], FINAL_MARGIN_S)
         encode_share = (time.perf_counter() - began) / len(requests)
         for request, chunk in zip(requests, encoded):
             began = time.perf_counter()
@@ -120,7 +122,7 @@ class LiveModel:
         if self.model.encoder.drafter is None:
             texts = [""] * len(requests)
         else:
-            texts = self.model.encoder.draft_short(audios, WINDOW_MARGIN_S)
+            texts = self.model.encoder.draft_short(audios, PARTIAL_MARGIN_S)
         seconds = (time.perf_counter() - began) / len(requests)
         for request, text in zip(requests, texts):
             yield Caption(request.start_s, request.end_s, text, seconds)
