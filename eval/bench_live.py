@@ -36,6 +36,7 @@ from asr.live.client import stream_audio
 from asr.live.server import LiveServer, ServerConfig
 from asr.live.session import LiveModel
 from asr.live.stream import StreamConfig
+from asr.live.worker import FINAL, PARTIAL
 from asr.speech.audio import load_audio
 from asr.speech.pipeline import TranscribeOptions
 
@@ -104,6 +105,8 @@ async def run_streams(model: LiveModel, streams: int, args) -> dict:
         "partial_gap_p50": percentile(gaps, 50),
         "partial_gap_p95": percentile(gaps, 95),
         "streams_per_call": float(np.mean(server.worker.batch_sizes)),
+        "busy_finals_s": server.worker.busy_by_priority[FINAL],
+        "busy_partials_s": server.worker.busy_by_priority[PARTIAL],
         "final_lag_max": max((m["lag"] for m in finals), default=None),
         "final_backlog_max": max((m["backlog"] for m in finals), default=None),
         "errors": [m for r in results for m in r.of("error")],

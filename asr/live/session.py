@@ -47,7 +47,7 @@ class Caption:
     start: float
     end: float
     text: str
-    seconds: float  # model time spent on it (a batch's time is shared by its chunks' audio)
+    seconds: float  # model time spent on it: a final's share of its batch; a draft's whole batched call
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class LiveModel:
             texts = [""] * len(requests)
         else:
             texts = self.model.encoder.draft_short(audios, PARTIAL_MARGIN_S)
-        seconds = (time.perf_counter() - began) / len(requests)
+        seconds = time.perf_counter() - began  # what one round of every stream's tentative captions cost
         for request, text in zip(requests, texts):
             yield Caption(request.start_s, request.end_s, text, seconds)
 

@@ -38,8 +38,9 @@ class StreamConfig:
     """max_seconds: longest stream (its context is sized for it); max_backlog_s: audio waiting for
     the model before the reader pauses; partial_interval_s: tentative captions this often while
     speech goes on (after final captions: the worker serves those first); partial_share: most of
-    the model's time one stream's tentative captions may take (its share of a batched draft call;
-    on a slow CPU they come less often); min_partial_s: shortest open speech worth one."""
+    the model's time tentative captions may take (a stream waits this much longer than the last
+    batched draft call took, so all streams' drafts together stay within the share; on a slow CPU
+    they come less often); min_partial_s: shortest open speech worth one."""
 
     max_seconds: float = 1800.0
     max_backlog_s: float = 60.0
@@ -78,7 +79,7 @@ class StreamSession:
         self._stopping = False
         self._task: asyncio.Task | None = None
         self._last_partial = time.monotonic()
-        self._partial_cost = 0.0  # model seconds of the last tentative caption
+        self._partial_cost = 0.0  # model seconds of the last batched draft call this stream was in
 
     @property
     def received_seconds(self) -> float:

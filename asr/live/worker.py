@@ -51,6 +51,7 @@ class ModelWorker:
         self._ready = threading.Condition()
         self._stopped = False
         self.busy_seconds = 0.0
+        self.busy_by_priority = {FINAL: 0.0, PARTIAL: 0.0}  # busy seconds per job priority
         self._thread = threading.Thread(target=self._serve, name="asr-model-worker", daemon=True)
         self._thread.start()
 
@@ -127,7 +128,9 @@ class ModelWorker:
                 _run_one(jobs[0])
             else:
                 _run_batch(jobs)
-            self.busy_seconds += time.perf_counter() - began
+            spent = time.perf_counter() - began
+            self.busy_seconds += spent
+            self.busy_by_priority[jobs[0].priority] = self.busy_by_priority.get(jobs[0].priority, 0.0) + spent
 
 
 def _run_one(job: _Job) -> None:
