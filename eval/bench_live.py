@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import platform
 import re
 import sys
@@ -206,6 +207,7 @@ def main() -> int:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "command": " ".join(sys.argv),
+        "load_average_at_start": os.getloadavg(),  # other processes on the machine inflate latencies
     }
     if args.streams:
         model = LiveModel.load(None, TranscribeOptions(device=args.device, budget_tokens=args.budget))
@@ -241,6 +243,7 @@ def main() -> int:
                 f"{fmt(r['last_minute_latency_p50']):>9} {fmt(r['last_minute_latency_p95']):>9} "
                 f"{r['rtf']:>6.2f} {rss:>20}"
             )
+    report["load_average_at_end"] = os.getloadavg()
     args.output.mkdir(parents=True, exist_ok=True)
     path = args.output / f"{args.name}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
