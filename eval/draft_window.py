@@ -57,7 +57,7 @@ def main() -> int:
             began = time.perf_counter()
             encoded = model.encode_chunks([audio], margin)[0]
             draft_seconds += time.perf_counter() - began
-            drafts.append(encoded.draft)
+            drafts.append(encoded.draft.text)
             if args.llm:
                 began = time.perf_counter()
                 with model.open_session(engine, options.loop, options.distance_cap(),

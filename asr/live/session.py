@@ -122,7 +122,7 @@ class LiveModel:
         if self.model.encoder.drafter is None:
             texts = [""] * len(requests)
         else:
-            texts = self.model.encoder.draft_short(audios, PARTIAL_MARGIN_S)
+            texts = [draft.text for draft in self.model.encoder.draft_short(audios, PARTIAL_MARGIN_S)]
         seconds = time.perf_counter() - began  # what one round of every stream's tentative captions cost
         for request, text in zip(requests, texts):
             yield Caption(request.start_s, request.end_s, text, seconds)
