@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ def main() -> int:
     from asr.corpus import read_corpus
     from asr.normalize import error_rates
     from asr.speech.pipeline import TranscribeOptions, load_transcriber
+    from eval.bench_live import cpu_model
 
     options = TranscribeOptions(device="cpu")
     model = load_transcriber(None, options).model
@@ -78,7 +78,7 @@ def main() -> int:
         llm = f"{100 * row['llm_wer']:>10.2f} {row['llm_seconds']:>6.3f}" if args.llm else ""
         print(f"{row['window']:<16} {100 * row['wer']:>11.2f} {100 * row['cer']:>6.2f} "
               f"{row['seconds_per_draft']:>8.3f} {llm}")
-    report = {"device": platform.processor() or "cpu",
+    report = {"device": cpu_model(),
               "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "threads": torch.get_num_threads(), "command": " ".join(sys.argv), "utterances": len(audios),
               "audio_seconds": audio_s, "references": references, "windows": rows}
