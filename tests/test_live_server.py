@@ -140,26 +140,32 @@ def test_streams_speech_to_partials_and_finals(server, speech):
 
 
 def test_streams_are_batched_in_one_engine(server, speech):
-    """Two streams while the worker is held: their queued calls run as one batch, both get their
-    captions, and the shared engine has every page back once they are done."""
+    """Two streams, the worker held for a while once they are streaming: the calls they queue
+    meanwhile run as one batch, both get their captions, and the shared engine has every page back
+    once they are done."""
     audio, reference = speech
     engine, worker = server.server.engine, server.server.worker
     free_before = engine.cache.allocator.num_free
     gate = threading.Event()
+    batches_before = len(worker.batch_sizes)
 
     async def hold():
         return worker.run("holder", gate.wait)
 
-    held = server.call(hold())
-    threading.Timer(3.0, gate.set).start()  # both streams' first calls queue meanwhile
-    batches_before = len(worker.batch_sizes)
-
     async def two():
-        return await asyncio.gather(
-            *(stream_audio(server.url, audio[: 14 * SR], speed=2.0, token=TOKEN) for _ in range(2))
-        )
+        streams = [
+            asyncio.create_task(stream_audio(server.url, audio[: 14 * SR], speed=2.0, token=TOKEN))
+            for _ in range(2)
+        ]
+        opened = await _wait_for(lambda: sum(
+            c.stream is not None and c.stream.decoder is not None for c in list(server.server.clients)
+        ) == 2, 30)
+        assert opened, "the two streams did not open"
+        held = server.call(hold())
+        threading.Timer(3.0, gate.set).start()  # both streams' next calls queue meanwhile
+        return held, await asyncio.gather(*streams)
 
-    results = asyncio.run(two())
+    held, results = asyncio.run(two())
     assert held.done() and max(worker.batch_sizes[batches_before:]) >= 2, worker.batch_sizes
     for result in results:
         assert result.of("done") and result.of("final") and result.close_code == 1000
