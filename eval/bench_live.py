@@ -209,9 +209,19 @@ def main() -> int:
         "command": " ".join(sys.argv),
         "load_average_at_start": os.getloadavg(),  # other processes on the machine inflate latencies
     }
+    path = args.output / f"{args.name}.json"
+
+    def save() -> None:  # after every part: a long run stopped midway keeps what it measured
+        report["load_average_at_end"] = os.getloadavg()
+        args.output.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1) + "\n")
+
     if args.streams:
         model = LiveModel.load(None, TranscribeOptions(device=args.device, budget_tokens=args.budget))
-        report["streams"] = [asyncio.run(run_streams(model, streams, args)) for streams in args.streams]
+        report["streams"] = []
+        for streams in args.streams:
+            report["streams"].append(asyncio.run(run_streams(model, streams, args)))
+            save()
         print(
             f"{'streams':>8} {'finals':>7} {'p50 s':>7} {'p95 s':>7} {'max s':>7} {'RTF':>6} "
             f"{'partial gap p50/p95 s':>22} {'per call':>9} {'max lag s':>10}"
@@ -231,6 +241,7 @@ def main() -> int:
                 None, TranscribeOptions(attention=attention, device=args.device, budget_tokens=args.budget)
             )
             report["long"][attention] = asyncio.run(run_long(model, args.long_minutes, args))
+            save()
             del model
         print(
             f"{'attention':>10} {'min 1 p50':>10} {'min 1 p95':>10} {'last p50':>9} {'last p95':>9} "
@@ -243,10 +254,7 @@ def main() -> int:
                 f"{fmt(r['last_minute_latency_p50']):>9} {fmt(r['last_minute_latency_p95']):>9} "
                 f"{r['rtf']:>6.2f} {rss:>20}"
             )
-    report["load_average_at_end"] = os.getloadavg()
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"{args.name}.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    save()
     print(f"wrote {path}")
     return 0
 
