@@ -57,7 +57,7 @@ def test_drafts_of_open_chunks_read_their_words_from_short_windows(live_model, u
     encoder = live_model.model.encoder
     seconds = [4.0, 6.5]  # the open chunks so far: the first seconds of each utterance
     prefixes = [audio[: int(s * SR)] for (audio, _), s in zip(utterances, seconds)]
-    assert encoder.window_samples(prefixes, 2.0) == int(8.5 * SR)  # the longest plus the margin, not 30 s
+    assert encoder.window_samples(prefixes, 2.0) == 10 * SR  # the longest plus the margin in 5-s steps
     drafts = list(live_model.drafts([ChunkRequest(p, 0.0) for p in prefixes]))
     for (_, reference), draft, s in zip(utterances, drafts, seconds):
         words = reference.split()[: len(draft.text.split())]
@@ -68,7 +68,8 @@ def test_drafts_of_open_chunks_read_their_words_from_short_windows(live_model, u
 @pytest.mark.parametrize(
     "backend, lengths, margin, window",
     [
-        pytest.param("ctranslate2", [SR, 3 * SR + 5], 2.0, 5 * SR + 320, id="longest-plus-margin"),
+        pytest.param("ctranslate2", [SR, 3 * SR + 5], 2.0, 10 * SR, id="longest-plus-margin-in-5s-steps"),
+        pytest.param("ctranslate2", [3 * SR], 2.0, 5 * SR, id="exactly-one-step"),
         pytest.param("ctranslate2", [29 * SR], 2.0, 30 * SR, id="capped-at-30s"),
         pytest.param("ctranslate2", [SR], None, 30 * SR, id="no-margin-is-padded"),
         pytest.param("torch", [SR], 2.0, 30 * SR, id="torch-needs-30s"),
@@ -81,3 +82,22 @@ def test_window_samples(backend, lengths, margin, window):
 
     encoder = AudioEncoder(SimpleNamespace(name=backend, dim=8), None, "cpu", None)
     assert encoder.window_samples([np.zeros(n, np.float32) for n in lengths], margin) == window
+
+
+def test_short_windows_keep_memory_flat(live_model):  # noqa: F811
+    """Drafts of chunks of ever new lengths (a live stream's): after a warm-up the process must not
+    grow (one window length per chunk length grew CTranslate2's process ~2.7 MiB per call)."""
+    import re
+    from pathlib import Path
+
+    def resident_mb() -> float:
+        return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+
+    encoder, rng = live_model.model.encoder, np.random.default_rng(0)
+    chunks = [0.01 * rng.standard_normal(int(rng.uniform(1, 25) * SR)).astype(np.float32) for _ in range(60)]
+    for chunk in chunks[:20]:  # every window length once
+        encoder.draft_short([chunk], 2.0)
+    warm = resident_mb()
+    for chunk in chunks[20:]:
+        encoder.draft_short([chunk], 2.0)
+    assert resident_mb() - warm < 30, (warm, resident_mb())
