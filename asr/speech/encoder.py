@@ -214,8 +214,8 @@ class AudioEncoder:
     @torch.no_grad()
     def draft_short(self, chunks: list[np.ndarray], margin_s: float, batch_size: int = 16) -> list[Draft]:
         """Whisper's draft of each chunk from a window as long as its batch's longest chunk plus
-        ``margin_s`` of silence (``window_samples``), not 30 s: on the CPU a 5-s chunk encodes ~20x
-        faster (live tentative captions; the accuracy cost: eval/draft_window.py)."""
+        ``margin_s`` of silence (``window_samples``), not 30 s: a 5-s chunk in a 10-s window costs
+        about a third of the encoder time (live captions; the accuracy cost: eval/draft_window.py)."""
         return [draft for start, hidden in self._windows(chunks, batch_size, margin_s=margin_s)
                 for draft in self._drafts(hidden, chunks[start : start + batch_size])]
 
