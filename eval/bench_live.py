@@ -1,15 +1,20 @@
 """Live captions under load: concurrent streams and one long session, through the real server.
 
-1. ``--streams N`` (default 4) clients stream real speech (dev-set utterances joined by pauses) at
-   real time, together, to an in-process ``asr serve`` server on loopback. Reported: p50/p95 latency
-   from the moment a final's last audio sample was sent to the moment its caption arrived, the
-   real-time factor of the model worker (busy seconds / seconds of audio of all streams), and how
-   often tentative captions came.
+1. ``--streams N [N ...]`` (default 1 4 8) clients stream real speech (dev-set utterances joined by
+   pauses) at real time, together, to an in-process ``asr serve`` server on loopback (one server per
+   N, sized for N streams). Reported per N: p50/p95 latency from the moment a final's last audio
+   sample was sent to the moment its caption arrived, the real-time factor of the model worker
+   (busy seconds / seconds of audio of all streams), the interval between one stream's tentative
+   captions (p50/p95), how many streams the worker's calls served on average, and the backpressure
+   the clients saw (largest ``lag`` and ``backlog`` of a final).
 2. ``--long-minutes M`` (default 30; 0 skips): one session of looped speech per attention mode
    (``--attention unique dense``): the first and last minute at real time, the middle as fast as the
-   server takes it (backpressure paces it); latency of the finals in minute 1 and in minute M.
+   server takes it (backpressure paces it), then a short silence after which the client waits for
+   the final of the middle's last chunk (the backlog of the fast part must not count against the
+   last minute); latency of the finals in minute 1 and in minute M, and the process's resident
+   memory at the end of minute 1 and at the end.
 
-    python eval/bench_live.py --streams 4 --seconds 90 --long-minutes 30 --output eval/results
+    python -m eval.bench_live --streams 1 4 8 --seconds 60 --long-minutes 30 --output eval/results
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -30,13 +37,16 @@ from asr.live.client import stream_audio
 from asr.live.server import LiveServer, ServerConfig
 from asr.live.session import LiveModel
 from asr.live.stream import StreamConfig
+from asr.live.worker import FINAL, PARTIAL
 from asr.speech.audio import load_audio
 from asr.speech.pipeline import TranscribeOptions
 
 SR = 16000
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_dev" / "manifest.jsonl"
 PAUSE_S = 0.8  # between utterances: an end-of-utterance pause the segmenter cuts at
-DRAIN_S = 15.0  # silence before the last real-time minute, so backlog from the fast part drains
+DRAIN_S = 2.0  # silence before the last real-time minute: the segmenter closes the middle's last chunk
+CAUGHT_UP_S = 2.0  # a final ending this close to the middle's end shows the backlog drained
+CATCH_UP_LIMIT_S = 1800.0  # the longest wait for it (reported as ``caught_up_wait_s``)
 
 
 def speech_track(manifest: Path, seconds: float, first: int) -> np.ndarray:
@@ -56,27 +66,35 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-async def run_streams(model: LiveModel, args) -> dict:
+def resident_mb() -> float:
+    """This process's resident memory (VmRSS), MiB."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+
+
+async def run_streams(model: LiveModel, streams: int, args) -> dict:
     config = ServerConfig(
-        port=0, max_sessions=args.streams, stream=StreamConfig(max_seconds=args.seconds + 60)
+        port=0, max_sessions=streams, stream=StreamConfig(max_seconds=args.seconds + 60)
     )
     server = LiveServer(model, config)
     await server.start()
     url = f"ws://127.0.0.1:{server.port}/ws"
-    tracks = [speech_track(args.manifest, args.seconds, first=7 * i) for i in range(args.streams)]
+    tracks = [speech_track(args.manifest, args.seconds, first=7 * i) for i in range(streams)]
     busy_before, began = server.worker.busy_seconds, time.monotonic()
     results = await asyncio.gather(*(stream_audio(url, track, speed=1.0, timeout_s=3600) for track in tracks))
     wall = time.monotonic() - began
     busy = server.worker.busy_seconds - busy_before
     await server.shutdown()
     latencies = [x for r in results for x in r.latencies]
-    gaps = []  # seconds between tentative captions of one stream
+    gaps = []  # seconds between tentative captions of one stream, within one utterance's chunk
     for r in results:
-        times = [m["received"] for m in r.of("partial")]
-        gaps += list(np.diff(times))
+        partials = r.of("partial")
+        gaps += [b["received"] - a["received"] for a, b in zip(partials, partials[1:])
+                 if a["start"] == b["start"]]
     audio_s = sum(len(t) for t in tracks) / SR
+    finals = [m for r in results for m in r.of("final")]
     return {
-        "streams": args.streams,
+        "streams": streams,
         "seconds_per_stream": args.seconds,
         "finals": len(latencies),
         "latency_p50": percentile(latencies, 50),
@@ -86,7 +104,14 @@ async def run_streams(model: LiveModel, args) -> dict:
         "wall_s": wall,
         "partials": sum(len(r.of("partial")) for r in results),
         "partial_gap_p50": percentile(gaps, 50),
-        "final_lag_max": max((m["lag"] for r in results for m in r.of("final")), default=None),
+        "partial_gap_p95": percentile(gaps, 95),
+        "streams_per_call": float(np.mean(server.worker.batch_sizes)),
+        "busy_finals_s": server.worker.busy_by_priority[FINAL],
+        "busy_partials_s": server.worker.busy_by_priority[PARTIAL],
+        "final_lag_max": max((m["lag"] for m in finals), default=None),
+        "final_backlog_max": max((m["backlog"] for m in finals), default=None),
+        "errors": [m for r in results for m in r.of("error")],
+        "audio_captioned_s": sum(m["end"] - m["start"] for m in finals),
     }
 
 
@@ -104,13 +129,29 @@ async def run_long(model: LiveModel, minutes: float, args) -> dict:
     )
     drain_end = (last_minute / SR) + DRAIN_S
 
+    memory = {}
+
     def pace(position_s: float) -> float:
+        if position_s >= 60 and "minute1_rss_mb" not in memory:
+            memory["minute1_rss_mb"] = resident_mb()
         return 1.0 if position_s < 60 or position_s >= last_minute / SR else math.inf
 
+    async def catch_up(position_s: float, result) -> None:
+        if position_s < drain_end or "caught_up_wait_s" in memory:
+            return
+        waited = time.monotonic()
+        while time.monotonic() - waited < CATCH_UP_LIMIT_S and not any(
+            m["end"] >= last_minute / SR - CAUGHT_UP_S for m in result.of("final")
+        ):
+            await asyncio.sleep(0.1)
+        memory["caught_up_wait_s"] = time.monotonic() - waited
+
     began = time.monotonic()
-    result = await stream_audio(f"ws://127.0.0.1:{server.port}/ws", track, speed=pace, timeout_s=4 * 3600)
+    result = await stream_audio(f"ws://127.0.0.1:{server.port}/ws", track, speed=pace, timeout_s=4 * 3600,
+                                before_frame=catch_up)
     wall = time.monotonic() - began
     busy = server.worker.busy_seconds
+    memory["end_rss_mb"] = resident_mb()
     await server.shutdown()
     finals = result.of("final")
     first = [lat for m, lat in zip(finals, result.latencies) if m["end"] <= 60]
@@ -127,8 +168,15 @@ async def run_long(model: LiveModel, minutes: float, args) -> dict:
         "last_minute_latency_p95": percentile(last, 95),
         "minute1_finals": len(first),
         "last_minute_finals": len(last),
+        **memory,
         "done": done,
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what ``platform`` knows."""
+    match = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+    return match.group(1).strip() if match else platform.processor() or "cpu"
 
 
 def fmt(value) -> str:
@@ -139,7 +187,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--streams", type=int, default=4, help="concurrent real-time streams (0: skip)")
+    parser.add_argument("--streams", type=int, nargs="*", default=[1, 4, 8],
+                        help="concurrent real-time streams, one run per count (none: skip)")
     parser.add_argument("--seconds", type=float, default=90.0, help="audio per stream")
     parser.add_argument(
         "--long-minutes", type=float, default=30.0, help="length of the long session (0: skip)"
@@ -154,24 +203,36 @@ def main() -> int:
     parser.add_argument("--name", default="bench_live", help="JSON file name (without .json)")
     args = parser.parse_args()
     report = {
-        "device": torch.cuda.get_device_name()
-        if torch.cuda.is_available()
-        else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "command": " ".join(sys.argv),
+        "load_average_at_start": os.getloadavg(),  # other processes on the machine inflate latencies
     }
+    path = args.output / f"{args.name}.json"
+
+    def save() -> None:  # after every part: a long run stopped midway keeps what it measured
+        report["load_average_at_end"] = os.getloadavg()
+        args.output.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1) + "\n")
+
     if args.streams:
         model = LiveModel.load(None, TranscribeOptions(device=args.device, budget_tokens=args.budget))
-        report["streams"] = asyncio.run(run_streams(model, args))
-        s = report["streams"]
+        report["streams"] = []
+        for streams in args.streams:
+            report["streams"].append(asyncio.run(run_streams(model, streams, args)))
+            save()
         print(
             f"{'streams':>8} {'finals':>7} {'p50 s':>7} {'p95 s':>7} {'max s':>7} {'RTF':>6} "
-            f"{'partial gap s':>14}"
+            f"{'partial gap p50/p95 s':>22} {'per call':>9} {'max lag s':>10}"
         )
-        print(
-            f"{s['streams']:>8} {s['finals']:>7} {fmt(s['latency_p50']):>7} {fmt(s['latency_p95']):>7} "
-            f"{fmt(s['latency_max']):>7} {s['rtf']:>6.2f} {fmt(s['partial_gap_p50']):>14}"
-        )
+        for s in report["streams"]:
+            gap = f"{fmt(s['partial_gap_p50'])} / {fmt(s['partial_gap_p95'])}"
+            print(
+                f"{s['streams']:>8} {s['finals']:>7} {fmt(s['latency_p50']):>7} {fmt(s['latency_p95']):>7} "
+                f"{fmt(s['latency_max']):>7} {s['rtf']:>6.2f} {gap:>22} {s['streams_per_call']:>9.2f} "
+                f"{fmt(s['final_lag_max']):>10}"
+            )
         del model
     if args.long_minutes:
         report["long"] = {}
@@ -180,20 +241,20 @@ def main() -> int:
                 None, TranscribeOptions(attention=attention, device=args.device, budget_tokens=args.budget)
             )
             report["long"][attention] = asyncio.run(run_long(model, args.long_minutes, args))
+            save()
             del model
         print(
             f"{'attention':>10} {'min 1 p50':>10} {'min 1 p95':>10} {'last p50':>9} {'last p95':>9} "
-            f"{'RTF':>6}"
+            f"{'RTF':>6} {'RSS min 1 / end MiB':>20}"
         )
         for attention, r in report["long"].items():
+            rss = f"{r.get('minute1_rss_mb', 0):.0f} / {r['end_rss_mb']:.0f}"
             print(
                 f"{attention:>10} {fmt(r['minute1_latency_p50']):>10} {fmt(r['minute1_latency_p95']):>10} "
                 f"{fmt(r['last_minute_latency_p50']):>9} {fmt(r['last_minute_latency_p95']):>9} "
-                f"{r['rtf']:>6.2f}"
+                f"{r['rtf']:>6.2f} {rss:>20}"
             )
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"{args.name}.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    save()
     print(f"wrote {path}")
     return 0
 

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_sigterm_flushes_finals_then_exits(speech):  # noqa: F811
     audio, _ = speech
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", "0", "--device", "cpu"],
+    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", "0", "--device", "cpu",
+                               "--max-session-seconds", "120"],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = ""

@@ -126,9 +126,52 @@ def test_streams_speech_to_partials_and_finals(server, speech):
     assert len(finals) >= 2, kinds  # cut at the 1 s pause, not inside words
     assert all(a["end"] <= b["start"] for a, b in zip(finals[:-1], finals[1:]))
     assert finals[0]["start"] < 0.5 and 14.0 < finals[-1]["end"] <= len(audio) / SR + 0.01
-    assert result.of("partial"), "no tentative caption while a 12 s utterance was spoken"
+    partials = result.of("partial")
+    # Whisper drafts of the open chunk about once a second: 8 s of streaming the 12.6 s utterance
+    assert len(partials) >= 3, kinds
+    agreed = [m["text"] for m in partials if m["text"]]
+    assert agreed, "no two successive drafts agreed on a word"
+    first = reference.split()[: len(agreed[-1].split())]
+    assert error_rates([" ".join(first)], [agreed[-1]])[0] < 0.35, (reference, agreed[-1])
+    assert all("unstable" in m and m["end"] > m["start"] for m in partials)
     wer, _ = error_rates([reference], [result.text])
     assert wer < 0.75, (wer, result.text)  # the embedded adapter scores ~41% WER on this set
+    assert all(f["backlog"] >= 0 for f in finals)
+
+
+def test_streams_are_batched_in_one_engine(server, speech):
+    """Two streams, the worker held for a while once they are streaming: the calls they queue
+    meanwhile run as one batch, both get their captions, and the shared engine has every page back
+    once they are done."""
+    audio, reference = speech
+    engine, worker = server.server.engine, server.server.worker
+    free_before = engine.cache.allocator.num_free
+    gate = threading.Event()
+    batches_before = len(worker.batch_sizes)
+
+    async def hold():
+        return worker.run("holder", gate.wait)
+
+    async def two():
+        streams = [
+            asyncio.create_task(stream_audio(server.url, audio[: 14 * SR], speed=2.0, token=TOKEN))
+            for _ in range(2)
+        ]
+        opened = await _wait_for(lambda: sum(
+            c.stream is not None and c.stream.decoder is not None for c in list(server.server.clients)
+        ) == 2, 30)
+        assert opened, "the two streams did not open"
+        held = server.call(hold())
+        threading.Timer(3.0, gate.set).start()  # both streams' next calls queue meanwhile
+        return held, await asyncio.gather(*streams)
+
+    held, results = asyncio.run(two())
+    assert held.done() and max(worker.batch_sizes[batches_before:]) >= 2, worker.batch_sizes
+    for result in results:
+        assert result.of("done") and result.of("final") and result.close_code == 1000
+        first = reference.split()[:35]  # the first utterance's words: 14 s of audio hold it
+        assert error_rates([" ".join(first)], [result.text])[0] < 0.75, result.text
+    assert engine.cache.allocator.num_free == free_before
 
 
 @pytest.mark.parametrize(
@@ -204,10 +247,14 @@ def test_disconnect_mid_utterance(server, speech):
             await ws.send(pcm_s16le(audio[offset : offset + SR // 10]))
         ws.transport.abort()  # no close handshake: the client vanished
 
+    free_before = server.server.engine.cache.allocator.num_free
     asyncio.run(leave())
     assert_serves(server)
     deadline = asyncio.run(_wait_for(lambda: not server.server.clients, 30))
     assert deadline, "the vanished client's session was not released"
+    allocator = server.server.engine.cache.allocator
+    released = asyncio.run(_wait_for(lambda: allocator.num_free == free_before, 30))
+    assert released, "the vanished client's KV pages were not given back"
 
 
 async def _wait_for(condition, seconds):
@@ -269,9 +316,10 @@ def test_static_page_is_served(server):
 def test_shutdown_flushes_open_streams(live_model, speech):
     """Graceful shutdown (what SIGINT/SIGTERM run): a stream without stop still gets its finals and done."""
     from asr.live.server import ServerConfig
+    from asr.live.stream import StreamConfig
 
     audio, _ = speech
-    running = ServerThread(live_model, ServerConfig(port=0))
+    running = ServerThread(live_model, ServerConfig(port=0, stream=StreamConfig(max_seconds=MAX_SECONDS)))
 
     async def talk():
         messages = []

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from asr.live.agreement import LocalAgreement
 from asr.live.protocol import AudioInput, ProtocolError, StreamFormat, parse_message, parse_start
 from asr.live.vad import StreamSegmenter, StreamSegmenterConfig
 from asr.live.worker import FINAL, PARTIAL, ModelWorker
@@ -152,3 +153,66 @@ def test_worker_serves_sessions_round_robin_finals_first():
 
     asyncio.run(scenario())
     assert order == ["c-final", "d-final", "b-partial"]
+
+
+@pytest.mark.parametrize(
+    "drafts, expected",
+    [
+        pytest.param(["Margaret said", "Margaret said Mr."], ("Margaret said", "Mr."), id="agreed-prefix"),
+        pytest.param(["Margaret said Mr.", "margaret, said Mr Hale"], ("margaret, said Mr", "Hale"),
+                     id="case-and-punctuation-agree"),
+        pytest.param(["a b c", "a b c d", "a x"], ("a b c", ""), id="stable-never-shrinks"),
+        pytest.param(["one", "two", "two three"], ("two", "three"), id="first-words-disagree"),
+        pytest.param(["hello"], ("", "hello"), id="one-draft-is-all-unstable"),
+    ],
+)
+def test_local_agreement_shows_what_two_drafts_agree_on(drafts, expected):
+    agreement = LocalAgreement()
+    for draft in drafts:
+        shown = agreement.update(16000, draft)
+    assert shown == expected
+
+
+def test_local_agreement_starts_over_with_a_new_chunk():
+    agreement = LocalAgreement()
+    agreement.update(0, "the first chunk")
+    assert agreement.update(0, "the first chunk ends") == ("the first chunk", "ends")
+    assert agreement.update(48000, "the first words") == ("", "the first words")
+
+
+def test_worker_batches_waiting_sessions_and_settles_each_item():
+    calls = []
+    gate = threading.Event()
+
+    def batch(items):
+        calls.append(list(items))
+        for item in items:
+            yield ValueError(item) if item == "bad" else item.upper()
+
+    def broken(items):
+        calls.append(list(items))
+        yield "first"
+        raise RuntimeError("encoder failed")
+
+    async def scenario():
+        worker = ModelWorker(max_batch=3)
+        try:
+            blocker = worker.run("z", gate.wait)
+            await asyncio.sleep(0.05)
+            partials = [worker.run_batched(s, batch, f"{s}-partial", PARTIAL) for s in "ab"]
+            finals = [worker.run_batched(s, batch, item) for s, item in zip("cdef", ["c", "bad", "e", "f"])]
+            gate.set()
+            await blocker
+            results = await asyncio.gather(*finals, *partials, return_exceptions=True)
+            assert results[0] == "C" and isinstance(results[1], ValueError) and results[2:] == [
+                "E", "F", "A-PARTIAL", "B-PARTIAL"]
+            failed = [worker.run_batched(s, broken, s) for s in "gh"]
+            outcome = await asyncio.gather(*failed, return_exceptions=True)
+            assert outcome[0] == "first" and isinstance(outcome[1], RuntimeError)
+            assert await worker.run_batched("g", batch, "again") == "AGAIN"  # the worker survived
+        finally:
+            worker.stop()
+
+    asyncio.run(scenario())
+    # finals first, at most max_batch per call, in turn order; partials batched after them
+    assert calls[:3] == [["c", "bad", "e"], ["f"], ["a-partial", "b-partial"]]

@@ -1,5 +1,5 @@
 // Live captions in the browser: microphone -> AudioWorklet (16 kHz) -> pcm_s16le frames over
-// ws://HOST/ws (protocol in README) -> partials in grey, finals appended.
+// ws://HOST/ws (protocol in README) -> partials in grey (words still changing lighter), finals appended.
 'use strict';
 const $ = (id) => document.getElementById(id);
 const state = { ws: null, context: null, stream: null, node: null, sent: 0, sentAt: [], finals: [],
@@ -39,8 +39,10 @@ function onMessage(event) {
   } else if (message.type === 'partial') {
     state.partials += 1;
     $('partial').textContent = message.text;
+    $('unstable').textContent = message.unstable || '';
   } else if (message.type === 'final') {
     $('partial').textContent = '';
+    $('unstable').textContent = '';
     if (!message.text) return;
     state.finals.push(message);
     $('finals').textContent = state.finals.map((f) => f.text).join(' ');

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,10 +48,12 @@ async def stream_audio(
     frame_s: float = 0.1,
     token: str | None = None,
     timeout_s: float = 300.0,
+    before_frame: Callable[[float, StreamResult], Awaitable[None]] | None = None,
 ) -> StreamResult:
     """Stream ``samples`` ([n] float32, 16 kHz) to ``url`` (ws://HOST:PORT/ws) and collect the captions.
     ``speed``: x real time (``inf``: as fast as the server reads), or a function of the stream
-    position in seconds giving it."""
+    position in seconds giving it; ``before_frame(position_s, result so far)`` is awaited before
+    each frame is sent (a benchmark waits there for captions to catch up)."""
     speed_at = speed if callable(speed) else (lambda _position: speed)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     result = StreamResult()
@@ -79,6 +81,8 @@ async def stream_audio(
         due = 0.0  # when the next frame is due, in seconds since the start (never behind now)
         for offset in range(0, len(samples), frame):
             piece = samples[offset : offset + frame]
+            if before_frame is not None:
+                await before_frame(offset / SAMPLE_RATE, result)
             await ws.send(pcm_s16le(piece))
             sent_at.append((offset + len(piece), time.monotonic()))
             due = max(due, time.monotonic() - began) + len(piece) / SAMPLE_RATE / speed_at(

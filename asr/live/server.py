@@ -81,7 +81,9 @@ class LiveServer:
 
     def __init__(self, model: LiveModel, config: ServerConfig = ServerConfig()) -> None:
         self.model, self.config = model, config
-        self.worker = ModelWorker()
+        self.worker = ModelWorker(max_batch=config.max_sessions)
+        # every stream is one sequence of this engine: one KV pool, allocated once
+        self.engine = model.open_engine(config.max_sessions, config.stream.max_seconds)
         self.clients: set[_Client] = set()
         self._numbers = itertools.count(1)
         self._server = None
@@ -221,7 +223,8 @@ class LiveServer:
             client.audio = AudioInput(stream_format)
             session_id = f"{client.number}-{secrets.token_hex(4)}"
             stream = StreamSession(
-                session_id, self.model, self.worker, self.config.stream, client.send, stream_format.prompt
+                session_id, self.model, self.engine, self.worker, self.config.stream, client.send,
+                stream_format.prompt,
             )
             client.stream = stream
             await stream.open()

@@ -1,26 +1,44 @@
-"""The live service's only contact with the speech library: load one model, open one decoder per
-stream, decode final and tentative captions. Keep it that way: when the speech API changes
-(who owns the engine, what ``transcribe_chunk`` does inside), this module is what adapts.
+"""The live service's only contact with the speech library: load one model, open one engine that
+every stream of a server shares, one decoder (sequence) per stream in it, and decode captions in
+batches across streams. Keep it that way: when the speech API changes (who owns the engine, what
+``transcribe_chunk`` does inside), this module is what adapts.
+
+Final captions come from the speech LLM (``LongformSession.transcribe_chunk``); the chunks of all
+streams waiting for one go through the Whisper encoder (and its draft) as one batch. Tentative
+captions come from Whisper's draft alone (``AudioEncoder.draft_short``): the LLM is off their
+path, and the drafts of all streams waiting for one are one batch. Both encode windows only a
+little longer than their chunks (``PARTIAL_MARGIN_S``, ``FINAL_MARGIN_S``), not 30 s.
 
 Every method here runs on the model worker's thread (``asr.live.worker``), never on the event loop.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from asr.errors import AsrError
+from asr.llm.engine import LLMEngine
 from asr.speech.longform import LongformSession
 from asr.speech.model import SpeechModel
 from asr.speech.pipeline import TranscribeOptions, load_transcriber
-from asr.speech.repetition import LoopConfig
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 MAX_PROMPT_TOKENS = 200  # an optional client prompt sits in the context for the whole session
-# A tentative caption only has to show the gist: a short token budget per second keeps it cheap.
-PARTIAL_LOOP = LoopConfig(tokens_per_second=4.0, extra_tokens=8)
+# Live chunks are encoded in windows as long as the chunk plus at least this much silence (in whole
+# 5-s steps: ``AudioEncoder.window_samples``), not 30 s (a 5-s chunk in a 10-s window costs about a
+# third of the encoder time). With no silence Whisper's decoder reads past the audio's end
+# and repeats itself: dev-set draft WER 27.9% against 10.1% in 30-s windows; 2 s of silence: 12.2%,
+# 5 s: 10.5% (eval/draft_window.py, BENCHMARKS.md). Tentative captions take the cheaper window (the
+# next draft and the final correct them); finals, which keep what they write, the closer one.
+PARTIAL_MARGIN_S = 2.0
+FINAL_MARGIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -30,7 +48,21 @@ class Caption:
     start: float
     end: float
     text: str
-    seconds: float  # model time spent on it
+    seconds: float  # model time spent on it: a final's share of its batch; a draft's whole batched call
+
+
+@dataclass(frozen=True)
+class ChunkRequest:
+    """A chunk of one stream to caption: ``audio`` [samples] float32 16 kHz starting at ``start_s``
+    seconds; ``decoder``: the stream's (finals only; tentative captions need no context)."""
+
+    audio: np.ndarray
+    start_s: float
+    decoder: LiveDecoder | None = None
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + len(self.audio) / SAMPLE_RATE
 
 
 class LiveModel:
@@ -46,13 +78,16 @@ class LiveModel:
         transcriber = load_transcriber(model_dir, options)
         return cls(transcriber.model, transcriber.options)
 
-    def open(self, max_seconds: float, prompt: str = "") -> LiveDecoder:
-        """A decoder whose context holds ``max_seconds`` of stream: its own engine (KV cache sized for
-        it) over the shared weights, one session in it."""
-        prompt_seconds = MAX_PROMPT_TOKENS / 12.5 if prompt else 0.0  # room for the prompt, as audio tokens
-        engine = self.model.open_engine(
-            self.options.engine_config(), expected_seconds=max_seconds + prompt_seconds
-        )
+    def open_engine(self, max_streams: int, max_seconds: float) -> LLMEngine:
+        """One engine for ``max_streams`` streams of up to ``max_seconds`` each (and a prompt): one
+        paged KV pool they all draw from, allocated once, so memory stays flat however streams come
+        and go."""
+        prompt_seconds = MAX_PROMPT_TOKENS / 12.5  # room for a prompt, as audio tokens
+        config = replace(self.options.engine_config(), max_batch=max_streams)
+        return self.model.open_engine(config, expected_seconds=max_seconds + prompt_seconds)
+
+    def open(self, engine: LLMEngine, prompt: str = "") -> LiveDecoder:
+        """A decoder for one stream: a new sequence of ``engine`` (from ``open_engine``)."""
         session = self.model.open_session(
             engine, self.options.loop, self.options.distance_cap(), self.options.draft_decoding()
         )
@@ -61,51 +96,46 @@ class LiveModel:
             engine.append(session.seq, token_ids=ids)
         return LiveDecoder(session)
 
+    def finals(self, requests: list[ChunkRequest]) -> Iterator[Caption | AsrError]:
+        """Each closed chunk appended with its transcript to its stream's context for good, in
+        order: one encoder batch for all of them, then the speech LLM per stream. A chunk the
+        speech library refuses (e.g. its context is full) yields the error, the others go on."""
+        began = time.perf_counter()
+        audios = [request.audio for request in requests]
+        encoded = self.model.encode_chunks(audios, self.options.draft_decoding().search(), FINAL_MARGIN_S)
+        encode_share = (time.perf_counter() - began) / len(requests)
+        for request, chunk in zip(requests, encoded):
+            began = time.perf_counter()
+            try:
+                segment = request.decoder.session.transcribe_chunk(
+                    request.audio, request.start_s, SAMPLE_RATE, encoded=chunk
+                )
+            except AsrError as error:
+                yield error
+                continue
+            seconds = encode_share + time.perf_counter() - began
+            yield Caption(request.start_s, request.end_s, segment.text if segment else "", seconds)
+
+    def drafts(self, requests: list[ChunkRequest]) -> Iterator[Caption]:
+        """Whisper's draft of each still-open chunk (no context, nothing kept), as one batch of
+        short encoder windows; empty texts when the model has no Whisper decoder loaded."""
+        began = time.perf_counter()
+        audios = [request.audio for request in requests]
+        if self.model.encoder.drafter is None:
+            texts = [""] * len(requests)
+        else:
+            texts = [draft.text for draft in self.model.encoder.draft_short(audios, PARTIAL_MARGIN_S)]
+        seconds = time.perf_counter() - began  # what one round of every stream's tentative captions cost
+        for request, text in zip(requests, texts):
+            yield Caption(request.start_s, request.end_s, text, seconds)
+
 
 class LiveDecoder:
-    """One stream in one growing decoder context (``LongformSession``)."""
+    """One stream in one growing decoder context (``LongformSession``) of the shared engine."""
 
     def __init__(self, session: LongformSession) -> None:
         self.session = session
         self.closed = False
-
-    def _encode(self, audio: np.ndarray):
-        """The chunk's embeddings (and Whisper draft): one encoder call (streams are not batched yet)."""
-        return self.session.model.encode_chunks([audio], self.session.draft_decoding.search())[0]
-
-    def final(self, audio: np.ndarray, start_s: float) -> Caption:
-        """Append a closed chunk and its transcript to the context for good."""
-        began = time.perf_counter()
-        segment = self.session.transcribe_chunk(audio, start_s, SAMPLE_RATE, encoded=self._encode(audio))
-        end_s = start_s + len(audio) / SAMPLE_RATE
-        return Caption(start_s, end_s, segment.text if segment else "", time.perf_counter() - began)
-
-    def partial(self, audio: np.ndarray, start_s: float) -> Caption:
-        """Decode the still-open chunk on the session's context, then roll the context back."""
-        began = time.perf_counter()
-        session = self.session
-        length, pending, stats, loop = (
-            session.seq.num_tokens,
-            session.pending,
-            replace(session.stats),
-            session.loop,
-        )
-        session.loop = PARTIAL_LOOP
-        try:
-            segment = session.transcribe_chunk(audio, start_s, SAMPLE_RATE, encoded=self._encode(audio))
-        finally:
-            session.engine.truncate(session.seq, length)
-            session.pending, session.stats, session.loop = pending, stats, loop
-        end_s = start_s + len(audio) / SAMPLE_RATE
-        return Caption(start_s, end_s, segment.text if segment else "", time.perf_counter() - began)
-
-    def stats(self) -> dict:
-        s = self.session
-        return {
-            "chunks": s.stats.chunks,
-            "context_tokens": s.seq.num_tokens,
-            "kv_pages_read": s.kv_read_share,
-        }
 
     def close(self) -> None:
         if not self.closed:

@@ -1,10 +1,11 @@
 """One live stream on the server: its segmenter, its decoder and the task that turns closed chunks
-into final captions (in order) and the open chunk into tentative ones.
+into final captions (in order) and the open chunk into tentative ones (Whisper drafts of it, shown
+as ``asr.live.agreement`` settles them).
 
 Backpressure: ``wait_for_room`` holds the reader while more than ``max_backlog_s`` of audio waits
 for the model, so a client that sends faster than the model decodes is slowed down (its frames
 queue in the socket) instead of growing the server's memory; ``lag`` in every caption says how far
-behind the captions are.
+behind the captions are, and ``backlog`` in every final how much closed audio still waits for one.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
 
 from asr.errors import AsrError
+from asr.live.agreement import LocalAgreement
 from asr.live.protocol import SAMPLE_RATE
-from asr.live.session import Caption, LiveDecoder, LiveModel
+from asr.live.session import Caption, ChunkRequest, LiveDecoder, LiveModel
 from asr.live.vad import Chunk, StreamSegmenter, StreamSegmenterConfig
 from asr.live.worker import FINAL, PARTIAL, ModelWorker
 
@@ -35,31 +37,36 @@ ARRIVALS_KEPT = 4096  # (sample count, arrival time) pairs kept to time captions
 class StreamConfig:
     """max_seconds: longest stream (its context is sized for it); max_backlog_s: audio waiting for
     the model before the reader pauses; partial_interval_s: tentative captions this often while
-    speech goes on, when no other stream's work waits for the model; partial_share: most of the
-    model's time tentative captions may take (on a slow CPU they come less often);
-    min_partial_s: shortest open speech worth one."""
+    speech goes on (after final captions: the worker serves those first); partial_share: most of
+    the model's time tentative captions may take (a stream waits this much longer than the last
+    batched draft call took, so all streams' drafts together stay within the share; on a slow CPU
+    they come less often); min_partial_s: shortest open speech worth one."""
 
     max_seconds: float = 1800.0
     max_backlog_s: float = 60.0
     partial_interval_s: float = 1.0
-    partial_share: float = 0.25
+    partial_share: float = 0.5
     min_partial_s: float = 0.5
     segmenter: StreamSegmenterConfig = field(default_factory=StreamSegmenterConfig)
 
 
 class StreamSession:
-    """``send(dict)`` delivers a message to the client; call ``open`` first, ``finish`` or ``abort`` last."""
+    """``send(dict)`` delivers a message to the client; ``engine``: the server's shared one
+    (``LiveModel.open_engine``); call ``open`` first, ``finish`` or ``abort`` last."""
 
     def __init__(
         self,
         session_id: str,
         model: LiveModel,
+        engine,
         worker: ModelWorker,
         config: StreamConfig,
         send: Callable[[dict], Awaitable[None]],
         prompt: str = "",
     ) -> None:
         self.id, self.model, self.worker, self.config, self.send = session_id, model, worker, config, send
+        self.engine = engine
+        self.agreement = LocalAgreement()
         self.prompt = prompt
         self.segmenter = StreamSegmenter(config.segmenter, SAMPLE_RATE)
         self.decoder: LiveDecoder | None = None
@@ -72,7 +79,7 @@ class StreamSession:
         self._stopping = False
         self._task: asyncio.Task | None = None
         self._last_partial = time.monotonic()
-        self._partial_cost = 0.0  # model seconds of the last tentative caption
+        self._partial_cost = 0.0  # model seconds of the last batched draft call this stream was in
 
     @property
     def received_seconds(self) -> float:
@@ -84,7 +91,7 @@ class StreamSession:
 
     async def open(self) -> None:
         self.decoder = await self.worker.run(
-            self.id, partial(self.model.open, self.config.max_seconds, self.prompt)
+            self.id, partial(self.model.open, self.engine, self.prompt)
         )
         self._task = asyncio.create_task(self._decode_loop(), name=f"decode-{self.id}")
 
@@ -163,9 +170,8 @@ class StreamSession:
             if self.finals:
                 chunk = self.finals[0]
                 try:
-                    caption = await self.worker.run(
-                        self.id, partial(self.decoder.final, chunk.audio, chunk.start / SAMPLE_RATE), FINAL
-                    )
+                    request = ChunkRequest(chunk.audio, chunk.start / SAMPLE_RATE, self.decoder)
+                    caption = await self.worker.run_batched(self.id, self.model.finals, request, FINAL)
                 except AsrError as error:  # e.g. the context is full: say so, keep the stream alive
                     self.finals.popleft()
                     await self.send({"type": "error", "code": "decode_failed", "message": str(error)})
@@ -175,7 +181,8 @@ class StreamSession:
                 self.captioned = chunk.end
                 latency = time.monotonic() - self._arrival(chunk.end)
                 self.latencies.append(latency)
-                await self.send(self._caption("final", caption, latency=round(latency, 3)))
+                await self.send(self._caption("final", caption, latency=round(latency, 3),
+                                              backlog=round(self.backlog_seconds, 3)))
                 continue
             if self._stopping:
                 return
@@ -183,24 +190,21 @@ class StreamSession:
             spacing = self._partial_cost * (1 / config.partial_share - 1)
             wait = max(config.partial_interval_s, spacing) - (time.monotonic() - self._last_partial)
             open_chunk = self.segmenter.open_chunk()
-            # tentative captions only on an idle worker: under load, model time goes to finals
             if (
                 open_chunk is not None
                 and wait <= 0
                 and len(open_chunk.audio) >= config.min_partial_s * SAMPLE_RATE
-                and not self.worker.waiting()
             ):
-                caption = await self.worker.run(
-                    self.id,
-                    partial(self.decoder.partial, open_chunk.audio, open_chunk.start / SAMPLE_RATE),
-                    PARTIAL,
-                )
+                request = ChunkRequest(open_chunk.audio, open_chunk.start / SAMPLE_RATE)
+                caption = await self.worker.run_batched(self.id, self.model.drafts, request, PARTIAL)
                 self._last_partial = time.monotonic()
                 self._partial_cost = caption.seconds
                 if not self.finals and open_chunk.start == getattr(
                     self.segmenter.open_chunk(), "start", None
-                ):
-                    await self.send(self._caption("partial", caption))
+                ):  # still the open chunk: no final has closed it meanwhile
+                    stable, unstable = self.agreement.update(open_chunk.start, caption.text)
+                    tentative = replace(caption, text=stable)
+                    await self.send(self._caption("partial", tentative, unstable=unstable))
                 continue
             self._wake.clear()
             try:

@@ -1,9 +1,12 @@
-"""One thread runs every model call; sessions take turns.
+"""One thread runs every model call for all live sessions: the scheduler of the live service.
 
 torch already uses every core for one call, so calls run one at a time. Each session has at most
 one job waiting (its captions are decoded in order), and the worker serves sessions round-robin,
 final captions before tentative ones: a busy stream cannot starve the others, and tentative
-captions only use time that no final needs. The event loop awaits futures and never blocks.
+captions only use time that no final needs. Batched jobs (``run_batched``) of several sessions
+that name the same batch call and priority run as one call: the first session in turn order picks
+the call, the others waiting with it join (up to ``max_batch``), and all move to the back of the
+turn order. The event loop awaits futures and never blocks.
 """
 
 from __future__ import annotations
@@ -11,52 +14,69 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 FINAL, PARTIAL = 0, 1  # job priorities: lower runs first
+MAX_BATCH = 8  # most sessions served by one batched call
+
+# items of several sessions -> one result per item, in order (an exception instance fails that item only)
+BatchCall = Callable[[list[Any]], Iterable[Any]]
 
 
 @dataclass
 class _Job:
-    call: Callable[[], Any]
+    call: Callable[[], Any] | None  # a job of its own, or
+    batch: BatchCall | None  # a batched job: ``batch([item, ...])`` with the items of other sessions
+    item: Any
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     priority: int
 
 
 class ModelWorker:
-    """``await worker.run(session_id, call, priority)`` runs ``call()`` on the worker thread."""
+    """``await worker.run(session_id, call, priority)`` runs ``call()`` on the worker thread;
+    ``await worker.run_batched(session_id, batch, item, priority)`` runs ``item`` in one
+    ``batch(items)`` call with the items other sessions have waiting for the same ``batch``."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_batch: int = MAX_BATCH) -> None:
+        self.max_batch = max_batch
+        self.batch_sizes: list[int] = []  # sessions served by each call, in order (for benchmarks)
         self._jobs: dict[str, _Job] = {}  # session id -> its waiting job (insertion order = arrival)
         self._turn: list[str] = []  # session ids, rotated as they are served
         self._ready = threading.Condition()
         self._stopped = False
         self.busy_seconds = 0.0
+        self.busy_by_priority = {FINAL: 0.0, PARTIAL: 0.0}  # busy seconds per job priority
         self._thread = threading.Thread(target=self._serve, name="asr-model-worker", daemon=True)
         self._thread.start()
 
     def run(self, session_id: str, call: Callable[[], Any], priority: int = FINAL) -> asyncio.Future:
+        return self._submit(session_id, call, None, None, priority)
+
+    def run_batched(
+        self, session_id: str, batch: BatchCall, item: Any, priority: int = FINAL
+    ) -> asyncio.Future:
+        return self._submit(session_id, None, batch, item, priority)
+
+    def _submit(self, session_id: str, call: Callable[[], Any] | None, batch: BatchCall | None, item: Any,
+                priority: int) -> asyncio.Future:
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        job = _Job(call, batch, item, loop.create_future(), loop, priority)
         with self._ready:
             if self._stopped:
                 raise RuntimeError("the model worker has stopped")
             if session_id in self._jobs:
                 raise RuntimeError(f"session {session_id} already has a job waiting")
-            self._jobs[session_id] = _Job(call, future, loop, priority)
+            self._jobs[session_id] = job
             if session_id not in self._turn:
                 self._turn.append(session_id)
             self._ready.notify()
-        return future
-
-    def waiting(self) -> int:
-        with self._ready:
-            return len(self._jobs)
+        return job.future
 
     def forget(self, session_id: str) -> None:
         """Drop a session's waiting job (its client left); a running job finishes."""
@@ -73,24 +93,24 @@ class ModelWorker:
             self._ready.notify()
         self._thread.join(timeout=60)
 
-    def _next(self) -> tuple[str, _Job] | None:
-        """The first session in turn order holding a job of the best priority waiting; moves it to the
-        back."""
-        if not self._jobs:
-            return None
+    def _next(self) -> list[_Job]:
+        """The first session in turn order holding a job of the best priority waiting, and for a
+        batched job the sessions after it waiting for the same call (at most ``max_batch``); moves
+        them to the back of the turn order."""
         best = min(job.priority for job in self._jobs.values())
-        for session_id in self._turn:
-            job = self._jobs.get(session_id)
-            if job is not None and job.priority == best:
-                del self._jobs[session_id]
-                self._turn.remove(session_id)
-                self._turn.append(session_id)
-                return session_id, job
-        return None
+        first = next(s for s in self._turn if s in self._jobs and self._jobs[s].priority == best)
+        lead = self._jobs[first]
+        chosen = [first]
+        if lead.batch is not None:
+            chosen += [s for s in self._turn if s != first and s in self._jobs
+                       and self._jobs[s].priority == best and self._jobs[s].batch == lead.batch]
+        chosen = chosen[: self.max_batch]
+        for session_id in chosen:
+            self._turn.remove(session_id)
+            self._turn.append(session_id)
+        return [self._jobs.pop(session_id) for session_id in chosen]
 
     def _serve(self) -> None:
-        import time
-
         while True:
             with self._ready:
                 while not self._stopped and not self._jobs:
@@ -101,15 +121,43 @@ class ModelWorker:
                     for job in pending:
                         job.loop.call_soon_threadsafe(_cancel, job.future)
                     return
-                session_id, job = self._next()
+                jobs = self._next()
             began = time.perf_counter()
-            try:
-                result, error = job.call(), None
-            except BaseException as caught:  # handed to the awaiting session; the worker goes on
-                result, error = None, caught
-                log.debug("session %s: model call failed: %r", session_id, caught)
-            self.busy_seconds += time.perf_counter() - began
-            job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+            self.batch_sizes.append(len(jobs))
+            if jobs[0].batch is None:
+                _run_one(jobs[0])
+            else:
+                _run_batch(jobs)
+            spent = time.perf_counter() - began
+            self.busy_seconds += spent
+            self.busy_by_priority[jobs[0].priority] = self.busy_by_priority.get(jobs[0].priority, 0.0) + spent
+
+
+def _run_one(job: _Job) -> None:
+    try:
+        result, error = job.call(), None
+    except BaseException as caught:  # handed to the awaiting session; the worker goes on
+        result, error = None, caught
+        log.debug("model call failed: %r", caught)
+    job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+
+
+def _run_batch(jobs: list[_Job]) -> None:
+    """Settle each job as the batch call yields its result (the first session need not wait for
+    the last); a failure of the whole call fails the jobs it has not answered yet."""
+    answered = 0
+    try:
+        for job, result in zip(jobs, jobs[0].batch([job.item for job in jobs])):
+            failed = isinstance(result, BaseException)
+            job.loop.call_soon_threadsafe(_settle, job.future, None if failed else result,
+                                          result if failed else None)
+            answered += 1
+        if answered < len(jobs):
+            raise RuntimeError(f"the batch call answered {answered} of {len(jobs)} items")
+    except BaseException as caught:
+        log.debug("batched model call failed: %r", caught)
+        for job in jobs[answered:]:
+            job.loop.call_soon_threadsafe(_settle, job.future, None, caught)
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

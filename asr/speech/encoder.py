@@ -35,6 +35,8 @@ CHUNK_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE
 HOP_SAMPLES = 160
 SAMPLES_PER_FRAME = 2 * HOP_SAMPLES
 FRAMES_PER_SECOND = SAMPLE_RATE // SAMPLES_PER_FRAME
+WINDOW_STEP_S = 5  # short encoder windows come in whole steps of this (5, 10, ... 30 s)
+WINDOW_STEP_SAMPLES = WINDOW_STEP_S * SAMPLE_RATE
 
 
 def num_frames(num_samples: int) -> int:
@@ -178,8 +180,25 @@ class AudioEncoder:
         log.info("audio encoder: %s backend on %s%s", encoder.name, device, " with drafts" if drafter else "")
         return cls(encoder, WhisperFeatureExtractor(feature_size=num_mels), device, dtype, drafter)
 
-    def log_mel(self, chunks: list[np.ndarray]) -> torch.Tensor:
-        """chunks: float32 16 kHz [samples <= 480000] each -> [batch, mels, 3000] float32 on the device."""
+    @property
+    def takes_short_windows(self) -> bool:
+        """Whether the backend encodes windows shorter than 30 s (CTranslate2 does, slicing its
+        position embeddings as whisper.cpp's ``audio_ctx``; Hugging Face's encoder insists on 3000)."""
+        return self.backend.name == "ctranslate2"
+
+    def window_samples(self, chunks: list[np.ndarray], margin_s: float | None) -> int:
+        """The encoder window for ``chunks``: 30 s, or (``margin_s`` given and the backend able) the
+        longest chunk plus ``margin_s`` of silence, rounded up to a whole ``WINDOW_STEP_S``, at most
+        30 s. The few window lengths keep memory flat: with a new length per call CTranslate2's
+        process grew by ~2.7 MiB per call (120 calls), with the six lengths it does not."""
+        if margin_s is None or not self.takes_short_windows:
+            return CHUNK_SAMPLES
+        longest = max(len(chunk) for chunk in chunks) + int(margin_s * SAMPLE_RATE)
+        return min(CHUNK_SAMPLES, math.ceil(longest / WINDOW_STEP_SAMPLES) * WINDOW_STEP_SAMPLES)
+
+    def log_mel(self, chunks: list[np.ndarray], window_samples: int = CHUNK_SAMPLES) -> torch.Tensor:
+        """chunks: float32 16 kHz [samples <= 480000] each -> [batch, mels, window_samples / 160]
+        float32 on the device (zero-padded to ``window_samples``: 30 s unless told)."""
         for index, chunk in enumerate(chunks):
             if chunk.ndim != 1 or not 0 < len(chunk) <= CHUNK_SAMPLES:
                 raise AudioError(
@@ -189,15 +208,24 @@ class AudioEncoder:
                 )
         return self.feature_extractor(
             [np.asarray(chunk, dtype=np.float32) for chunk in chunks], sampling_rate=SAMPLE_RATE,
-            return_tensors="pt", device=str(self.device),
+            return_tensors="pt", device=str(self.device), max_length=window_samples,
         ).input_features.to(device=self.device, dtype=torch.float32)
 
+    @torch.no_grad()
+    def draft_short(self, chunks: list[np.ndarray], margin_s: float, batch_size: int = 16) -> list[Draft]:
+        """Whisper's draft of each chunk from a window as long as its batch's longest chunk plus
+        ``margin_s`` of silence (``window_samples``), not 30 s: a 5-s chunk in a 10-s window costs
+        about a third of the encoder time (live captions; the accuracy cost: eval/draft_window.py)."""
+        return [draft for start, hidden in self._windows(chunks, batch_size, margin_s=margin_s)
+                for draft in self._drafts(hidden, chunks[start : start + batch_size])]
+
     def _windows(self, chunks: list[np.ndarray], batch_size: int,
-                 features_transform: FeaturesTransform | None = None):
-        """Yield (first chunk index, encoder output [batch, 1500, dim]) per batch of ``batch_size``."""
+                 features_transform: FeaturesTransform | None = None, margin_s: float | None = None):
+        """Yield (first chunk index, encoder output [batch, window frames, dim]) per batch of
+        ``batch_size``; windows of 30 s (1500 frames) unless ``margin_s`` asks for short ones."""
         for start in range(0, len(chunks), batch_size):
             batch = chunks[start : start + batch_size]
-            features = self.log_mel(batch)
+            features = self.log_mel(batch, self.window_samples(batch, margin_s))
             if features_transform is not None:
                 features = features_transform(features, [len(chunk) // HOP_SAMPLES for chunk in batch])
             yield start, self.backend(features)
@@ -224,13 +252,13 @@ class AudioEncoder:
         return frames, lengths
 
     def _encode(self, chunks: list[np.ndarray], batch_size: int, features_transform: FeaturesTransform | None,
-                drafts: bool, search: AlternativeSearch | None
+                drafts: bool, search: AlternativeSearch | None = None, margin_s: float | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, list[Draft]]:
         lengths = torch.tensor([num_frames(len(chunk)) for chunk in chunks], dtype=torch.int64)
         width = int(lengths.max()) if len(chunks) else 0
         frames = torch.zeros(len(chunks), width, self.dim, device=self.device, dtype=self.dtype)
         drafted: list[Draft] = []
-        for start, hidden in self._windows(chunks, batch_size, features_transform):
+        for start, hidden in self._windows(chunks, batch_size, features_transform, margin_s):
             for offset, length in enumerate(lengths[start : start + batch_size].tolist()):
                 frames[start + offset, :length] = hidden[offset, :length]
             if drafts:
@@ -243,10 +271,12 @@ class AudioEncoder:
 
     @torch.no_grad()
     def encode_with_drafts(self, chunks: list[np.ndarray], batch_size: int = 16, drafts: bool = True,
-                           search: AlternativeSearch | None = None) -> tuple[list[torch.Tensor], list[Draft]]:
+                           search: AlternativeSearch | None = None,
+                           margin_s: float | None = None) -> tuple[list[torch.Tensor], list[Draft]]:
         """``encode`` and, from the same encoder output, Whisper's draft of each chunk (empty list
-        when ``drafts`` is False), with other readings of the unsure ones when ``search`` is given."""
-        frames, lengths, drafted = self._encode(chunks, batch_size, None, drafts, search)
+        when ``drafts`` is False), with other readings of the unsure ones when ``search`` is given;
+        windows of 30 s, or short ones with ``margin_s`` (``window_samples``)."""
+        frames, lengths, drafted = self._encode(chunks, batch_size, None, drafts, search, margin_s)
         return [frames[index, :length] for index, length in enumerate(lengths.tolist())], drafted
 
     @torch.no_grad()

@@ -102,14 +102,16 @@ class SpeechModel:
         return LongformSession(self, engine, loop, distance_cap, draft_decoding)
 
     @torch.inference_mode()
-    def encode_chunks(self, chunks: list[np.ndarray],
-                      search: AlternativeSearch | None = None) -> list[EncodedChunk]:
+    def encode_chunks(self, chunks: list[np.ndarray], search: AlternativeSearch | None = None,
+                      margin_s: float | None = None) -> list[EncodedChunk]:
         """Per chunk (<= 30 s, 16 kHz float32) its LLM input embeddings and, with ``drafts``, its
         Whisper draft from the same encoder output (with other readings of the unsure ones, given
         ``search``); the chunks go through the encoder as one batch (on the CPU a batch of 4 costs
-        ~25% less per chunk than one at a time)."""
+        ~25% less per chunk than one at a time), in 30-s windows, or with ``margin_s`` in windows as
+        long as the longest chunk plus that much silence (``AudioEncoder.window_samples``)."""
         dtype = self.projector.up.weight.dtype
-        frames, drafts = self.encoder.encode_with_drafts(chunks, drafts=self.drafts, search=search)
+        frames, drafts = self.encoder.encode_with_drafts(chunks, drafts=self.drafts, search=search,
+                                                         margin_s=margin_s)
         embeds = [self.projector(chunk_frames[None].to(dtype))[0].to(self.dtype) for chunk_frames in frames]
         return [EncodedChunk(chunk_embeds, drafts[index] if self.drafts else None)
                 for index, chunk_embeds in enumerate(embeds)]
