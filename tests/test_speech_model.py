@@ -60,7 +60,7 @@ class FrameEncoder:
     def __init__(self, word_probability: float = 0.5) -> None:
         self.word_probability = word_probability
 
-    def encode_with_drafts(self, chunks, drafts=True, search=None):
+    def encode_with_drafts(self, chunks, drafts=True, search=None, margin_s=None):
         frames = [torch.randn(len(chunk) // 320, 512) for chunk in chunks]
         words = tuple(DraftWord(start, start + 2, self.word_probability) for start in (0, 3, 6))
         return frames, [Draft("11 12 13", words, end_probability=1.0) for _ in chunks] if drafts else []
