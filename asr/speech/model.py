@@ -16,6 +16,7 @@ take embeddings only.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,8 +29,9 @@ from asr.errors import ModelLoadError
 from asr.llm.config import EngineConfig
 from asr.llm.distance_cap import DistanceCap
 from asr.llm.engine import LLMEngine, resolve_device
-from asr.llm.loader import load_model
+from asr.llm.loader import CONVERTED_FORMAT, load_model
 from asr.llm.lora import merge_lora
+from asr.llm.lora_adapter import LoraAdapter
 from asr.llm.model import CausalLM
 from asr.llm.quantize import quantize_linear_layers
 from asr.speech.adapter import SpeechAdapter
@@ -37,6 +39,7 @@ from asr.speech.draft_decoding import DraftDecoding
 from asr.speech.projector import FrameStackProjector
 from asr.speech.prompt import PromptIds
 from asr.speech.repetition import LoopConfig
+from asr.weights_cache import cache_root
 
 if TYPE_CHECKING:
     from asr.speech.longform import LongformSession
@@ -112,6 +115,23 @@ class SpeechModel:
                 for index, chunk_embeds in enumerate(embeds)]
 
 
+def merged_weights_dir(adapter_dir: Path, llm_path: str, dtype: torch.dtype) -> Path | None:
+    """Cache directory of the LLM's weights with this adapter's LoRA merged in, in ``dtype``
+    (``asr.llm.loader.load_model``): named by a digest of the adapter's files, the LLM's weight
+    files (path, size, time) and the dtype, so a retrained adapter or another LLM gets its own.
+    None (no cache) when the LLM is itself a LoRA adapter directory, whose base is elsewhere."""
+    if LoraAdapter.is_adapter_dir(llm_path):
+        return None
+    digest = hashlib.sha256(f"{CONVERTED_FORMAT}:{dtype}".encode())
+    for name in ("adapter.json", "adapter.safetensors"):
+        digest.update((adapter_dir / name).read_bytes())
+    llm = Path(llm_path)
+    for weights in sorted(llm.glob("*.safetensors")) if llm.is_dir() else [llm]:
+        stat = weights.stat()
+        digest.update(f"{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return cache_root() / "merged" / digest.hexdigest()[:16]
+
+
 def _resolve(base: Path, name: str | None) -> str | None:
     return str((base / name).resolve()) if name else None
 
@@ -140,6 +160,7 @@ def load_speech_model(model_dir: str | Path | None, engine_config: EngineConfig,
         device,
         dtype,
         adapt_weights=lambda weights: merge_lora(weights, adapter.lora, adapter.lora_config),
+        converted_dir=merged_weights_dir(adapter_dir, llm_path, dtype),
     )
     if engine_config.int8_weights:
         quantize_linear_layers(model)  # the weights' form is decided here, once, for every engine
