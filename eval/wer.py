@@ -179,7 +179,8 @@ def run_config(args) -> dict:
     config = {"system": args.system, "attention": args.attention, "budget": args.budget,
               "max_distance": args.max_distance, "dtype": args.dtype, "longform_minutes": args.longform,
               "device": args.device, "manifest": str(args.manifest), "drafts": args.drafts,
-              "draft_tolerance": args.draft_tolerance}
+              "draft_gate": args.draft_gate, "draft_tolerance": args.draft_tolerance,
+              "draft_end_tolerance": args.draft_end_tolerance}
     if args.system == "speech-llm":
         from asr.speech.encoder import CT2_COMPUTE_TYPE
         from asr.speech.model import EMBEDDED_ADAPTER

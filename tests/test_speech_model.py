@@ -3,6 +3,7 @@ sessions), one sequence per session. A tiny random LLM stands in for the real on
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ import torch
 from asr.attention import UniqueConfig
 from asr.llm.config import EngineConfig
 from asr.llm.loader import load_model
+from asr.speech.draft import Draft, DraftWord
 from asr.speech.model import SpeechModel, context_tokens
 from asr.speech.projector import FrameStackProjector, ProjectorConfig
 from asr.speech.prompt import PromptIds
@@ -40,10 +42,11 @@ def model(tmp_path_factory) -> SpeechModel:
 
 
 class Tokenizer:
-    """Words are their token ids ("12 40" -> [12, 40])."""
+    """Words are their token ids ("12 40" -> [12, 40]), each spelling its own characters."""
 
-    def __call__(self, text, add_special_tokens=False):
-        return SimpleNamespace(input_ids=[int(word) for word in text.split()])
+    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+        spans = [(match.start(), match.end()) for match in re.finditer(r"\S+", text)]
+        return SimpleNamespace(input_ids=[int(text[start:end]) for start, end in spans], offset_mapping=spans)
 
     def decode(self, token_ids, skip_special_tokens=True):
         return " ".join(map(str, token_ids))
@@ -51,11 +54,15 @@ class Tokenizer:
 
 class FrameEncoder:
     """Stands in for Whisper: [frames, 512] per chunk, 50 frames per second of 16 kHz audio; its draft
-    of a chunk is a few token ids as words."""
+    of a chunk is a few token ids as words, each as sure as ``word_probability``."""
+
+    def __init__(self, word_probability: float = 0.5) -> None:
+        self.word_probability = word_probability
 
     def encode_with_drafts(self, chunks, drafts=True):
         frames = [torch.randn(len(chunk) // 320, 512) for chunk in chunks]
-        return frames, ["11 12 13" for _ in chunks] if drafts else []
+        words = tuple(DraftWord(start, start + 2, self.word_probability) for start in (0, 3, 6))
+        return frames, [Draft("11 12 13", words, end_probability=1.0) for _ in chunks] if drafts else []
 
 
 def test_each_recording_gets_its_own_engine_sized_for_it(model):
@@ -125,7 +132,7 @@ def test_a_drafted_chunk_reads_its_draft_and_verifies_it_as_the_proposal(model):
     drafted = replace(model, drafts=True)
     audio = np.zeros(16000, dtype=np.float32)
     (encoded,) = drafted.encode_chunks([audio])
-    assert encoded.draft == "11 12 13"
+    assert encoded.draft.text == "11 12 13"
     engine = drafted.open_engine(CONFIG, 5)
     with drafted.open_session(engine, LoopConfig(tokens_per_second=1.0, extra_tokens=3), None) as session:
         before = session.seq.num_tokens
@@ -136,6 +143,29 @@ def test_a_drafted_chunk_reads_its_draft_and_verifies_it_as_the_proposal(model):
         )
         assert session.stats.draft_tokens == 4  # three draft tokens and the end of the turn
         assert 0 <= session.stats.accepted_tokens <= 4
+
+
+def test_a_draft_whisper_was_sure_of_is_kept_whole_and_prefilled_with_the_next_chunk(model):
+    """Every word and the end at or above the gate: the draft is the transcript and the LLM decodes
+    nothing for it; its tokens (and the turn's end) go into the context with the next chunk."""
+    from asr.speech.repetition import LoopConfig
+
+    sure = replace(model, drafts=True, encoder=FrameEncoder(word_probability=0.99))
+    audio = np.zeros(16000, dtype=np.float32)
+    engine = sure.open_engine(CONFIG, 5)
+    with sure.open_session(engine, LoopConfig(tokens_per_second=1.0, extra_tokens=3), None) as session:
+        (encoded,) = sure.encode_chunks([audio])
+        before = session.seq.num_tokens
+        segment = session.transcribe_chunk(audio, 0.0, encoded=encoded)
+        chunk_prompt = len(PROMPT.before_audio) + encoded.embeds.shape[0] + len(
+            PROMPT.before_draft + [11, 12, 13] + PROMPT.after_draft)
+        assert segment.text == "11 12 13" and session.stats.drafts_kept == 1
+        assert session.seq.num_tokens == before + chunk_prompt  # nothing decoded
+        assert session.pending == [11, 12, 13] + PROMPT.after_transcript
+        after_first = session.seq.num_tokens
+        session.transcribe_chunk(audio, 1.0, encoded=encoded)
+        kept_turn = len([11, 12, 13] + PROMPT.after_transcript)
+        assert session.seq.num_tokens == after_first + kept_turn + chunk_prompt
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

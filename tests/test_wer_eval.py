@@ -75,7 +75,9 @@ def _args(manifest: Path, longform: float = 0) -> argparse.Namespace:
         longform=longform,
         device="cpu",
         drafts=False,
+        draft_gate=0.9,
         draft_tolerance=0.0,
+        draft_end_tolerance=5.0,
         manifest=manifest,
     )
 

@@ -129,7 +129,7 @@ def session_batch(batch, tokenizer, prompt, llm, encoder, projector, features_tr
     chunks = [wave for session in batch for wave, _, _ in session]
     drafts = None
     if encoder.drafter is not None:
-        drafts = [draft_token_ids(tokenizer, draft) for draft in encoder.draft(chunks, batch_size=64)]
+        drafts = [draft_token_ids(tokenizer, draft.text) for draft in encoder.draft(chunks, batch_size=64)]
     # [chunks, frames, encoder_dim], [chunks]
     frames, frame_lengths = encoder.encode_padded(chunks, features_transform=features_transform)
     audio = projector(frames.float())  # [chunks, tokens, hidden]
@@ -161,7 +161,7 @@ def transcribe_one(wave, tokenizer, prompt, llm, encoder, projector, max_new_tok
     audio = projector(frames[0][None].float())[0]
     embed = llm.get_input_embeddings()
     ids = lambda xs: embed(torch.tensor(xs, device=audio.device))  # noqa: E731
-    draft_ids = draft_token_ids(tokenizer, drafts[0]) if drafts else None
+    draft_ids = draft_token_ids(tokenizer, drafts[0].text) if drafts else None
     inputs = torch.cat([ids(prompt.session_start + prompt.before_audio), audio.to(embed.weight.dtype),
                         ids(prompt.after_audio_with(draft_ids))])[None]
     with torch.autocast(audio.device.type, dtype=torch.bfloat16, enabled=audio.device.type == "cuda"):

@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -139,10 +139,14 @@ class LLMEngine:
         seq.num_tokens += count
 
     def accept_proposal(self, seq: Sequence, proposal: Seq[int], stop_token_ids: Seq[int] = (),
-                        tolerance: float = 0.0) -> tuple[list[int], bool]:
+                        tolerance: float | Seq[float] = 0.0,
+                        stop_tolerance: float = 0.0) -> tuple[list[int], bool]:
         """Speculative decoding: verify ``proposal`` (ids guessed for what ``seq`` generates next) in one
         forward pass and keep its longest prefix whose every token the model accepts: the greedy choice
-        (``tolerance`` 0), or a token whose log-probability is within ``tolerance`` nats of it.
+        (``tolerance`` 0), or a token whose log-probability is within ``tolerance`` nats of it (one
+        tolerance for all, or one per proposed token; ``inf`` keeps a token unchecked). Where the model's
+        own choice is a stop token, a proposed token is kept within ``stop_tolerance`` nats of it if
+        that is larger: ending early can be made to need a clearer preference.
 
         Returns (the accepted tokens, now cached; whether decoding stopped among them: at a stop token,
         itself neither returned nor cached). ``seq.next_logits`` then predicts the token after the
@@ -155,14 +159,18 @@ class LLMEngine:
         proposal = list(proposal)[: self.max_context - seq.num_tokens]
         if not proposal or seq.next_logits is None:
             return [], False
-        if not _accepts(seq.next_logits[None], proposal[:1], tolerance)[0]:
+        scalar = isinstance(tolerance, int | float)
+        tolerances = [float(tolerance)] * len(proposal) if scalar else list(tolerance)
+        limits = _Limits(stops, stop_tolerance)
+        if not limits.accepts(seq.next_logits[None], proposal[:1], tolerances[:1])[0]:
             return [], False
         start, first_logits = seq.num_tokens, seq.next_logits
         # [k, vocab]: the logits after each proposed token
         after = self.runner.prefill(seq.seq_id, self.embed_tokens(proposal), every_position=True)
         seq.token_ids.extend(proposal)
         seq.num_tokens += len(proposal)
-        accepts = _accepts(after[:-1], proposal[1:], tolerance)  # proposal[i + 1] after proposal[i]
+        # proposal[i + 1] after proposal[i]
+        accepts = limits.accepts(after[:-1], proposal[1:], tolerances[1 : len(proposal)])
         agreed = 1 + next((i for i, ok in enumerate(accepts) if not ok), len(accepts))
         kept = next((i for i, token in enumerate(proposal[:agreed]) if token in stops), agreed)
         if kept < len(proposal):
@@ -303,14 +311,27 @@ class LLMEngine:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
 
-def _accepts(logits: torch.Tensor, tokens: list[int], tolerance: float) -> list[bool]:
-    """Per row of ``logits`` [n, vocab], whether ``tokens[row]`` is within ``tolerance`` nats of the
-    row's most likely token (tolerance 0: it is the greedy choice)."""
-    if not tokens:
-        return []
-    logprobs = logits.float().log_softmax(dim=-1)
-    picked = logprobs.gather(1, torch.as_tensor(tokens, device=logits.device)[:, None])[:, 0]
-    return (logprobs.max(dim=-1).values - picked <= tolerance).tolist()
+@dataclass(frozen=True)
+class _Limits:
+    """How far a proposed token may trail the model's choice: stops: the stop token ids; stop_tolerance:
+    the least allowance where that choice is a stop token."""
+
+    stops: set[int]
+    stop_tolerance: float
+
+    def accepts(self, logits: torch.Tensor, tokens: list[int], tolerances: list[float]) -> list[bool]:
+        """Per row of ``logits`` [n, vocab], whether ``tokens[row]`` is within ``tolerances[row]`` nats
+        of the row's most likely token (0: it is the greedy choice; inf: always)."""
+        if not tokens:
+            return []
+        logprobs = logits.float().log_softmax(dim=-1)
+        picked = logprobs.gather(1, torch.as_tensor(tokens, device=logits.device)[:, None])[:, 0]
+        best, choice = logprobs.max(dim=-1)
+        allowed = torch.as_tensor(tolerances, dtype=torch.float32, device=logits.device)
+        if self.stop_tolerance > 0 and self.stops:
+            stopping = torch.isin(choice, torch.as_tensor(sorted(self.stops), device=logits.device))
+            allowed = torch.where(stopping, allowed.clamp(min=self.stop_tolerance), allowed)
+        return (best - picked <= allowed).tolist()
 
 
 class _PickedTokens:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from asr.speech.draft_decoding import DEFAULT_TOLERANCE
+from asr.speech.draft_decoding import DEFAULT_END_TOLERANCE, DEFAULT_GATE, DEFAULT_TOLERANCE
 
 ATTENTION_CHOICES = ("unique", "dense", "quest")
 PREFILL_CHOICES = ("dense", "unisparse")
@@ -13,8 +13,8 @@ DTYPE_CHOICES = ("bfloat16", "float32", "int8")
 
 
 def add_transcribe_arguments(parser: argparse.ArgumentParser, device_default: str | None = None) -> None:
-    """Add --model, --attention, --prefill, --budget, --max-distance, --dtype, --threads, --drafts and
-    --device to ``parser``."""
+    """Add --model, --attention, --prefill, --budget, --max-distance, --dtype, --threads, --drafts, the
+    draft gate and tolerances and --device to ``parser``."""
     parser.add_argument("--attention", default="unique", choices=ATTENTION_CHOICES,
                         help="decode attention: top-k pages (unique, quest) or every page (dense)")
     parser.add_argument("--prefill", default="unisparse", choices=PREFILL_CHOICES,
@@ -34,9 +34,17 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser, device_default: st
     parser.add_argument("--drafts", action=argparse.BooleanOptionalAction, default=None,
                         help="put each chunk's Whisper draft into the context and verify it as the LLM's "
                         "proposal (default: as the model was trained)")
+    parser.add_argument("--draft-gate", type=float, default=DEFAULT_GATE,
+                        help="Whisper's word probability from which a draft word is kept without asking "
+                        "the LLM (0: the draft as it is; above 1: the LLM checks every word; "
+                        "default: %(default)s)")
     parser.add_argument("--draft-tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help="nats by which a draft token may trail the LLM's own choice and still be kept "
-                        "(0: the LLM's exact greedy transcript; default: %(default)s)")
+                        help="nats by which an unsure draft token may trail the LLM's own choice and still "
+                        "be kept (gate above 1 and 0: the LLM's exact greedy transcript; "
+                        "default: %(default)s)")
+    parser.add_argument("--draft-end-tolerance", type=float, default=DEFAULT_END_TOLERANCE,
+                        help="nats by which the LLM's end of the transcript must beat the draft's next "
+                        "token to end it before the draft is used up (default: %(default)s)")
     device_help = "cpu or cuda" + (" (default: cuda if available)" if device_default is None else "")
     parser.add_argument("--device", default=device_default, help=device_help)
 
@@ -48,4 +56,6 @@ def options_from_args(args: argparse.Namespace):
     return TranscribeOptions(attention=args.attention, prefill=args.prefill, budget_tokens=args.budget,
                              device=args.device, dtype=args.dtype, threads=args.threads,
                              max_distance=args.max_distance or None,
-                             drafts=args.drafts, draft_tolerance=args.draft_tolerance)
+                             drafts=args.drafts, draft_gate=args.draft_gate,
+                             draft_tolerance=args.draft_tolerance,
+                             draft_end_tolerance=args.draft_end_tolerance)

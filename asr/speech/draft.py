@@ -10,14 +10,18 @@ draft's tokens also serve as speculative proposals for the LLM's greedy decode
 - ``HfDrafter``: transformers' ``WhisperForConditionalGeneration.generate`` (CUDA, training).
 
 Both take the encoder's full 30 s windows ([batch, 1500, dim]: Whisper's decoder attends to all of
-them, padding included) and the chunk lengths, and return one stripped draft per chunk. A chunk that
-Whisper judges to hold no speech gets an empty draft (``judged_silent``), and a session writes no
-words for it.
+them, padding included) and the chunk lengths, and return one ``Draft`` per chunk: its stripped text
+and how sure Whisper was of each word (the probability of its least likely token, as Whisper's greedy
+search saw it) and of ending there. A chunk that Whisper judges to hold no speech gets an empty draft
+(``judged_silent``), and a session writes no words for it. The confidences gate the LLM's corrections
+(``asr.speech.draft_decoding``): it may change only words Whisper was unsure of.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -46,10 +50,104 @@ def judged_silent(no_speech_prob: float, mean_logprob: float) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class DraftWord:
+    """One word of a draft: characters [start, end) of ``Draft.text`` (its punctuation included) and
+    Whisper's probability of it: the least probable of its tokens that spell letters or digits (of all
+    its tokens when none does), so punctuation never makes a word look unsure."""
+
+    start: int
+    end: int
+    probability: float
+
+
+@dataclass(frozen=True)
+class Draft:
+    """Whisper's transcript of one chunk: text (stripped; empty when judged silent), its words in order,
+    and end_probability: Whisper's probability of ending the transcript there (0 when cut at the token
+    limit: a runaway's end is nothing to keep)."""
+
+    text: str
+    words: tuple[DraftWord, ...] = ()
+    end_probability: float = 1.0
+
+    def span_probability(self, start: int, end: int) -> float:
+        """Whisper's confidence in the characters [start, end) of ``text``: the least probable word they
+        touch; characters between words take the next word's (the end's past the last word)."""
+        touched = [word.probability for word in self.words if word.start < end and start < word.end]
+        if touched:
+            return min(touched)
+        following = next((word.probability for word in self.words if word.start >= end), None)
+        return self.end_probability if following is None else following
+
+
+def draft_from_tokens(token_ids: Sequence[int], probabilities: Sequence[float], end_probability: float,
+                      decode: Callable[[list[int]], str]) -> Draft:
+    """A ``Draft`` from Whisper's text tokens, the probability of each as it was picked, and of the end.
+
+    Tokens are grouped into pieces that decode to whole characters (a multi-byte character may span
+    tokens); a piece that starts with a space starts a word, as Whisper's tokens mark word boundaries.
+    decode: the Whisper tokenizer's ids -> text.
+    """
+    pieces: list[tuple[str, list[float]]] = []
+    pending_ids: list[int] = []
+    pending_probs: list[float] = []
+    for token, probability in zip(token_ids, probabilities):
+        pending_ids.append(token)
+        pending_probs.append(probability)
+        text = decode(pending_ids)
+        if "\ufffd" not in text:
+            pieces.append((text, pending_probs))
+            pending_ids, pending_probs = [], []
+    full = "".join(text for text, _ in pieces)
+    lead = len(full) - len(full.lstrip())
+    words: list[DraftWord] = []
+    word_start, spelled, every, position = None, [], [], 0
+    for text, probs in pieces:
+        starts_word = text[:1].isspace() or word_start is None
+        if starts_word and word_start is not None and every:
+            words.append(DraftWord(word_start - lead, position - lead, min(spelled or every)))
+            word_start, spelled, every = None, [], []
+        if word_start is None and text.strip():
+            word_start = position + len(text) - len(text.lstrip())
+        every += probs
+        if any(char.isalnum() for char in text):
+            spelled += probs
+        position += len(text)
+    if word_start is not None and every:
+        words.append(DraftWord(word_start - lead, len(full.rstrip()) - lead, min(spelled or every)))
+    return Draft(full.strip(), tuple(words), end_probability)
+
+
+SILENT = Draft("")
+
+
 class Drafter(Protocol):
     """windows: [batch, 1500, dim] encoder output; seconds: per chunk its audio length."""
 
-    def __call__(self, windows: torch.Tensor, seconds: list[float]) -> list[str]: ...
+    def __call__(self, windows: torch.Tensor, seconds: list[float]) -> list[Draft]: ...
+
+
+def spelling_classes(decode: Callable[[list[int]], str], first_special: int) -> np.ndarray:
+    """[first_special + 1] int64, a class per text token and the end token: tokens that spell the same
+    text but for letter case share one (" You" and " you"), so a word's probability counts every casing
+    of it: Whisper often hesitates over the case of a sentence's first word, which is no doubt about the
+    words. Tokens past these (special, timestamps) are classes of their own."""
+    classes = np.arange(first_special + 1, dtype=np.int64)
+    first_of: dict[str, int] = {}
+    for token in range(first_special):
+        text = decode([token])
+        if "\ufffd" not in text:
+            classes[token] = first_of.setdefault(text.lower(), token)
+    return classes
+
+
+def _class_probability(logits: np.ndarray, token: int, classes: np.ndarray) -> float:
+    """Probability of ``token``'s spelling class under ``logits`` [vocab] (suppressed tokens sit at the
+    float minimum)."""
+    weights = np.exp(logits.astype(np.float64) - logits.max())
+    members = np.flatnonzero(classes == classes[token]) if token < len(classes) else [token]
+    return float(weights[members].sum() / weights.sum())
 
 
 class Ct2Drafter:
@@ -63,8 +161,9 @@ class Ct2Drafter:
             raise ValueError("the Whisper tokenizer lacks the English transcription prompt tokens")
         self.prompt = ids
         self.first_special = tokenizer.token_to_id("<|endoftext|>")  # text tokens come before it
+        self.classes = spelling_classes(tokenizer.decode, self.first_special)
 
-    def __call__(self, windows: torch.Tensor, seconds: list[float]) -> list[str]:
+    def __call__(self, windows: torch.Tensor, seconds: list[float]) -> list[Draft]:
         import ctranslate2
 
         storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(windows.float().cpu().numpy()))
@@ -74,17 +173,27 @@ class Ct2Drafter:
             beam_size=1,
             return_scores=True,
             return_no_speech_prob=True,
+            return_logits_vocab=True,  # [steps][vocab] logits as greedy search saw them
             max_length=len(self.prompt) + draft_token_limit(max(seconds)),
         )
         drafts = []
         for result, chunk_seconds in zip(results, seconds):
-            ids = [token for token in result.sequences_ids[0] if token < self.first_special]
-            length = len(result.sequences_ids[0])  # the score is the mean log-probability over these;
+            sequence = result.sequences_ids[0]
+            length = len(sequence)  # the score is the mean log-probability over these;
             logprob = result.scores[0] * length / (length + 1)  # Whisper's mean counts the end token too
-            silent = judged_silent(result.no_speech_prob, logprob)
-            drafts.append(
-                "" if silent else self.tokenizer.decode(ids[: draft_token_limit(chunk_seconds)]).strip()
-            )
+            if judged_silent(result.no_speech_prob, logprob):
+                drafts.append(SILENT)
+                continue
+            steps = [np.asarray(step) for step in result.logits[0]]
+            kept = [(token, _class_probability(step, token, self.classes))
+                    for token, step in zip(sequence, steps) if token < self.first_special]
+            limit = draft_token_limit(chunk_seconds)
+            ended = len(steps) > length and len(kept) <= limit  # the end token was picked, not the length cap
+            end_probability = (_class_probability(steps[length], self.first_special, self.classes)
+                               if ended else 0.0)
+            kept = kept[:limit]
+            drafts.append(draft_from_tokens([t for t, _ in kept], [p for _, p in kept], end_probability,
+                                            self.tokenizer.decode))
         return drafts
 
 
@@ -97,9 +206,12 @@ class HfDrafter:
         self.end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         no_speech = [tokenizer.convert_tokens_to_ids(t) for t in ("<|nospeech|>", "<|nocaptions|>")]
         self.no_speech = next(t for t in no_speech if t is not None and t != tokenizer.unk_token_id)
+        classes = torch.arange(whisper.config.vocab_size)  # [vocab]
+        classes[: self.end + 1] = torch.from_numpy(spelling_classes(tokenizer.decode, self.end))
+        self.classes = classes.to(next(whisper.parameters()).device)
 
     @torch.no_grad()
-    def __call__(self, windows: torch.Tensor, seconds: list[float]) -> list[str]:
+    def __call__(self, windows: torch.Tensor, seconds: list[float]) -> list[Draft]:
         from transformers.modeling_outputs import BaseModelOutput
 
         param = next(self.whisper.parameters())
@@ -110,13 +222,30 @@ class HfDrafter:
                                     return_dict_in_generate=True, output_scores=True)
         # mean log-probability of each draft's tokens and its end token, as CTranslate2 scores them
         picked = out.sequences[:, -len(out.scores):]  # [batch, steps]
-        logprobs = torch.stack(out.scores, 1).float().log_softmax(-1).gather(2, picked[..., None])[..., 0]
+        step_logprobs = torch.stack(out.scores, 1).float().log_softmax(-1)  # [batch, steps, vocab]
+        logprobs = step_logprobs.gather(2, picked[..., None])[..., 0]
+        end_logprobs = step_logprobs[..., self.end]
         ended = (picked == self.end).long().cumsum(1)
         counted = (ended == 0) | ((ended == 1) & (picked == self.end))  # up to the first end token
         mean_logprob = (logprobs.nan_to_num(neginf=0.0) * counted).sum(1) / counted.sum(1).clamp(min=1)
         start = torch.full((len(seconds), 1), self.start, device=param.device)
         first = self.whisper.model.decoder(input_ids=start, encoder_hidden_states=hidden).last_hidden_state
         no_speech_prob = self.whisper.proj_out(first[:, 0]).float().softmax(-1)[:, self.no_speech]
-        texts = self.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
-        silent = [judged_silent(p, lp) for p, lp in zip(no_speech_prob.tolist(), mean_logprob.tolist())]
-        return ["" if quiet else text.strip() for text, quiet in zip(texts, silent)]
+        drafts = []
+        for row, chunk_seconds in enumerate(seconds):
+            if judged_silent(float(no_speech_prob[row]), float(mean_logprob[row])):
+                drafts.append(SILENT)
+                continue
+            tokens = picked[row].tolist()
+            same_spelling = self.classes[None, :] == self.classes[picked[row]][:, None]  # [steps, vocab]
+            probs = (step_logprobs[row].exp() * same_spelling).sum(-1).tolist()
+            text_steps = [step for step, token in enumerate(tokens)
+                          if ended[row, step] == 0 and token < self.end]
+            limit = draft_token_limit(chunk_seconds)
+            end_step = int(counted[row].sum()) - 1  # where the end token was picked (if it was)
+            end_probability = (float(end_logprobs[row, end_step].exp())
+                               if tokens[end_step] == self.end and len(text_steps) <= limit else 0.0)
+            kept = text_steps[:limit]
+            drafts.append(draft_from_tokens([tokens[s] for s in kept], [probs[s] for s in kept],
+                                            end_probability, self.tokenizer.decode))
+        return drafts

@@ -25,7 +25,7 @@ import torch
 
 from asr.errors import AudioError, ModelLoadError
 from asr.speech.audio import SAMPLE_RATE
-from asr.speech.draft import Ct2Drafter, Drafter, HfDrafter
+from asr.speech.draft import Ct2Drafter, Draft, Drafter, HfDrafter
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class AudioEncoder:
                 features = features_transform(features, [len(chunk) // HOP_SAMPLES for chunk in batch])
             yield start, self.backend(features)
 
-    def _drafts(self, windows: torch.Tensor, chunks: list[np.ndarray]) -> list[str]:
+    def _drafts(self, windows: torch.Tensor, chunks: list[np.ndarray]) -> list[Draft]:
         if self.drafter is None:
             raise ModelLoadError(
                 "this encoder was loaded without Whisper's decoder: load it with drafts=True"
@@ -223,17 +223,17 @@ class AudioEncoder:
         return frames, lengths
 
     def _encode(self, chunks: list[np.ndarray], batch_size: int, features_transform: FeaturesTransform | None,
-                drafts: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+                drafts: bool) -> tuple[torch.Tensor, torch.Tensor, list[Draft]]:
         lengths = torch.tensor([num_frames(len(chunk)) for chunk in chunks], dtype=torch.int64)
         width = int(lengths.max()) if len(chunks) else 0
         frames = torch.zeros(len(chunks), width, self.dim, device=self.device, dtype=self.dtype)
-        texts: list[str] = []
+        drafted: list[Draft] = []
         for start, hidden in self._windows(chunks, batch_size, features_transform):
             for offset, length in enumerate(lengths[start : start + batch_size].tolist()):
                 frames[start + offset, :length] = hidden[offset, :length]
             if drafts:
-                texts.extend(self._drafts(hidden, chunks[start : start + batch_size]))
-        return frames, lengths.to(self.device), texts
+                drafted.extend(self._drafts(hidden, chunks[start : start + batch_size]))
+        return frames, lengths.to(self.device), drafted
 
     def encode(self, chunks: list[np.ndarray], batch_size: int = 16) -> list[torch.Tensor]:
         """chunks (float32 16 kHz, <= 30 s each) -> per chunk [ceil(seconds * 50), dim] in ``dtype``."""
@@ -241,14 +241,14 @@ class AudioEncoder:
 
     @torch.no_grad()
     def encode_with_drafts(self, chunks: list[np.ndarray], batch_size: int = 16,
-                           drafts: bool = True) -> tuple[list[torch.Tensor], list[str]]:
+                           drafts: bool = True) -> tuple[list[torch.Tensor], list[Draft]]:
         """``encode`` and, from the same encoder output, Whisper's draft of each chunk (empty list
         when ``drafts`` is False)."""
-        frames, lengths, texts = self._encode(chunks, batch_size, None, drafts)
-        return [frames[index, :length] for index, length in enumerate(lengths.tolist())], texts
+        frames, lengths, drafted = self._encode(chunks, batch_size, None, drafts)
+        return [frames[index, :length] for index, length in enumerate(lengths.tolist())], drafted
 
     @torch.no_grad()
-    def draft(self, chunks: list[np.ndarray], batch_size: int = 16) -> list[str]:
+    def draft(self, chunks: list[np.ndarray], batch_size: int = 16) -> list[Draft]:
         """Whisper's draft transcript of each chunk (training: drafts of the un-augmented log-mel)."""
         return [text for start, hidden in self._windows(chunks, batch_size)
                 for text in self._drafts(hidden, chunks[start : start + batch_size])]

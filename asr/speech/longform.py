@@ -25,7 +25,7 @@ import torch
 from asr.llm.config import SamplingParams
 from asr.llm.distance_cap import DistanceCap
 from asr.llm.engine import LLMEngine
-from asr.speech.draft_decoding import DraftDecoding, decode_with_draft
+from asr.speech.draft_decoding import DraftDecoding, decode_with_draft, draft_proposal
 from asr.speech.model import EncodedChunk, SpeechModel
 from asr.speech.prompt import draft_token_ids
 from asr.speech.repetition import LoopConfig, loop_start, repetitive, token_budget
@@ -38,14 +38,15 @@ RETRY_SAMPLING = replace(GREEDY, temperature=0.5, top_p=0.95, seed=0)  # after a
 @dataclass
 class SessionStats:
     """Counters of one session: chunks decoded, loops cut, chunks stopped at their budget, draft tokens
-    proposed and accepted."""
+    proposed and accepted, drafts kept whole."""
 
     chunks: int = 0
     loops_cut: int = 0
     budget_stops: int = 0
     text_tokens: int = 0  # transcript tokens generated
     draft_tokens: int = 0  # transcript tokens proposed by Whisper drafts
-    accepted_tokens: int = 0  # of those, kept by the LLM's greedy decode
+    accepted_tokens: int = 0  # of those, kept by the LLM's greedy decode or unchecked (Whisper sure)
+    drafts_kept: int = 0  # chunks whose draft Whisper was sure of throughout: kept, nothing decoded
 
 
 class LongformSession:
@@ -80,18 +81,30 @@ class LongformSession:
     def kv_read_share(self) -> float:
         return self.seq.kv_read_share
 
-    def _generate(self, seconds: float, sampling: SamplingParams, proposal: list[int] = ()) -> list[int]:
+    def _generate(self, seconds: float, sampling: SamplingParams, proposal: list[int] = (),
+                  confidences: list[float] | None = None) -> list[int]:
         """The chunk's transcript tokens, picked as ``sampling`` says (its length and stop token set
-        here); a greedy decode goes through ``proposal`` (the draft) first (``asr.speech.draft_decoding``)."""
+        here); a greedy decode goes through ``proposal`` (the draft, with Whisper's confidence per
+        token) first (``asr.speech.draft_decoding``)."""
         params = replace(sampling, max_tokens=token_budget(seconds, self.loop),
                          stop_token_ids=(self.model.prompt.end_of_turn,))
         if not proposal or params.temperature != 0:
             return self.engine.generate(self.seq, params)
         tokens, accepted = decode_with_draft(
-            self.engine, self.seq, list(proposal), params, self.draft_decoding
+            self.engine, self.seq, list(proposal), params, self.draft_decoding, confidences
         )
         self.stats.draft_tokens += len(proposal)
         self.stats.accepted_tokens += accepted
+        return tokens
+
+    def _kept_draft(self, seconds: float, proposal: list[int], confidences: list[float]) -> list[int] | None:
+        """The draft's tokens when it is kept whole: Whisper sure of every token and of its end, and
+        no loop or overrun in it (those go to the LLM). None otherwise."""
+        tokens = proposal[:-1]
+        if (not self.draft_decoding.keeps_whole(confidences)
+                or len(tokens) >= token_budget(seconds, self.loop)
+                or loop_start(tokens, self.loop) is not None or repetitive(self._text(tokens), self.loop)):
+            return None
         return tokens
 
     def transcribe_chunk(self, audio: np.ndarray, start_s: float, sample_rate: int = 16000, *,
@@ -103,18 +116,23 @@ class LongformSession:
         seconds = len(audio) / sample_rate
         if self.distance_cap is not None:
             engine.cap_distances(self.seq, self.distance_cap)
-        draft_ids = None if encoded.draft is None else draft_token_ids(engine.tokenizer, encoded.draft)
+        draft_ids = None if encoded.draft is None else draft_token_ids(engine.tokenizer, encoded.draft.text)
         # one prefill per chunk: its cost grows with the context, so the pieces go in together
         engine.append(self.seq, embeds=torch.cat([engine.embed_tokens(self.pending + prompt.before_audio),
                                                   encoded.embeds,
                                                   engine.embed_tokens(prompt.after_audio_with(draft_ids))]))
+        self.stats.chunks += 1
+        proposal, confidences = [], None
+        if encoded.draft is not None:
+            proposal, confidences = draft_proposal(engine.tokenizer, encoded.draft, prompt.end_of_turn)
+            kept = self._kept_draft(seconds, proposal, confidences)
+            if kept is not None:  # the transcript is prefilled with the next chunk, as its closing tokens are
+                self.stats.drafts_kept += 1
+                self.stats.draft_tokens += len(proposal)
+                self.stats.accepted_tokens += len(proposal)
+                return self._finish(kept, kept + prompt.after_transcript, start_s, seconds)
         before = self.seq.num_tokens
-        proposal = []
-        if encoded.draft is not None:  # the draft as the transcript would spell it, then the turn's end
-            proposal = engine.tokenizer(encoded.draft, add_special_tokens=False).input_ids + [
-                prompt.end_of_turn
-            ]
-        tokens = self._generate(seconds, GREEDY, proposal)
+        tokens = self._generate(seconds, GREEDY, proposal, confidences)
         if loop_start(tokens, self.loop) is not None or repetitive(self._text(tokens), self.loop):
             self.stats.loops_cut += 1
             # drop the loop, and re-append the prompt's last token to get its next-token logits back
@@ -127,8 +145,12 @@ class LongformSession:
                 tokens = tokens[:retry_cut]
         elif len(tokens) >= token_budget(seconds, self.loop):
             self.stats.budget_stops += 1
-        self.pending = list(prompt.after_transcript)
-        self.stats.chunks += 1
+        return self._finish(tokens, list(prompt.after_transcript), start_s, seconds)
+
+    def _finish(self, tokens: list[int], pending: list[int], start_s: float,
+                seconds: float) -> Segment | None:
+        """Count the chunk's transcript; ``pending``: what the next chunk prefills before its audio."""
+        self.pending = pending
         self.stats.text_tokens += len(tokens)
         text = self._text(tokens)
         return Segment(start_s, start_s + seconds, text) if text else None

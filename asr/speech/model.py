@@ -35,6 +35,7 @@ from asr.llm.lora_adapter import LoraAdapter
 from asr.llm.model import CausalLM
 from asr.llm.quantize import quantize_linear_layers
 from asr.speech.adapter import SpeechAdapter
+from asr.speech.draft import Draft
 from asr.speech.draft_decoding import DraftDecoding
 from asr.speech.projector import FrameStackProjector
 from asr.speech.prompt import PromptIds
@@ -59,10 +60,10 @@ def context_tokens(seconds: float) -> int:
 @dataclass(frozen=True)
 class EncodedChunk:
     """embeds: [audio_tokens, hidden] LLM input embeddings of one chunk; draft: Whisper's transcript
-    of it (``asr.speech.draft``), or None when the model reads no drafts."""
+    of it with its confidences (``asr.speech.draft``), or None when the model reads no drafts."""
 
     embeds: torch.Tensor
-    draft: str | None = None
+    draft: Draft | None = None
 
 
 @dataclass

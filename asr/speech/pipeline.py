@@ -20,7 +20,7 @@ from asr.llm.config import EngineConfig
 from asr.llm.cpu_defaults import default_threads
 from asr.llm.distance_cap import DistanceCap
 from asr.speech.audio import SAMPLE_RATE
-from asr.speech.draft_decoding import DEFAULT_TOLERANCE, DraftDecoding
+from asr.speech.draft_decoding import DEFAULT_END_TOLERANCE, DEFAULT_GATE, DEFAULT_TOLERANCE, DraftDecoding
 from asr.speech.longform import LongformSession
 from asr.speech.model import EncodedChunk, SpeechModel, load_speech_model
 from asr.speech.repetition import LoopConfig
@@ -46,9 +46,12 @@ class TranscribeOptions:
     control; max_distance: the farthest a key may sit from the next position before old pages are
     moved closer (``asr.llm.distance_cap``; None keeps every key at its own position); drafts: put
     each chunk's Whisper draft into the context and verify it as the LLM's proposal (None: as the
-    model was trained; ``asr.speech.draft``); draft_tolerance: nats by which a draft token may trail
-    the LLM's own choice and still be kept (0: the LLM's exact greedy transcript;
-    ``asr.speech.draft_decoding``); prefill: how a chunk appended to a long context attends to it:
+    model was trained; ``asr.speech.draft``); draft_gate: Whisper's word probability from which a
+    draft word is kept unchecked (a draft sure throughout is kept whole, with no LLM decoding);
+    draft_tolerance: nats by which an unsure draft token may trail the LLM's own choice and still be
+    kept; draft_end_tolerance: the same where the LLM would end the transcript early (all three in
+    ``asr.speech.draft_decoding``; gate above 1 and tolerance 0: the LLM's exact greedy transcript);
+    prefill: how a chunk appended to a long context attends to it:
     ``unisparse`` (default: the key blocks ``asr.attention.block_selection`` picks, once the context
     holds ``UniSparseConfig.min_context`` tokens; on a 15-minute recording it cut the real-time factor
     from 0.54 to 0.36 on one CPU thread at 22.2% WER against dense's 23.3%, BENCHMARKS.md) or
@@ -64,7 +67,9 @@ class TranscribeOptions:
     loop: LoopConfig = field(default_factory=LoopConfig)
     max_distance: int | None = DistanceCap.max_distance
     drafts: bool | None = None
+    draft_gate: float = DEFAULT_GATE
     draft_tolerance: float = DEFAULT_TOLERANCE
+    draft_end_tolerance: float = DEFAULT_END_TOLERANCE
     prefill: str = "unisparse"
 
     def __post_init__(self) -> None:
@@ -88,7 +93,7 @@ class TranscribeOptions:
 
     def draft_decoding(self) -> DraftDecoding:
         """How a session decodes against each chunk's draft."""
-        return DraftDecoding(tolerance=self.draft_tolerance)
+        return DraftDecoding(self.draft_gate, self.draft_tolerance, self.draft_end_tolerance)
 
     def distance_cap(self) -> DistanceCap | None:
         """The distance ceiling of a session (None: keys keep their own positions)."""

@@ -1,0 +1,141 @@
+"""Choose the draft gate and tolerances (``asr.speech.draft_decoding``) on validation speech: WER of the
+Whisper draft alone and of the speech LLM decoding against it at several gates and tolerances.
+
+Each utterance (one chunk, <= 30 s) is encoded and drafted once, then decoded in a fresh session per
+setting, so the rows differ only in the setting. A gate of 0 keeps every draft whole (the row equals
+the draft); a gate above 1 lets the LLM check every token (the decoding before the gate). Prints a
+table, writes JSON (references, drafts, transcripts per setting, WER/CER, share of drafts kept
+whole) and, given several result files, plots WER against the gate per set. Tune on several kinds of
+speech together (read, accented, synthetic), never on one alone.
+
+    python -m eval.draft_gate run MANIFEST --every 25 --gates 0 0.5 0.8 0.9 1.01 --output out.json
+    python -m eval.draft_gate plot out1.json out2.json --output gate.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from eval.line_plot import line_plot
+
+
+def _setting_name(gate: float, tolerance: float, end_tolerance: float) -> str:
+    return f"gate={gate:g} tol={tolerance:g} end={end_tolerance:g}"
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from asr.corpus import read_corpus
+    from asr.normalize import error_rates
+    from asr.speech.audio import SAMPLE_RATE
+    from asr.speech.draft_decoding import DraftDecoding
+    from asr.speech.encoder import CHUNK_SAMPLES
+    from asr.speech.model import load_speech_model
+    from asr.speech.pipeline import TranscribeOptions
+
+    torch.set_num_threads(args.threads)
+    options = TranscribeOptions(device=args.device, attention="dense")
+    model = load_speech_model(args.model, options.engine_config(), drafts=True)
+    utterances = read_corpus(args.manifest)[:: args.every]
+    settings = [DraftDecoding(gate=g, tolerance=t, end_tolerance=e)
+                for g, t, e in itertools.product(args.gates, args.tolerances, args.end_tolerances)]
+    names = [_setting_name(s.gate, s.tolerance, s.end_tolerance) for s in settings]
+    references, drafts = [], []
+    transcripts: dict[str, list[str]] = {name: [] for name in names}
+    kept: dict[str, int] = dict.fromkeys(names, 0)
+    started = time.perf_counter()
+    for utterance in tqdm(utterances, desc="utterances"):
+        audio = utterance.load()[:CHUNK_SAMPLES]
+        encoded = model.encode_chunks([audio])[0]
+        references.append(utterance.text)
+        drafts.append(encoded.draft.text)
+        for name, setting in zip(names, settings):
+            engine = model.open_engine(options.engine_config(), expected_seconds=len(audio) / SAMPLE_RATE)
+            with model.open_session(engine, options.loop, None, setting) as session:
+                segment = session.transcribe_chunk(audio, 0.0, encoded=encoded)
+                kept[name] += session.stats.drafts_kept
+            transcripts[name].append(segment.text if segment else "")
+    rows = [{"decoding": "whisper draft", **_rates(error_rates(references, drafts))}]
+    rows += [
+        {"decoding": "speech LLM", "gate": s.gate, "tolerance": s.tolerance,
+         "end_tolerance": s.end_tolerance, "kept_share": kept[name] / max(1, len(utterances)),
+         **_rates(error_rates(references, transcripts[name]))}
+        for name, s in zip(names, settings)
+    ]
+    print(f"{'decoding':<14} {'gate':>5} {'tol':>5} {'end':>5} {'kept':>6} {'WER':>7} {'CER':>7}")
+    for row in rows:
+        setting = (f"{row['gate']:>5g} {row['tolerance']:>5g} {row['end_tolerance']:>5g} "
+                   f"{100 * row['kept_share']:5.1f}%" if "gate" in row else " " * 24)
+        print(f"{row['decoding']:<14} {setting} {100 * row['wer']:6.2f}% {100 * row['cer']:6.2f}%")
+    result = {
+        "manifest": str(args.manifest),
+        "every": args.every,
+        "utterances": len(utterances),
+        "model": args.model or "embedded",
+        "device": args.device,
+        "seconds": round(time.perf_counter() - started),
+        "rows": rows,
+        "references": references,
+        "drafts": drafts,
+        "transcripts": transcripts,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1))
+
+
+def _rates(rates: tuple[float, float]) -> dict:
+    return {"wer": rates[0], "cer": rates[1]}
+
+
+def plot(args: argparse.Namespace) -> None:
+    """WER against the gate, one line per set and (tolerance, end tolerance), the draft alone dotted."""
+    series = []
+    for path, fmt in zip(args.results, itertools.cycle(("o-", "s-", "^-", "d-", "v-"))):
+        result = json.loads(path.read_text())
+        draft = next(row for row in result["rows"] if "gate" not in row)
+        name = args.names.get(str(path), Path(result["manifest"]).parent.name or path.stem)
+        rows = [row for row in result["rows"] if "gate" in row]
+        for tolerances in sorted({(row["tolerance"], row["end_tolerance"]) for row in rows}):
+            line = sorted((row["gate"], 100 * row["wer"]) for row in rows
+                          if (row["tolerance"], row["end_tolerance"]) == tolerances)
+            label = f"{name}, tol {tolerances[0]:g}/{tolerances[1]:g}"
+            series.append(([g for g, _ in line], [w for _, w in line], fmt, label))
+        gates = sorted({row["gate"] for row in rows})
+        series.append((gates, [100 * draft["wer"]] * len(gates), fmt[0] + ":", f"Whisper draft, {name}"))
+    line_plot(series, args.output, "gate (Whisper word probability kept unchecked)", "WER (%)",
+              "Draft gate on validation speech", figsize=(8, 5))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="decode one manifest at several settings")
+    run_parser.add_argument("manifest", type=Path)
+    run_parser.add_argument("--every", type=int, default=1, help="take every N-th utterance")
+    run_parser.add_argument("--gates", type=float, nargs="+", default=[0.0, 0.5, 0.8, 0.9, 0.95, 1.01])
+    run_parser.add_argument("--tolerances", type=float, nargs="+", default=[1.0])
+    run_parser.add_argument("--end-tolerances", type=float, nargs="+", default=[5.0])
+    run_parser.add_argument("--model", help="speech model directory (default: the embedded one)")
+    run_parser.add_argument("--device", default="cpu")
+    run_parser.add_argument("--threads", type=int, default=2)
+    run_parser.add_argument("--output", type=Path, required=True)
+    plot_parser = commands.add_parser("plot", help="WER against the gate from run outputs")
+    plot_parser.add_argument("results", type=Path, nargs="+")
+    plot_parser.add_argument("--names", type=json.loads, default={},
+                             help='JSON {"result path": "set name"} for the legend')
+    plot_parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args()
+    run(args) if args.command == "run" else plot(args)
+
+
+if __name__ == "__main__":
+    main()
