@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from asr.speech.audio import SAMPLE_RATE
+
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_dev" / "manifest.jsonl"
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "eval" / "results"
@@ -102,7 +104,7 @@ def timed_run(transcribe, items) -> dict:
         started = time.perf_counter()
         hypotheses.append(transcribe(audio))
         compute_seconds += time.perf_counter() - started
-        audio_seconds += len(audio) / 16000
+        audio_seconds += len(audio) / SAMPLE_RATE
     wer, _ = error_rates([item.text for item in items], hypotheses)
     return {"audio_seconds": round(audio_seconds, 2), "seconds": round(compute_seconds, 2),
             "rtf": round(compute_seconds / audio_seconds, 4), "wer": round(wer, 4)}

@@ -30,10 +30,9 @@ from asr.live.client import stream_audio
 from asr.live.server import LiveServer, ServerConfig
 from asr.live.session import LiveModel
 from asr.live.stream import StreamConfig
-from asr.speech.audio import load_audio
+from asr.speech.audio import SAMPLE_RATE, load_audio
 from asr.speech.pipeline import TranscribeOptions
 
-SR = 16000
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_dev" / "manifest.jsonl"
 PAUSE_S = 0.8  # between utterances: an end-of-utterance pause the segmenter cuts at
 DRAIN_S = 15.0  # silence before the last real-time minute, so backlog from the fast part drains
@@ -43,13 +42,13 @@ def speech_track(manifest: Path, seconds: float, first: int) -> np.ndarray:
     """Utterances of the manifest from index ``first`` on (wrapping), joined by pauses, ``seconds`` long."""
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     pieces, total, index = [], 0, first
-    pause = np.zeros(int(PAUSE_S * SR), np.float32)
-    while total < seconds * SR:
+    pause = np.zeros(int(PAUSE_S * SAMPLE_RATE), np.float32)
+    while total < seconds * SAMPLE_RATE:
         audio = load_audio(manifest.parent / rows[index % len(rows)]["audio"])
         pieces += [audio, pause]
         total += len(audio) + len(pause)
         index += 1
-    return np.concatenate(pieces)[: int(seconds * SR)]
+    return np.concatenate(pieces)[: int(seconds * SAMPLE_RATE)]
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -74,7 +73,7 @@ async def run_streams(model: LiveModel, args) -> dict:
     for r in results:
         times = [m["received"] for m in r.of("partial")]
         gaps += list(np.diff(times))
-    audio_s = sum(len(t) for t in tracks) / SR
+    audio_s = sum(len(t) for t in tracks) / SAMPLE_RATE
     return {
         "streams": args.streams,
         "seconds_per_stream": args.seconds,
@@ -98,14 +97,14 @@ async def run_long(model: LiveModel, minutes: float, args) -> dict:
     server = LiveServer(model, config)
     await server.start()
     speech = speech_track(args.manifest, seconds, first=0)
-    last_minute = len(speech) - 60 * SR
+    last_minute = len(speech) - 60 * SAMPLE_RATE
     track = np.concatenate(
-        [speech[:last_minute], np.zeros(int(DRAIN_S * SR), np.float32), speech[last_minute:]]
+        [speech[:last_minute], np.zeros(int(DRAIN_S * SAMPLE_RATE), np.float32), speech[last_minute:]]
     )
-    drain_end = (last_minute / SR) + DRAIN_S
+    drain_end = (last_minute / SAMPLE_RATE) + DRAIN_S
 
     def pace(position_s: float) -> float:
-        return 1.0 if position_s < 60 or position_s >= last_minute / SR else math.inf
+        return 1.0 if position_s < 60 or position_s >= last_minute / SAMPLE_RATE else math.inf
 
     began = time.monotonic()
     result = await stream_audio(f"ws://127.0.0.1:{server.port}/ws", track, speed=pace, timeout_s=4 * 3600)
@@ -120,7 +119,7 @@ async def run_long(model: LiveModel, minutes: float, args) -> dict:
         "minutes": minutes,
         "finals": len(finals),
         "wall_s": wall,
-        "rtf": busy / (len(speech) / SR),
+        "rtf": busy / (len(speech) / SAMPLE_RATE),
         "minute1_latency_p50": percentile(first, 50),
         "minute1_latency_p95": percentile(first, 95),
         "last_minute_latency_p50": percentile(last, 50),

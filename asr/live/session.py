@@ -12,12 +12,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from asr.speech.audio import SAMPLE_RATE
 from asr.speech.longform import LongformSession
 from asr.speech.model import SpeechModel
 from asr.speech.pipeline import TranscribeOptions, load_transcriber
 from asr.speech.repetition import LoopConfig
 
-SAMPLE_RATE = 16000
 MAX_PROMPT_TOKENS = 200  # an optional client prompt sits in the context for the whole session
 # A tentative caption only has to show the gist: a short token budget per second keeps it cheap.
 PARTIAL_LOOP = LoopConfig(tokens_per_second=4.0, extra_tokens=8)

@@ -21,10 +21,10 @@ from functools import partial
 import numpy as np
 
 from asr.errors import AsrError
-from asr.live.protocol import SAMPLE_RATE
 from asr.live.session import Caption, LiveDecoder, LiveModel
 from asr.live.vad import Chunk, StreamSegmenter, StreamSegmenterConfig
 from asr.live.worker import FINAL, PARTIAL, ModelWorker
+from asr.speech.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ import hashlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,13 +36,11 @@ from asr.llm.quantize import quantize_linear_layers
 from asr.speech.adapter import SpeechAdapter
 from asr.speech.draft import Draft
 from asr.speech.draft_decoding import DraftDecoding
+from asr.speech.longform import LongformSession
 from asr.speech.projector import FrameStackProjector
 from asr.speech.prompt import PromptIds
 from asr.speech.repetition import LoopConfig
 from asr.weights_cache import cache_root
-
-if TYPE_CHECKING:
-    from asr.speech.longform import LongformSession
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +97,6 @@ class SpeechModel:
                      draft_decoding: DraftDecoding = DraftDecoding()) -> LongformSession:
         """A long-form session (one recording or live stream) in a new sequence of ``engine`` (from
         ``open_engine``); closing it frees its sequence, not the engine."""
-        from asr.speech.longform import LongformSession
-
         return LongformSession(self, engine, loop, distance_cap, draft_decoding)
 
     @torch.inference_mode()
