@@ -23,7 +23,7 @@ from asr.errors import ContextLengthError
 from asr.llm.config import EngineConfig, ModelConfig, SamplingParams
 from asr.llm.cpu_defaults import default_cpu_dtype
 from asr.llm.distance_cap import DistanceCap, cap_distances
-from asr.llm.loader import load_model
+from asr.llm.loader import load_model, load_tokenizer
 from asr.llm.model import CausalLM
 from asr.llm.quantize import quantize_linear_layers
 from asr.llm.runner import ModelRunner
@@ -90,12 +90,9 @@ class LLMEngine:
     @classmethod
     def from_pretrained(cls, path: str | Path, config: EngineConfig = EngineConfig()) -> LLMEngine:
         """Load a local Hugging Face directory or GGUF file (model and tokenizer); no hub access."""
-        from transformers import AutoTokenizer
-
         device, dtype = resolve_device(config)
         model, model_dir = load_model(path, device, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        return cls(model, config, tokenizer)
+        return cls(model, config, load_tokenizer(model_dir))
 
     # ---------------------------------------------------------------- sequences
     def new_sequence(self) -> Sequence:

@@ -111,6 +111,20 @@ def rope_frequencies(model_dir: Path, raw: dict, head_dim: int) -> tuple[torch.T
     return inv_freq.float(), float(scaling)
 
 
+def load_tokenizer(model_dir: Path):
+    """The tokenizer of a Hugging Face directory. With a ``tokenizer.json`` it is built straight from
+    it: ``AutoTokenizer`` would first read the model's config class, whose import pulls in
+    ``torch.distributed`` and sympy (~900 modules, 2-3 s of a 2-core CPU start-up) for the same
+    tokenizer."""
+    if (model_dir / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(model_dir), local_files_only=True)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+
+
 def read_weights(file: Path) -> dict[str, torch.Tensor]:
     """Every tensor of one safetensors file, by name (on CPU)."""
     with safe_open(str(file), framework="pt") as handle:

@@ -28,7 +28,7 @@ from asr.errors import ModelLoadError
 from asr.llm.config import EngineConfig
 from asr.llm.distance_cap import DistanceCap
 from asr.llm.engine import LLMEngine, resolve_device
-from asr.llm.loader import CONVERTED_FORMAT, load_model
+from asr.llm.loader import CONVERTED_FORMAT, load_model, load_tokenizer
 from asr.llm.lora import merge_lora
 from asr.llm.lora_adapter import LoraAdapter
 from asr.llm.model import CausalLM
@@ -137,8 +137,6 @@ def load_speech_model(model_dir: str | Path | None, engine_config: EngineConfig,
     """Load a speech model directory (default: the embedded one) with the engine config's device,
     dtype and ``int8_weights``; no engine is made (``SpeechModel.open_engine``). drafts: put Whisper
     drafts into the context (None: as the adapter was trained, its ``info["drafts"]``)."""
-    from transformers import AutoTokenizer
-
     from asr.llm.embedded import embedded_llm_dir
     from asr.speech.encoder import AudioEncoder
 
@@ -160,7 +158,7 @@ def load_speech_model(model_dir: str | Path | None, engine_config: EngineConfig,
     )
     if engine_config.int8_weights:
         quantize_linear_layers(model)  # the weights' form is decided here, once, for every engine
-    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
+    tokenizer = load_tokenizer(hf_dir)
     drafts = bool(adapter.info.get("drafts", False)) if drafts is None else drafts
     encoder = AudioEncoder.load(
         _resolve(adapter_dir, adapter.info.get("whisper")),
