@@ -12,7 +12,8 @@ defaults: the dtype and threads ``asr.llm.cpu_defaults`` picks for this CPU) and
 
 Each system is warmed up on one utterance first (its first-call cost is reported apart). Reported:
 real-time factors (compute seconds / audio seconds) of both and their ratio, WER of both, the
-embedded model's time per stage (``eval.stage_clock``), model load times, and start-up: the wall
+embedded model's time per stage (``eval.stage_clock``), model load times, one projection-sized matmul
+in float32 and bf16 (what the dtype choice rests on), and start-up: the wall
 time of ``asr transcribe`` of a ~5 s file in a fresh process (to its exit, its text written) and of
 ``asr --help``. ``--emulate-avx2`` restarts the script with torch's kernels, oneDNN, MKL and
 CTranslate2 limited to AVX2 (``EMULATE_AVX2``); the JSON records CPU model, capability and that
@@ -77,6 +78,23 @@ def cpu_record() -> dict:
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
+def matmul_milliseconds(repeats: int = 50) -> dict[str, float]:
+    """Milliseconds of one [64, 576] x [576, 1536] matmul (a SmolLM2 projection over 64 prefill tokens)
+    per dtype: the measurement behind ``asr.llm.cpu_defaults``' choice."""
+    import torch
+
+    times = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(64, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        times[str(dtype).removeprefix("torch.")] = round((time.perf_counter() - started) / repeats * 1e3, 3)
+    return times
+
+
 def startup(audio: Path, options: list[str]) -> dict:
     """Wall seconds of ``asr transcribe AUDIO`` in a fresh process (to its exit, its txt written) and of
     ``asr --help`` (the interpreter, the command modules and their imports)."""
@@ -123,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     cli_options = [*(["--dtype", args.dtype] if args.dtype else []),
                    *(["--threads", str(args.threads)] if args.threads else [])]
     given = argv if argv is not None else sys.argv[1:]
-    record = {"command": " ".join(["python -m eval.bench_cpu", *given])}
+    record = {"command": " ".join(["python -m eval.bench_cpu", *given]),
+              "load_average_before": os.getloadavg()[0]}  # other work on the machine skews every figure
     if not args.no_startup:  # first, alone: a cold process as a user starts it
         rows = [json.loads(line) for line in args.manifest.read_text().splitlines() if line.strip()]
         five = next(row for row in rows if STARTUP_SECONDS[0] <= row["duration_s"] <= STARTUP_SECONDS[1])
@@ -136,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     transcriber = load_transcriber(None, options)
     load_seconds = {"embedded": round(time.perf_counter() - started, 2)}
     record["machine"] = cpu_record()
+    record["matmul_ms"] = matmul_milliseconds()
     record["embedded_dtype"] = str(transcriber.model.dtype).removeprefix("torch.")
 
     started = time.perf_counter()
@@ -163,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         record[name] = {"items": len(items), "embedded": embedded, "faster_whisper": baseline,
                         "rtf_ratio": round(embedded["rtf"] / baseline["rtf"], 2),
                         "embedded_stage_seconds": clock.breakdown(embedded["seconds"])}
+    record["load_average_after"] = os.getloadavg()[0]
     output = args.output or RESULTS / f"bench_cpu_{'avx2' if args.emulate_avx2 else 'native'}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(record, indent=2) + "\n")
@@ -173,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
 def print_table(record: dict) -> None:
     machine = record["machine"]
     print(f"{machine['cpu']}, {machine['threads']} threads, capability {machine['capability']}, native bf16 "
-          f"{machine['native_bf16']}, embedded dtype {record['embedded_dtype']}")
+          f"{machine['native_bf16']}, embedded dtype {record['embedded_dtype']}, load average "
+          f"{record['load_average_before']:.1f} before, {record['load_average_after']:.1f} after")
     print(f"{'set':<8} {'audio s':>8} {'embedded RTF':>13} {'faster-whisper RTF':>19} {'ratio':>6} "
           f"{'WER emb':>8} {'WER fw':>7}")
     for name in ("short", "long"):
@@ -188,6 +210,7 @@ def print_table(record: dict) -> None:
             total = sum(stages.values())
             print(f"{name} stages (s, share): " + ", ".join(
                 f"{stage} {seconds:.1f} ({100 * seconds / total:.0f}%)" for stage, seconds in stages.items()))
+    print(f"matmul [64, 576] x [576, 1536] ms: {record['matmul_ms']}")
     print(f"load s: {record['load_seconds']}, first call s: {record['first_call_seconds']}")
     if "startup" in record:
         print(f"start-up: asr transcribe of a {record['startup']['file'].rsplit('/', 1)[-1]} "
