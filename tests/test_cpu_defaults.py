@@ -101,3 +101,20 @@ def test_threads_and_dtype_flags_reach_the_options():
     assert chosen.dtype == "bfloat16" and chosen.threads == 3
     with pytest.raises(ValueError, match="threads"):
         options_from_args(parser.parse_args(["--threads", "0"]))
+
+
+def test_load_transcriber_sets_the_threads_before_loading(monkeypatch):
+    """--threads, else one per physical core, is in force when the model (and its encoder, which reads
+    torch's thread count) loads."""
+    from asr.speech import pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "load_speech_model", lambda *args: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr(pipeline, "default_threads", lambda: 1)
+    before = torch.get_num_threads()
+    try:
+        pipeline.load_transcriber(None, pipeline.TranscribeOptions(device="cpu", threads=3))
+        pipeline.load_transcriber(None, pipeline.TranscribeOptions(device="cpu"))
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [3, 1]
