@@ -25,8 +25,25 @@ from tqdm import tqdm
 from eval.line_plot import line_plot
 
 
-def _setting_name(gate: float, tolerance: float, end_tolerance: float) -> str:
-    return f"gate={gate:g} tol={tolerance:g} end={end_tolerance:g}"
+def _setting_name(setting) -> str:
+    if setting.rescore:
+        return f"rescore gate={setting.gate:g} weight={setting.llm_weight:g} share={setting.correct_share:g}"
+    return f"correct gate={setting.gate:g} tol={setting.tolerance:g} end={setting.end_tolerance:g}"
+
+
+def _settings(args: argparse.Namespace) -> list:
+    """The grid: per mode, gates x LLM weights x correct shares (rescore) or gates x tolerances x end
+    tolerances (correct)."""
+    from asr.speech.draft_decoding import DraftDecoding
+
+    settings = []
+    if "rescore" in args.modes:
+        settings += [DraftDecoding(gate=gate, llm_weight=weight, correct_share=share) for gate, weight, share
+                     in itertools.product(args.gates, args.llm_weights, args.correct_shares)]
+    if "correct" in args.modes:
+        settings += [DraftDecoding(gate=g, tolerance=t, end_tolerance=e, rescore=False)
+                     for g, t, e in itertools.product(args.gates, args.tolerances, args.end_tolerances)]
+    return settings
 
 
 def run(args: argparse.Namespace) -> None:
@@ -35,7 +52,6 @@ def run(args: argparse.Namespace) -> None:
     from asr.corpus import read_corpus
     from asr.normalize import error_rates
     from asr.speech.audio import SAMPLE_RATE
-    from asr.speech.draft_decoding import DraftDecoding
     from asr.speech.encoder import CHUNK_SAMPLES
     from asr.speech.model import load_speech_model
     from asr.speech.pipeline import TranscribeOptions
@@ -44,16 +60,17 @@ def run(args: argparse.Namespace) -> None:
     options = TranscribeOptions(device=args.device, attention="dense")
     model = load_speech_model(args.model, options.engine_config(), drafts=True)
     utterances = read_corpus(args.manifest)[:: args.every]
-    settings = [DraftDecoding(gate=g, tolerance=t, end_tolerance=e)
-                for g, t, e in itertools.product(args.gates, args.tolerances, args.end_tolerances)]
-    names = [_setting_name(s.gate, s.tolerance, s.end_tolerance) for s in settings]
+    settings = _settings(args)
+    names = [_setting_name(s) for s in settings]
+    # other readings of every draft unsure at the highest gate (a session checks its own gate first)
+    search = max((s.search() for s in settings if s.search()), key=lambda found: found.gate, default=None)
     references, drafts = [], []
     transcripts: dict[str, list[str]] = {name: [] for name in names}
     kept: dict[str, int] = dict.fromkeys(names, 0)
     started = time.perf_counter()
     for utterance in tqdm(utterances, desc="utterances"):
         audio = utterance.load()[:CHUNK_SAMPLES]
-        encoded = model.encode_chunks([audio])[0]
+        encoded = model.encode_chunks([audio], search)[0]
         references.append(utterance.text)
         drafts.append(encoded.draft.text)
         for name, setting in zip(names, settings):
@@ -64,15 +81,20 @@ def run(args: argparse.Namespace) -> None:
             transcripts[name].append(segment.text if segment else "")
     rows = [{"decoding": "whisper draft", **_rates(error_rates(references, drafts))}]
     rows += [
-        {"decoding": "speech LLM", "gate": s.gate, "tolerance": s.tolerance,
-         "end_tolerance": s.end_tolerance, "kept_share": kept[name] / max(1, len(utterances)),
+        {"decoding": "rescore" if s.rescore else "correct", "gate": s.gate, "llm_weight": s.llm_weight,
+         "correct_share": s.correct_share,
+         "tolerance": s.tolerance, "end_tolerance": s.end_tolerance,
+         "kept_share": kept[name] / max(1, len(utterances)),
          **_rates(error_rates(references, transcripts[name]))}
         for name, s in zip(names, settings)
     ]
-    print(f"{'decoding':<14} {'gate':>5} {'tol':>5} {'end':>5} {'kept':>6} {'WER':>7} {'CER':>7}")
+    print(f"{'decoding':<14} {'gate':>5} {'weight':>6} {'tol':>5} {'end':>5} {'kept':>6} {'WER':>7} "
+          f"{'CER':>7}")
     for row in rows:
-        setting = (f"{row['gate']:>5g} {row['tolerance']:>5g} {row['end_tolerance']:>5g} "
-                   f"{100 * row['kept_share']:5.1f}%" if "gate" in row else " " * 24)
+        setting = " " * 31
+        if "gate" in row:
+            setting = (f"{row['gate']:>5g} {row['llm_weight']:>6g} {row['tolerance']:>5g} "
+                       f"{row['end_tolerance']:>5g} {100 * row['kept_share']:5.1f}%")
         print(f"{row['decoding']:<14} {setting} {100 * row['wer']:6.2f}% {100 * row['cer']:6.2f}%")
     result = {
         "manifest": str(args.manifest),
@@ -94,19 +116,23 @@ def _rates(rates: tuple[float, float]) -> dict:
     return {"wer": rates[0], "cer": rates[1]}
 
 
+def _line_key(row: dict) -> str:
+    if row["decoding"] == "rescore":
+        return f"rescore, LLM weight {row['llm_weight']:g}, correct above {row['correct_share']:g}"
+    return f"correct, tol {row['tolerance']:g}/{row['end_tolerance']:g}"
+
+
 def plot(args: argparse.Namespace) -> None:
-    """WER against the gate, one line per set and (tolerance, end tolerance), the draft alone dotted."""
+    """WER against the gate, one line per set and decoding setting, the draft alone dotted."""
     series = []
     for path, fmt in zip(args.results, itertools.cycle(("o-", "s-", "^-", "d-", "v-"))):
         result = json.loads(path.read_text())
         draft = next(row for row in result["rows"] if "gate" not in row)
         name = args.names.get(str(path), Path(result["manifest"]).parent.name or path.stem)
         rows = [row for row in result["rows"] if "gate" in row]
-        for tolerances in sorted({(row["tolerance"], row["end_tolerance"]) for row in rows}):
-            line = sorted((row["gate"], 100 * row["wer"]) for row in rows
-                          if (row["tolerance"], row["end_tolerance"]) == tolerances)
-            label = f"{name}, tol {tolerances[0]:g}/{tolerances[1]:g}"
-            series.append(([g for g, _ in line], [w for _, w in line], fmt, label))
+        for key in sorted({_line_key(row) for row in rows}):
+            line = sorted((row["gate"], 100 * row["wer"]) for row in rows if _line_key(row) == key)
+            series.append(([g for g, _ in line], [w for _, w in line], fmt, f"{name}, {key}"))
         gates = sorted({row["gate"] for row in rows})
         series.append((gates, [100 * draft["wer"]] * len(gates), fmt[0] + ":", f"Whisper draft, {name}"))
     line_plot(series, args.output, "gate (Whisper word probability kept unchecked)", "WER (%)",
@@ -122,6 +148,11 @@ def main() -> None:
     run_parser.add_argument("manifest", type=Path)
     run_parser.add_argument("--every", type=int, default=1, help="take every N-th utterance")
     run_parser.add_argument("--gates", type=float, nargs="+", default=[0.0, 0.5, 0.8, 0.9, 0.95, 1.01])
+    run_parser.add_argument("--modes", nargs="+", default=["rescore", "correct"],
+                            choices=["rescore", "correct"])
+    run_parser.add_argument("--llm-weights", type=float, nargs="+", default=[0.3])
+    run_parser.add_argument("--correct-shares", type=float, nargs="+", default=[0.25],
+                            help="rescore: share of guessed words above which a chunk is corrected instead")
     run_parser.add_argument("--tolerances", type=float, nargs="+", default=[1.0])
     run_parser.add_argument("--end-tolerances", type=float, nargs="+", default=[5.0])
     run_parser.add_argument("--model", help="speech model directory (default: the embedded one)")

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from asr.llm.config import SamplingParams
 from asr.speech.draft import Draft, DraftWord, draft_from_tokens, spelling_classes
@@ -62,8 +63,10 @@ def test_proposal_confidences_follow_the_llm_tokens_characters():
 def test_the_gate_splits_tokens_into_unchecked_and_checked():
     gate = DraftDecoding(gate=0.8, tolerance=1.5)
     assert gate.tolerances([0.9, 0.8, 0.5]) == [math.inf, math.inf, 1.5]
-    assert gate.keeps_whole([0.9, 0.8]) and not gate.keeps_whole([0.9, 0.79])
-    assert DraftDecoding(gate=0.0).keeps_whole([0.0]) and not DraftDecoding(gate=1.01).keeps_whole([1.0])
+    draft = Draft("ab cd", (DraftWord(0, 2, 0.9), DraftWord(3, 5, 0.8)), end_probability=0.95)
+    assert draft.sure(0.8) and not draft.sure(0.81)
+    assert not Draft("ab", (DraftWord(0, 2, 1.0),), end_probability=0.5).sure(0.8)
+    assert Draft("").sure(1.0) and not Draft("").sure(1.01)
     with pytest.raises(ValueError):
         DraftDecoding(gate=-0.1)
 
@@ -135,3 +138,34 @@ def test_class_probability_counts_every_casing():
     classes = np.array([0, 0, 2, 3])
     assert _class_probability(logits, 1, classes) == pytest.approx(0.75)
     assert _class_probability(logits, 3, classes) == pytest.approx(0.125)
+
+
+def test_sure_words_kept_and_guessed_share():
+    draft = Draft("Then Moses said,", (DraftWord(0, 4, 0.3), DraftWord(5, 10, 0.95), DraftWord(11, 16, 0.4)))
+    assert draft.keeps_sure_words("the moses said", 0.9)
+    assert draft.keeps_sure_words("Then, MOSES was", 0.9)  # case and punctuation do not count
+    assert not draft.keeps_sure_words("the most said", 0.9)
+    assert draft.unsure_share(0.5) == pytest.approx(2 / 3) and Draft("").unsure_share(0.5) == 0.0
+    assert DraftDecoding(correct_share=0.5).corrects(draft)
+    assert not DraftDecoding(correct_share=0.7).corrects(draft)
+    assert DraftDecoding(rescore=False, correct_share=0.7).corrects(draft)
+
+
+def test_scored_continuations_are_their_summed_logprobs_and_leave_the_sequence_as_it_was(tiny):
+    engine = engine_for(tiny)
+    seq = engine.new_sequence()
+    engine.append(seq, token_ids=token_ids(11, seed=5))
+    before, logits_before = seq.num_tokens, seq.next_logits.clone()
+    candidates = [token_ids(4, seed=1), token_ids(1, seed=2), token_ids(6, seed=3)]
+    scores = engine.score_continuations(seq, candidates)
+    assert seq.num_tokens == engine.cache.length(seq.seq_id) == before
+    assert torch.equal(seq.next_logits, logits_before)
+    for candidate, score in zip(candidates, scores):
+        step = engine_for(tiny)
+        stepped = step.new_sequence()
+        step.append(stepped, token_ids=token_ids(11, seed=5))
+        expected = 0.0
+        for token in candidate:
+            expected += float(stepped.next_logits.float().log_softmax(-1)[token])
+            step.append(stepped, token_ids=[token])
+        assert score == pytest.approx(expected, abs=1e-4)

@@ -3,6 +3,7 @@ trained on) comes out close to its own transcript and far from the other utteran
 without speech gives no words."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +57,36 @@ def test_no_words_without_speech(kind):
     transcript = transcriber.transcribe(audio)
     assert transcript.stats.chunks >= 1, "the audio never reached the model"
     assert transcript.text.strip() == "", f"words on {kind}: {transcript.text!r}"
+
+
+def _words(text: str) -> list[str]:
+    return [word for word in (re.sub(r"[^\w']", "", raw).lower() for raw in text.split()) if word]
+
+
+def _is_subsequence(needles: list[str], haystack: list[str]) -> bool:
+    remaining = iter(haystack)
+    return all(word in remaining for word in needles)
+
+
+@pytest.mark.skipif(not MANIFEST.exists(), reason="shared dev set absent")
+def test_the_gate_keeps_every_word_whisper_was_sure_of():
+    """On real speech from several sources, every draft word Whisper was at least ``gate`` sure of is in
+    the transcript, in order, and a draft sure throughout comes back as it is."""
+    from asr.speech.model import load_speech_model
+    from asr.speech.pipeline import TranscribeOptions
+
+    options = TranscribeOptions(attention="dense", device="cpu")
+    model = load_speech_model(None, options.engine_config())
+    gate = options.draft_decoding()
+    for utterance in read_manifest(MANIFEST)[::13]:  # 8 utterances across the set's sources
+        audio = utterance.load()[: 30 * 16000]
+        (encoded,) = model.encode_chunks([audio], gate.search())
+        draft = encoded.draft
+        engine = model.open_engine(options.engine_config(), expected_seconds=len(audio) / 16000)
+        with model.open_session(engine, options.loop, None, gate) as session:
+            segment = session.transcribe_chunk(audio, 0.0, encoded=encoded)
+        text = segment.text if segment else ""
+        sure = [draft.text[word.start : word.end] for word in draft.words if word.probability >= gate.gate]
+        assert _is_subsequence(_words(" ".join(sure)), _words(text)), (draft.text, text)
+        if draft.sure(gate.gate):
+            assert text == draft.text

@@ -14,7 +14,8 @@ import torch
 from asr.attention import UniqueConfig
 from asr.llm.config import EngineConfig
 from asr.llm.loader import load_model
-from asr.speech.draft import Draft, DraftWord
+from asr.speech.draft import Draft, DraftWord, Hypothesis
+from asr.speech.draft_decoding import DraftDecoding
 from asr.speech.model import SpeechModel, context_tokens
 from asr.speech.projector import FrameStackProjector, ProjectorConfig
 from asr.speech.prompt import PromptIds
@@ -59,7 +60,7 @@ class FrameEncoder:
     def __init__(self, word_probability: float = 0.5) -> None:
         self.word_probability = word_probability
 
-    def encode_with_drafts(self, chunks, drafts=True):
+    def encode_with_drafts(self, chunks, drafts=True, search=None):
         frames = [torch.randn(len(chunk) // 320, 512) for chunk in chunks]
         words = tuple(DraftWord(start, start + 2, self.word_probability) for start in (0, 3, 6))
         return frames, [Draft("11 12 13", words, end_probability=1.0) for _ in chunks] if drafts else []
@@ -134,7 +135,9 @@ def test_a_drafted_chunk_reads_its_draft_and_verifies_it_as_the_proposal(model):
     (encoded,) = drafted.encode_chunks([audio])
     assert encoded.draft.text == "11 12 13"
     engine = drafted.open_engine(CONFIG, 5)
-    with drafted.open_session(engine, LoopConfig(tokens_per_second=1.0, extra_tokens=3), None) as session:
+    correcting = DraftDecoding(rescore=False)
+    with drafted.open_session(engine, LoopConfig(tokens_per_second=1.0, extra_tokens=3), None,
+                              correcting) as session:
         before = session.seq.num_tokens
         session.transcribe_chunk(audio, 0.0, encoded=encoded)
         turn_end = PROMPT.before_draft + [11, 12, 13] + PROMPT.after_draft
@@ -157,8 +160,8 @@ def test_a_draft_whisper_was_sure_of_is_kept_whole_and_prefilled_with_the_next_c
         (encoded,) = sure.encode_chunks([audio])
         before = session.seq.num_tokens
         segment = session.transcribe_chunk(audio, 0.0, encoded=encoded)
-        chunk_prompt = len(PROMPT.before_audio) + encoded.embeds.shape[0] + len(
-            PROMPT.before_draft + [11, 12, 13] + PROMPT.after_draft)
+        # rescoring (the default) reads the audio alone: no draft in the user turn
+        chunk_prompt = len(PROMPT.before_audio) + encoded.embeds.shape[0] + len(PROMPT.after_audio)
         assert segment.text == "11 12 13" and session.stats.drafts_kept == 1
         assert session.seq.num_tokens == before + chunk_prompt  # nothing decoded
         assert session.pending == [11, 12, 13] + PROMPT.after_transcript
@@ -166,6 +169,46 @@ def test_a_draft_whisper_was_sure_of_is_kept_whole_and_prefilled_with_the_next_c
         session.transcribe_chunk(audio, 1.0, encoded=encoded)
         kept_turn = len([11, 12, 13] + PROMPT.after_transcript)
         assert session.seq.num_tokens == after_first + kept_turn + chunk_prompt
+
+
+def _picked(model, draft, decoding):
+    """The transcript a session writes for one chunk whose draft is ``draft``; and the LLM's scores of
+    the draft and its readings from the same context."""
+    from asr.speech.model import EncodedChunk
+    from asr.speech.repetition import LoopConfig
+
+    drafted = replace(model, drafts=True)
+    audio = np.zeros(16000, dtype=np.float32)
+    torch.manual_seed(0)
+    encoded = EncodedChunk(drafted.encode_chunks([audio])[0].embeds, draft)
+    engine = drafted.open_engine(CONFIG, 5)
+    loop = LoopConfig(tokens_per_second=5.0, extra_tokens=3)
+    with drafted.open_session(engine, loop, None, decoding) as session:
+        segment = session.transcribe_chunk(audio, 0.0, encoded=encoded)
+        readings = [draft, *draft.alternatives]
+        ids = [[int(word) for word in reading.text.split()] + [PROMPT.end_of_turn] for reading in readings]
+        llm = engine.score_continuations(session.seq, ids)
+        return segment.text, llm, readings
+
+
+def test_an_unsure_chunk_takes_the_reading_whisper_and_the_llm_like_best(model):
+    """Rescoring: the draft and Whisper's other readings are scored by Whisper's log-probability plus
+    llm_weight times the LLM's; weight 0 is Whisper's favourite, a huge weight the LLM's."""
+    words = tuple(DraftWord(start, start + 2, 0.6) for start in (0, 3, 6))
+    draft = Draft("11 12 13", words, 1.0, logprob=-5.0,
+                  alternatives=(Hypothesis("11 14 13", -1.0), Hypothesis("20 21", -3.0)))
+    text, _, _ = _picked(model, draft, DraftDecoding(gate=0.9, llm_weight=0.0))
+    assert text == "11 14 13"
+    text, llm, readings = _picked(model, draft, DraftDecoding(gate=0.9, llm_weight=1e6))
+    assert text == readings[int(np.argmax(llm))].text
+
+
+def test_readings_that_change_a_sure_word_are_never_picked(model):
+    words = (DraftWord(0, 2, 0.99), DraftWord(3, 5, 0.6), DraftWord(6, 8, 0.6))  # "11" sure
+    draft = Draft("11 12 13", words, 1.0, logprob=-5.0,
+                  alternatives=(Hypothesis("20 21", -0.1), Hypothesis("11 14 13", -1.0)))
+    text, _, _ = _picked(model, draft, DraftDecoding(gate=0.9, llm_weight=0.0))
+    assert text == "11 14 13"  # "20 21" is Whisper's favourite but drops the sure "11"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -71,7 +71,7 @@ class LiveDecoder:
 
     def _encode(self, audio: np.ndarray):
         """The chunk's embeddings (and Whisper draft): one encoder call (streams are not batched yet)."""
-        return self.session.model.encode_chunks([audio])[0]
+        return self.session.model.encode_chunks([audio], self.session.draft_decoding.search())[0]
 
     def final(self, audio: np.ndarray, start_s: float) -> Caption:
         """Append a closed chunk and its transcript to the context for good."""

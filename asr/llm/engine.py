@@ -175,6 +175,28 @@ class LLMEngine:
         seq.next_logits = first_logits if kept == 0 else after[kept - 1]
         return proposal[:kept], kept < agreed
 
+    def score_continuations(self, seq: Sequence, candidates: Seq[Seq[int]]) -> list[float]:
+        """Log-probability (nats, summed over its tokens) of each candidate continuation of ``seq``, each
+        from what ``seq`` holds now: every candidate is prefilled, scored and rolled back, so ``seq``
+        ends as it began (its ``next_logits`` too)."""
+        if seq.next_logits is None:
+            raise ValueError("append a prompt to the sequence before scoring continuations")
+        start, first_logits = seq.num_tokens, seq.next_logits
+        scores = []
+        for candidate in candidates:
+            candidate = list(candidate)
+            self.check_fits(start + len(candidate))
+            logits = first_logits[None]
+            if len(candidate) > 1:
+                rows = self.embed_tokens(candidate[:-1])
+                after = self.runner.prefill(seq.seq_id, rows, every_position=True)
+                logits = torch.cat([logits, after])
+                self.cache.truncate(seq.seq_id, start)
+            logprobs = logits.float().log_softmax(dim=-1)
+            picked = logprobs.gather(1, torch.as_tensor(candidate, device=logits.device)[:, None])
+            scores.append(float(picked.sum()))
+        return scores
+
     def check_fits(self, length: int) -> None:
         if length > self.max_context:
             raise ContextLengthError(

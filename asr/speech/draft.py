@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -62,14 +62,52 @@ class DraftWord:
 
 
 @dataclass(frozen=True)
+class Hypothesis:
+    """Another reading of a chunk from Whisper's beam search: text (stripped) and logprob: Whisper's
+    log-probability of its tokens and its end (nats)."""
+
+    text: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class AlternativeSearch:
+    """Whisper's beam search (``beam_size``) for ``count`` other readings of each draft that is not sure
+    at ``gate`` (``Draft.sure``); the speech LLM then picks among them (``asr.speech.draft_decoding``)."""
+
+    gate: float
+    count: int = 5
+    beam_size: int = 5
+
+
+@dataclass(frozen=True)
 class Draft:
     """Whisper's transcript of one chunk: text (stripped; empty when judged silent), its words in order,
-    and end_probability: Whisper's probability of ending the transcript there (0 when cut at the token
-    limit: a runaway's end is nothing to keep)."""
+    end_probability: Whisper's probability of ending the transcript there (0 when cut at the token
+    limit: a runaway's end is nothing to keep), logprob: Whisper's log-probability of the draft (its
+    tokens and its end, nats), alternatives: other readings (``AlternativeSearch``; none for a sure
+    draft)."""
 
     text: str
     words: tuple[DraftWord, ...] = ()
     end_probability: float = 1.0
+    logprob: float = 0.0
+    alternatives: tuple[Hypothesis, ...] = ()
+
+    def sure(self, gate: float) -> bool:
+        """Whether Whisper was at least ``gate`` sure of every word and of the end."""
+        return self.end_probability >= gate and all(word.probability >= gate for word in self.words)
+
+    def keeps_sure_words(self, text: str, gate: float) -> bool:
+        """Whether ``text`` holds every word of this draft Whisper was at least ``gate`` sure of, in order
+        (compared without case or punctuation): a reading that only changes unsure words."""
+        remaining = iter(_plain_words(text))
+        return all(word in remaining for word in _plain_words(" ".join(
+            self.text[w.start : w.end] for w in self.words if w.probability >= gate)))
+
+    def unsure_share(self, probability: float) -> float:
+        """The share of words Whisper gave less than ``probability`` (0 for an empty draft)."""
+        return sum(word.probability < probability for word in self.words) / max(1, len(self.words))
 
     def span_probability(self, start: int, end: int) -> float:
         """Whisper's confidence in the characters [start, end) of ``text``: the least probable word they
@@ -81,8 +119,14 @@ class Draft:
         return self.end_probability if following is None else following
 
 
+def _plain_words(text: str) -> list[str]:
+    """Words of ``text`` lower-cased, without punctuation."""
+    plain = ("".join(char for char in raw if char.isalnum() or char == "'").lower() for raw in text.split())
+    return [word for word in plain if word]
+
+
 def draft_from_tokens(token_ids: Sequence[int], probabilities: Sequence[float], end_probability: float,
-                      decode: Callable[[list[int]], str]) -> Draft:
+                      decode: Callable[[list[int]], str], logprob: float = 0.0) -> Draft:
     """A ``Draft`` from Whisper's text tokens, the probability of each as it was picked, and of the end.
 
     Tokens are grouped into pieces that decode to whole characters (a multi-byte character may span
@@ -116,16 +160,18 @@ def draft_from_tokens(token_ids: Sequence[int], probabilities: Sequence[float], 
         position += len(text)
     if word_start is not None and every:
         words.append(DraftWord(word_start - lead, len(full.rstrip()) - lead, min(spelled or every)))
-    return Draft(full.strip(), tuple(words), end_probability)
+    return Draft(full.strip(), tuple(words), end_probability, logprob)
 
 
 SILENT = Draft("")
 
 
 class Drafter(Protocol):
-    """windows: [batch, 1500, dim] encoder output; seconds: per chunk its audio length."""
+    """windows: [batch, 1500, dim] encoder output; seconds: per chunk its audio length; search: other
+    readings of unsure drafts (None: none)."""
 
-    def __call__(self, windows: torch.Tensor, seconds: list[float]) -> list[Draft]: ...
+    def __call__(self, windows: torch.Tensor, seconds: list[float],
+                 search: AlternativeSearch | None = None) -> list[Draft]: ...
 
 
 def spelling_classes(decode: Callable[[list[int]], str], first_special: int) -> np.ndarray:
@@ -163,7 +209,8 @@ class Ct2Drafter:
         self.first_special = tokenizer.token_to_id("<|endoftext|>")  # text tokens come before it
         self.classes = spelling_classes(tokenizer.decode, self.first_special)
 
-    def __call__(self, windows: torch.Tensor, seconds: list[float]) -> list[Draft]:
+    def __call__(self, windows: torch.Tensor, seconds: list[float],
+                 search: AlternativeSearch | None = None) -> list[Draft]:
         import ctranslate2
 
         storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(windows.float().cpu().numpy()))
@@ -193,7 +240,34 @@ class Ct2Drafter:
                                if ended else 0.0)
             kept = kept[:limit]
             drafts.append(draft_from_tokens([t for t, _ in kept], [p for _, p in kept], end_probability,
-                                            self.tokenizer.decode))
+                                            self.tokenizer.decode, logprob=result.scores[0] * length))
+        return self._with_alternatives(windows, seconds, drafts, search) if search else drafts
+
+    def _with_alternatives(self, windows: torch.Tensor, seconds: list[float], drafts: list[Draft],
+                           search: AlternativeSearch) -> list[Draft]:
+        """``drafts`` with Whisper's ``search.count`` best beam readings added to each unsure one (its
+        text, once; log-probabilities as sums: CTranslate2 scores a beam by its mean log-probability)."""
+        import ctranslate2
+
+        unsure = [i for i, draft in enumerate(drafts) if draft.text and not draft.sure(search.gate)]
+        if not unsure:
+            return drafts
+        picked = np.ascontiguousarray(windows[unsure].float().cpu().numpy())
+        results = self.model.generate(
+            ctranslate2.StorageView.from_array(picked), [self.prompt] * len(unsure),
+            beam_size=search.beam_size, num_hypotheses=search.count, return_scores=True,
+            max_length=len(self.prompt) + draft_token_limit(max(seconds[i] for i in unsure)),
+        )
+        drafts = list(drafts)
+        for index, result in zip(unsure, results):
+            readings: dict[str, float] = {}
+            for sequence, score in zip(result.sequences_ids, result.scores):
+                text_ids = [token for token in sequence if token < self.first_special]
+                text = self.tokenizer.decode(text_ids[: draft_token_limit(seconds[index])]).strip()
+                if text and text != drafts[index].text:
+                    readings.setdefault(text, score * len(sequence))
+            alternatives = tuple(Hypothesis(text, logprob) for text, logprob in readings.items())
+            drafts[index] = replace(drafts[index], alternatives=alternatives)
         return drafts
 
 
@@ -210,16 +284,20 @@ class HfDrafter:
         classes[: self.end + 1] = torch.from_numpy(spelling_classes(tokenizer.decode, self.end))
         self.classes = classes.to(next(whisper.parameters()).device)
 
-    @torch.no_grad()
-    def __call__(self, windows: torch.Tensor, seconds: list[float]) -> list[Draft]:
+    def _generate(self, hidden: torch.Tensor, seconds: list[float], beams: int, count: int):
         from transformers.modeling_outputs import BaseModelOutput
 
+        return self.whisper.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), language="en",
+                                     task="transcribe", num_beams=beams, num_return_sequences=count,
+                                     do_sample=False, max_new_tokens=draft_token_limit(max(seconds)),
+                                     return_dict_in_generate=True, output_scores=True)
+
+    @torch.no_grad()
+    def __call__(self, windows: torch.Tensor, seconds: list[float],
+                 search: AlternativeSearch | None = None) -> list[Draft]:
         param = next(self.whisper.parameters())
         hidden = windows.to(param.device, param.dtype)
-        out = self.whisper.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), language="en",
-                                    task="transcribe", num_beams=1, do_sample=False,
-                                    max_new_tokens=draft_token_limit(max(seconds)),
-                                    return_dict_in_generate=True, output_scores=True)
+        out = self._generate(hidden, seconds, beams=1, count=1)
         # mean log-probability of each draft's tokens and its end token, as CTranslate2 scores them
         picked = out.sequences[:, -len(out.scores):]  # [batch, steps]
         step_logprobs = torch.stack(out.scores, 1).float().log_softmax(-1)  # [batch, steps, vocab]
@@ -246,6 +324,37 @@ class HfDrafter:
             end_probability = (float(end_logprobs[row, end_step].exp())
                                if tokens[end_step] == self.end and len(text_steps) <= limit else 0.0)
             kept = text_steps[:limit]
+            logprob = float((logprobs[row].nan_to_num(neginf=0.0) * counted[row]).sum())
             drafts.append(draft_from_tokens([tokens[s] for s in kept], [probs[s] for s in kept],
-                                            end_probability, self.tokenizer.decode))
+                                            end_probability, self.tokenizer.decode, logprob))
+        return self._with_alternatives(hidden, seconds, drafts, search) if search else drafts
+
+    def _with_alternatives(self, hidden: torch.Tensor, seconds: list[float], drafts: list[Draft],
+                           search: AlternativeSearch) -> list[Draft]:
+        """``drafts`` with Whisper's ``search.count`` best beam readings added to each unsure one, each
+        with its log-probability summed over its tokens and end (teacher-forced)."""
+        unsure = [i for i, draft in enumerate(drafts) if draft.text and not draft.sure(search.gate)]
+        if not unsure:
+            return drafts
+        out = self._generate(hidden[unsure], [seconds[i] for i in unsure], search.beam_size, search.count)
+        generated = out.sequences[:, -len(out.scores):]  # [unsure * count, steps]
+        prompt = out.sequences[:, : out.sequences.shape[1] - generated.shape[1]]
+        encoded = hidden[unsure].repeat_interleave(search.count, dim=0)
+        logits = self.whisper(encoder_outputs=(encoded,), decoder_input_ids=out.sequences).logits
+        logprobs = logits[:, prompt.shape[1] - 1 : -1].float().log_softmax(-1)
+        token_logprobs = logprobs.gather(2, generated[..., None])[..., 0]  # [unsure * count, steps]
+        counted = (generated == self.end).long().cumsum(1)
+        counted = (counted == 0) | ((counted == 1) & (generated == self.end))
+        sums = (token_logprobs * counted).sum(1).tolist()
+        drafts = list(drafts)
+        for position, index in enumerate(unsure):
+            readings: dict[str, float] = {}
+            for row in range(position * search.count, (position + 1) * search.count):
+                text_ids = [t for t, keep in zip(generated[row].tolist(), counted[row].tolist())
+                            if keep and t < self.end][: draft_token_limit(seconds[index])]
+                text = self.tokenizer.decode(text_ids).strip()
+                if text and text != drafts[index].text:
+                    readings.setdefault(text, sums[row])
+            alternatives = tuple(Hypothesis(text, logprob) for text, logprob in readings.items())
+            drafts[index] = replace(drafts[index], alternatives=alternatives)
         return drafts

@@ -12,6 +12,12 @@ ending the transcript before the draft is used up needs ``end_tolerance`` nats. 
 everywhere (its end included) is kept whole, and the LLM decodes nothing for it. With ``gate`` above 1
 and ``tolerance`` 0 the result is exactly the LLM's greedy transcript and the draft only saves decode
 steps; with ``gate`` 0 it is the draft.
+
+Correcting token by token helps where Whisper guessed much of a chunk (accented speech), and harms
+clear speech, where the LLM's own words replace right ones. So by default (``rescore``) a chunk that
+is unsure but not mostly guessed is arbitrated instead: the LLM (reading the audio, no draft in its
+context) scores the draft and Whisper's other beam readings, and the best of Whisper's and its
+log-probabilities combined wins (``LongformSession``), so the LLM only chooses among words Whisper heard.
 """
 
 from __future__ import annotations
@@ -22,12 +28,16 @@ from dataclasses import dataclass, replace
 from asr.llm.config import SamplingParams
 from asr.llm.engine import LLMEngine
 from asr.llm.sequence import Sequence
-from asr.speech.draft import Draft
+from asr.speech.draft import AlternativeSearch, Draft
 
 # chosen on the dev set, speechocean762 test and held-out Kokoro speech together (BENCHMARKS.md)
 DEFAULT_GATE = 0.9
 DEFAULT_TOLERANCE = 1.0
 DEFAULT_END_TOLERANCE = 5.0
+DEFAULT_LLM_WEIGHT = 0.3
+DEFAULT_ALTERNATIVES = 5
+DEFAULT_CORRECT_SHARE = 0.25
+UNSURE_WORD = 0.5  # a word Whisper gave less than this is a guess
 
 
 @dataclass(frozen=True)
@@ -36,24 +46,39 @@ class DraftDecoding:
     the draft is kept whole; above 1: the LLM checks every token); tolerance: nats by which an unsure
     draft token may trail the LLM's own choice and still be kept (0: the LLM's greedy choice wins);
     end_tolerance: the same where the LLM's choice is to end the transcript; realign_window: draft
-    tokens searched ahead for the LLM's correction."""
+    tokens searched ahead for the LLM's correction; rescore: instead of correcting tokens, pick each
+    unsure chunk's transcript among the draft and Whisper's ``alternatives`` best beam readings by
+    Whisper's log-probability plus ``llm_weight`` times the LLM's (the LLM writes no word Whisper did
+    not read), except in chunks where Whisper guessed more than ``correct_share`` of the words, which
+    the LLM corrects (``corrects``)."""
 
     gate: float = DEFAULT_GATE
     tolerance: float = DEFAULT_TOLERANCE
     end_tolerance: float = DEFAULT_END_TOLERANCE
     realign_window: int = 3
+    rescore: bool = True
+    llm_weight: float = DEFAULT_LLM_WEIGHT
+    alternatives: int = DEFAULT_ALTERNATIVES
+    correct_share: float = DEFAULT_CORRECT_SHARE
+
+    def corrects(self, draft: Draft) -> bool:
+        """Whether the LLM corrects ``draft`` token by token rather than picking among Whisper's readings:
+        when rescoring is off, or where Whisper guessed more than ``correct_share`` of its words (hard,
+        often accented speech, where Whisper's readings all miss and the LLM's own words help)."""
+        return not self.rescore or draft.unsure_share(UNSURE_WORD) > self.correct_share
+
+    def search(self) -> AlternativeSearch | None:
+        """What the drafter searches for beside each unsure draft (None: no other readings)."""
+        return AlternativeSearch(self.gate, self.alternatives) if self.rescore and self.alternatives else None
 
     def __post_init__(self) -> None:
-        if min(self.gate, self.tolerance, self.end_tolerance, self.realign_window) < 0:
-            raise ValueError("draft gate, tolerances and realign window must be >= 0")
+        if min(self.gate, self.tolerance, self.end_tolerance, self.realign_window, self.llm_weight,
+               self.alternatives, self.correct_share) < 0:
+            raise ValueError("draft gate, tolerances, realign window, LLM weight and alternatives: >= 0")
 
     def tolerances(self, confidences: list[float]) -> list[float]:
         """Per proposed token, nats by which it may trail the LLM's choice (inf: kept unchecked)."""
         return [math.inf if confidence >= self.gate else self.tolerance for confidence in confidences]
-
-    def keeps_whole(self, confidences: list[float]) -> bool:
-        """Whether a draft with these per-token confidences (its end's included) is kept unchecked."""
-        return all(confidence >= self.gate for confidence in confidences)
 
 
 def draft_proposal(tokenizer, draft: Draft, end_of_turn: int) -> tuple[list[int], list[float]]:
@@ -101,7 +126,9 @@ def decode_with_draft(
         if not own:
             return tokens, accepted_count  # it ended the transcript here
         tokens += own
-        position = realign(proposal, position, own[0], config.realign_window)
+        # where the draft goes on: never past a token Whisper was sure of, unless the LLM wrote that one
+        sure = [math.isinf(allowed) for allowed in tolerances[position + 1 :]] + [True]
+        position = realign(proposal, position, own[0], min(config.realign_window, sure.index(True) + 1))
     if len(tokens) < params.max_tokens:
         tokens += engine.generate(seq, replace(params, max_tokens=params.max_tokens - len(tokens)))
     return tokens, accepted_count

@@ -25,7 +25,7 @@ import torch
 
 from asr.errors import AudioError, ModelLoadError
 from asr.speech.audio import SAMPLE_RATE
-from asr.speech.draft import Ct2Drafter, Draft, Drafter, HfDrafter
+from asr.speech.draft import AlternativeSearch, Ct2Drafter, Draft, Drafter, HfDrafter
 
 log = logging.getLogger(__name__)
 
@@ -202,12 +202,13 @@ class AudioEncoder:
                 features = features_transform(features, [len(chunk) // HOP_SAMPLES for chunk in batch])
             yield start, self.backend(features)
 
-    def _drafts(self, windows: torch.Tensor, chunks: list[np.ndarray]) -> list[Draft]:
+    def _drafts(self, windows: torch.Tensor, chunks: list[np.ndarray],
+                search: AlternativeSearch | None = None) -> list[Draft]:
         if self.drafter is None:
             raise ModelLoadError(
                 "this encoder was loaded without Whisper's decoder: load it with drafts=True"
             )
-        return self.drafter(windows, [len(chunk) / SAMPLE_RATE for chunk in chunks])
+        return self.drafter(windows, [len(chunk) / SAMPLE_RATE for chunk in chunks], search)
 
     @torch.no_grad()
     def encode_padded(
@@ -219,11 +220,12 @@ class AudioEncoder:
         """chunks -> (frames [batch, max_frames, dim] in ``dtype``, zero past each length;
         lengths [batch] int64), both on the device. Runs ``batch_size`` chunks at a time;
         ``features_transform`` (training augmentation) edits each batch's log-mel first."""
-        frames, lengths, _ = self._encode(chunks, batch_size, features_transform, drafts=False)
+        frames, lengths, _ = self._encode(chunks, batch_size, features_transform, drafts=False, search=None)
         return frames, lengths
 
     def _encode(self, chunks: list[np.ndarray], batch_size: int, features_transform: FeaturesTransform | None,
-                drafts: bool) -> tuple[torch.Tensor, torch.Tensor, list[Draft]]:
+                drafts: bool, search: AlternativeSearch | None
+                ) -> tuple[torch.Tensor, torch.Tensor, list[Draft]]:
         lengths = torch.tensor([num_frames(len(chunk)) for chunk in chunks], dtype=torch.int64)
         width = int(lengths.max()) if len(chunks) else 0
         frames = torch.zeros(len(chunks), width, self.dim, device=self.device, dtype=self.dtype)
@@ -232,7 +234,7 @@ class AudioEncoder:
             for offset, length in enumerate(lengths[start : start + batch_size].tolist()):
                 frames[start + offset, :length] = hidden[offset, :length]
             if drafts:
-                drafted.extend(self._drafts(hidden, chunks[start : start + batch_size]))
+                drafted.extend(self._drafts(hidden, chunks[start : start + batch_size], search))
         return frames, lengths.to(self.device), drafted
 
     def encode(self, chunks: list[np.ndarray], batch_size: int = 16) -> list[torch.Tensor]:
@@ -240,11 +242,11 @@ class AudioEncoder:
         return self.encode_with_drafts(chunks, batch_size, drafts=False)[0]
 
     @torch.no_grad()
-    def encode_with_drafts(self, chunks: list[np.ndarray], batch_size: int = 16,
-                           drafts: bool = True) -> tuple[list[torch.Tensor], list[Draft]]:
+    def encode_with_drafts(self, chunks: list[np.ndarray], batch_size: int = 16, drafts: bool = True,
+                           search: AlternativeSearch | None = None) -> tuple[list[torch.Tensor], list[Draft]]:
         """``encode`` and, from the same encoder output, Whisper's draft of each chunk (empty list
-        when ``drafts`` is False)."""
-        frames, lengths, drafted = self._encode(chunks, batch_size, None, drafts)
+        when ``drafts`` is False), with other readings of the unsure ones when ``search`` is given."""
+        frames, lengths, drafted = self._encode(chunks, batch_size, None, drafts, search)
         return [frames[index, :length] for index, length in enumerate(lengths.tolist())], drafted
 
     @torch.no_grad()

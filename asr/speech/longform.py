@@ -27,6 +27,7 @@ from asr.llm.config import SamplingParams
 from asr.llm.distance_cap import DistanceCap
 from asr.llm.engine import LLMEngine
 from asr.speech.audio import SAMPLE_RATE
+from asr.speech.draft import Draft
 from asr.speech.draft_decoding import DraftDecoding, decode_with_draft, draft_proposal
 from asr.speech.prompt import draft_token_ids
 from asr.speech.repetition import LoopConfig, loop_start, repetitive, token_budget
@@ -51,6 +52,7 @@ class SessionStats:
     draft_tokens: int = 0  # transcript tokens proposed by Whisper drafts
     accepted_tokens: int = 0  # of those, kept by the LLM's greedy decode or unchecked (Whisper sure)
     drafts_kept: int = 0  # chunks whose draft Whisper was sure of throughout: kept, nothing decoded
+    readings_changed: int = 0  # chunks whose transcript is another of Whisper's readings than its draft
 
 
 class LongformSession:
@@ -101,13 +103,40 @@ class LongformSession:
         self.stats.accepted_tokens += accepted
         return tokens
 
-    def _kept_draft(self, seconds: float, proposal: list[int], confidences: list[float]) -> list[int] | None:
-        """The draft's tokens when it is kept whole: Whisper sure of every token and of its end, and
-        no loop or overrun in it (those go to the LLM). None otherwise."""
+    def _runaway(self, seconds: float, tokens: list[int]) -> bool:
+        """Whether a transcript loops or overruns the chunk's budget (a reading to leave to the LLM)."""
+        return (len(tokens) >= token_budget(seconds, self.loop) or loop_start(tokens, self.loop) is not None
+                or repetitive(self._text(tokens), self.loop))
+
+    def _picked_reading(self, seconds: float, draft: Draft) -> list[int] | None:
+        """The transcript tokens of the reading of the chunk picked among the draft and Whisper's other
+        readings of it (``Draft.alternatives``): the most likely by Whisper's log-probability plus
+        ``llm_weight`` times the LLM's (each reading and the turn's end after what the sequence holds).
+        A draft sure at the gate is kept whole; readings that change a word Whisper was sure of, or that
+        loop or overrun, are left out. None when none is left."""
+        tokenizer, end = self.engine.tokenizer, self.model.prompt.end_of_turn
+        gate = self.draft_decoding.gate
+        readings = [draft] if draft.sure(gate) else [draft] + [
+            other for other in draft.alternatives if draft.keeps_sure_words(other.text, gate)]
+        candidates = []  # (token ids, Whisper's log-probability)
+        for reading in readings:
+            ids = tokenizer(reading.text, add_special_tokens=False).input_ids
+            if not self._runaway(seconds, ids):
+                candidates.append((ids, reading.logprob))
+        if len(candidates) <= 1:
+            self.stats.drafts_kept += len(candidates)
+            return candidates[0][0] if candidates else None
+        llm = self.engine.score_continuations(self.seq, [ids + [end] for ids, _ in candidates])
+        weight = self.draft_decoding.llm_weight
+        best = max(range(len(candidates)), key=lambda i: candidates[i][1] + weight * llm[i])
+        self.stats.readings_changed += best != 0
+        return candidates[best][0]
+
+    def _kept_draft(self, seconds: float, draft: Draft, proposal: list[int]) -> list[int] | None:
+        """The draft's tokens (``proposal`` less the turn's end) when it is kept whole: Whisper sure of
+        every word and of its end, and no loop or overrun in it (those go to the LLM). None otherwise."""
         tokens = proposal[:-1]
-        if (not self.draft_decoding.keeps_whole(confidences)
-                or len(tokens) >= token_budget(seconds, self.loop)
-                or loop_start(tokens, self.loop) is not None or repetitive(self._text(tokens), self.loop)):
+        if not draft.sure(self.draft_decoding.gate) or self._runaway(seconds, tokens):
             return None
         return tokens
 
@@ -120,16 +149,23 @@ class LongformSession:
         seconds = len(audio) / sample_rate
         if self.distance_cap is not None:
             engine.cap_distances(self.seq, self.distance_cap)
-        draft_ids = None if encoded.draft is None else draft_token_ids(engine.tokenizer, encoded.draft.text)
+        draft = encoded.draft
+        rescoring = draft is not None and not self.draft_decoding.corrects(draft)
+        # rescoring scores readings as the LLM would write them from the audio alone: no draft in its turn
+        draft_ids = None if draft is None or rescoring else draft_token_ids(engine.tokenizer, draft.text)
         # one prefill per chunk: its cost grows with the context, so the pieces go in together
         engine.append(self.seq, embeds=torch.cat([engine.embed_tokens(self.pending + prompt.before_audio),
                                                   encoded.embeds,
                                                   engine.embed_tokens(prompt.after_audio_with(draft_ids))]))
         self.stats.chunks += 1
+        if rescoring:
+            picked = self._picked_reading(seconds, draft)
+            if picked is not None:  # prefilled with the next chunk, as the turn's closing tokens are
+                return self._finish(picked, picked + prompt.after_transcript, start_s, seconds)
         proposal, confidences = [], None
-        if encoded.draft is not None:
-            proposal, confidences = draft_proposal(engine.tokenizer, encoded.draft, prompt.end_of_turn)
-            kept = self._kept_draft(seconds, proposal, confidences)
+        if draft is not None and not rescoring:
+            proposal, confidences = draft_proposal(engine.tokenizer, draft, prompt.end_of_turn)
+            kept = self._kept_draft(seconds, draft, proposal)
             if kept is not None:  # the transcript is prefilled with the next chunk, as its closing tokens are
                 self.stats.drafts_kept += 1
                 self.stats.draft_tokens += len(proposal)

@@ -34,7 +34,7 @@ from asr.llm.lora_adapter import LoraAdapter
 from asr.llm.model import CausalLM
 from asr.llm.quantize import quantize_linear_layers
 from asr.speech.adapter import SpeechAdapter
-from asr.speech.draft import Draft
+from asr.speech.draft import AlternativeSearch, Draft
 from asr.speech.draft_decoding import DraftDecoding
 from asr.speech.longform import LongformSession
 from asr.speech.projector import FrameStackProjector
@@ -100,12 +100,14 @@ class SpeechModel:
         return LongformSession(self, engine, loop, distance_cap, draft_decoding)
 
     @torch.inference_mode()
-    def encode_chunks(self, chunks: list[np.ndarray]) -> list[EncodedChunk]:
+    def encode_chunks(self, chunks: list[np.ndarray],
+                      search: AlternativeSearch | None = None) -> list[EncodedChunk]:
         """Per chunk (<= 30 s, 16 kHz float32) its LLM input embeddings and, with ``drafts``, its
-        Whisper draft from the same encoder output; the chunks go through the encoder as one batch
-        (on the CPU a batch of 4 costs ~25% less per chunk than one at a time)."""
+        Whisper draft from the same encoder output (with other readings of the unsure ones, given
+        ``search``); the chunks go through the encoder as one batch (on the CPU a batch of 4 costs
+        ~25% less per chunk than one at a time)."""
         dtype = self.projector.up.weight.dtype
-        frames, drafts = self.encoder.encode_with_drafts(chunks, drafts=self.drafts)
+        frames, drafts = self.encoder.encode_with_drafts(chunks, drafts=self.drafts, search=search)
         embeds = [self.projector(chunk_frames[None].to(dtype))[0].to(self.dtype) for chunk_frames in frames]
         return [EncodedChunk(chunk_embeds, drafts[index] if self.drafts else None)
                 for index, chunk_embeds in enumerate(embeds)]

@@ -144,7 +144,8 @@ class Transcriber:
                             audio[r.start : r.end]
                             for r in speech[speech_index : speech_index + encoder_batch]
                         ]
-                        encoded = dict(enumerate(model.encode_chunks(chunks), start=speech_index))
+                        search = self.options.draft_decoding().search()
+                        encoded = dict(enumerate(model.encode_chunks(chunks, search), start=speech_index))
                     chunk_started = time.perf_counter()
                     piece = session.transcribe_chunk(audio[region.start : region.end], start_s, SAMPLE_RATE,
                                                      encoded=encoded.pop(speech_index))
