@@ -20,6 +20,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "draft": ("asr.speech.draft", "Ct2Drafter", "__call__"),
     "distance cap": ("asr.llm.engine", "LLMEngine", "cap_distances"),
     "prefill": ("asr.llm.engine", "LLMEngine", "append"),
+    "gate scoring": ("asr.llm.engine", "LLMEngine", "score_continuations"),
     "draft check": ("asr.llm.engine", "LLMEngine", "accept_proposal"),
     "decode": ("asr.llm.engine", "LLMEngine", "generate"),
 }
