@@ -15,6 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from asr.errors import AsrError
+from asr.speech.audio import SAMPLE_RATE
 from asr.transcript import TranscriptStats
 from asr.writers import WRITERS, format_timestamp, get_writer
 
@@ -85,7 +86,7 @@ class UiBackend:
             audio = load_audio(path)
         except AsrError as error:
             raise gr.Error(str(error)) from None
-        seconds = len(audio) / 16000
+        seconds = len(audio) / SAMPLE_RATE
         if seconds > self.limits.max_audio_s:
             raise gr.Error(
                 f"the recording is {seconds / 60:.1f} minutes long, above the "

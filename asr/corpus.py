@@ -10,6 +10,7 @@ import numpy as np
 import soundfile as sf
 
 from asr.errors import AsrError
+from asr.speech.audio import SAMPLE_RATE, load_audio
 
 
 @dataclass(frozen=True)
@@ -20,10 +21,8 @@ class Utterance:
     text: str
     duration: float = 0.0
 
-    def load(self, sample_rate: int = 16000) -> np.ndarray:
+    def load(self, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         """[samples] float32 mono at ``sample_rate``."""
-        from asr.speech.audio import load_audio
-
         return load_audio(str(self.audio), sample_rate)
 
 

@@ -38,10 +38,9 @@ from asr.live.server import LiveServer, ServerConfig
 from asr.live.session import LiveModel
 from asr.live.stream import StreamConfig
 from asr.live.worker import FINAL, PARTIAL
-from asr.speech.audio import load_audio
+from asr.speech.audio import SAMPLE_RATE, load_audio
 from asr.speech.pipeline import TranscribeOptions
 
-SR = 16000
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_dev" / "manifest.jsonl"
 PAUSE_S = 0.8  # between utterances: an end-of-utterance pause the segmenter cuts at
 DRAIN_S = 2.0  # silence before the last real-time minute: the segmenter closes the middle's last chunk
@@ -53,13 +52,13 @@ def speech_track(manifest: Path, seconds: float, first: int) -> np.ndarray:
     """Utterances of the manifest from index ``first`` on (wrapping), joined by pauses, ``seconds`` long."""
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     pieces, total, index = [], 0, first
-    pause = np.zeros(int(PAUSE_S * SR), np.float32)
-    while total < seconds * SR:
+    pause = np.zeros(int(PAUSE_S * SAMPLE_RATE), np.float32)
+    while total < seconds * SAMPLE_RATE:
         audio = load_audio(manifest.parent / rows[index % len(rows)]["audio"])
         pieces += [audio, pause]
         total += len(audio) + len(pause)
         index += 1
-    return np.concatenate(pieces)[: int(seconds * SR)]
+    return np.concatenate(pieces)[: int(seconds * SAMPLE_RATE)]
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -91,7 +90,7 @@ async def run_streams(model: LiveModel, streams: int, args) -> dict:
         partials = r.of("partial")
         gaps += [b["received"] - a["received"] for a, b in zip(partials, partials[1:])
                  if a["start"] == b["start"]]
-    audio_s = sum(len(t) for t in tracks) / SR
+    audio_s = sum(len(t) for t in tracks) / SAMPLE_RATE
     finals = [m for r in results for m in r.of("final")]
     return {
         "streams": streams,
@@ -123,25 +122,25 @@ async def run_long(model: LiveModel, minutes: float, args) -> dict:
     server = LiveServer(model, config)
     await server.start()
     speech = speech_track(args.manifest, seconds, first=0)
-    last_minute = len(speech) - 60 * SR
+    last_minute = len(speech) - 60 * SAMPLE_RATE
     track = np.concatenate(
-        [speech[:last_minute], np.zeros(int(DRAIN_S * SR), np.float32), speech[last_minute:]]
+        [speech[:last_minute], np.zeros(int(DRAIN_S * SAMPLE_RATE), np.float32), speech[last_minute:]]
     )
-    drain_end = (last_minute / SR) + DRAIN_S
+    drain_end = (last_minute / SAMPLE_RATE) + DRAIN_S
 
     memory = {}
 
     def pace(position_s: float) -> float:
         if position_s >= 60 and "minute1_rss_mb" not in memory:
             memory["minute1_rss_mb"] = resident_mb()
-        return 1.0 if position_s < 60 or position_s >= last_minute / SR else math.inf
+        return 1.0 if position_s < 60 or position_s >= last_minute / SAMPLE_RATE else math.inf
 
     async def catch_up(position_s: float, result) -> None:
         if position_s < drain_end or "caught_up_wait_s" in memory:
             return
         waited = time.monotonic()
         while time.monotonic() - waited < CATCH_UP_LIMIT_S and not any(
-            m["end"] >= last_minute / SR - CAUGHT_UP_S for m in result.of("final")
+            m["end"] >= last_minute / SAMPLE_RATE - CAUGHT_UP_S for m in result.of("final")
         ):
             await asyncio.sleep(0.1)
         memory["caught_up_wait_s"] = time.monotonic() - waited
@@ -161,7 +160,7 @@ async def run_long(model: LiveModel, minutes: float, args) -> dict:
         "minutes": minutes,
         "finals": len(finals),
         "wall_s": wall,
-        "rtf": busy / (len(speech) / SR),
+        "rtf": busy / (len(speech) / SAMPLE_RATE),
         "minute1_latency_p50": percentile(first, 50),
         "minute1_latency_p95": percentile(first, 95),
         "last_minute_latency_p50": percentile(last, 50),

@@ -209,3 +209,53 @@ def test_readings_that_change_a_sure_word_are_never_picked(model):
                   alternatives=(Hypothesis("20 21", -0.1), Hypothesis("11 14 13", -1.0)))
     text, _, _ = _picked(model, draft, DraftDecoding(gate=0.9, llm_weight=0.0))
     assert text == "11 14 13"  # "20 21" is Whisper's favourite but drops the sure "11"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_converted_weights_are_cached_and_loaded_as_built(tmp_path, dtype):
+    """The first load adapts, fuses and converts the weights and writes them to ``converted_dir``; the
+    next load reads them from there without adapting again and gives the same model."""
+    from asr.llm.loader import CONVERTED_FILE
+
+    save_tiny_model("llama", tmp_path / "llm")
+    adapted = []
+
+    def adapt(weights):  # stands in for merging a speech adapter's LoRA
+        adapted.append(True)
+        weights["model.layers.0.mlp.down_proj.weight"] += 1.0
+
+    cache = tmp_path / "converted"
+    first, _ = load_model(tmp_path / "llm", dtype=dtype, adapt_weights=adapt, converted_dir=cache)
+    assert adapted == [True] and (cache / CONVERTED_FILE).is_file()
+    second, _ = load_model(tmp_path / "llm", dtype=dtype, adapt_weights=adapt, converted_dir=cache)
+    assert adapted == [True], "the cached weights were adapted again"
+    plain, _ = load_model(tmp_path / "llm", dtype=dtype)
+    for (name, a), (_, b), (_, c) in zip(first.state_dict().items(), second.state_dict().items(),
+                                         plain.state_dict().items()):
+        assert a.dtype == b.dtype == dtype and torch.equal(a, b), name
+        if name == "layers.0.mlp.down_proj.weight":
+            assert torch.allclose(a.float(), c.float() + 1.0, atol=1e-2), "the adaptation was lost"
+    assert second.lm_head.weight is second.embed_tokens.weight or not second.config.tie_word_embeddings
+
+
+def test_merged_weights_dir_changes_with_adapter_dtype_and_llm(tmp_path, monkeypatch):
+    from asr.speech.adapter import SpeechAdapter
+    from asr.speech.model import merged_weights_dir
+
+    monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
+    save_tiny_model("llama", tmp_path / "llm")
+    projector = FrameStackProjector(ProjectorConfig(llm_dim=64, hidden=32))
+    from asr.llm.lora import LoraConfig
+
+    SpeechAdapter(projector.config, LoraConfig(rank=2), projector.state_dict(), {}, {"steps": 1}).save(
+        tmp_path / "a")
+    SpeechAdapter(projector.config, LoraConfig(rank=2), projector.state_dict(), {}, {"steps": 2}).save(
+        tmp_path / "b")
+    llm = str(tmp_path / "llm")
+    base = merged_weights_dir(tmp_path / "a", llm, torch.float32)
+    assert base.parent == tmp_path / "cache" / "merged"
+    assert base == merged_weights_dir(tmp_path / "a", llm, torch.float32)
+    assert base != merged_weights_dir(tmp_path / "b", llm, torch.float32)
+    assert base != merged_weights_dir(tmp_path / "a", llm, torch.bfloat16)
+    save_tiny_model("llama", tmp_path / "llm", seed=3)  # the LLM's weights rewritten
+    assert base != merged_weights_dir(tmp_path / "a", llm, torch.float32)

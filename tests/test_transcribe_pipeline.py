@@ -67,6 +67,20 @@ def test_every_second_is_a_segment_or_reported(transcriber):
     assert stats.context_tokens > 2 * 12  # audio tokens of both chunks are in one context
 
 
+def test_progress_bar_ends_at_the_audio_length(transcriber, capsys):
+    """A duration that rounds down (5.04 s) once overflowed the bar: tqdm warned "clamping frac to range
+    [0, 1]" and showed an ETA of <-00:00. The bar now ends exactly at the audio's length."""
+    import warnings
+
+    audio = np.concatenate([speechlike(2.52, 60), np.zeros(int(2.52 * SR), np.float32)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tqdm's TqdmWarning fails the test
+        transcriber.transcribe(audio, progress=True, name="bar")
+    shown = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    final = [line for line in shown if line.startswith("bar:")][-1]
+    assert "100%" in final and "5/5 s audio" in final and "<-" not in final, final
+
+
 def test_pure_silence_gives_no_text_and_empty_audio_is_an_error(transcriber):
     transcript = transcriber.transcribe(np.zeros(3 * SR, dtype=np.float32))
     assert transcript.segments == [] and transcript.skipped[0][2] == "silence"

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import sys
 
+from asr.speech.arguments import DTYPE_CHOICES
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -36,7 +38,9 @@ def register(subparsers) -> None:
         help="decode attention: top-k pages (unique, quest) or every page (dense)",
     )
     parser.add_argument("--budget", type=int, default=2048, help="tokens each sparse decode step reads")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "int8"])
+    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
+                        help="LLM weights and cache (default: bfloat16 on a GPU and on CPUs with native "
+                        "bf16, float32 on other CPUs)")
     parser.add_argument("--model", help="speech model directory (default: the embedded model)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.set_defaults(handler=run)

@@ -6,8 +6,29 @@ import torch
 
 from asr.attention import cpu
 from asr.attention.config import UniqueConfig
-from asr.attention.scoring import score_pages
+from asr.attention.scoring import score_pages_reference
 from asr.attention.selection import select_pages
+
+
+def score_pages(
+    q: torch.Tensor,
+    key_stats: torch.Tensor,
+    page_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    config: UniqueConfig,
+    host_seq_lens: list[int] | None = None,
+) -> torch.Tensor:
+    """Public page scoring (arguments as ``asr.attention.scoring.score_pages_reference``): kernel on
+    CUDA, the CPU path on the CPU (``host_seq_lens``: the lengths on the host if the caller has
+    them), the reference elsewhere. It lives here, beside its one caller, so that ``scoring.py``
+    (references) and ``cpu.py`` (which builds on them) import in one direction only."""
+    if q.is_cuda:
+        from asr.attention.kernels.scoring import score_pages_triton
+
+        return score_pages_triton(q, key_stats, page_table, seq_lens, config)
+    if q.device.type == "cpu":
+        return cpu.score_pages_cpu(q, key_stats, page_table, seq_lens, config, host_seq_lens)
+    return score_pages_reference(q, key_stats, page_table, seq_lens, config)
 
 
 def gather_attended(

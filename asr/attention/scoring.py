@@ -95,24 +95,3 @@ def oracle_page_mass(
     probs = logits.masked_fill(~valid[:, None, None, :], float("-inf")).softmax(dim=-1)
     return probs.view(batch, kv_heads, -1, max_pages, page_size).sum(dim=(2, 4))
 
-
-def score_pages(
-    q: torch.Tensor,
-    key_stats: torch.Tensor,
-    page_table: torch.Tensor,
-    seq_lens: torch.Tensor,
-    config: UniqueConfig,
-    host_seq_lens: list[int] | None = None,
-) -> torch.Tensor:
-    """Public page scoring (arguments as ``score_pages_reference``): kernel on CUDA, the CPU path
-    on the CPU (``host_seq_lens``: the lengths on the host if the caller has them), the reference
-    elsewhere."""
-    if q.is_cuda:
-        from asr.attention.kernels.scoring import score_pages_triton
-
-        return score_pages_triton(q, key_stats, page_table, seq_lens, config)
-    if q.device.type == "cpu":
-        from asr.attention import cpu  # imported here: cpu.py builds on score_from_stats above
-
-        return cpu.score_pages_cpu(q, key_stats, page_table, seq_lens, config, host_seq_lens)
-    return score_pages_reference(q, key_stats, page_table, seq_lens, config)

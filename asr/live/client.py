@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import websockets
 
-SAMPLE_RATE = 16000
+from asr.speech.audio import SAMPLE_RATE
+
 INT16_MAX = 32767
 
 

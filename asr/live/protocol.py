@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from asr.errors import AsrError, AudioError
-from asr.speech.audio import PcmFormat, decode_pcm
+from asr.speech.audio import SAMPLE_RATE, PcmFormat, decode_pcm
 
-SAMPLE_RATE = 16000
 FORMATS = {"pcm_s16le": "s16le", "pcm_f32le": "f32le", "s16le": "s16le", "f32le": "f32le"}
 MIN_RATE, MAX_RATE = 8000, 192000
 MAX_PROMPT_CHARS = 1000

@@ -39,6 +39,7 @@ from asr.live.protocol import (
 from asr.live.session import LiveModel
 from asr.live.stream import StreamConfig, StreamSession, dumps
 from asr.live.worker import ModelWorker
+from asr.speech.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ class LiveServer:
             return
         samples = client.audio.decode(frame)
         limit = self.config.stream.max_seconds
-        room = int((limit - stream.received_seconds) * 16000)
+        room = int((limit - stream.received_seconds) * SAMPLE_RATE)
         stream.feed(samples[: max(room, 0)])
         if room <= len(samples):
             await client.send(

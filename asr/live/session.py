@@ -23,13 +23,13 @@ import numpy as np
 
 from asr.errors import AsrError
 from asr.llm.engine import LLMEngine
+from asr.speech.audio import SAMPLE_RATE
 from asr.speech.longform import LongformSession
 from asr.speech.model import SpeechModel
 from asr.speech.pipeline import TranscribeOptions, load_transcriber
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 MAX_PROMPT_TOKENS = 200  # an optional client prompt sits in the context for the whole session
 # Live chunks are encoded in windows as long as the chunk plus at least this much silence (in whole
 # 5-s steps: ``AudioEncoder.window_samples``), not 30 s (a 5-s chunk in a 10-s window costs about a

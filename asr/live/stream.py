@@ -23,10 +23,10 @@ import numpy as np
 
 from asr.errors import AsrError
 from asr.live.agreement import LocalAgreement
-from asr.live.protocol import SAMPLE_RATE
 from asr.live.session import Caption, ChunkRequest, LiveDecoder, LiveModel
 from asr.live.vad import Chunk, StreamSegmenter, StreamSegmenterConfig
 from asr.live.worker import FINAL, PARTIAL, ModelWorker
+from asr.speech.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

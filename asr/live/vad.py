@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from asr.speech.audio import SAMPLE_RATE
 from asr.speech.segmenter import SegmenterConfig, frame_energy_db
 
 _FILE = SegmenterConfig()
@@ -68,7 +69,7 @@ class StreamSegmenter:
     of the chunk still open (for tentative captions)."""
 
     def __init__(
-        self, config: StreamSegmenterConfig = StreamSegmenterConfig(), sample_rate: int = 16000
+        self, config: StreamSegmenterConfig = StreamSegmenterConfig(), sample_rate: int = SAMPLE_RATE
     ) -> None:
         self.config, self.rate = config, sample_rate
         self.frame = max(1, int(config.frame_s * sample_rate))

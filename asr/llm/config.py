@@ -46,7 +46,8 @@ class EngineConfig:
         new tokens) reaches ``unisparse.min_context`` (``asr.attention.prefill``).
     sparse: page size, token budget, sink/local pages and dense first layers (page_size is also the
         cache's page size in dense mode).
-    device, dtype: ``None`` picks CUDA + bfloat16 when available, else CPU + float32.
+    device, dtype: ``None`` picks CUDA + bfloat16 when available, else the CPU in its native dtype
+        (``asr.llm.cpu_defaults``: bfloat16 with AVX512-BF16/AMX, else float32).
     max_context: longest sequence served (default: the model's limit); longer contexts raise
         ContextLengthError.
     extend_context: allow ``max_context`` beyond the model's trained limit (RoPE is relative, so

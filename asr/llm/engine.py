@@ -21,8 +21,9 @@ from asr.attention import CacheShape, PagedKVCache, UniqueConfig
 from asr.attention.transfer import to_device
 from asr.errors import ContextLengthError
 from asr.llm.config import EngineConfig, ModelConfig, SamplingParams
+from asr.llm.cpu_defaults import default_cpu_dtype
 from asr.llm.distance_cap import DistanceCap, cap_distances
-from asr.llm.loader import load_model
+from asr.llm.loader import load_model, load_tokenizer
 from asr.llm.model import CausalLM
 from asr.llm.quantize import quantize_linear_layers
 from asr.llm.runner import ModelRunner
@@ -35,12 +36,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_device(config: EngineConfig) -> tuple[torch.device, torch.dtype]:
-    """The engine's device and dtype: CUDA + bfloat16 when available, else CPU + float32."""
+    """The engine's device and dtype: CUDA + bfloat16 when available, else the CPU in the dtype it
+    computes natively (``asr.llm.cpu_defaults``: bfloat16 with AVX512-BF16/AMX, else float32)."""
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = (
-        DTYPES[config.dtype] if config.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    )
-    return device, dtype
+    dtype = config.dtype or ("bfloat16" if device.type == "cuda" else default_cpu_dtype())
+    return device, DTYPES[dtype]
 
 
 class LLMEngine:
@@ -90,12 +90,9 @@ class LLMEngine:
     @classmethod
     def from_pretrained(cls, path: str | Path, config: EngineConfig = EngineConfig()) -> LLMEngine:
         """Load a local Hugging Face directory or GGUF file (model and tokenizer); no hub access."""
-        from transformers import AutoTokenizer
-
         device, dtype = resolve_device(config)
         model, model_dir = load_model(path, device, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        return cls(model, config, tokenizer)
+        return cls(model, config, load_tokenizer(model_dir))
 
     # ---------------------------------------------------------------- sequences
     def new_sequence(self) -> Sequence:

@@ -136,7 +136,10 @@ class CausalLM(nn.Module):
     def __init__(self, config: ModelConfig, inv_freq: torch.Tensor, attention_scaling: float = 1.0) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # no random init (weights are always loaded or set): nn.Embedding's normal_ on the meta device
+        # that load_model builds on imports sympy and ~900 modules, 2-3 s of a CPU start-up
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
+                                         _weight=torch.empty(config.vocab_size, config.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = RotaryEmbedding(inv_freq, attention_scaling)

@@ -13,8 +13,8 @@ DTYPE_CHOICES = ("bfloat16", "float32", "int8")
 
 
 def add_transcribe_arguments(parser: argparse.ArgumentParser, device_default: str | None = None) -> None:
-    """Add --model, --attention, --prefill, --budget, --max-distance, --dtype, --drafts, the draft gate and
-    tolerances and --device to ``parser``."""
+    """Add --model, --attention, --prefill, --budget, --max-distance, --dtype, --threads, --drafts, the
+    draft gate and tolerances and --device to ``parser``."""
     parser.add_argument("--attention", default="unique", choices=ATTENTION_CHOICES,
                         help="decode attention: top-k pages (unique, quest) or every page (dense)")
     parser.add_argument("--prefill", default="unisparse", choices=PREFILL_CHOICES,
@@ -24,8 +24,12 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser, device_default: st
     parser.add_argument("--max-distance", type=int, default=4096,
                         help="farthest a cached key may sit from the newest token before old pages are moved "
                         "closer, so hour-long contexts stay in the range the model was trained on (0: never)")
-    parser.add_argument("--dtype", default="bfloat16", choices=DTYPE_CHOICES,
-                        help="LLM weights and cache (int8: CPU only, int8 linear layers over float32)")
+    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
+                        help="LLM weights and cache (default: bfloat16 on a GPU and on CPUs with native "
+                        "bf16, AVX512-BF16 or AMX; float32 on other CPUs; int8: CPU only, int8 linear layers "
+                        "over float32)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: one per physical core, within the CPU quota)")
     parser.add_argument("--model", help="speech model directory (default: the embedded model)")
     parser.add_argument("--drafts", action=argparse.BooleanOptionalAction, default=None,
                         help="put each chunk's Whisper draft into the context and verify it as the LLM's "
@@ -50,7 +54,8 @@ def options_from_args(args: argparse.Namespace):
     from asr.speech.pipeline import TranscribeOptions
 
     return TranscribeOptions(attention=args.attention, prefill=args.prefill, budget_tokens=args.budget,
-                             device=args.device, dtype=args.dtype, max_distance=args.max_distance or None,
+                             device=args.device, dtype=args.dtype, threads=args.threads,
+                             max_distance=args.max_distance or None,
                              drafts=args.drafts, draft_gate=args.draft_gate,
                              draft_tolerance=args.draft_tolerance,
                              draft_end_tolerance=args.draft_end_tolerance)

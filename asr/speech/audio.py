@@ -68,7 +68,7 @@ def _convert_hint() -> str:
     """What to do with a file this machine cannot decode: ffmpeg's command where ffmpeg is installed,
     else the formats that libsndfile reads without it."""
     if shutil.which("ffmpeg"):
-        return "convert it with `ffmpeg -i INPUT -ac 1 -ar 16000 OUTPUT.wav` and try again"
+        return f"convert it with `ffmpeg -i INPUT -ac 1 -ar {SAMPLE_RATE} OUTPUT.wav` and try again"
     return "convert it to wav, flac, ogg or mp3 (read here without ffmpeg) and try again"
 
 

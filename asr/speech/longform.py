@@ -18,6 +18,7 @@ embeddings only: the caller owns encoding (``SpeechModel.encode_chunks``), batch
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,12 +26,15 @@ import torch
 from asr.llm.config import SamplingParams
 from asr.llm.distance_cap import DistanceCap
 from asr.llm.engine import LLMEngine
+from asr.speech.audio import SAMPLE_RATE
 from asr.speech.draft import Draft
 from asr.speech.draft_decoding import DraftDecoding, decode_with_draft, draft_proposal
-from asr.speech.model import EncodedChunk, SpeechModel
 from asr.speech.prompt import draft_token_ids
 from asr.speech.repetition import LoopConfig, loop_start, repetitive, token_budget
 from asr.transcript import Segment
+
+if TYPE_CHECKING:  # types only: model.py opens sessions, so this module must not import it at run time
+    from asr.speech.model import EncodedChunk, SpeechModel
 
 GREEDY = SamplingParams()  # a chunk's first decode; max_tokens and the stop token are set per chunk
 RETRY_SAMPLING = replace(GREEDY, temperature=0.5, top_p=0.95, seed=0)  # after a loop, as Whisper's fallback
@@ -136,7 +140,7 @@ class LongformSession:
             return None
         return tokens
 
-    def transcribe_chunk(self, audio: np.ndarray, start_s: float, sample_rate: int = 16000, *,
+    def transcribe_chunk(self, audio: np.ndarray, start_s: float, sample_rate: int = SAMPLE_RATE, *,
                          encoded: EncodedChunk) -> Segment | None:
         """Append one chunk (<= 30 s) and its transcript to the context; None if it holds no words.
         ``encoded``: the chunk's embeddings and draft, computed by the caller (``SpeechModel.encode_chunks``,

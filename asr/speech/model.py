@@ -16,10 +16,10 @@ take embeddings only.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,19 +28,19 @@ from asr.errors import ModelLoadError
 from asr.llm.config import EngineConfig
 from asr.llm.distance_cap import DistanceCap
 from asr.llm.engine import LLMEngine, resolve_device
-from asr.llm.loader import load_model
+from asr.llm.loader import CONVERTED_FORMAT, load_model, load_tokenizer
 from asr.llm.lora import merge_lora
+from asr.llm.lora_adapter import LoraAdapter
 from asr.llm.model import CausalLM
 from asr.llm.quantize import quantize_linear_layers
 from asr.speech.adapter import SpeechAdapter
 from asr.speech.draft import AlternativeSearch, Draft
 from asr.speech.draft_decoding import DraftDecoding
+from asr.speech.longform import LongformSession
 from asr.speech.projector import FrameStackProjector
 from asr.speech.prompt import PromptIds
 from asr.speech.repetition import LoopConfig
-
-if TYPE_CHECKING:
-    from asr.speech.longform import LongformSession
+from asr.weights_cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,6 @@ class SpeechModel:
                      draft_decoding: DraftDecoding = DraftDecoding()) -> LongformSession:
         """A long-form session (one recording or live stream) in a new sequence of ``engine`` (from
         ``open_engine``); closing it frees its sequence, not the engine."""
-        from asr.speech.longform import LongformSession
-
         return LongformSession(self, engine, loop, distance_cap, draft_decoding)
 
     @torch.inference_mode()
@@ -117,6 +115,23 @@ class SpeechModel:
                 for index, chunk_embeds in enumerate(embeds)]
 
 
+def merged_weights_dir(adapter_dir: Path, llm_path: str, dtype: torch.dtype) -> Path | None:
+    """Cache directory of the LLM's weights with this adapter's LoRA merged in, in ``dtype``
+    (``asr.llm.loader.load_model``): named by a digest of the adapter's files, the LLM's weight
+    files (path, size, time) and the dtype, so a retrained adapter or another LLM gets its own.
+    None (no cache) when the LLM is itself a LoRA adapter directory, whose base is elsewhere."""
+    if LoraAdapter.is_adapter_dir(llm_path):
+        return None
+    digest = hashlib.sha256(f"{CONVERTED_FORMAT}:{dtype}".encode())
+    for name in ("adapter.json", "adapter.safetensors"):
+        digest.update((adapter_dir / name).read_bytes())
+    llm = Path(llm_path)
+    for weights in sorted(llm.glob("*.safetensors")) if llm.is_dir() else [llm]:
+        stat = weights.stat()
+        digest.update(f"{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return cache_root() / "merged" / digest.hexdigest()[:16]
+
+
 def _resolve(base: Path, name: str | None) -> str | None:
     return str((base / name).resolve()) if name else None
 
@@ -126,8 +141,6 @@ def load_speech_model(model_dir: str | Path | None, engine_config: EngineConfig,
     """Load a speech model directory (default: the embedded one) with the engine config's device,
     dtype and ``int8_weights``; no engine is made (``SpeechModel.open_engine``). drafts: put Whisper
     drafts into the context (None: as the adapter was trained, its ``info["drafts"]``)."""
-    from transformers import AutoTokenizer
-
     from asr.llm.embedded import embedded_llm_dir
     from asr.speech.encoder import AudioEncoder
 
@@ -145,10 +158,11 @@ def load_speech_model(model_dir: str | Path | None, engine_config: EngineConfig,
         device,
         dtype,
         adapt_weights=lambda weights: merge_lora(weights, adapter.lora, adapter.lora_config),
+        converted_dir=merged_weights_dir(adapter_dir, llm_path, dtype),
     )
     if engine_config.int8_weights:
         quantize_linear_layers(model)  # the weights' form is decided here, once, for every engine
-    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
+    tokenizer = load_tokenizer(hf_dir)
     drafts = bool(adapter.info.get("drafts", False)) if drafts is None else drafts
     encoder = AudioEncoder.load(
         _resolve(adapter_dir, adapter.info.get("whisper")),

@@ -11,11 +11,13 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from asr.attention.config import UniqueConfig
 from asr.errors import AudioError
 from asr.llm.config import EngineConfig
+from asr.llm.cpu_defaults import default_threads
 from asr.llm.distance_cap import DistanceCap
 from asr.speech.audio import SAMPLE_RATE
 from asr.speech.draft_decoding import DEFAULT_END_TOLERANCE, DEFAULT_GATE, DEFAULT_TOLERANCE, DraftDecoding
@@ -37,9 +39,10 @@ ENCODER_BATCH = {"cpu": 4, "cuda": 32}
 class TranscribeOptions:
     """attention: ``unique``/``quest`` read the top-k KV pages per decode step, ``dense`` all of them;
     budget_tokens / page_size: the sparse budget and the cache page size; device: ``None`` picks CUDA
-    when available; dtype: the LLM's weights and cache (bfloat16 on both devices: on a 2-core CPU it
-    decodes 1.45x faster than float32 at 0.3% logit error; ``int8``: CPU only, int8 linear layers
-    over a float32 model and cache); segmenter / loop: chunking and runaway
+    when available; dtype: the LLM's weights and cache (None: bfloat16 on a GPU and on a CPU with
+    native bf16, float32 on other CPUs, where bf16 runs emulated and slower, ``asr.llm.cpu_defaults``;
+    ``int8``: CPU only, int8 linear layers over a float32 model and cache); threads: CPU threads
+    (None: one per physical core, ``asr.llm.cpu_defaults``); segmenter / loop: chunking and runaway
     control; max_distance: the farthest a key may sit from the next position before old pages are
     moved closer (``asr.llm.distance_cap``; None keeps every key at its own position); drafts: put
     each chunk's Whisper draft into the context and verify it as the LLM's proposal (None: as the
@@ -58,7 +61,8 @@ class TranscribeOptions:
     budget_tokens: int = 2048
     page_size: int = 16
     device: str | None = None
-    dtype: str | None = "bfloat16"
+    dtype: str | None = None
+    threads: int | None = None
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     max_distance: int | None = DistanceCap.max_distance
@@ -75,6 +79,8 @@ class TranscribeOptions:
             DistanceCap(self.max_distance)
         if self.dtype not in (None, "int8", "float32", "bfloat16", "float16"):
             raise ValueError(f"unknown dtype {self.dtype!r}: use bfloat16, float32, float16 or int8")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, not {self.threads}")
 
     def engine_config(self, max_context: int | None = None) -> EngineConfig:
         """The engine set-up of these options (one sequence; ``SpeechModel.open_engine`` sizes its
@@ -117,7 +123,10 @@ class Transcriber:
         regions = segment(audio, SAMPLE_RATE, self.options.segmenter)
         model = self.model
         segments, skipped = [], []
-        bar = tqdm(total=round(duration, 1), unit="s", desc=name or "transcribing", disable=not progress,
+        # counted in samples, so the regions' updates add up to exactly the total (seconds rounded for the
+        # total overflowed it: "clamping frac", ETA "<-00:00"); unit_scale shows the counts as seconds
+        bar = tqdm(total=len(audio), unit_scale=1 / SAMPLE_RATE, desc=name or "transcribing",
+                   disable=not progress,
                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
         speech = [r for r in regions if r.kind == "speech"]
         encoded: dict[int, EncodedChunk] = {}  # speech region index -> embeddings (and draft), a batch ahead
@@ -146,7 +155,7 @@ class Transcriber:
                         skipped.append((start_s, end_s, "no speech recognised"))
                     else:
                         segments.append(piece)
-                bar.update(end_s - start_s)
+                bar.update(region.end - region.start)
             bar.close()
             elapsed = time.perf_counter() - started
             stats = TranscriptStats(
@@ -165,5 +174,7 @@ class Transcriber:
 def load_transcriber(
     model_dir: str | None = None, options: TranscribeOptions = TranscribeOptions()
 ) -> Transcriber:
-    """A transcriber for a speech model directory (default: the embedded model)."""
+    """A transcriber for a speech model directory (default: the embedded model); sets torch's CPU
+    threads to ``options.threads`` (default: one per physical core) first, as the encoder takes them."""
+    torch.set_num_threads(options.threads or default_threads())
     return Transcriber(load_speech_model(model_dir, options.engine_config(), options.drafts), options)
