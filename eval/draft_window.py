@@ -40,6 +40,8 @@ def main() -> int:
 
     from asr.corpus import read_corpus
     from asr.normalize import error_rates
+    from asr.speech.audio import SAMPLE_RATE
+    from asr.speech.encoder import CHUNK_SAMPLES
     from asr.speech.pipeline import TranscribeOptions, load_transcriber
     from eval.bench_live import cpu_model
 
@@ -47,7 +49,7 @@ def main() -> int:
     model = load_transcriber(None, options).model
     engine = model.open_engine(options.engine_config(), expected_seconds=30)
     utterances = read_corpus(args.manifest)[:: args.every]
-    audios = [utterance.load()[: 30 * 16000] for utterance in utterances]
+    audios = [utterance.load()[:CHUNK_SAMPLES] for utterance in utterances]
     references = [utterance.text for utterance in utterances]
     windows: dict[str, float | None] = {PADDED: None, **{f"audio + {m:g} s": m for m in args.margins}}
     rows = []
@@ -71,7 +73,7 @@ def main() -> int:
             row.update(zip(("llm_wer", "llm_cer"), error_rates(references, transcripts)),
                        llm_seconds=llm_seconds / len(audios), transcripts=transcripts)
         rows.append(row)
-    audio_s = sum(len(audio) for audio in audios) / 16000
+    audio_s = sum(len(audio) for audio in audios) / SAMPLE_RATE
     print(f"{len(audios)} utterances, {audio_s:.0f} s of audio")
     print(f"{'window':<16} {'draft WER %':>11} {'CER %':>6} {'s/draft':>8} {'LLM WER %':>10} {'s/LLM':>6}")
     for row in rows:
