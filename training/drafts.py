@@ -8,7 +8,8 @@ and of ``--variants`` seeded augmentations of it. Drafts come from the same ``Au
 drafters that training and inference use (``asr.speech.draft``): CTranslate2 int8 on the CPU,
 transformers in fp16 on CUDA. A rerun appends only what is missing, so a killed run resumes.
 Prints one row per manifest (drafts written, audio seconds, seconds taken, audio seconds per
-second); ``--report FILE`` also writes them as JSON.
+second, and the CPU seconds all its threads took, which a shared machine's load distorts less);
+``--report FILE`` also writes them as JSON.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def precompute(source: str | Path, encoder: AudioEncoder, digest: str, variants:
     path = cache_file(source, digest)
     header = {"whisper": digest, "backend": drafter_name(encoder), "variants": variants}
     jobs = pending(read_corpus(source), path.parent, variants, open_cache(path, header))
-    started, seconds = time.perf_counter(), 0.0
+    started, cpu_started, seconds = time.perf_counter(), time.process_time(), 0.0
     with path.open("a") as sink, tqdm(total=len(jobs), unit="draft", desc=path.name, mininterval=10) as bar:
         for start in range(0, len(jobs), batch):
             group = jobs[start : start + batch]
@@ -90,9 +91,10 @@ def precompute(source: str | Path, encoder: AudioEncoder, digest: str, variants:
             sink.flush()
             seconds += sum(len(wave) for wave in waves) / SAMPLE_RATE
             bar.update(len(group))
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     return {"cache": str(path), "drafts": len(jobs), "audio_seconds": round(seconds, 1),
-            "seconds": round(elapsed, 1), "audio_per_second": round(seconds / elapsed, 2) if jobs else None}
+            "seconds": round(elapsed, 1), "audio_per_second": round(seconds / elapsed, 2) if jobs else None,
+            "cpu_seconds": round(cpu, 1)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,10 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     digest = whisper_digest(args.whisper)
     encoder = AudioEncoder.load(args.whisper, device=args.device, drafts=True)
     rows = [precompute(source, encoder, digest, args.variants, args.batch) for source in args.manifests]
-    print(f"{'cache':60} {'drafts':>7} {'audio s':>9} {'seconds':>8} {'audio s/s':>9}")
+    print(f"{'cache':60} {'drafts':>7} {'audio s':>9} {'seconds':>8} {'audio s/s':>9} {'CPU s':>7}")
     for row in rows:
         print(f"{row['cache'][-60:]:60} {row['drafts']:7d} {row['audio_seconds']:9.1f} {row['seconds']:8.1f} "
-              f"{row['audio_per_second'] or 0:9.2f}")
+              f"{row['audio_per_second'] or 0:9.2f} {row['cpu_seconds']:7.1f}")
     if args.report:
         args.report.write_text(json.dumps(
             {"command": "python -m training.drafts " + " ".join(sys.argv[1:] if argv is None else argv),
