@@ -8,6 +8,10 @@ OUT/audio/NNNN/<id>.ogg (16 kHz mono Opus; --codec flac for FLAC) and appends
 {"id", "audio", "text", "voice", "duration", "style", "source"} rows to OUT/manifest.jsonl
 ("voice" is "kokoro/<speaker>", e.g. "kokoro/bf_emma.62+bf_lily.38"). Rerunning with the same
 seed resumes after the last row. Needs training/setup_tts.sh (kokoro-onnx, model parts, voices).
+
+Validation speech that no training run has read (held-out text, a seed of its own):
+
+    python -m training.kokoro_speech --out /work/data/kokoro_heldout --hours 0.15 --seed 2126 --heldout-text
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ def main() -> None:
     )
     parser.add_argument("--model", type=Path, default=KokoroConfig.model, help="Kokoro v1.0 int8 ONNX file")
     parser.add_argument("--corpus-cache", type=Path, default=KokoroConfig.corpus_cache)
+    parser.add_argument("--heldout-text", action="store_true",
+                        help="read Debian package descriptions the training corpus lacks (validation speech)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     generate(KokoroConfig(args.out, args.hours, args.seed, args.workers, args.voice_dir, args.model,
-                          args.corpus_cache, args.codec))
+                          args.corpus_cache, args.codec, args.heldout_text))
 
 
 if __name__ == "__main__":

