@@ -50,8 +50,8 @@ def test_precomputed_drafts_are_the_drafts_of_the_audio_training_plays(tmp_path,
         entry = cache.lookup(utt.audio)
         assert sorted(entry.by_variant) == [0, 1]
         wave = utt.load()
-        assert entry.by_variant[0] == encoder.draft([wave])[0]
-        assert entry.by_variant[1] == encoder.draft([variant_wave(wave, entry.key, 1)])[0]
+        assert entry.by_variant[0] == encoder.draft([wave])[0].text
+        assert entry.by_variant[1] == encoder.draft([variant_wave(wave, entry.key, 1)])[0].text
         clean.append(entry.by_variant[0])
     wer, _ = error_rates([utt.text for utt in utterances], clean)
     assert wer < 0.25  # Whisper base reads these short dev utterances well
@@ -144,7 +144,7 @@ def test_chunk_drafts_decode_only_the_uncached_chunks(encoder):
 
     batch = [[(waves[0], "", True, "A cached draft."), (waves[1], "", True)]]
     drafts = chunk_drafts(batch, waves, CountingEncoder())
-    assert drafts == ["A cached draft.", encoder.draft([waves[1]])[0]]
+    assert drafts == ["A cached draft.", encoder.draft([waves[1]])[0].text]
     assert decoded == [1]
     assert chunk_drafts([[(waves[0], "", True, "Cached.")]], waves[:1], CountingEncoder()) == ["Cached."]
     assert decoded == [1]
