@@ -118,19 +118,21 @@ class LongformSession:
         gate = self.draft_decoding.gate
         readings = [draft] if draft.sure(gate) else [draft] + [
             other for other in draft.alternatives if draft.keeps_sure_words(other.text, gate)]
-        candidates = []  # (token ids, Whisper's log-probability)
+        candidates = []  # (reading, its token ids)
         for reading in readings:
             ids = tokenizer(reading.text, add_special_tokens=False).input_ids
             if not self._runaway(seconds, ids):
-                candidates.append((ids, reading.logprob))
-        if len(candidates) <= 1:
-            self.stats.drafts_kept += len(candidates)
-            return candidates[0][0] if candidates else None
-        llm = self.engine.score_continuations(self.seq, [ids + [end] for ids, _ in candidates])
-        weight = self.draft_decoding.llm_weight
-        best = max(range(len(candidates)), key=lambda i: candidates[i][1] + weight * llm[i])
-        self.stats.readings_changed += best != 0
-        return candidates[best][0]
+                candidates.append((reading, ids))
+        if not candidates:
+            return None
+        picked = candidates[0]
+        if len(candidates) > 1:
+            llm = self.engine.score_continuations(self.seq, [ids + [end] for _, ids in candidates])
+            weight = self.draft_decoding.llm_weight
+            picked = max(zip(candidates, llm), key=lambda pair: pair[0][0].logprob + weight * pair[1])[0]
+        self.stats.drafts_kept += picked[0] is draft and draft.sure(gate)
+        self.stats.readings_changed += picked[0] is not draft
+        return picked[1]
 
     def _kept_draft(self, seconds: float, draft: Draft, proposal: list[int]) -> list[int] | None:
         """The draft's tokens (``proposal`` less the turn's end) when it is kept whole: Whisper sure of
