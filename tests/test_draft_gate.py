@@ -156,7 +156,10 @@ def test_scored_continuations_are_their_summed_logprobs_and_leave_the_sequence_a
     seq = engine.new_sequence()
     engine.append(seq, token_ids=token_ids(11, seed=5))
     before, logits_before = seq.num_tokens, seq.next_logits.clone()
-    candidates = [token_ids(4, seed=1), token_ids(1, seed=2), token_ids(6, seed=3)]
+    reading = token_ids(6, seed=3)
+    # unrelated readings, and readings sharing a prefix with one another (prefilled once, then branched)
+    candidates = [token_ids(4, seed=1), token_ids(1, seed=2), reading, reading[:3] + token_ids(2, seed=4),
+                  reading[:2], reading + token_ids(1, seed=6), reading[:3] + token_ids(3, seed=7)]
     scores = engine.score_continuations(seq, candidates)
     assert seq.num_tokens == engine.cache.length(seq.seq_id) == before
     assert torch.equal(seq.next_logits, logits_before)

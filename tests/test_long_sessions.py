@@ -8,6 +8,7 @@ import pytest
 
 from asr.corpus import read_manifest
 from asr.speech.audio import SAMPLE_RATE
+from asr.speech.speech_detector import shared_detector
 from training.long_sessions import LongSessionConfig, chunk_turns, join_utterances, long_session
 
 MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_dev" / "manifest.jsonl"
@@ -31,7 +32,7 @@ def test_chunks_are_inference_sized_and_keep_every_text_in_order():
     waves = [utt.load() for utt in utterances]
     texts = [utt.text for utt in utterances]
     recording, spans = join_utterances(waves, random.Random(1), LongSessionConfig())
-    turns = chunk_turns(recording, spans, texts)
+    turns = chunk_turns(recording, spans, texts, shared_detector())
     assert len(turns) > 1
     assert all(len(wave) <= 28.0 * SAMPLE_RATE + 1 for wave, _, _ in turns)
     assert " ".join(text for _, text, _ in turns) == " ".join(texts)
@@ -41,7 +42,7 @@ def test_chunks_are_inference_sized_and_keep_every_text_in_order():
 @needs_dev
 def test_long_session_lasts_the_drawn_length():
     utterances = read_manifest(MANIFEST)[:30]
-    turns = long_session(utterances, random.Random(2), LongSessionConfig(minutes=(1.0, 1.0)))
+    turns = long_session(utterances, random.Random(2), shared_detector(), LongSessionConfig(minutes=(1.0, 1.0)))
     seconds = sum(len(wave) for wave, _, _ in turns) / SAMPLE_RATE
     assert 50 <= seconds <= 90
     assert len(turns) >= 3

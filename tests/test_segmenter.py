@@ -1,22 +1,36 @@
+"""The file segmenter: chunking from per-frame speech probabilities (synthetic layouts), and the speech
+detector that gives them on real speech, silence and noise."""
+
+import json
+from pathlib import Path
+
 import numpy as np
+import pytest
 
-from asr.speech.segmenter import SegmenterConfig, segment
+from asr.speech.audio import SAMPLE_RATE, load_audio
+from asr.speech.segmenter import SegmenterConfig, segment, speech_frames
+from asr.speech.speech_detector import FRAME_S, FRAME_SAMPLES, levelled, shared_detector
 
-SR = 16000
+SR = SAMPLE_RATE
+DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_dev"
+needs_dev = pytest.mark.skipif(not (DEV / "manifest.jsonl").is_file(), reason="shared speech_dev data absent")
 
 
-def tone(seconds, freq=220.0, amp=0.3, seed=0):
-    t = np.arange(int(seconds * SR)) / SR
+def layout(*pieces, seed=0):
+    """Audio and per-frame speech probabilities of (seconds, is_speech) pieces: speech is a
+    syllable-modulated tone at probability 0.9, the rest faint noise at 0.05."""
     rng = np.random.default_rng(seed)
-    # syllable-like amplitude modulation so it is not a flat tone
-    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4 * t) ** 2
-    return (amp * envelope * np.sin(2 * np.pi * freq * t) + 0.001 * rng.standard_normal(len(t))).astype(
-        np.float32
-    )
-
-
-def quiet(seconds, seed=1):
-    return (0.001 * np.random.default_rng(seed).standard_normal(int(seconds * SR))).astype(np.float32)
+    audio, probabilities = [], []
+    for seconds, is_speech in pieces:
+        t = np.arange(int(seconds * SR)) / SR
+        envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4 * t) ** 2
+        wave = 0.3 * envelope * np.sin(2 * np.pi * 220 * t) if is_speech else np.zeros_like(t)
+        audio.append((wave + 0.001 * rng.standard_normal(len(t))).astype(np.float32))
+        probabilities.append(np.full(int(round(seconds / FRAME_S)), 0.9 if is_speech else 0.05))
+    audio, probabilities = np.concatenate(audio), np.concatenate(probabilities)
+    frames = -(-len(audio) // FRAME_SAMPLES)
+    # rounding: the last piece gives or takes a frame
+    return audio, np.pad(probabilities, (0, max(0, frames - len(probabilities))), mode="edge")[:frames]
 
 
 def assert_covers(regions, n):
@@ -24,51 +38,96 @@ def assert_covers(regions, n):
     assert all(a.end == b.start for a, b in zip(regions[:-1], regions[1:])), "gap or overlap"
 
 
-def test_long_silence_becomes_its_own_region_and_everything_is_covered():
-    audio = np.concatenate([tone(5), quiet(10), tone(4)])
-    regions = segment(audio, SR)
-    assert_covers(regions, len(audio))
-    kinds = [r.kind for r in regions]
-    assert kinds == ["speech", "silence", "speech"]
-    silence = regions[1]
-    assert abs(silence.start / SR - 5) < 0.1 and abs(silence.end / SR - 15) < 0.1
-
-
-def test_chunks_respect_the_maximum_and_cut_at_pauses():
-    pieces = []
-    for i in range(12):  # 12 x (4.5 s speech + 0.5 s pause)
-        pieces += [tone(4.5, 200 + 10 * i, seed=i), quiet(0.5, seed=i)]
-    audio = np.concatenate(pieces)
+def test_long_silence_becomes_its_own_region_padded_and_everything_is_covered():
+    audio, probabilities = layout((5, True), (10, False), (4, True))
     config = SegmenterConfig()
-    regions = segment(audio, SR, config)
+    regions = segment(audio, probabilities, config)
     assert_covers(regions, len(audio))
-    assert all(r.kind == "speech" for r in regions)
-    assert all((r.end - r.start) / SR <= config.max_chunk_s + 1e-6 for r in regions)
+    assert [r.kind for r in regions] == ["speech", "silence", "speech"]
+    silence = regions[1]
+    pad = config.speech_pad_s
+    assert abs(silence.start / SR - (5 + pad)) < 0.05 and abs(silence.end / SR - (15 - pad)) < 0.05
+
+
+def test_chunks_respect_the_bounds_and_cut_at_pauses():
+    audio, probabilities = layout(*[piece for _ in range(12) for piece in ((4.5, True), (0.5, False))])
+    config = SegmenterConfig()
+    regions = segment(audio, probabilities, config)
+    assert_covers(regions, len(audio))
+    assert all(r.kind == "speech" for r in regions) and len(regions) >= 3
+    assert all(config.min_chunk_s <= (r.end - r.start) / SR <= config.max_chunk_s + 1e-6 for r in regions)
     for r in regions[:-1]:  # each cut lies inside a pause: (t mod 5) in [4.5, 5)
         t = r.end / SR
         assert 4.45 <= t % 5.0 <= 5.0 or t % 5.0 < 0.05, t
 
 
+def test_speech_that_fits_stays_whole_and_longer_speech_is_cut_at_its_longest_pause():
+    audio, probabilities = layout((8, True), (0.3, False), (8, True), (0.4, False), (8, True))
+    assert len(segment(audio, probabilities)) == 1  # 24.7 s: one chunk, pauses and all
+    audio, probabilities = layout((8, True), (0.3, False), (8, True), (0.8, False), (8, True), (0.3, False),
+                                  (8, True))
+    regions = segment(audio, probabilities)
+    assert len(regions) == 2 and 16.3 < regions[0].end / SR < 17.1  # the 0.8-s pause, not the first one
+
+
 def test_unbroken_speech_longer_than_the_maximum_is_still_cut():
-    audio = tone(70)
-    regions = segment(audio, SR)
+    audio, probabilities = layout((70, True))
+    regions = segment(audio, probabilities)
     assert_covers(regions, len(audio))
     assert len(regions) >= 3 and all((r.end - r.start) / SR <= 28.0 + 1e-6 for r in regions)
 
 
-def test_pure_silence_and_empty_input():
-    regions = segment(quiet(5), SR)
-    assert [r.kind for r in regions] == ["silence"]
-    assert segment(np.zeros(0, dtype=np.float32), SR) == []
+def test_no_speech_is_one_silence_region_even_when_short_and_empty_input_has_none():
+    for seconds in (5, 0.5):
+        audio, probabilities = layout((seconds, False))
+        assert [r.kind for r in segment(audio, probabilities)] == ["silence"]
+    assert segment(np.zeros(0, dtype=np.float32), np.zeros(0)) == []
+
+
+def test_probabilities_must_match_the_frames():
+    audio, probabilities = layout((3, True))
+    with pytest.raises(ValueError, match="probabilities"):
+        segment(audio, probabilities[:-2])
 
 
 def test_a_short_stub_of_speech_stays_with_its_chunk():
-    # 7 s of speech, a 0.4 s pause, then 0.6 s more: one chunk, not a 0.6-s chunk of its own
-    audio = np.concatenate([tone(7), quiet(0.4), tone(0.6, seed=3), quiet(5, seed=4)])
-    regions = segment(audio, SR)
+    # 30.8 s: the pause that leaves 1 s of speech on its own is longer, but the cut takes the other one
+    audio, probabilities = layout((25, True), (0.4, False), (4, True), (0.6, False), (1, True))
+    regions = segment(audio, probabilities)
+    assert len(regions) == 2 and 25.0 < regions[0].end / SR < 25.4
+
+
+def test_speech_lasts_from_the_threshold_down_to_the_release():
+    config = SegmenterConfig(threshold=0.5, release=0.35)
+    probabilities = np.array([0.4, 0.6, 0.4, 0.36, 0.3, 0.45, 0.5])
+    assert speech_frames(probabilities, config).tolist() == [False, True, True, True, False, False, True]
+
+
+def test_levelling_brings_quiet_and_loud_stretches_to_one_level_but_leaves_silence_alone():
+    rng = np.random.default_rng(0)
+    loud, quiet = (0.3 * rng.standard_normal(5 * SR)).astype(np.float32), (0.001 * rng.standard_normal(5 * SR))
+    audio = np.concatenate([loud, quiet.astype(np.float32), np.zeros(5 * SR, np.float32)])
+    out = levelled(audio)
+    rms = [np.sqrt(np.mean(out[i * SR:(i + 1) * SR] ** 2)) for i in (1, 8)]  # away from the transitions
+    assert 0.05 < rms[0] < 0.2 and 0.05 < rms[1] < 0.2
+    assert np.abs(out[11 * SR:]).max() == 0.0
+
+
+@needs_dev
+def test_detector_finds_real_speech_of_any_level_and_none_in_silence_or_noise():
+    rows = [json.loads(line) for line in (DEV / "manifest.jsonl").read_text().splitlines()[:3]]
+    speech = [load_audio(str(DEV / row["audio"]), SR) for row in rows]
+    rng = np.random.default_rng(1)
+    pieces = [speech[0], np.zeros(3 * SR, np.float32), speech[1] * 0.001,  # 60 dB quieter after a loud one
+              (0.02 * rng.standard_normal(4 * SR)).astype(np.float32), speech[2]]
+    audio = np.concatenate(pieces)
+    probabilities = shared_detector().probabilities(audio)
+    assert len(probabilities) == -(-len(audio) // FRAME_SAMPLES)
+    bounds = np.cumsum([0] + [len(p) for p in pieces]) // FRAME_SAMPLES
+    shares = [float(np.mean(probabilities[a:b] > 0.5)) for a, b in zip(bounds[:-1], bounds[1:])]
+    assert min(shares[0], shares[2], shares[4]) > 0.5, shares
+    assert max(shares[1], shares[3]) < 0.1, shares
+    regions = segment(audio, probabilities)
     assert_covers(regions, len(audio))
-    speech = [r for r in regions if r.kind == "speech"]
-    assert len(speech) == 1 and speech[0].end / SR > 7.9
-    # a longer second part is still cut off at the pause
-    audio = np.concatenate([tone(7), quiet(0.4), tone(4, seed=3)])
-    assert len([r for r in segment(audio, SR) if r.kind == "speech"]) == 2
+    assert any(r.kind == "silence" and r.start < bounds[2] * FRAME_SAMPLES and r.end > bounds[1] * FRAME_SAMPLES
+               for r in regions)

@@ -18,6 +18,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from asr.corpus import Utterance
 from asr.speech.audio import SAMPLE_RATE
 from asr.speech.segmenter import segment
+from asr.speech.speech_detector import SpeechDetector, shared_detector
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,14 @@ def join_utterances(
 
 
 def chunk_turns(
-    recording: np.ndarray, spans: list[tuple[int, int]], texts: list[str]
+    recording: np.ndarray, spans: list[tuple[int, int]], texts: list[str], detector: SpeechDetector
 ) -> list[tuple[np.ndarray, str, bool]]:
     """Cut ``recording`` as inference does and give each speech chunk the texts of the utterances
     whose midpoints fall in it (in order). Chunks that hold no midpoint are skipped: their audio is
     the edge of an utterance that another chunk transcribes."""
     midpoints = np.array([(start + end) // 2 for start, end in spans])
     turns = []
-    for region in segment(recording, SAMPLE_RATE):
+    for region in segment(recording, detector.probabilities(recording)):
         if region.kind != "speech":
             continue
         inside = np.flatnonzero((midpoints >= region.start) & (midpoints < region.end))
@@ -67,7 +68,8 @@ def chunk_turns(
 
 
 def long_session(
-    utterances: list[Utterance], rng: random.Random, config: LongSessionConfig = LongSessionConfig()
+    utterances: list[Utterance], rng: random.Random, detector: SpeechDetector,
+    config: LongSessionConfig = LongSessionConfig()
 ) -> list[tuple[np.ndarray, str, bool]]:
     """A session of random ``utterances`` lasting ``config.minutes`` (drawn), as inference chunks it."""
     target = rng.uniform(*config.minutes) * 60 * SAMPLE_RATE
@@ -79,7 +81,7 @@ def long_session(
         texts.append(utt.text)
         total += len(wave) + config.gap_s[1] * SAMPLE_RATE / 2
     recording, spans = join_utterances(waves, rng, config)
-    return chunk_turns(recording, spans, texts)
+    return chunk_turns(recording, spans, texts, detector)
 
 
 class LongSessionStream(IterableDataset):
@@ -92,5 +94,6 @@ class LongSessionStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         rng = random.Random(self.seed + (info.id if info else 0))
+        detector = shared_detector()
         while True:
-            yield [long_session(self.utterances, rng, self.config) for _ in range(self.batch)]
+            yield [long_session(self.utterances, rng, detector, self.config) for _ in range(self.batch)]

@@ -20,7 +20,7 @@ import numpy as np
 from asr.speech.audio import SAMPLE_RATE
 from asr.speech.segmenter import SegmenterConfig, frame_energy_db
 
-_FILE = SegmenterConfig()
+_FILE = SegmenterConfig()  # the file segmenter's pause and chunk bounds
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,11 @@ class StreamSegmenterConfig:
     preroll_s / tail_s: quiet audio kept before the first and after the last speech frame
     (soft onsets and word endings); min_speech_s: chunks with less speech than this (a click)
     are dropped; floor_window_s: history the noise floor (10th percentile) is taken over;
-    speech_margin_db / loud_db / floor_db: as ``SegmenterConfig``."""
+    speech_margin_db: frames this far above the noise floor count as speech; loud_db: frames above
+    this (dBFS) count as speech whatever the floor (continuous speech has no quiet frames to estimate
+    a floor from); floor_db: energy below this is silence whatever the floor."""
 
-    frame_s: float = _FILE.frame_s
+    frame_s: float = 0.02
     min_chunk_s: float = 4.0
     min_pause_s: float = _FILE.min_pause_s
     end_pause_s: float = 0.5
@@ -47,9 +49,9 @@ class StreamSegmenterConfig:
     tail_s: float = 0.2
     min_speech_s: float = 0.1
     floor_window_s: float = 30.0
-    speech_margin_db: float = _FILE.speech_margin_db
-    loud_db: float = _FILE.loud_db
-    floor_db: float = _FILE.floor_db
+    speech_margin_db: float = 12.0
+    loud_db: float = -40.0
+    floor_db: float = -55.0
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from asr.speech.longform import LongformSession
 from asr.speech.model import EncodedChunk, SpeechModel, load_speech_model
 from asr.speech.repetition import LoopConfig
 from asr.speech.segmenter import SegmenterConfig, segment
+from asr.speech.speech_detector import shared_detector
 from asr.transcript import Transcript, TranscriptStats
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class Transcriber:
 
     def __init__(self, model: SpeechModel, options: TranscribeOptions) -> None:
         self.model, self.options = model, options
+        self.detector = shared_detector()
 
     def open_session(self, seconds: float) -> LongformSession:
         """A session for a ``seconds``-long recording, in an engine whose cache holds its whole context."""
@@ -120,7 +122,7 @@ class Transcriber:
             raise AudioError("the audio is empty (0 samples); nothing to transcribe")
         started = time.perf_counter()
         duration = len(audio) / SAMPLE_RATE
-        regions = segment(audio, SAMPLE_RATE, self.options.segmenter)
+        regions = segment(audio, self.detector.probabilities(audio), self.options.segmenter)
         model = self.model
         segments, skipped = [], []
         # counted in samples, so the regions' updates add up to exactly the total (seconds rounded for the
