@@ -42,7 +42,8 @@ def test_chunks_are_inference_sized_and_keep_every_text_in_order():
 @needs_dev
 def test_long_session_lasts_the_drawn_length():
     utterances = read_manifest(MANIFEST)[:30]
-    turns = long_session(utterances, random.Random(2), shared_detector(), LongSessionConfig(minutes=(1.0, 1.0)))
+    config = LongSessionConfig(minutes=(1.0, 1.0))
+    turns = long_session(utterances, random.Random(2), shared_detector(), config)
     seconds = sum(len(wave) for wave, _, _ in turns) / SAMPLE_RATE
     assert 50 <= seconds <= 90
     assert len(turns) >= 3

@@ -120,5 +120,6 @@ def segment(audio: np.ndarray, probabilities: np.ndarray,
     for a, b, kind in bounds:
         edges = [a, *(_cut_speech(a, b, is_speech, energy, config) if kind == "speech" else []), b]
         for s, e in zip(edges[:-1], edges[1:]):
-            regions.append(Region(min(s * FRAME_SAMPLES, len(audio)), min(e * FRAME_SAMPLES, len(audio)), kind))
+            start, end = min(s * FRAME_SAMPLES, len(audio)), min(e * FRAME_SAMPLES, len(audio))
+            regions.append(Region(start, end, kind))
     return [r for r in regions if r.end > r.start]

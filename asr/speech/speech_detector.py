@@ -64,7 +64,8 @@ class SpeechDetector:
         would pull in torchaudio, which this project does not need."""
         spec = find_spec("silero_vad")
         if spec is None or not spec.submodule_search_locations:
-            raise ModelLoadError("speech detection needs the silero-vad package: pip install --no-deps silero-vad")
+            raise ModelLoadError("speech detection needs the silero-vad package: "
+                                 "pip install --no-deps silero-vad")
         path = Path(spec.submodule_search_locations[0]) / "data" / "silero_vad.jit"
         network = torch.jit.load(str(path), map_location="cpu")
         network.eval()
@@ -79,17 +80,17 @@ class SpeechDetector:
         level = levelled(audio)
         blocks = -(-frames // BLOCK_FRAMES)
         # each row: LEAD_FRAMES of lead-in (zeros before the start), then its block, zero-padded at the end
-        signal = np.pad(level, (LEAD_FRAMES * FRAME_SAMPLES, blocks * BLOCK_FRAMES * FRAME_SAMPLES - len(level)))
-        row_frames = LEAD_FRAMES + BLOCK_FRAMES
-        rows = np.stack([signal[b * BLOCK_FRAMES * FRAME_SAMPLES:(b * BLOCK_FRAMES + row_frames) * FRAME_SAMPLES]
-                         for b in range(blocks)])
+        block, row = BLOCK_FRAMES * FRAME_SAMPLES, (LEAD_FRAMES + BLOCK_FRAMES) * FRAME_SAMPLES
+        signal = np.pad(level, (LEAD_FRAMES * FRAME_SAMPLES, blocks * block - len(level)))
+        rows = np.stack([signal[b * block:b * block + row] for b in range(blocks)])
         out = np.empty((blocks, BLOCK_FRAMES), np.float32)
         with self._lock, torch.inference_mode():
             for first in range(0, blocks, BATCH_BLOCKS):
                 batch = torch.from_numpy(rows[first:first + BATCH_BLOCKS])
                 self.network.reset_states()
-                for frame in range(row_frames):
-                    step = self.network(batch[:, frame * FRAME_SAMPLES:(frame + 1) * FRAME_SAMPLES], SAMPLE_RATE)
+                for frame in range(LEAD_FRAMES + BLOCK_FRAMES):
+                    window = batch[:, frame * FRAME_SAMPLES:(frame + 1) * FRAME_SAMPLES]
+                    step = self.network(window, SAMPLE_RATE)
                     if frame >= LEAD_FRAMES:
                         out[first:first + len(batch), frame - LEAD_FRAMES] = step[:, 0].numpy()
         return out.reshape(-1)[:frames]
