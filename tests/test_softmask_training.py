@@ -19,6 +19,7 @@ import torch
 from asr.llm.config import EngineConfig
 from asr.llm.engine import LLMEngine
 from asr.llm.lora_adapter import LoraAdapter
+from tests.loudness_detector import LoudnessDetector
 from tests.test_llm_engine import save_tiny_model
 from training import softmask
 from training.text_corpus import CorpusSpec, TextCorpus, load_or_build
@@ -163,9 +164,11 @@ def test_speech_path_trains_the_speech_llm_on_sessions(tiny_base, tmp_path):
     assert np.isfinite(evals[-1]["loss_hard"]) and "probe_exact_hard" not in evals[-1]
 
 
-def test_speech_path_trains_on_long_sessions(tiny_base, tmp_path):
+def test_speech_path_trains_on_long_sessions(tiny_base, tmp_path, monkeypatch):
     from asr.speech.adapter import SpeechAdapter
 
+    # the sessions are tones: chunked where they are loud
+    monkeypatch.setattr("training.long_sessions.shared_detector", LoudnessDetector)
     manifest = tone_manifest(tmp_path)
     out = tmp_path / "long"
     softmask.main(["--speech-data", str(manifest), "--session-minutes", "0.5", "0.5", "--base",

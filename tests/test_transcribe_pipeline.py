@@ -17,6 +17,7 @@ from asr.speech.adapter import SpeechAdapter
 from asr.speech.pipeline import TranscribeOptions, Transcriber
 from asr.speech.projector import FrameStackProjector, ProjectorConfig
 from asr.speech.repetition import LoopConfig
+from tests.loudness_detector import LoudnessDetector
 
 pytestmark = pytest.mark.slow
 SR = 16000
@@ -40,7 +41,8 @@ def transcriber(adapter_dir):
     from asr.speech.model import load_speech_model
 
     options = TranscribeOptions(attention="unique", budget_tokens=128, loop=SHORT_BUDGET, device="cpu")
-    return Transcriber(load_speech_model(adapter_dir, options.engine_config()), options)
+    # the test audio is tones: speech where it is loud
+    return Transcriber(load_speech_model(adapter_dir, options.engine_config()), options, LoudnessDetector())
 
 
 def speechlike(seconds, seed):

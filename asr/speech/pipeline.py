@@ -25,7 +25,7 @@ from asr.speech.longform import LongformSession
 from asr.speech.model import EncodedChunk, SpeechModel, load_speech_model
 from asr.speech.repetition import LoopConfig
 from asr.speech.segmenter import SegmenterConfig, segment
-from asr.speech.speech_detector import shared_detector
+from asr.speech.speech_detector import SpeechDetector, shared_detector
 from asr.transcript import Transcript, TranscriptStats
 
 log = logging.getLogger(__name__)
@@ -104,11 +104,13 @@ class TranscribeOptions:
 class Transcriber:
     """Transcribes whole recordings with one speech model (loaded once); each recording gets its own
     engine, sized for its duration. It owns encoding: a file's speech chunks are encoded ahead in
-    batches of ``ENCODER_BATCH[device]``. Safe to reuse across files."""
+    batches of ``ENCODER_BATCH[device]``. Safe to reuse across files. ``detector``: where speech is
+    (anything with ``probabilities(audio)`` as ``SpeechDetector`` has it; default the shared Silero one)."""
 
-    def __init__(self, model: SpeechModel, options: TranscribeOptions) -> None:
+    def __init__(self, model: SpeechModel, options: TranscribeOptions,
+                 detector: SpeechDetector | None = None) -> None:
         self.model, self.options = model, options
-        self.detector = shared_detector()
+        self.detector = detector or shared_detector()
 
     def open_session(self, seconds: float) -> LongformSession:
         """A session for a ``seconds``-long recording, in an engine whose cache holds its whole context."""
