@@ -98,13 +98,13 @@ class UiBackend:
     def qa_engine(self, attention: str, budget: int):
         from asr.attention import UniqueConfig
         from asr.llm.config import EngineConfig
-        from asr.llm.embedded import embedded_llm_dir
+        from asr.llm.embedded import qa_adapter_dir
         from asr.llm.engine import LLMEngine
 
         if "engine" not in self._qa_engines:
             config = EngineConfig(attention="dense", device=self.device, max_batch=1, cuda_graphs=False)
             self._qa_engines["engine"] = LLMEngine.from_pretrained(
-                self.qa_model or embedded_llm_dir(), config
+                self.qa_model or qa_adapter_dir(), config
             )
         engine = self._qa_engines["engine"]
         engine.set_attention(

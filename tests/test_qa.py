@@ -108,3 +108,28 @@ def test_qa_command_end_to_end(tiny_chat_model, tmp_path, capsys):
     (tmp_path / "long.txt").write_text("word " * 3000)
     assert main([*args[:2], str(tmp_path / "long.txt"), *args[3:]]) == 2
     assert "context limit of 1024 tokens" in capsys.readouterr().err
+
+
+@needs_embedded
+@pytest.mark.slow
+def test_shipped_qa_adapter_copies_a_needle_with_an_eighth_of_the_pages():
+    """The soft-mask QA adapter ``asr qa`` loads by default sits on the embedded model and, with top-k
+    page attention reading 1/8 of a 2k-token prompt, still copies the 7-digit needle (the base model
+    copies none of these three: eval.longqa, BENCHMARKS.md "Run 4")."""
+    import random
+
+    from asr.llm.embedded import embedded_llm_dir, qa_adapter_dir
+    from asr.llm.lora_adapter import LoraAdapter
+    from eval.longqa import evaluate, make_synthetic, parse_args
+
+    adapter = LoraAdapter.load(qa_adapter_dir())
+    assert adapter.base_dir(qa_adapter_dir()) == embedded_llm_dir()
+    args = parse_args(["--budgets", "8", "--methods", "unique", "--batch", "3"])
+    config = EngineConfig(device="cpu", dtype="float32", max_batch=3)
+    engine = LLMEngine.from_pretrained(qa_adapter_dir(), config)
+    rng = random.Random(0)
+    samples = [make_synthetic(engine, "niah_single", 2048, rng) for _ in range(3)]
+    rows = evaluate(engine, samples, 2048, args)
+    sparse = [row for row in rows if row["method"] == "unique"]
+    assert len(sparse) == 3 and all(row["divisor"] == 8 for row in sparse)
+    assert sum(row["score"] for row in sparse) >= 2, [row["answer"] for row in sparse]

@@ -89,3 +89,9 @@ def embedded_llm_dir() -> Path:
     if is_built(out_dir):
         return out_dir
     return gguf_to_hf_dir(embedded_gguf_path(), out_dir)
+
+
+def qa_adapter_dir() -> Path:
+    """The LoRA adapter ``asr qa`` loads over the embedded LLM by default: soft-mask fine-tuned for
+    long documents, so top-k page attention keeps what dense attention finds (``weights/qa/README.md``)."""
+    return Path(__file__).resolve().parent / "weights" / "qa"
