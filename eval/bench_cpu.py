@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     load_seconds = {"embedded": round(time.perf_counter() - started, 2)}
     record["machine"] = cpu_record()
     record["matmul_ms"] = matmul_milliseconds()
-    record["embedded_dtype"] = str(transcriber.model.dtype).removeprefix("torch.")
+    int8_weights = transcriber.options.engine_config().int8_weights
+    record["embedded_dtype"] = "int8" if int8_weights else str(transcriber.model.dtype).removeprefix("torch.")
 
     started = time.perf_counter()
     from faster_whisper import WhisperModel

@@ -118,3 +118,22 @@ def test_load_transcriber_sets_the_threads_before_loading(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert seen == [3, 1]
+
+
+@pytest.mark.parametrize(
+    "capability, avx512_bf16, device, named, expected",
+    [
+        pytest.param("AVX2", False, "cpu", None, ("float32", True), id="avx2-gets-int8-weights"),
+        pytest.param("AVX512", True, "cpu", None, (None, False), id="native-bf16-keeps-the-engine-choice"),
+        pytest.param("AVX2", False, "cpu", "float32", ("float32", False), id="named-float32-wins"),
+        pytest.param("AVX2", False, "cuda", None, (None, False), id="gpu-untouched"),
+    ],
+)
+def test_speech_llm_takes_int8_weights_where_bf16_is_not_native(
+    monkeypatch, capability, avx512_bf16, device, named, expected
+):
+    from asr.speech.pipeline import TranscribeOptions
+
+    mock_cpu(monkeypatch, capability, avx512_bf16, False)
+    config = TranscribeOptions(device=device, dtype=named).engine_config()
+    assert (config.dtype, config.int8_weights) == expected

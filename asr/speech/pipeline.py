@@ -17,7 +17,7 @@ from tqdm import tqdm
 from asr.attention.config import UniqueConfig
 from asr.errors import AudioError
 from asr.llm.config import EngineConfig
-from asr.llm.cpu_defaults import default_threads
+from asr.llm.cpu_defaults import default_speech_dtype, default_threads
 from asr.llm.distance_cap import DistanceCap
 from asr.speech.audio import SAMPLE_RATE
 from asr.speech.draft_decoding import DEFAULT_END_TOLERANCE, DEFAULT_GATE, DEFAULT_TOLERANCE, DraftDecoding
@@ -41,8 +41,8 @@ class TranscribeOptions:
     """attention: ``unique``/``quest`` read the top-k KV pages per decode step, ``dense`` all of them;
     budget_tokens / page_size: the sparse budget and the cache page size; device: ``None`` picks CUDA
     when available; dtype: the LLM's weights and cache (None: bfloat16 on a GPU and on a CPU with
-    native bf16, float32 on other CPUs, where bf16 runs emulated and slower, ``asr.llm.cpu_defaults``;
-    ``int8``: CPU only, int8 linear layers over a float32 model and cache); threads: CPU threads
+    native bf16; on other CPUs, where bf16 runs emulated and slower, ``int8``: int8 linear layers over
+    a float32 model and cache, CPU only; ``asr.llm.cpu_defaults``); threads: CPU threads
     (None: one per physical core, ``asr.llm.cpu_defaults``); segmenter / loop: chunking and runaway
     control; max_distance: the farthest a key may sit from the next position before old pages are
     moved closer (``asr.llm.distance_cap``; None keeps every key at its own position); drafts: put
@@ -87,9 +87,10 @@ class TranscribeOptions:
         """The engine set-up of these options (one sequence; ``SpeechModel.open_engine`` sizes its
         context for a recording, ``load_speech_model`` reads its device and dtype)."""
         sparse = UniqueConfig(page_size=self.page_size, budget_tokens=self.budget_tokens)
-        int8 = self.dtype == "int8"
+        dtype = self.dtype or default_speech_dtype(self.device)
+        int8 = dtype == "int8"
         return EngineConfig(attention=self.attention, sparse=sparse, prefill=self.prefill, device=self.device,
-                            dtype="float32" if int8 else self.dtype, int8_weights=int8,
+                            dtype="float32" if int8 else dtype, int8_weights=int8,
                             max_context=max_context, max_batch=1, extend_context=True)
 
     def draft_decoding(self) -> DraftDecoding:
