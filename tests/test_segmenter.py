@@ -132,3 +132,23 @@ def test_detector_finds_real_speech_of_any_level_and_none_in_silence_or_noise():
     assert_covers(regions, len(audio))
     noise_start, noise_end = bounds[1] * FRAME_SAMPLES, bounds[2] * FRAME_SAMPLES
     assert any(r.kind == "silence" and r.start < noise_end and r.end > noise_start for r in regions)
+
+
+@needs_dev
+def test_short_recordings_in_short_blocks_keep_the_regions_of_long_blocks(monkeypatch):
+    """Short recordings run as 1-s rows (far fewer network steps); their regions are the ones 10-s rows
+    give, to a frame or two at an edge (the network heard less before the edge)."""
+    import asr.speech.speech_detector as speech_detector
+
+    rows = [json.loads(line) for line in (DEV / "manifest.jsonl").read_text().splitlines()[::10]]
+    pause = np.zeros(3 * SR, np.float32)
+    recordings = [np.concatenate([pause, load_audio(str(DEV / row["audio"]), SR), pause]) for row in rows]
+    detector = shared_detector()
+    short = [segment(audio, detector.probabilities(audio)) for audio in recordings]
+    monkeypatch.setattr(speech_detector, "SHORT_RECORDING_FRAMES", 0)
+    long = [segment(audio, detector.probabilities(audio)) for audio in recordings]
+    for in_short, in_long in zip(short, long):
+        assert [r.kind for r in in_short] == [r.kind for r in in_long]
+        edges = np.array([(r.start, r.end) for r in in_short]) - np.array([(r.start, r.end) for r in in_long])
+        assert np.abs(edges).max() <= 2 * FRAME_SAMPLES
+    assert all(any(region.kind == "silence" for region in regions) for regions in short)

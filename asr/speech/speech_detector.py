@@ -7,9 +7,13 @@ faster-whisper filters with the same network. Two things around it make it fit l
   ``LEVEL_WINDOW_S``, never amplified by more than ``MAX_GAIN_DB``). The recurrent network judges
   a frame against what it heard before, so after a loud speaker a 40 dB quieter one reads as
   background (on the dev recordings: speech found in 28% of such a stretch instead of 86%);
-- speed: the recording is cut into ``BLOCK_FRAMES`` blocks, each led in by ``LEAD_FRAMES`` of the
-  audio before it (whose outputs are dropped), and the blocks run as one batch: an hour costs a few
-  seconds on two cores instead of a minute frame by frame.
+- speed: the recording is cut into blocks, each led in by ``LEAD_FRAMES`` of the audio before it
+  (whose outputs are dropped), and the blocks run as one batch: an hour costs a few seconds on two
+  cores instead of a minute frame by frame. Blocks are ``BLOCK_FRAMES`` long, or ``SHORT_BLOCK_FRAMES``
+  in recordings of up to ``SHORT_RECORDING_FRAMES``, where the network's steps (one per frame of a
+  row, whatever the batch) dominate: a 6-s utterance takes 64 steps instead of 344, about 10x less
+  time, with the same speech regions on all 102 dev utterances. Long recordings keep 10-s blocks,
+  whose cut points the WER tables were measured with.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from asr.speech.audio import SAMPLE_RATE
 FRAME_SAMPLES = 512  # Silero's window at 16 kHz: one probability per 32 ms
 FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
 BLOCK_FRAMES = 312  # ~10 s judged per batch row
+SHORT_BLOCK_FRAMES = 32  # ~1 s per row in short recordings
+SHORT_RECORDING_FRAMES = 1875  # 60 s
 LEAD_FRAMES = 32  # ~1 s of the audio before a block, heard first so the block starts warm
 BATCH_BLOCKS = 128
 TARGET_RMS = 0.1  # -20 dBFS
@@ -78,17 +84,18 @@ class SpeechDetector:
         if frames == 0:
             return np.zeros(0, np.float32)
         level = levelled(audio)
-        blocks = -(-frames // BLOCK_FRAMES)
+        block_frames = SHORT_BLOCK_FRAMES if frames <= SHORT_RECORDING_FRAMES else BLOCK_FRAMES
+        blocks = -(-frames // block_frames)
         # each row: LEAD_FRAMES of lead-in (zeros before the start), then its block, zero-padded at the end
-        block, row = BLOCK_FRAMES * FRAME_SAMPLES, (LEAD_FRAMES + BLOCK_FRAMES) * FRAME_SAMPLES
+        block, row = block_frames * FRAME_SAMPLES, (LEAD_FRAMES + block_frames) * FRAME_SAMPLES
         signal = np.pad(level, (LEAD_FRAMES * FRAME_SAMPLES, blocks * block - len(level)))
         rows = np.stack([signal[b * block:b * block + row] for b in range(blocks)])
-        out = np.empty((blocks, BLOCK_FRAMES), np.float32)
+        out = np.empty((blocks, block_frames), np.float32)
         with self._lock, torch.inference_mode():
             for first in range(0, blocks, BATCH_BLOCKS):
                 batch = torch.from_numpy(rows[first:first + BATCH_BLOCKS])
                 self.network.reset_states()
-                for frame in range(LEAD_FRAMES + BLOCK_FRAMES):
+                for frame in range(LEAD_FRAMES + block_frames):
                     window = batch[:, frame * FRAME_SAMPLES:(frame + 1) * FRAME_SAMPLES]
                     step = self.network(window, SAMPLE_RATE)
                     if frame >= LEAD_FRAMES:
