@@ -18,7 +18,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from asr.corpus import Utterance
 from asr.speech.audio import SAMPLE_RATE
 from asr.speech.segmenter import segment
-from asr.speech.speech_detector import SpeechDetector, shared_detector
+from asr.speech.speech_detector import FrameSpeechDetector, shared_detector
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def join_utterances(
 
 
 def chunk_turns(
-    recording: np.ndarray, spans: list[tuple[int, int]], texts: list[str], detector: SpeechDetector
+    recording: np.ndarray, spans: list[tuple[int, int]], texts: list[str], detector: FrameSpeechDetector
 ) -> list[tuple[np.ndarray, str, bool]]:
     """Cut ``recording`` as inference does and give each speech chunk the texts of the utterances
     whose midpoints fall in it (in order). Chunks that hold no midpoint are skipped: their audio is
@@ -68,7 +68,7 @@ def chunk_turns(
 
 
 def long_session(
-    utterances: list[Utterance], rng: random.Random, detector: SpeechDetector,
+    utterances: list[Utterance], rng: random.Random, detector: FrameSpeechDetector,
     config: LongSessionConfig = LongSessionConfig()
 ) -> list[tuple[np.ndarray, str, bool]]:
     """A session of random ``utterances`` lasting ``config.minutes`` (drawn), as inference chunks it."""

@@ -25,7 +25,7 @@ from asr.speech.longform import LongformSession
 from asr.speech.model import EncodedChunk, SpeechModel, load_speech_model
 from asr.speech.repetition import LoopConfig
 from asr.speech.segmenter import SegmenterConfig, segment
-from asr.speech.speech_detector import SpeechDetector, shared_detector
+from asr.speech.speech_detector import FrameSpeechDetector, shared_detector
 from asr.transcript import Transcript, TranscriptStats
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,10 @@ class Transcriber:
     """Transcribes whole recordings with one speech model (loaded once); each recording gets its own
     engine, sized for its duration. It owns encoding: a file's speech chunks are encoded ahead in
     batches of ``ENCODER_BATCH[device]``. Safe to reuse across files. ``detector``: where speech is
-    (anything with ``probabilities(audio)`` as ``SpeechDetector`` has it; default the shared Silero one)."""
+    (default: the shared Silero one)."""
 
     def __init__(self, model: SpeechModel, options: TranscribeOptions,
-                 detector: SpeechDetector | None = None) -> None:
+                 detector: FrameSpeechDetector | None = None) -> None:
         self.model, self.options = model, options
         self.detector = detector or shared_detector()
 

@@ -22,6 +22,7 @@ import functools
 import threading
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -54,6 +55,15 @@ def levelled(audio: np.ndarray) -> np.ndarray:
     centres = (np.arange(frames) + 0.5) * FRAME_SAMPLES
     gain = np.interp(np.arange(len(audio)), centres, TARGET_RMS / loudest)
     return (audio * gain).astype(np.float32)
+
+
+class FrameSpeechDetector(Protocol):
+    """Anything that says where a recording holds speech, frame by frame (``SpeechDetector``; tests
+    stand in a loudness rule for synthetic audio)."""
+
+    def probabilities(self, audio: np.ndarray) -> np.ndarray:
+        """audio: [samples] float32 mono 16 kHz -> [ceil(samples / FRAME_SAMPLES)] float32 in [0, 1]."""
+        ...
 
 
 class SpeechDetector:
