@@ -122,14 +122,22 @@ def random_key(rng: random.Random) -> str:
     return "-".join(rng.sample(KEY_WORDS, 2))
 
 
-def haystack_with(engine: LLMEngine, needles: list[str], budget_tokens: int, rng: random.Random) -> str:
-    """Noise sentences holding ``needles`` at random depths, about ``budget_tokens`` tokens long."""
+def haystack_with(
+    engine: LLMEngine, needles: list[str], budget_tokens: int, rng: random.Random,
+    chains: tuple[list[str], ...] = (),
+) -> str:
+    """Noise sentences holding ``needles`` at random depths, about ``budget_tokens`` tokens long; the
+    needles of each of ``chains`` (lists of needles) appear in their chain's order."""
     per_noise = len(engine.tokenizer.encode(NOISE * 8, add_special_tokens=False)) / 8
     needle_tokens = sum(len(engine.tokenizer.encode(n, add_special_tokens=False)) for n in needles)
     repeats = max(1, int((budget_tokens - needle_tokens) / per_noise))
     pieces = [NOISE] * repeats
     for needle in needles:
         pieces.insert(rng.randint(0, len(pieces)), needle + " ")
+    for chain in chains:
+        slots = sorted(pieces.index(needle + " ") for needle in chain)
+        for slot, needle in zip(slots, chain):
+            pieces[slot] = needle + " "
     return "".join(pieces)
 
 
@@ -166,11 +174,7 @@ def make_synthetic(engine: LLMEngine, task: str, context: int, rng: random.Rando
     distractor = [f"VAR {names[5]} = {other}."] + [
         f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(6, 10)
     ]
-    text = haystack_with(engine, chain + distractor, room, random.Random(rng.random()))
-    for needle_chain in (chain, distractor):  # keep each chain in order
-        positions = sorted(text.index(n) for n in needle_chain)
-        for position, needle in zip(positions, needle_chain):
-            text = text[:position] + needle + text[position + len(needle):]
+    text = haystack_with(engine, chain + distractor, room, random.Random(rng.random()), (chain, distractor))
     intro = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
     question = f"Question: Find all variables that are assigned the value {value} in the text above."
     prefix = (f"Answer: According to the chain(s) of variable assignment in the text above, 5 variables are "

@@ -133,3 +133,24 @@ def test_shipped_qa_adapter_copies_a_needle_with_an_eighth_of_the_pages():
     sparse = [row for row in rows if row["method"] == "unique"]
     assert len(sparse) == 3 and all(row["divisor"] == 8 for row in sparse)
     assert sum(row["score"] for row in sparse) >= 2, [row["answer"] for row in sparse]
+
+
+def test_variable_tracking_chains_stay_whole_and_in_order():
+    """The variable-tracking haystack holds every assignment once, intact, each chain in its order,
+    whatever depths the needles were drawn at (swapping needles of different lengths in the text,
+    as an earlier version did, cut into neighbours and lost some)."""
+    import random
+    from types import SimpleNamespace
+
+    from eval.longqa import haystack_with
+
+    words = SimpleNamespace(tokenizer=SimpleNamespace(encode=lambda text, **_: text.split()))
+    for seed in range(200):
+        rng = random.Random(seed)
+        chain = ["VAR ABCDE = 12345."] + [f"VAR {n} = VAR {p}." for p, n in zip("ABCDE", "FGHIJ")]
+        distractor = ["VAR KLMNO = 54321."] + [f"VAR {n} = VAR {p}." for p, n in zip("KLMNO", "PQRST")]
+        text = haystack_with(words, chain + distractor, 400, rng, (chain, distractor))
+        for needles in (chain, distractor):
+            assert all(text.count(needle) == 1 for needle in needles)
+            positions = [text.index(needle) for needle in needles]
+            assert positions == sorted(positions)
