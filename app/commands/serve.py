@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from asr.speech.arguments import DTYPE_CHOICES
+from asr.speech.arguments import DTYPE_CHOICES, DTYPE_HELP
 
 
 def register(subparsers) -> None:
@@ -38,9 +38,7 @@ def register(subparsers) -> None:
         help="decode attention: top-k pages (unique, quest) or every page (dense)",
     )
     parser.add_argument("--budget", type=int, default=2048, help="tokens each sparse decode step reads")
-    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
-                        help="LLM weights and cache (default: bfloat16 on a GPU and on CPUs with native "
-                        "bf16, float32 on other CPUs)")
+    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help=DTYPE_HELP)
     parser.add_argument("--model", help="speech model directory (default: the embedded model)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.set_defaults(handler=run)

@@ -10,6 +10,8 @@ from asr.speech.draft_decoding import DEFAULT_END_TOLERANCE, DEFAULT_GATE, DEFAU
 ATTENTION_CHOICES = ("unique", "dense", "quest")
 PREFILL_CHOICES = ("dense", "unisparse")
 DTYPE_CHOICES = ("bfloat16", "float32", "int8")
+DTYPE_HELP = ("LLM weights and cache (default: bfloat16 on a GPU and on CPUs with native bf16, AVX512-BF16 "
+              "or AMX; int8 on other CPUs: int8 linear layers over float32, CPU only)")
 
 
 def add_transcribe_arguments(parser: argparse.ArgumentParser, device_default: str | None = None) -> None:
@@ -24,10 +26,7 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser, device_default: st
     parser.add_argument("--max-distance", type=int, default=4096,
                         help="farthest a cached key may sit from the newest token before old pages are moved "
                         "closer, so hour-long contexts stay in the range the model was trained on (0: never)")
-    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
-                        help="LLM weights and cache (default: bfloat16 on a GPU and on CPUs with native "
-                        "bf16, AVX512-BF16 or AMX; float32 on other CPUs; int8: CPU only, int8 linear layers "
-                        "over float32)")
+    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help=DTYPE_HELP)
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: one per physical core, within the CPU quota)")
     parser.add_argument("--model", help="speech model directory (default: the embedded model)")
