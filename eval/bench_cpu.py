@@ -12,9 +12,10 @@ defaults: the dtype and threads ``asr.llm.cpu_defaults`` picks for this CPU) and
 
 Each system is warmed up on one utterance first (its first-call cost is reported apart). Reported:
 real-time factors (compute seconds / audio seconds) of both and their ratio, WER of both, the
-embedded model's time per stage (``eval.stage_clock``), model load times, one projection-sized matmul
-in float32 and bf16 (what the dtype choice rests on), and start-up: the wall
-time of ``asr transcribe`` of a ~5 s file in a fresh process (to its exit, its text written) and of
+embedded model's time per stage (``eval.stage_clock``), its LLM seconds per chunk in the long
+recording's first and last ten minutes (flat when late chunks cost what early ones did), model load
+times, one projection-sized matmul in float32 and bf16 (what the dtype choice rests on), and start-up:
+the wall time of ``asr transcribe`` of a ~5 s file in a fresh process (to its exit, its text written) and of
 ``asr --help``. ``--emulate-avx2`` restarts the script with torch's kernels, oneDNN, MKL and
 CTranslate2 limited to AVX2 (``EMULATE_AVX2``); the JSON records CPU model, capability and that
 environment.
@@ -32,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from asr.speech.audio import SAMPLE_RATE
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_dev" / "manifest.jsonl"
@@ -39,6 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "eval" / "results"
 EMULATE_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
                 "MKL_ENABLE_INSTRUCTIONS": "AVX2", "CT2_FORCE_CPU_ISA": "AVX2"}
+GROWTH_WINDOW_S = 600.0
+"""The first and last stretch of the long recording whose LLM seconds per chunk are compared."""
 STARTUP_SECONDS = (4.0, 6.0)  # the start-up file: the first manifest utterance this long
 
 
@@ -128,6 +133,20 @@ def timed_run(transcribe, items) -> dict:
             "rtf": round(compute_seconds / audio_seconds, 4), "wer": round(wer, 4)}
 
 
+def chunk_time_growth(chunk_seconds: list[tuple[float, float]], duration: float,
+                      window: float = GROWTH_WINDOW_S) -> dict:
+    """Mean seconds of LLM work per chunk among the chunks starting in the first and in the last
+    ``window`` seconds of a ``duration``-second recording (``chunk_seconds``: (start s, seconds) per
+    chunk, ``TranscriptStats``), and last over first (1.0: late chunks cost what early ones did)."""
+    window = min(window, duration / 2)
+    first = [seconds for start, seconds in chunk_seconds if start < window]
+    last = [seconds for start, seconds in chunk_seconds if start >= duration - window]
+    first_mean, last_mean = float(np.mean(first)), float(np.mean(last))
+    return {"window_s": window, "first_chunks": len(first), "last_chunks": len(last),
+            "first_chunk_seconds": round(first_mean, 4), "last_chunk_seconds": round(last_mean, 4),
+            "last_over_first": round(last_mean / first_mean, 3)}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.emulate_avx2 and any(os.environ.get(key) != value for key, value in EMULATE_AVX2.items()):
@@ -167,8 +186,14 @@ def main(argv: list[str] | None = None) -> None:
     whisper = WhisperModel(str(faster_whisper_dir()), device="cpu", compute_type="int8",
                            cpu_threads=record["machine"]["threads"])
     load_seconds["faster_whisper"] = round(time.perf_counter() - started, 2)
+    transcripts = []  # the embedded model's last transcript, for its per-chunk times
+
+    def embedded_text(audio: np.ndarray) -> str:
+        transcripts[:] = [transcriber.transcribe(audio)]
+        return transcripts[0].text
+
     systems = {
-        "embedded": lambda audio: transcriber.transcribe(audio).text,
+        "embedded": embedded_text,
         "faster_whisper": lambda audio: " ".join(
             segment.text.strip() for segment in whisper.transcribe(audio, language="en", beam_size=5)[0]),
     }
@@ -184,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
         record[name] = {"items": len(items), "embedded": embedded, "faster_whisper": baseline,
                         "rtf_ratio": round(embedded["rtf"] / baseline["rtf"], 2),
                         "embedded_stage_seconds": clock.breakdown(embedded["seconds"])}
+        if name == "long":
+            record[name]["chunk_time_growth"] = chunk_time_growth(transcripts[0].stats.chunk_seconds,
+                                                                  transcripts[0].duration)
     record["load_average_after"] = os.getloadavg()[0]
     output = args.output or RESULTS / f"bench_cpu_{'avx2' if args.emulate_avx2 else 'native'}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +233,11 @@ def print_table(record: dict) -> None:
             print(f"{name:<8} {row['embedded']['audio_seconds']:>8.1f} {row['embedded']['rtf']:>13.3f} "
                   f"{row['faster_whisper']['rtf']:>19.3f} {row['rtf_ratio']:>6.2f} "
                   f"{100 * row['embedded']['wer']:>7.1f}% {100 * row['faster_whisper']['wer']:>6.1f}%")
+    if "chunk_time_growth" in record.get("long", {}):
+        growth = record["long"]["chunk_time_growth"]
+        print(f"long: LLM seconds per chunk, first {growth['window_s']:.0f} s "
+              f"{growth['first_chunk_seconds']:.3f}, last {growth['last_chunk_seconds']:.3f}, "
+              f"last/first {growth['last_over_first']:.2f}")
     for name in ("short", "long"):
         if name in record:
             stages = record[name]["embedded_stage_seconds"]
