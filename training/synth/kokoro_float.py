@@ -135,10 +135,10 @@ def replace_integer_op(index: Graph, node, new_nodes: list) -> None:
     name = index.add_weight(f"{node.input[1]}_times_{scale}", weights.astype(np.float32))
     if node.op_type == "MatMulInteger":
         new_nodes.append(
-            helper.make_node("MatMul", [source, name], [rescale.output[0]], node.name + "_float"))
+            helper.make_node("MatMul", [source, name], [rescale.output[0]], rescale.output[0] + "_float"))
     else:
         inputs = [source, name] + ([bias] if bias else [])
-        new_nodes.append(helper.make_node("Conv", inputs, [rescale.output[0]], node.name + "_float"))
+        new_nodes.append(helper.make_node("Conv", inputs, [rescale.output[0]], rescale.output[0] + "_float"))
         new_nodes[-1].attribute.extend(node.attribute)
     rescale.output[0] = rescale.output[0] + "_integer_path"
 
@@ -159,7 +159,7 @@ def replace_lstm(index: Graph, node, new_nodes: list) -> None:
     weights = dequantized(inputs[1], inputs[8], inputs[9])
     recurrent = dequantized(inputs[2], inputs[10], inputs[11])
     lstm = helper.make_node("LSTM", [inputs[0], weights, recurrent, *inputs[3:8]], list(node.output),
-                            node.name + "_float")
+                            node.output[0] + "_float")
     lstm.attribute.extend(node.attribute)
     new_nodes.append(lstm)
     del node.output[:]
