@@ -35,6 +35,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="dataset directory")
     parser.add_argument("--hours", type=float, required=True, help="hours of audio to reach")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--minutes", type=float, default=0.0,
+                        help="stop after this many minutes even short of --hours "
+                        "(0: no limit; a rerun continues)")
     parser.add_argument("--workers", type=int, default=2, help="processes, one onnxruntime thread each")
     parser.add_argument("--device", choices=DEVICES, default="cpu",
                         help="cuda: the float32 graph on onnxruntime-gpu's CUDA provider "
@@ -50,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     generate(KokoroConfig(args.out, args.hours, args.seed, args.workers, args.voice_dir, args.model,
-                          args.corpus_cache, args.codec, args.heldout_text, args.device))
+                          args.corpus_cache, args.codec, args.heldout_text, args.device, args.minutes))
 
 
 if __name__ == "__main__":

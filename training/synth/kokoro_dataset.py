@@ -57,7 +57,8 @@ class KokoroConfig:
     heldout_text: read Debian package descriptions that the training corpus lacks
     (``training.synth.heldout_text``) instead of the training corpus: validation speech; device:
     "cpu" runs ``model`` as it is, "cuda" its dequantized float32 graph (``training.synth.kokoro_float``,
-    written beside it once) on the CUDA provider, every worker its own session on the GPU."""
+    written beside it once) on the CUDA provider, every worker its own session on the GPU; minutes:
+    stop after this long even short of ``hours`` (0: no limit; a rerun continues)."""
 
     out: Path
     hours: float
@@ -69,6 +70,7 @@ class KokoroConfig:
     codec: str = "opus"
     heldout_text: bool = False
     device: str = "cpu"
+    minutes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,8 @@ def render(job: tuple[Path, int, KokoroPlan, str]) -> ManifestRow | None:
 
 
 def generate(config: KokoroConfig) -> Path:
-    """Append utterances until ``config.hours`` of audio exist; returns the manifest path."""
+    """Append utterances until ``config.hours`` of audio exist or ``config.minutes`` have passed;
+    returns the manifest path."""
     config.out.mkdir(parents=True, exist_ok=True)
     manifest = config.out / MANIFEST_NAME
     model = join_model(config.model) if not config.model.exists() else config.model
@@ -216,16 +219,18 @@ def generate(config: KokoroConfig) -> Path:
         total=round(target), initial=round(seconds), unit="s audio", desc="kokoro", mininterval=10
     )
     started, made = time.monotonic(), 0.0
+    deadline = started + config.minutes * 60 if config.minutes else float("inf")
+    batch = max(BATCH, 4 * config.workers)  # the slowest job of a batch holds the others: keep them many
     with (
         multiprocessing.get_context("spawn").Pool(
             config.workers, _init_worker, (str(model), str(config.voice_dir), config.device)
         ) as pool,
         manifest.open("a") as sink,
     ):
-        while seconds < target:
+        while seconds < target and time.monotonic() < deadline:
             jobs = [
                 (config.out, config.seed, plan_utterance(planner, voice_names, config.seed, i), config.codec)
-                for i in range(index, index + BATCH)
+                for i in range(index, index + batch)
             ]
             for row in pool.imap(render, jobs):
                 if row is None:
@@ -235,9 +240,9 @@ def generate(config: KokoroConfig) -> Path:
                 seconds += row.duration
                 made += row.duration
                 progress.update(round(row.duration))
-                if seconds >= target:
+                if seconds >= target or time.monotonic() >= deadline:
                     break  # leaving the pool's context terminates the workers still rendering
-            index += BATCH
+            index += batch
             elapsed = time.monotonic() - started
             log.info("%.2f h written; %.2f s audio per wall second this run", seconds / 3600, made / elapsed)
     progress.close()
