@@ -161,6 +161,7 @@ def _init_worker(model: str, voice_dir: str, device: str) -> None:
     global _engine
     from kokoro_onnx import Kokoro
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(processName)s: %(message)s")
     session = open_session(model, device)
     _engine = (Kokoro.from_session(session, str(voices_file(Path(voice_dir)))), load_styles(Path(voice_dir)))
 
@@ -205,6 +206,8 @@ def generate(config: KokoroConfig) -> Path:
     model = join_model(config.model) if not config.model.exists() else config.model
     if config.device == "cuda":
         model = float_model(model)
+    # here, not only in the workers: a pool whose initializer raises respawns workers forever
+    open_session(model, config.device)
     voice_names = sorted(load_styles(config.voice_dir))
     corpus = build_corpus(config.corpus_cache)
     if config.heldout_text:
