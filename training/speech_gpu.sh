@@ -33,7 +33,9 @@ kokoro_heldout=${KOKORO_HELDOUT:-$stage/kokoro_heldout/heldout70.jsonl}
 so762_test=${SO762_TEST:-$stage/so762_test100/manifest.jsonl}
 site=${SITE:-/tmp/site}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false ASR_CACHE_DIR=${ASR_CACHE_DIR:-$stage}
-export PYTHONPATH=$site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+# the staged wheels (onnxruntime-gpu first) only on the GPU machine: they are built for its Python
+site_path=$(on_gpu && echo "$site:" || true)
+export PYTHONPATH=$site_path$PWD${PYTHONPATH:+:$PYTHONPATH}
 python=${PYTHON:-python3}
 mkdir -p "$out"
 if on_gpu; then
