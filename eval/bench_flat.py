@@ -7,6 +7,9 @@ cache (as ``eval.bench_prefill --modes chunk``: diffuse attention, UniSparse's c
 one chunk as ``LongformSession.transcribe_chunk`` does and rolls it back:
 
 - ``append``: the chunk's prefill (audio embeddings, prompt and draft: ``--append`` tokens);
+- ``score``: ``--readings`` readings of ``--reading-tokens`` tokens scored as the draft gate scores
+  Whisper's readings of a chunk (``LLMEngine.score_continuations``: sorted, each prefilling the tokens
+  after the prefix it shares with the one before; here each shares its first half with the others);
 - ``accept``: the draft verified as a proposal (``--proposal`` tokens, all kept);
 - ``decode``: ``--decode`` tokens decoded one at a time (the LLM's corrections, the end of turn);
 - ``collapse``: one distance-ceiling collapse at that context (``asr.llm.distance_cap``: ``slack`` new
@@ -31,11 +34,13 @@ import platform
 import statistics
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 import asr
+from asr.attention.config import UniSparseConfig
 from asr.llm.config import EngineConfig, SamplingParams
 from asr.llm.distance_cap import DistanceCap
 from asr.llm.embedded import embedded_llm_dir
@@ -50,6 +55,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--append", type=int, default=120, help="tokens of the chunk's prefill")
     p.add_argument("--proposal", type=int, default=20, help="draft tokens verified in one forward")
     p.add_argument("--decode", type=int, default=6, help="tokens decoded one at a time")
+    p.add_argument("--readings", type=int, default=6, help="readings scored per chunk (0: none)")
+    p.add_argument("--reading-tokens", type=int, default=40, help="tokens per reading")
+    p.add_argument("--candidate-blocks", type=int, nargs="+", default=[UniSparseConfig.candidate_blocks],
+                   help="UniSparseConfig.candidate_blocks settings to run one after another (0: every key)")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "int8"),
+                   help="LLM weights and cache (int8: int8 weights over a float32 cache)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--label", default="", help="names this run's rows (e.g. the branch)")
@@ -76,6 +87,10 @@ def chunk_row(engine: LLMEngine, context: int, args, cap: DistanceCap, gen: torc
     seq = fill_context(engine, context, gen)
     chunk = engine.embed_tokens(torch.randint(*PROPOSAL_IDS, (args.append,), generator=gen))
     proposal = torch.randint(*PROPOSAL_IDS, (args.proposal,), generator=gen).tolist()
+    shared = torch.randint(*PROPOSAL_IDS, (args.reading_tokens // 2,), generator=gen).tolist()
+    rest = args.reading_tokens - len(shared)
+    readings = [shared + torch.randint(*PROPOSAL_IDS, (rest,), generator=gen).tolist()
+                for _ in range(args.readings)]
     decoding = SamplingParams(max_tokens=args.decode, ignore_eos=True)
 
     def before_collapse() -> None:  # the oldest uncollapsed key one past max_distance + slack
@@ -83,6 +98,7 @@ def chunk_row(engine: LLMEngine, context: int, args, cap: DistanceCap, gen: torc
         seq.collapsed_pages, seq.collapsed_position = position // engine.cache.page_size, position
 
     pieces = (("append", lambda: engine.append(seq, embeds=chunk)),
+              ("score", lambda: readings and engine.score_continuations(seq, readings)),
               ("accept", lambda: engine.accept_proposal(seq, proposal, tolerance=float("inf"))),
               ("decode", lambda: engine.generate(seq, decoding)),
               ("rollback", lambda: engine.truncate(seq, context)),
@@ -100,7 +116,8 @@ def chunk_row(engine: LLMEngine, context: int, args, cap: DistanceCap, gen: torc
     for suffix, seconds in (("s", wall), ("cpu_s", cpu)):
         median = {name: statistics.median(values) for name, values in seconds.items() if name != "rollback"}
         median["collapse_per_chunk"] = median["collapse"] * collapses_per_chunk
-        median["chunk"] = sum(median[name] for name in ("append", "accept", "decode", "collapse_per_chunk"))
+        median["chunk"] = sum(median[name] for name in ("append", "score", "accept", "decode",
+                                                        "collapse_per_chunk"))
         row.update({f"{name}_{suffix}": value for name, value in median.items()})
     return row
 
@@ -124,29 +141,38 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = EngineConfig(attention="unique", prefill="unisparse", dtype="bfloat16", device="cpu",
-                          max_batch=1, cuda_graphs=False, extend_context=True,
-                          max_context=max(args.contexts) + 2 * args.append + args.proposal)
-    engine = LLMEngine.from_pretrained(embedded_llm_dir(), config)
-    gen = torch.Generator().manual_seed(args.seed)
-    cap = DistanceCap()
-    engine.append(engine.new_sequence(), token_ids=[1] * 8)  # warm-up (lazy initialisation)
-    rows = []
-    print(f"{'context':>8} {'append':>13} {'accept':>13} {'decode':>13} {'collapse':>13} {'per chunk':>13} "
-          f"{'chunk':>13}  (wall / CPU seconds)")
-    names = ("append", "accept", "decode", "collapse", "collapse_per_chunk", "chunk")
-    for context in args.contexts:
-        row = chunk_row(engine, context, args, cap, gen)
-        rows.append(row)
-        print(f"{context:8d} " + " ".join(f"{row[f'{n}_s']:6.3f}/{row[f'{n}_cpu_s']:6.3f}" for n in names),
-              flush=True)
-    last_over_first = {unit: rows[-1][f"chunk_{unit}"] / rows[0][f"chunk_{unit}"] for unit in ("s", "cpu_s")}
-    print(f"chunk time at {rows[-1]['context']} / at {rows[0]['context']} tokens (last/first): wall "
-          f"{last_over_first['s']:.2f}, CPU {last_over_first['cpu_s']:.2f}")
     runs = json.loads(args.output.read_text())["runs"] if args.output.exists() else {}
-    runs[args.label] = {"device": device_info(), "code": code_version(),
-                        "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
-                        "last_over_first": last_over_first}
+    for candidates in args.candidate_blocks:
+        unisparse = replace(UniSparseConfig(), candidate_blocks=candidates)
+        config = EngineConfig(attention="unique", prefill="unisparse", unisparse=unisparse,
+                              dtype="float32" if args.dtype == "int8" else args.dtype,
+                              int8_weights=args.dtype == "int8", device="cpu", max_batch=1, cuda_graphs=False,
+                              extend_context=True,
+                              max_context=max(args.contexts) + 2 * args.append + args.proposal
+                              + args.reading_tokens)
+        engine = LLMEngine.from_pretrained(embedded_llm_dir(), config)
+        gen = torch.Generator().manual_seed(args.seed)
+        cap = DistanceCap()
+        engine.append(engine.new_sequence(), token_ids=[1] * 8)  # warm-up (lazy initialisation)
+        rows = []
+        print(f"candidate blocks {candidates}, {args.dtype}")
+        print(f"{'context':>8} {'append':>13} {'score':>13} {'accept':>13} {'decode':>13} {'collapse':>13} "
+              f"{'per chunk':>13} {'chunk':>13}  (wall / CPU seconds)")
+        names = ("append", "score", "accept", "decode", "collapse", "collapse_per_chunk", "chunk")
+        for context in args.contexts:
+            row = chunk_row(engine, context, args, cap, gen)
+            rows.append(row)
+            cells = " ".join(f"{row[f'{n}_s']:6.3f}/{row[f'{n}_cpu_s']:6.3f}" for n in names)
+            print(f"{context:8d} {cells}", flush=True)
+        last_over_first = {unit: rows[-1][f"chunk_{unit}"] / rows[0][f"chunk_{unit}"]
+                           for unit in ("s", "cpu_s")}
+        print(f"chunk time at {rows[-1]['context']} / at {rows[0]['context']} tokens (last/first): wall "
+              f"{last_over_first['s']:.2f}, CPU {last_over_first['cpu_s']:.2f}")
+        label = f"{args.label} candidates {candidates}" if len(args.candidate_blocks) > 1 else args.label
+        runs[label] = {"device": device_info(), "code": code_version(),
+                       "args": {k: str(v) for k, v in vars(args).items()}, "candidate_blocks": candidates,
+                       "rows": rows, "last_over_first": last_over_first}
+        del engine
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"runs": runs}, indent=1))
 

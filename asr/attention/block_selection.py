@@ -12,6 +12,13 @@ estimates are averaged. Keys are not pooled: on SmolLM2-135M reading 8k tokens o
 per page (16) or even per 4 tokens lost the single keys that some heads of the early layers attend
 (recall 0.74 at a 0.95 target, layers 3-9), while queries pooled per 64 kept it (0.94).
 
+On the CPU a long context is not scored key by key (that read every cached key per layer and prefill,
+so a chunk's cost grew with the recording): the composites first rank the cached blocks by the
+largest logit any of them could reach there (Quest's bound from each page's per-channel key minimum
+and maximum, which the paged cache keeps, so a single heavy key is not averaged away as in pooled
+keys), and only the ``candidate_blocks`` best of them, the sink blocks and the new tokens' own blocks
+are scored key by key; the other blocks get no share (``composite_shares_candidates``).
+
 The query heads of a GQA group share their choice (the mean of their estimates): keys are read once
 per kv head. A query block then keeps its sink and local blocks (the diagonal included) and, highest
 estimate first, the fewest further blocks that bring the kept share to ``mass``, at most
@@ -24,6 +31,7 @@ import torch
 
 from asr.attention import cpu
 from asr.attention.config import UniSparseConfig
+from asr.attention.page_stats import STAT_MAX, STAT_MIN
 from asr.attention.paged_cache import gather_sequence
 
 SCORE_CHUNK_ELEMENTS = 1 << 25  # composite logits estimated at once (128 MiB of float32)
@@ -88,6 +96,80 @@ def composite_shares_reference(
     return shares
 
 
+def candidate_blocks(
+    queries: torch.Tensor, key_stats: torch.Tensor, page_table: torch.Tensor, old_blocks: int,
+    pages_per_block: int, scale: float, count: int, sink_blocks: int,
+) -> torch.Tensor:
+    """The cached key blocks worth scoring key by key, per kv head: the first ``sink_blocks`` and the
+    ``count`` others among the first ``old_blocks`` where some composite's logit could be largest (the
+    upper bound of ``scale q.k`` over a page from its keys' per-channel minimum and maximum, maximised
+    over the block's pages, the composites and the query heads of the group).
+
+    queries: [q_heads, composites, head_dim] float32; key_stats: [num_pages, kv_heads, NUM_STATS,
+    head_dim] (one layer); page_table: [>= old_blocks * pages_per_block] int. Returns [kv_heads,
+    sink_blocks + count] int64 block indices."""
+    q_heads, _, head_dim = queries.shape
+    kv_heads = key_stats.shape[1]
+    stats = key_stats[page_table[: old_blocks * pages_per_block].long()].float()  # [pages, kv, S, d]
+    low = stats[:, :, STAT_MIN].permute(1, 2, 0)  # [kv, d, pages]
+    high = stats[:, :, STAT_MAX].permute(1, 2, 0)
+    rows = (queries * scale).reshape(kv_heads, -1, head_dim)  # the group's heads and composites
+    # max over a channel's range of q_i k_i: q_i max_i where q_i > 0, q_i min_i where q_i < 0
+    bound = torch.matmul(rows.clamp(min=0), high) + torch.matmul(rows.clamp(max=0), low)
+    block_bound = bound.amax(1).view(kv_heads, old_blocks, pages_per_block).amax(-1)  # [kv, blocks]
+    best = block_bound[:, sink_blocks:].topk(count, dim=-1).indices + sink_blocks
+    sinks = torch.arange(sink_blocks, device=queries.device).expand(kv_heads, sink_blocks)
+    return torch.cat([sinks, best], dim=1)
+
+
+def composite_shares_candidates(
+    queries: torch.Tensor,
+    last_pos: torch.Tensor,
+    k_cache: torch.Tensor,
+    key_stats: torch.Tensor,
+    page_table: torch.Tensor,
+    start: int,
+    length: int,
+    scale: float,
+    block_size: int,
+    count: int,
+    sink_blocks: int,
+) -> torch.Tensor:
+    """``composite_shares_reference`` over the key blocks a composite could attend most, not all: the
+    ``candidate_blocks`` of the blocks cached before ``start`` (the new queries' first position) and
+    every block from the one holding ``start`` on, scored key by key; every other block gets no share.
+    The same as the reference where the candidates are all the cached blocks.
+
+    Arguments as ``composite_shares_reference``, and key_stats: [num_pages, kv_heads, NUM_STATS,
+    head_dim] (one layer); count: candidates besides the ``sink_blocks`` first. Returns [q_heads,
+    composites, key blocks] float32 (rows sum to 1 over their candidates)."""
+    q_heads, num_composites, head_dim = queries.shape
+    _, kv_heads, page_size, _ = k_cache.shape
+    pages_per_block = block_size // page_size
+    old_blocks = start // block_size
+    num_key_blocks = -(-length // block_size)
+    recent = torch.arange(old_blocks, num_key_blocks, device=queries.device)
+    chosen = candidate_blocks(queries, key_stats, page_table, old_blocks, pages_per_block, scale, count,
+                              sink_blocks)
+    blocks = torch.cat([chosen, recent.expand(kv_heads, -1)], dim=1)  # [kv, width]
+    width = blocks.shape[1]
+    positions = (blocks[:, :, None] * block_size + torch.arange(block_size, device=queries.device)).flatten(1)
+    table = page_table[: num_key_blocks * pages_per_block].long()  # the last block's unused pages read page 0
+    table = torch.nn.functional.pad(table, (0, num_key_blocks * pages_per_block - len(table)))
+    pages = table[positions // page_size]  # [kv, width * block_size]; masked where past length
+    rows = (queries * scale).reshape(kv_heads, -1, head_dim)
+    group = q_heads // kv_heads
+    hidden = positions[:, None, :] > last_pos.repeat(group)[None, :, None]  # [kv, rows, keys]
+    shares = torch.zeros(q_heads, num_composites, num_key_blocks, device=queries.device)
+    for head in range(kv_heads):
+        keys = k_cache[pages[head], head, positions[head] % page_size].float()  # [width * block_size, d]
+        logits = torch.matmul(rows[head], keys.T).masked_fill_(hidden[head], float("-inf"))
+        probs = logits.softmax(-1).view(-1, width, block_size).sum(-1)  # [group * composites, width]
+        part = shares[head * group : (head + 1) * group].view(-1, num_key_blocks)
+        part.scatter_(1, blocks[head].expand(probs.shape[0], -1), probs)
+    return shares
+
+
 def composite_shares(
     queries: torch.Tensor,
     last_pos: torch.Tensor,
@@ -116,24 +198,35 @@ def estimate_block_mass(
     start: int,
     scale: float,
     config: UniSparseConfig,
+    key_stats: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Each key block's estimated share of each query block's attention, per kv head (the mean over
     the query heads of its group).
 
     q: [n, q_heads, head_dim] new queries at positions ``start ..`` (their keys are in the cache);
-    k_cache: [num_pages, kv_heads, P, head_dim] (one layer); page_table: [>= pages] int.
-    Returns [kv_heads, query blocks, key blocks] float32; each row sums to 1 over the key blocks its
-    queries may see (``prefill_blocks`` numbers the query blocks; key blocks count from 0).
+    k_cache: [num_pages, kv_heads, P, head_dim] (one layer); page_table: [>= pages] int; key_stats:
+    [num_pages, kv_heads, NUM_STATS, head_dim], the cache's page statistics (one layer): given on the
+    CPU, a context of more than ``config.sink_blocks + config.candidate_blocks`` cached blocks is scored
+    over candidates (``composite_shares_candidates``). Returns [kv_heads, query blocks, key blocks]
+    float32; each row sums to 1 over the key blocks its queries may see (``prefill_blocks`` numbers the
+    query blocks; key blocks count from 0).
     """
     length = start + q.shape[0]
     size = config.block_size
     first, num_query_blocks = prefill_blocks(start, length, size)
     total = torch.zeros(q.shape[1], num_query_blocks, -(-length // size), device=q.device)
+    by_candidates = (key_stats is not None and q.device.type == "cpu" and config.candidate_blocks > 0
+                     and start // size > config.sink_blocks + config.candidate_blocks)
     for granularity in config.granularities:
         queries, weights = query_composites(q, start, granularity)
         composite = start // granularity + torch.arange(queries.shape[1], device=q.device)
         last_pos = torch.clamp((composite + 1) * granularity, max=length) - 1
-        shares = composite_shares(queries, last_pos, k_cache, page_table, length, scale, size)
+        if by_candidates:
+            shares = composite_shares_candidates(queries, last_pos, k_cache, key_stats, page_table, start,
+                                                 length, scale, size, config.candidate_blocks,
+                                                 config.sink_blocks)
+        else:
+            shares = composite_shares(queries, last_pos, k_cache, page_table, length, scale, size)
         query_block = composite * granularity // size - first
         block_weight = torch.zeros(num_query_blocks, device=q.device).index_add_(0, query_block, weights)
         mass = torch.zeros_like(total).index_add_(1, query_block, shares * weights[None, :, None])

@@ -97,6 +97,10 @@ class UniSparseConfig:
     sink_blocks: leading key blocks always attended (attention sinks).
     local_blocks: key blocks always attended up to the query block's own (the diagonal, causal).
     min_context: contexts (cached plus new tokens) shorter than this are prefilled densely.
+    candidate_blocks: on the CPU, past this many cached key blocks (plus the sink blocks) the
+        composites score key by key only this many of them, the ones their logits could peak in
+        (``asr.attention.block_selection``), so a prefill's scoring stops growing with the context;
+        0: every cached key, always.
     """
 
     block_size: int = 64
@@ -106,6 +110,7 @@ class UniSparseConfig:
     sink_blocks: int = 1
     local_blocks: int = 2
     min_context: int = 4096
+    candidate_blocks: int = 128
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or any(g < 1 or self.block_size % g for g in self.granularities):

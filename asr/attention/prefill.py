@@ -86,10 +86,11 @@ def unisparse_prefill(
     start: int,
     scale: float,
     config: UniSparseConfig,
+    key_stats: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """UniSparse prefill attention of one layer: estimate block masses from composite queries, choose
-    the key blocks, attend over them (arguments as ``block_sparse_prefill_reference``). Returns [n,
-    q_heads, d]."""
-    mass = estimate_block_mass(q, k_cache, page_table, start, scale, config)
+    the key blocks, attend over them (arguments as ``block_sparse_prefill_reference``; key_stats: the
+    cache's page statistics of the layer, for ``estimate_block_mass``). Returns [n, q_heads, d]."""
+    mass = estimate_block_mass(q, k_cache, page_table, start, scale, config, key_stats)
     blocks, _ = select_blocks(mass, start, start + q.shape[0], config)
     return block_sparse_prefill(q, k_cache, v_cache, page_table, start, scale, blocks, config.block_size)

@@ -76,9 +76,8 @@ def paged_attention(
     if ctx.decode is None:
         cache.write(layer, k, v, ctx.slot_mapping)
         if ctx.unisparse is not None:
-            return unisparse_prefill(
-                q, cache.k[layer], cache.v[layer], ctx.page_table, ctx.start, scale, ctx.unisparse
-            )
+            return unisparse_prefill(q, cache.k[layer], cache.v[layer], ctx.page_table, ctx.start, scale,
+                                     ctx.unisparse, cache.key_stats[layer])
         if ctx.start == 0:  # nothing cached before: attend over the fresh K/V directly
             return prefill_attention(q, k.to(cache.k.dtype), v.to(cache.v.dtype), 0, scale)
         length = ctx.start + q.shape[0]
