@@ -97,3 +97,14 @@ def test_estimate_switches_to_candidates_only_past_the_threshold_on_the_cpu():
     assert torch.equal(estimate_block_mass(q, k_cache, page_table, start, 0.25, many, stats), exact)
     off = blocks_of(BLOCK, candidate_blocks=0)
     assert torch.equal(estimate_block_mass(q, k_cache, page_table, start, 0.25, off, stats), exact)
+
+
+def test_pages_in_order_read_in_place_choose_as_scattered_pages_do():
+    start, n = 640, 20
+    q, k_cache, stats, page_table = long_sequence(start, n, seed=6)
+    used = page_table[: -(-(start + n) // 8)].long()
+    in_order = torch.arange(len(used), dtype=page_table.dtype)
+    queries, _ = composites(q, start, start + n)
+    scattered = candidate_blocks(queries, stats, page_table, start // BLOCK, BLOCK // 8, 0.25, 6, 1)
+    ordered = candidate_blocks(queries, stats[used], in_order, start // BLOCK, BLOCK // 8, 0.25, 6, 1)
+    assert torch.equal(scattered.sort(-1).values, ordered.sort(-1).values)

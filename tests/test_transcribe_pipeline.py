@@ -238,3 +238,10 @@ def test_live_sessions_can_share_one_engine(transcriber):
     alone = {name: model.open_session(model.open_engine(options.engine_config(), 5), options.loop,
                                       options.distance_cap()) for name in chunks}
     assert run(alone) == shared_texts
+
+
+@pytest.mark.parametrize("budget, blocks", [(2048, 32), (1024, 16), (100, 1)])
+def test_a_prefill_reads_at_most_the_decode_budget_of_key_blocks(budget, blocks):
+    config = TranscribeOptions(budget_tokens=budget, dtype="float32").engine_config()
+    assert config.unisparse.max_blocks == blocks
+    assert config.sparse.budget_tokens == budget

@@ -108,14 +108,18 @@ def candidate_blocks(
     queries: [q_heads, composites, head_dim] float32; key_stats: [num_pages, kv_heads, NUM_STATS,
     head_dim] (one layer); page_table: [>= old_blocks * pages_per_block] int. Returns [kv_heads,
     sink_blocks + count] int64 block indices."""
-    q_heads, _, head_dim = queries.shape
     kv_heads = key_stats.shape[1]
-    stats = key_stats[page_table[: old_blocks * pages_per_block].long()].float()  # [pages, kv, S, d]
-    low = stats[:, :, STAT_MIN].permute(1, 2, 0)  # [kv, d, pages]
-    high = stats[:, :, STAT_MAX].permute(1, 2, 0)
-    rows = (queries * scale).reshape(kv_heads, -1, head_dim)  # the group's heads and composites
-    # max over a channel's range of q_i k_i: q_i max_i where q_i > 0, q_i min_i where q_i < 0
-    bound = torch.matmul(rows.clamp(min=0), high) + torch.matmul(rows.clamp(max=0), low)
+    pages = page_table[: old_blocks * pages_per_block].long()
+    ranges = key_stats[:, :, STAT_MIN : STAT_MAX + 1]  # [num_pages, kv, 2, d]: each channel's min, max
+    first = int(pages[0])
+    if torch.equal(pages, torch.arange(first, first + len(pages), device=pages.device)):
+        ranges = ranges[first : first + len(pages)]  # pages in order (one recording's): read in place
+    else:
+        ranges = ranges[pages]
+    rows = (queries * scale).reshape(kv_heads, -1, queries.shape[-1])  # the group's heads and composites
+    # max over a channel's range of q_i k_i: q_i min_i where q_i < 0, q_i max_i where q_i > 0
+    signed = torch.cat([rows.clamp(max=0), rows.clamp(min=0)], dim=-1)
+    bound = torch.einsum("krd,pkd->krp", signed, ranges.flatten(2).float())  # [kv, rows, pages]
     block_bound = bound.amax(1).view(kv_heads, old_blocks, pages_per_block).amax(-1)  # [kv, blocks]
     best = block_bound[:, sink_blocks:].topk(count, dim=-1).indices + sink_blocks
     sinks = torch.arange(sink_blocks, device=queries.device).expand(kv_heads, sink_blocks)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from asr.attention.config import UniqueConfig
+from asr.attention.config import UniqueConfig, UniSparseConfig
 from asr.errors import AudioError
 from asr.llm.config import EngineConfig
 from asr.llm.cpu_defaults import default_speech_dtype, default_threads
@@ -52,11 +52,11 @@ class TranscribeOptions:
     draft_tolerance: nats by which an unsure draft token may trail the LLM's own choice and still be
     kept; draft_end_tolerance: the same where the LLM would end the transcript early (all three in
     ``asr.speech.draft_decoding``; gate above 1 and tolerance 0: the LLM's exact greedy transcript);
-    prefill: how a chunk appended to a long context attends to it:
-    ``unisparse`` (default: the key blocks ``asr.attention.block_selection`` picks, once the context
-    holds ``UniSparseConfig.min_context`` tokens; on a 15-minute recording it cut the real-time factor
-    from 0.54 to 0.36 on one CPU thread at 22.2% WER against dense's 23.3%, BENCHMARKS.md) or
-    ``dense`` (every key)."""
+    prefill: how a chunk appended to a long context attends to it: ``unisparse`` (default: the key
+    blocks ``asr.attention.block_selection`` picks, at most ``budget_tokens`` of them per query block,
+    once the context holds ``UniSparseConfig.min_context`` tokens; on a 15-minute recording it cut the
+    real-time factor from 0.54 to 0.36 on one CPU thread at 22.2% WER against dense's 23.3%,
+    BENCHMARKS.md) or ``dense`` (every key)."""
 
     attention: str = "unique"
     budget_tokens: int = 2048
@@ -87,10 +87,13 @@ class TranscribeOptions:
         """The engine set-up of these options (one sequence; ``SpeechModel.open_engine`` sizes its
         context for a recording, ``load_speech_model`` reads its device and dtype)."""
         sparse = UniqueConfig(page_size=self.page_size, budget_tokens=self.budget_tokens)
+        # a prefill's query block reads at most a decode step's budget of chosen key blocks, so past that
+        # a chunk costs the same however long the recording (BENCHMARKS.md, "Flat per-chunk time")
+        blocks = UniSparseConfig(max_blocks=max(1, self.budget_tokens // UniSparseConfig.block_size))
         dtype = self.dtype or default_speech_dtype(self.device)
         int8 = dtype == "int8"
-        return EngineConfig(attention=self.attention, sparse=sparse, prefill=self.prefill, device=self.device,
-                            dtype="float32" if int8 else dtype, int8_weights=int8,
+        return EngineConfig(attention=self.attention, sparse=sparse, prefill=self.prefill, unisparse=blocks,
+                            device=self.device, dtype="float32" if int8 else dtype, int8_weights=int8,
                             max_context=max_context, max_batch=1, extend_context=True)
 
     def draft_decoding(self) -> DraftDecoding:
