@@ -131,8 +131,12 @@ def test_streams_speech_to_partials_and_finals(server, speech):
     assert len(partials) >= 3, kinds
     agreed = [m["text"] for m in partials if m["text"]]
     assert agreed, "no two successive drafts agreed on a word"
-    first = reference.split()[: len(agreed[-1].split())]
-    assert error_rates([" ".join(first)], [agreed[-1]])[0] < 0.35, (reference, agreed[-1])
+    # the last agreed words are of the chunk open then (the first or a later one): compare them with the
+    # reference's words at the place they match best
+    words, size = reference.split(), len(agreed[-1].split())
+    closest = min(error_rates([" ".join(words[i : i + size])], [agreed[-1]])[0]
+                  for i in range(max(1, len(words) - size + 1)))
+    assert closest < 0.35, (reference, agreed[-1])
     assert all("unstable" in m and m["end"] > m["start"] for m in partials)
     wer, _ = error_rates([reference], [result.text])
     assert wer < 0.75, (wer, result.text)  # the embedded adapter scores ~41% WER on this set
