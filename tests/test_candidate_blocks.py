@@ -43,6 +43,11 @@ def long_sequence(start, n, heads=(6, 2), head_dim=16, page_size=8, seed=0):
     return q, batch.k_cache, cache_stats(batch.k_cache, page_table, start + n), page_table
 
 
+def grouped(queries, scale=0.25, kv_heads=2):
+    """Composite queries as ``candidate_blocks`` takes them: scaled, per kv head."""
+    return (queries * scale).reshape(kv_heads, -1, queries.shape[-1])
+
+
 def composites(q, start, length):
     queries, _ = query_composites(q, start, BLOCK)
     composite = start // BLOCK + torch.arange(queries.shape[1])
@@ -74,7 +79,7 @@ def test_a_block_holding_one_key_the_queries_match_is_a_candidate():
     k_cache[page_table[slot // 8], :, slot % 8] = 8 * lean
     stats = cache_stats(k_cache, page_table, start + n)
     queries, last_pos = composites(q, start, start + n)
-    chosen = candidate_blocks(queries, stats, page_table, start // BLOCK, BLOCK // 8, 0.25, 4, 1)
+    chosen = candidate_blocks(grouped(queries), stats, page_table, start // BLOCK, BLOCK // 8, 4, 1)
     assert chosen.shape == (2, 5) and (chosen[:, 0] == 0).all()
     assert all(planted in row.tolist() for row in chosen)
     shares = composite_shares_candidates(queries, last_pos, k_cache, stats, page_table, start, start + n,
@@ -105,6 +110,6 @@ def test_pages_in_order_read_in_place_choose_as_scattered_pages_do():
     used = page_table[: -(-(start + n) // 8)].long()
     in_order = torch.arange(len(used), dtype=page_table.dtype)
     queries, _ = composites(q, start, start + n)
-    scattered = candidate_blocks(queries, stats, page_table, start // BLOCK, BLOCK // 8, 0.25, 6, 1)
-    ordered = candidate_blocks(queries, stats[used], in_order, start // BLOCK, BLOCK // 8, 0.25, 6, 1)
+    scattered = candidate_blocks(grouped(queries), stats, page_table, start // BLOCK, BLOCK // 8, 6, 1)
+    ordered = candidate_blocks(grouped(queries), stats[used], in_order, start // BLOCK, BLOCK // 8, 6, 1)
     assert torch.equal(scattered.sort(-1).values, ordered.sort(-1).values)

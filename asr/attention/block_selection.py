@@ -97,17 +97,17 @@ def composite_shares_reference(
 
 
 def candidate_blocks(
-    queries: torch.Tensor, key_stats: torch.Tensor, page_table: torch.Tensor, old_blocks: int,
-    pages_per_block: int, scale: float, count: int, sink_blocks: int,
+    rows: torch.Tensor, key_stats: torch.Tensor, page_table: torch.Tensor, old_blocks: int,
+    pages_per_block: int, count: int, sink_blocks: int,
 ) -> torch.Tensor:
     """The cached key blocks worth scoring key by key, per kv head: the first ``sink_blocks`` and the
-    ``count`` others among the first ``old_blocks`` where some composite's logit could be largest (the
-    upper bound of ``scale q.k`` over a page from its keys' per-channel minimum and maximum, maximised
-    over the block's pages, the composites and the query heads of the group).
+    ``count`` others among the first ``old_blocks`` where some row's logit could be largest (the upper
+    bound of ``row.k`` over a page from its keys' per-channel minimum and maximum, maximised over the
+    block's pages and the kv head's rows).
 
-    queries: [q_heads, composites, head_dim] float32; key_stats: [num_pages, kv_heads, NUM_STATS,
-    head_dim] (one layer); page_table: [>= old_blocks * pages_per_block] int. Returns [kv_heads,
-    sink_blocks + count] int64 block indices."""
+    rows: [kv_heads, rows, head_dim] float32, the scaled composite queries of each kv head's group;
+    key_stats: [num_pages, kv_heads, NUM_STATS, head_dim] (one layer); page_table: [>= old_blocks *
+    pages_per_block] int. Returns [kv_heads, sink_blocks + count] int64 block indices."""
     kv_heads = key_stats.shape[1]
     pages = page_table[: old_blocks * pages_per_block].long()
     ranges = key_stats[:, :, STAT_MIN : STAT_MAX + 1]  # [num_pages, kv, 2, d]: each channel's min, max
@@ -116,13 +116,12 @@ def candidate_blocks(
         ranges = ranges[first : first + len(pages)]  # pages in order (one recording's): read in place
     else:
         ranges = ranges[pages]
-    rows = (queries * scale).reshape(kv_heads, -1, queries.shape[-1])  # the group's heads and composites
     # max over a channel's range of q_i k_i: q_i min_i where q_i < 0, q_i max_i where q_i > 0
     signed = torch.cat([rows.clamp(max=0), rows.clamp(min=0)], dim=-1)
     bound = torch.einsum("krd,pkd->krp", signed, ranges.flatten(2).float())  # [kv, rows, pages]
     block_bound = bound.amax(1).view(kv_heads, old_blocks, pages_per_block).amax(-1)  # [kv, blocks]
     best = block_bound[:, sink_blocks:].topk(count, dim=-1).indices + sink_blocks
-    sinks = torch.arange(sink_blocks, device=queries.device).expand(kv_heads, sink_blocks)
+    sinks = torch.arange(sink_blocks, device=rows.device).expand(kv_heads, sink_blocks)
     return torch.cat([sinks, best], dim=1)
 
 
@@ -153,15 +152,14 @@ def composite_shares_candidates(
     old_blocks = start // block_size
     num_key_blocks = -(-length // block_size)
     recent = torch.arange(old_blocks, num_key_blocks, device=queries.device)
-    chosen = candidate_blocks(queries, key_stats, page_table, old_blocks, pages_per_block, scale, count,
-                              sink_blocks)
+    rows = (queries * scale).reshape(kv_heads, -1, head_dim)  # each kv head's query heads and composites
+    chosen = candidate_blocks(rows, key_stats, page_table, old_blocks, pages_per_block, count, sink_blocks)
     blocks = torch.cat([chosen, recent.expand(kv_heads, -1)], dim=1)  # [kv, width]
     width = blocks.shape[1]
     positions = (blocks[:, :, None] * block_size + torch.arange(block_size, device=queries.device)).flatten(1)
     table = page_table[: num_key_blocks * pages_per_block].long()  # the last block's unused pages read page 0
     table = torch.nn.functional.pad(table, (0, num_key_blocks * pages_per_block - len(table)))
     pages = table[positions // page_size]  # [kv, width * block_size]; masked where past length
-    rows = (queries * scale).reshape(kv_heads, -1, head_dim)
     group = q_heads // kv_heads
     hidden = positions[:, None, :] > last_pos.repeat(group)[None, :, None]  # [kv, rows, keys]
     shares = torch.zeros(q_heads, num_composites, num_key_blocks, device=queries.device)
