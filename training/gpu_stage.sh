@@ -69,9 +69,9 @@ gguf_to_hf_dir(Path('$STAGE/model.gguf'), Path('$STAGE/llm'))"
     join)
         dest=$2 sha=$3; shift 3
         joined=$(mktemp)
-        for part in $(printf '%s\n' "$@" | awk -F/ '{print $NF "\t" $0}' | sort | cut -f2); do
+        while IFS= read -r part; do
             cat "$part" >> "$joined"
-        done
+        done < <(printf '%s\n' "$@" | awk -F/ '{print $NF "\t" $0}' | sort | cut -f2-)
         echo "$(cat "$sha")  $joined" | sha256sum -c -
         mkdir -p "$dest" && tar -xf "$joined" -C "$dest" && rm "$joined" ;;
     *)
