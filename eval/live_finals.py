@@ -98,7 +98,8 @@ def run(model, streams: int, rows: list[dict], audios: list[np.ndarray]) -> dict
             "round_seconds_p95": round(float(np.percentile(round_seconds, 95)), 3),
             "stage_seconds": stages,
             "stage_rtf": {stage: round(seconds / audio_seconds, 4) for stage, seconds in stages.items()},
-            "wer": round(wer, 4), "cer": round(cer, 4)}
+            "wer": round(wer, 4), "cer": round(cer, 4),
+            "hypotheses": {row["id"]: " ".join(parts) for row, parts in zip(rows, texts)}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     path = args.output / f"{args.name}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     stages = list(report["runs"][0]["stage_rtf"])
-    print(f"{'streams':>7} {'WER':>6} {'RTF':>6} {'round p50/p95 s':>16} | " + " ".join(f"{s[:9]:>9}" for s in stages))
+    print(f"{'streams':>7} {'WER':>6} {'RTF':>6} {'round p50/p95 s':>16} | "
+          + " ".join(f"{stage[:9]:>9}" for stage in stages))
     for r in report["runs"]:
         rounds = f"{r['round_seconds_p50']:.2f}/{r['round_seconds_p95']:.2f}"
         print(f"{r['streams']:>7} {r['wer']:>6.2%} {r['rtf']:>6.3f} {rounds:>16} | "
