@@ -12,7 +12,7 @@ import pytest
 from asr.live.agreement import LocalAgreement
 from asr.live.protocol import AudioInput, ProtocolError, StreamFormat, parse_message, parse_start
 from asr.live.vad import StreamSegmenter, StreamSegmenterConfig
-from asr.live.worker import FINAL, PARTIAL, ModelWorker
+from asr.live.worker import FINAL, IDLE, PARTIAL, ModelWorker
 
 SR = 16000
 
@@ -153,6 +153,37 @@ def test_worker_serves_sessions_round_robin_finals_first():
 
     asyncio.run(scenario())
     assert order == ["c-final", "d-final", "b-partial"]
+
+
+def test_worker_runs_idle_work_piece_by_piece_only_while_no_job_waits():
+    """Idle work starts when no job waits, yields to a job after the piece running, and stops when it
+    says none is left (the worker sleeps then, until the next job)."""
+    events, pieces, first_piece = [], [0.05, 0.05, 0.2], threading.Event()
+
+    def idle():
+        if not pieces:
+            events.append("none left")
+            return False
+        first_piece.set()
+        time.sleep(pieces.pop())
+        events.append("idle")
+        return True
+
+    async def scenario():
+        worker = ModelWorker(idle=idle)
+        try:
+            await asyncio.to_thread(first_piece.wait)
+            await worker.run("a", lambda: events.append("job"))
+            while "none left" not in events:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+        return worker
+
+    worker = asyncio.run(scenario())
+    assert events == ["idle", "job", "idle", "idle", "none left"]
+    assert worker.busy_by_priority[IDLE] >= 0.3 - 1e-3
 
 
 @pytest.mark.parametrize(

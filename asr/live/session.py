@@ -9,6 +9,10 @@ captions come from Whisper's draft alone (``AudioEncoder.draft_short``): the LLM
 path, and the drafts of all streams waiting for one are one batch. Both encode windows only a
 little longer than their chunks (``PARTIAL_MARGIN_S``, ``FINAL_MARGIN_S``), not 30 s.
 
+A final whose draft Whisper was sure of is sent without LLM work; its audio and transcript still go
+into the stream's context, prefilled later (``DEFERRED_CHUNKS``): when the worker is idle
+(``settle_context``), or with the stream's next chunk the LLM must read, whichever comes first.
+
 Every method here runs on the model worker's thread (``asr.live.worker``), never on the event loop.
 """
 
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -39,6 +43,9 @@ MAX_PROMPT_TOKENS = 200  # an optional client prompt sits in the context for the
 # next draft and the final correct them); finals, which keep what they write, the closer one.
 PARTIAL_MARGIN_S = 2.0
 FINAL_MARGIN_S = 5.0
+# kept chunks a stream's context may hold back from its prefill (a few: bounded memory and one
+# bounded prefill when they go in with a chunk the LLM reads)
+DEFERRED_CHUNKS = 4
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,7 @@ class LiveModel:
 
     def __init__(self, model: SpeechModel, options: TranscribeOptions) -> None:
         self.model, self.options = model, options
+        self.decoders: list[LiveDecoder] = []  # open ones, oldest first
 
     @classmethod
     def load(
@@ -89,12 +97,26 @@ class LiveModel:
     def open(self, engine: LLMEngine, prompt: str = "") -> LiveDecoder:
         """A decoder for one stream: a new sequence of ``engine`` (from ``open_engine``)."""
         session = self.model.open_session(
-            engine, self.options.loop, self.options.distance_cap(), self.options.draft_decoding()
+            engine, self.options.loop, self.options.distance_cap(), self.options.draft_decoding(),
+            defer_kept=DEFERRED_CHUNKS,
         )
         if prompt:
             ids = self.model.tokenizer(prompt, add_special_tokens=False).input_ids[:MAX_PROMPT_TOKENS]
             engine.append(session.seq, token_ids=ids)
-        return LiveDecoder(session)
+        decoder = LiveDecoder(session, self.decoders.remove)
+        self.decoders.append(decoder)
+        return decoder
+
+    def settle_context(self) -> bool:
+        """Idle work (``ModelWorker``'s ``idle``): prefill the context one stream's finals left for later,
+        the stream that has waited longest; False when no stream has any."""
+        waiting = next((decoder for decoder in self.decoders if decoder.session.deferred), None)
+        if waiting is None:
+            return False
+        waiting.session.flush()
+        self.decoders.remove(waiting)  # to the back: streams take turns
+        self.decoders.append(waiting)
+        return True
 
     def finals(self, requests: list[ChunkRequest]) -> Iterator[Caption | AsrError]:
         """Each closed chunk appended with its transcript to its stream's context for good, in
@@ -131,13 +153,15 @@ class LiveModel:
 
 
 class LiveDecoder:
-    """One stream in one growing decoder context (``LongformSession``) of the shared engine."""
+    """One stream in one growing decoder context (``LongformSession``) of the shared engine;
+    ``on_close(decoder)`` is told when it closes."""
 
-    def __init__(self, session: LongformSession) -> None:
-        self.session = session
+    def __init__(self, session: LongformSession, on_close: Callable[[LiveDecoder], None]) -> None:
+        self.session, self.on_close = session, on_close
         self.closed = False
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.session.close()
+            self.on_close(self)

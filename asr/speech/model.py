@@ -94,10 +94,11 @@ class SpeechModel:
 
     def open_session(self, engine: LLMEngine, loop: LoopConfig = LoopConfig(),
                      distance_cap: DistanceCap | None = DistanceCap(),
-                     draft_decoding: DraftDecoding = DraftDecoding()) -> LongformSession:
+                     draft_decoding: DraftDecoding = DraftDecoding(), defer_kept: int = 0) -> LongformSession:
         """A long-form session (one recording or live stream) in a new sequence of ``engine`` (from
-        ``open_engine``); closing it frees its sequence, not the engine."""
-        return LongformSession(self, engine, loop, distance_cap, draft_decoding)
+        ``open_engine``); closing it frees its sequence, not the engine. defer_kept: chunks whose kept
+        drafts may wait to be prefilled (``LongformSession.flush``)."""
+        return LongformSession(self, engine, loop, distance_cap, draft_decoding, defer_kept)
 
     @torch.inference_mode()
     def encode_chunks(self, chunks: list[np.ndarray], search: AlternativeSearch | None = None,
