@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 MAX_PROMPT_TOKENS = 200  # an optional client prompt sits in the context for the whole session
 # Live chunks are encoded in windows as long as the chunk plus at least this much silence (in whole
-# 5-s steps: ``AudioEncoder.window_samples``), not 30 s (a 5-s chunk in a 10-s window costs about a
-# third of the encoder time). With no silence Whisper's decoder reads past the audio's end
+# 2.5-s steps: ``AudioEncoder.window_samples``), not 30 s (a 5-s chunk in a 10-s window costs about a
+# fifth of the encoder time). With no silence Whisper's decoder reads past the audio's end
 # and repeats itself: dev-set draft WER 27.9% against 10.1% in 30-s windows; 2 s of silence: 12.2%,
 # 5 s: 10.5% (eval/draft_window.py, BENCHMARKS.md). Tentative captions take the cheaper window (the
 # next draft and the final correct them); finals, which keep what they write, the closer one.
