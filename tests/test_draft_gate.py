@@ -151,16 +151,31 @@ def test_sure_words_kept_and_guessed_share():
     assert DraftDecoding(rescore=False, correct_share=0.7).corrects(draft)
 
 
-def test_scored_continuations_are_their_summed_logprobs_and_leave_the_sequence_as_it_was(tiny):
-    engine = engine_for(tiny)
+@pytest.mark.parametrize("overrides, trees", [
+    pytest.param({}, 1, id="one-token-tree"),
+    pytest.param({"prefill_chunk": 2}, 0, id="in-turn"),  # the tree does not fit one forward
+])
+def test_scored_continuations_are_their_summed_logprobs_and_leave_the_sequence_as_it_was(tiny, overrides,
+                                                                                         trees):
+    engine = engine_for(tiny, **overrides)
+    forwards = {"tree": 0}
+    prefill_tree = engine.runner.prefill_tree
+
+    def counted(*args):
+        forwards["tree"] += 1
+        return prefill_tree(*args)
+
+    engine.runner.prefill_tree = counted
     seq = engine.new_sequence()
     engine.append(seq, token_ids=token_ids(11, seed=5))
     before, logits_before = seq.num_tokens, seq.next_logits.clone()
     reading = token_ids(6, seed=3)
     # unrelated readings, and readings sharing a prefix with one another (prefilled once, then branched)
     candidates = [token_ids(4, seed=1), token_ids(1, seed=2), reading, reading[:3] + token_ids(2, seed=4),
-                  reading[:2], reading + token_ids(1, seed=6), reading[:3] + token_ids(3, seed=7)]
+                  reading[:2], reading + token_ids(1, seed=6), reading[:3] + token_ids(3, seed=7), []]
     scores = engine.score_continuations(seq, candidates)
+    assert forwards["tree"] == trees
+    assert scores[-1] == 0.0
     assert seq.num_tokens == engine.cache.length(seq.seq_id) == before
     assert torch.equal(seq.next_logits, logits_before)
     for candidate, score in zip(candidates, scores):
