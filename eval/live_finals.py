@@ -77,7 +77,7 @@ def run(model, streams: int, rows: list[dict], audios: list[np.ndarray]) -> dict
                        if round_index < len(chunks)]
             requests = [ChunkRequest(audio, start, decoder) for decoder, (_, start, audio) in waiting]
             began = time.perf_counter()
-            captions = list(model.finals(requests))
+            captions = [caption for _, caption in sorted(model.finals(requests), key=lambda pair: pair[0])]
             round_seconds.append(time.perf_counter() - began)
             for (_, (index, _, _)), caption in zip(waiting, captions):
                 if isinstance(caption, Exception):

@@ -31,7 +31,8 @@ def finals_of(live_model, engine, chunks):  # noqa: F811
 
     decoders = [live_model.open(engine) for _ in chunks]
     try:
-        captions = list(live_model.finals([ChunkRequest(a, 0.0, d) for a, d in zip(chunks, decoders)]))
+        answered = live_model.finals([ChunkRequest(a, 0.0, d) for a, d in zip(chunks, decoders)])
+        captions = [caption for _, caption in sorted(answered, key=lambda pair: pair[0])]
     finally:
         for decoder in decoders:
             decoder.close()
@@ -58,7 +59,8 @@ def test_drafts_of_open_chunks_read_their_words_from_short_windows(live_model, u
     seconds = [4.0, 6.5]  # the open chunks so far: the first seconds of each utterance
     prefixes = [audio[: int(s * SR)] for (audio, _), s in zip(utterances, seconds)]
     assert encoder.window_samples(prefixes, 2.0) == 10 * SR  # the longest plus the margin in 2.5-s steps
-    drafts = list(live_model.drafts([ChunkRequest(p, 0.0) for p in prefixes]))
+    drafts = [caption for _, caption in sorted(live_model.drafts([ChunkRequest(p, 0.0) for p in prefixes]),
+                                                key=lambda pair: pair[0])]
     for (_, reference), draft, s in zip(utterances, drafts, seconds):
         words = reference.split()[: len(draft.text.split())]
         assert draft.text and error_rates([" ".join(words)], [draft.text])[0] < 0.35, (reference, draft.text)

@@ -215,14 +215,15 @@ def test_worker_batches_waiting_sessions_and_settles_each_item():
     calls = []
     gate = threading.Event()
 
-    def batch(items):
+    def batch(items):  # answers the last item first
         calls.append(list(items))
-        for item in items:
-            yield ValueError(item) if item == "bad" else item.upper()
+        for position in reversed(range(len(items))):
+            item = items[position]
+            yield position, ValueError(item) if item == "bad" else item.upper()
 
     def broken(items):
         calls.append(list(items))
-        yield "first"
+        yield 0, "first"
         raise RuntimeError("encoder failed")
 
     async def scenario():

@@ -118,29 +118,35 @@ class LiveModel:
         self.decoders.append(waiting)
         return True
 
-    def finals(self, requests: list[ChunkRequest]) -> Iterator[Caption | AsrError]:
-        """Each closed chunk appended with its transcript to its stream's context for good, in
-        order: one encoder batch for all of them, then the speech LLM per stream. A chunk the
+    def finals(self, requests: list[ChunkRequest]) -> Iterator[tuple[int, Caption | AsrError]]:
+        """Each closed chunk appended with its transcript to its stream's context for good: one encoder
+        batch for all of them, then per stream the speech LLM, the chunks whose drafts are kept whole
+        (no LLM work) first. Yields (position in ``requests``, its caption) as each is done. A chunk the
         speech library refuses (e.g. its context is full) yields the error, the others go on."""
         began = time.perf_counter()
         audios = [request.audio for request in requests]
         encoded = self.model.encode_chunks(audios, self.options.draft_decoding().search(), FINAL_MARGIN_S)
         encode_share = (time.perf_counter() - began) / len(requests)
-        for request, chunk in zip(requests, encoded):
+        sessions = [request.decoder.session for request in requests]
+        order = sorted(range(len(requests)), key=lambda i: sessions[i].kept_draft(
+            len(requests[i].audio) / SAMPLE_RATE, encoded[i].draft) is None)
+        for position in order:
+            request = requests[position]
             began = time.perf_counter()
             try:
-                segment = request.decoder.session.transcribe_chunk(
-                    request.audio, request.start_s, SAMPLE_RATE, encoded=chunk
+                segment = sessions[position].transcribe_chunk(
+                    request.audio, request.start_s, SAMPLE_RATE, encoded=encoded[position]
                 )
             except AsrError as error:
-                yield error
+                yield position, error
                 continue
             seconds = encode_share + time.perf_counter() - began
-            yield Caption(request.start_s, request.end_s, segment.text if segment else "", seconds)
+            yield position, Caption(request.start_s, request.end_s, segment.text if segment else "", seconds)
 
-    def drafts(self, requests: list[ChunkRequest]) -> Iterator[Caption]:
+    def drafts(self, requests: list[ChunkRequest]) -> Iterator[tuple[int, Caption]]:
         """Whisper's draft of each still-open chunk (no context, nothing kept), as one batch of
-        short encoder windows; empty texts when the model has no Whisper decoder loaded."""
+        short encoder windows, as (position in ``requests``, caption); empty texts when the model
+        has no Whisper decoder loaded."""
         began = time.perf_counter()
         audios = [request.audio for request in requests]
         if self.model.encoder.drafter is None:
@@ -148,8 +154,8 @@ class LiveModel:
         else:
             texts = [draft.text for draft in self.model.encoder.draft_short(audios, PARTIAL_MARGIN_S)]
         seconds = time.perf_counter() - began  # what one round of every stream's tentative captions cost
-        for request, text in zip(requests, texts):
-            yield Caption(request.start_s, request.end_s, text, seconds)
+        for position, (request, text) in enumerate(zip(requests, texts)):
+            yield position, Caption(request.start_s, request.end_s, text, seconds)
 
 
 class LiveDecoder:

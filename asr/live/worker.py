@@ -27,8 +27,9 @@ FINAL, PARTIAL = 0, 1  # job priorities: lower runs first
 IDLE = 2  # what the worker's idle work is counted under in ``busy_by_priority``
 MAX_BATCH = 8  # most sessions served by one batched call
 
-# items of several sessions -> one result per item, in order (an exception instance fails that item only)
-BatchCall = Callable[[list[Any]], Iterable[Any]]
+# items of several sessions -> (position in the items, its result) per item, in any order (an exception
+# instance as the result fails that item only)
+BatchCall = Callable[[list[Any]], Iterable[tuple[int, Any]]]
 
 
 @dataclass
@@ -167,20 +168,20 @@ def _run_one(job: _Job) -> None:
 
 
 def _run_batch(jobs: list[_Job]) -> None:
-    """Settle each job as the batch call yields its result (the first session need not wait for
-    the last); a failure of the whole call fails the jobs it has not answered yet."""
-    answered = 0
+    """Settle each job as the batch call yields its result (a session need not wait for the others);
+    a failure of the whole call fails the jobs it has not answered yet."""
+    waiting = dict(enumerate(jobs))
     try:
-        for job, result in zip(jobs, jobs[0].batch([job.item for job in jobs])):
+        for position, result in jobs[0].batch([job.item for job in jobs]):
+            job = waiting.pop(position)
             failed = isinstance(result, BaseException)
             job.loop.call_soon_threadsafe(_settle, job.future, None if failed else result,
                                           result if failed else None)
-            answered += 1
-        if answered < len(jobs):
-            raise RuntimeError(f"the batch call answered {answered} of {len(jobs)} items")
+        if waiting:
+            raise RuntimeError(f"the batch call answered {len(jobs) - len(waiting)} of {len(jobs)} items")
     except BaseException as caught:
         log.debug("batched model call failed: %r", caught)
-        for job in jobs[answered:]:
+        for job in waiting.values():
             job.loop.call_soon_threadsafe(_settle, job.future, None, caught)
 
 

@@ -137,7 +137,7 @@ class LongformSession:
         self.stats.readings_changed += picked[0] is not draft
         return picked[1]
 
-    def _kept_draft(self, seconds: float, draft: Draft | None) -> list[int] | None:
+    def kept_draft(self, seconds: float, draft: Draft | None) -> list[int] | None:
         """The draft's tokens when it is kept whole, the LLM reading nothing: Whisper sure of every word
         and of its end, and no loop or overrun in it (those go to the LLM). None otherwise."""
         if draft is None or not draft.sure(self.draft_decoding.gate):
@@ -174,7 +174,7 @@ class LongformSession:
         rows = [engine.embed_tokens(self.pending + prompt.before_audio), encoded.embeds,
                 engine.embed_tokens(prompt.after_audio_with(draft_ids))]
         self.stats.chunks += 1
-        kept = self._kept_draft(seconds, draft)
+        kept = self.kept_draft(seconds, draft)
         if kept is not None:  # the transcript is prefilled with the next chunk, as its closing tokens are
             self.stats.drafts_kept += 1
             if not rescoring:  # its tokens and end count as accepted proposals
