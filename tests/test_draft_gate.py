@@ -187,3 +187,19 @@ def test_scored_continuations_are_their_summed_logprobs_and_leave_the_sequence_a
             expected += float(stepped.next_logits.float().log_softmax(-1)[token])
             step.append(stepped, token_ids=[token])
         assert score == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("probabilities, wanted", [
+    pytest.param((0.95, 0.99, 0.97), False, id="sure-kept-whole"),
+    pytest.param((0.3, 0.95, 0.97), True, id="one-guess-readings-arbitrate"),
+    pytest.param((0.3, 0.2, 0.97), False, id="mostly-guessed-the-llm-corrects"),
+])
+def test_readings_are_searched_only_for_drafts_the_llm_arbitrates(probabilities, wanted):
+    """Whisper's beam search runs for unsure drafts the LLM picks readings for, not for sure drafts
+    (kept whole) nor mostly guessed ones (the LLM corrects them token by token, reading no readings)."""
+    words = tuple(DraftWord(start, start + 2, p) for start, p in zip((0, 3, 6), probabilities))
+    draft = Draft("aa bb cc", words, end_probability=0.99)
+    decoding = DraftDecoding()
+    assert decoding.search().wants(draft) == wanted
+    assert wanted == (not draft.sure(decoding.gate) and not decoding.corrects(draft))
+    assert not decoding.search().wants(Draft(""))
