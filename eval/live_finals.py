@@ -83,6 +83,8 @@ def run(model, streams: int, rows: list[dict], audios: list[np.ndarray]) -> dict
                 if isinstance(caption, Exception):
                     raise caption
                 texts[index].append(caption.text)
+    counters = {field: sum(getattr(decoder.session.stats, field) for decoder in decoders)
+                for field in ("chunks", "drafts_kept", "readings_changed", "draft_tokens", "accepted_tokens")}
     for decoder in decoders:
         decoder.close()
     audio_seconds = sum(len(audio) for _, _, audio in sum(per_stream, [])) / SAMPLE_RATE
@@ -98,7 +100,7 @@ def run(model, streams: int, rows: list[dict], audios: list[np.ndarray]) -> dict
             "round_seconds_p95": round(float(np.percentile(round_seconds, 95)), 3),
             "stage_seconds": stages,
             "stage_rtf": {stage: round(seconds / audio_seconds, 4) for stage, seconds in stages.items()},
-            "wer": round(wer, 4), "cer": round(cer, 4),
+            "wer": round(wer, 4), "cer": round(cer, 4), "session_stats": counters,
             "hypotheses": {row["id"]: " ".join(parts) for row, parts in zip(rows, texts)}}
 
 
