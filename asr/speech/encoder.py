@@ -230,9 +230,9 @@ class AudioEncoder:
         """Yield (chunk indices, their encoder output [batch, window frames, dim]) per batch of at most
         ``batch_size``; windows of 30 s (1500 frames, batches in order) unless ``margin_s`` asks for
         short ones: then each chunk gets its own window (``window_samples``), and only chunks of one
-        window length share a batch (on the CPU a batch costs what its chunks cost one by one, so a
-        long chunk must not stretch the others' windows; and a chunk's frames never depend on its
-        batch)."""
+        window length share a batch (on the CPU batching saves little: four 5-10-s windows in one
+        batch cost ~80-85% of four single calls, so a long chunk must not stretch the others'
+        windows; and a chunk's frames never depend on its batch)."""
         groups: dict[int, list[int]] = {}
         for index, chunk in enumerate(chunks):
             groups.setdefault(self.window_samples([chunk], margin_s), []).append(index)
