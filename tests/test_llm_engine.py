@@ -293,6 +293,33 @@ def test_sparse_prefill_writes_every_key_and_exact_page_statistics(tmp_path):
     assert len(out) == 5 and seqs[1].kv_read_share < 1.0
 
 
+def test_readings_scored_after_one_context_choose_their_blocks_once(tmp_path, monkeypatch):
+    """Scoring continuations with block-sparse prefill: each layer estimates block masses once (the first
+    prefill's choice covers the later ones' positions) and the scores are still the candidates' summed
+    log-probabilities where every block is chosen."""
+    import asr.attention.prefill as prefill
+
+    save_tiny_model("llama", tmp_path)
+    estimates = []
+    estimate = prefill.estimate_block_mass
+    monkeypatch.setattr(prefill, "estimate_block_mass",
+                        lambda *args: estimates.append(1) or estimate(*args))
+    reading = token_ids(6, seed=3)
+    candidates = [reading, reading[:3] + token_ids(3, seed=4), reading[:1] + token_ids(5, seed=5)]
+    for overrides in (unisparse(mass=0.01, max_blocks=1), unisparse(mass=1.0, max_blocks=1000)):
+        engine = engine_for(tmp_path, **overrides)
+        seq = engine.new_sequence()
+        engine.append(seq, token_ids=token_ids(70, seed=9))
+        estimates.clear()
+        scores = engine.score_continuations(seq, candidates)
+        assert len(estimates) == engine.model_config.num_layers  # three prefills, one choice each layer
+    dense = engine_for(tmp_path)
+    seq = dense.new_sequence()
+    dense.append(seq, token_ids=token_ids(70, seed=9))
+    for got, expected in zip(scores, dense.score_continuations(seq, candidates)):
+        assert got == pytest.approx(expected, abs=1e-4)
+
+
 def test_unisparse_below_its_minimum_context_is_dense(tmp_path):
     save_tiny_model("qwen3", tmp_path)
     ids = token_ids(70, seed=8)

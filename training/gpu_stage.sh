@@ -11,6 +11,13 @@
 #   gpu_stage.sh unpack SHA256        (there) check the joined tar, extract it into $STAGE, install
 #                                     the wheels in it into /tmp/site
 #   gpu_stage.sh llm SHA256           (there) check $STAGE/model.gguf, dequantise it into $STAGE/llm
+#   gpu_stage.sh back DEST PATH...    (there) bring back what was written under PATHs (relative to
+#                                     $STAGE) since `unpack`: tarred once into parts of BACK_MB
+#                                     (default 15) megabytes, each
+#                                     call moves the next 4 (a call brings back at most 64 MB) and
+#                                     SHA256 to DEST ($OUT) and prints how many are left
+#   gpu_stage.sh join DEST SHA256 PART... (here) join the parts brought back (in the order of their
+#                                     names), check them against the file SHA256, extract into DEST
 set -euo pipefail
 STAGE=${STAGE:-/tmp/asr}
 case "$1" in
@@ -34,6 +41,7 @@ case "$1" in
     unpack)
         echo "$2  $STAGE/bundle.tar" | sha256sum -c -
         tar -xf "$STAGE/bundle.tar" -C "$STAGE" && rm "$STAGE/bundle.tar"
+        touch "$STAGE/unpacked"  # what `back` brings back is newer than this
         wheels=$(find "$STAGE" -maxdepth 2 -name '*.whl')
         if [ -n "$wheels" ]; then
             # shellcheck disable=SC2086
@@ -45,6 +53,28 @@ case "$1" in
         PYTHONPATH=/tmp/site:. python3 -c "from pathlib import Path; from asr.llm.embedded import gguf_to_hf_dir; \
 gguf_to_hf_dir(Path('$STAGE/model.gguf'), Path('$STAGE/llm'))"
         ls -la "$STAGE/llm" ;;
+    back)
+        dest=$2; shift 2
+        parts="$STAGE/back"
+        if [ ! -e "$parts/SHA256" ]; then
+            mkdir -p "$parts"
+            (cd "$STAGE" && find "$@" -type f -newer "$STAGE/unpacked" -print0 \
+                | tar --null -cf "$parts/back.tar" -T -)
+            sha256sum "$parts/back.tar" | cut -d' ' -f1 > "$parts/SHA256"
+            split -d -b "${BACK_MB:-15}000000" "$parts/back.tar" "$parts/part-" && rm "$parts/back.tar"
+        fi
+        find "$parts" -name 'part-*' | sort | head -4 | xargs -r mv -t "$dest"
+        cp "$parts/SHA256" "$dest/"
+        echo "parts left: $(find "$parts" -name 'part-*' | wc -l)" ;;
+    join)
+        dest=$2 sha=$3; shift 3
+        joined=$(mktemp)
+        for part in $(printf '%s\n' "$@" | awk -F/ '{print $NF "\t" $0}' | sort | cut -f2); do
+            cat "$part" >> "$joined"
+        done
+        echo "$(cat "$sha")  $joined" | sha256sum -c -
+        mkdir -p "$dest" && tar -xf "$joined" -C "$dest" && rm "$joined" ;;
     *)
-        echo "usage: gpu_stage.sh pack OUT MB PATH... | part FILE | unpack SHA256 | llm SHA256" >&2; exit 2 ;;
+        echo "usage: gpu_stage.sh pack OUT MB PATH... | part FILE | unpack SHA256 | llm SHA256" \
+            "| back DEST PATH... | join DEST SHA256 PART..." >&2; exit 2 ;;
 esac

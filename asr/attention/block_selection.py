@@ -159,12 +159,15 @@ def composite_shares_candidates(
     positions = (blocks[:, :, None] * block_size + torch.arange(block_size, device=queries.device)).flatten(1)
     table = page_table[: num_key_blocks * pages_per_block].long()  # the last block's unused pages read page 0
     table = torch.nn.functional.pad(table, (0, num_key_blocks * pages_per_block - len(table)))
-    pages = table[positions // page_size]  # [kv, width * block_size]; masked where past length
+    # whole pages, in the order of ``positions``; masked where past length
+    pages = table[(blocks[:, :, None] * pages_per_block
+                   + torch.arange(pages_per_block, device=queries.device)).flatten(1)]  # [kv, width * ppb]
     group = q_heads // kv_heads
     hidden = positions[:, None, :] > last_pos.repeat(group)[None, :, None]  # [kv, rows, keys]
     shares = torch.zeros(q_heads, num_composites, num_key_blocks, device=queries.device)
     for head in range(kv_heads):
-        keys = k_cache[pages[head], head, positions[head] % page_size].float()  # [width * block_size, d]
+        # index_select of whole pages: several times faster than advanced indexing on the CPU
+        keys = k_cache[:, head].index_select(0, pages[head]).reshape(-1, head_dim).float()  # [keys, d]
         logits = torch.matmul(rows[head], keys.T).masked_fill_(hidden[head], float("-inf"))
         probs = logits.softmax(-1).view(-1, width, block_size).sum(-1)  # [group * composites, width]
         part = shares[head * group : (head + 1) * group].view(-1, num_key_blocks)

@@ -110,7 +110,7 @@ class UniSparseConfig:
     sink_blocks: int = 1
     local_blocks: int = 2
     min_context: int = 4096
-    candidate_blocks: int = 128
+    candidate_blocks: int = 64
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or any(g < 1 or self.block_size % g for g in self.granularities):

@@ -15,6 +15,7 @@ from asr.attention import cpu
 from asr.attention.block_selection import estimate_block_mass, prefill_blocks, select_blocks
 from asr.attention.config import UniSparseConfig
 from asr.attention.paged_cache import gather_sequence
+from asr.attention.shared_selection import SharedSelection
 
 
 def block_sparse_prefill_reference(
@@ -87,10 +88,18 @@ def unisparse_prefill(
     scale: float,
     config: UniSparseConfig,
     key_stats: torch.Tensor | None = None,
+    shared: tuple[SharedSelection, int] | None = None,
 ) -> torch.Tensor:
     """UniSparse prefill attention of one layer: estimate block masses from composite queries, choose
     the key blocks, attend over them (arguments as ``block_sparse_prefill_reference``; key_stats: the
-    cache's page statistics of the layer, for ``estimate_block_mass``). Returns [n, q_heads, d]."""
-    mass = estimate_block_mass(q, k_cache, page_table, start, scale, config, key_stats)
-    blocks, _ = select_blocks(mass, start, start + q.shape[0], config)
+    cache's page statistics of the layer, for ``estimate_block_mass``; shared: a ``SharedSelection``
+    and this layer's index, to reuse blocks chosen for these positions before). Returns [n, q_heads, d]."""
+    length = start + q.shape[0]
+
+    def choose() -> torch.Tensor:
+        mass = estimate_block_mass(q, k_cache, page_table, start, scale, config, key_stats)
+        return select_blocks(mass, start, length, config)[0]
+
+    blocks = choose() if shared is None else shared[0].blocks(shared[1], start, length, config.block_size,
+                                                              choose)
     return block_sparse_prefill(q, k_cache, v_cache, page_table, start, scale, blocks, config.block_size)

@@ -22,6 +22,7 @@ from asr.attention import DecodeMetadata, PagedKVCache, UniqueConfig, decode_att
 from asr.attention.config import UniSparseConfig
 from asr.attention.paged_cache import gather_sequence
 from asr.attention.prefill import unisparse_prefill
+from asr.attention.shared_selection import SharedSelection
 
 
 @dataclass
@@ -31,8 +32,9 @@ class StepContext:
     cache: the paged KV cache; slot_mapping: [tokens] int64 slots of the new tokens.
     Prefill (``decode is None``): page_table: [pages] int32 the sequence's pages (cached + new tokens);
         start: tokens already cached before this chunk; unisparse: block-sparse prefill, or None for
-        dense; tree: [tokens, tokens] bool, the new tokens are a token tree (``asr.llm.token_tree``):
-        each attends the cached keys and the new tokens marked True in its row (None: causally).
+        dense; shared_selection: key blocks chosen once for prefills at the same positions, or None;
+        tree: [tokens, tokens] bool, the new tokens are a token tree (``asr.llm.token_tree``): each
+        attends the cached keys and the new tokens marked True in its row (None: causally; dense only).
     Decode: decode: page table and lengths (including the new token); sparse: top-k page choice, or
         None for dense.
     """
@@ -42,6 +44,7 @@ class StepContext:
     page_table: torch.Tensor | None = None
     start: int = 0
     unisparse: UniSparseConfig | None = None
+    shared_selection: SharedSelection | None = None
     tree: torch.Tensor | None = None
     decode: DecodeMetadata | None = None
     sparse: UniqueConfig | None = None
@@ -83,8 +86,9 @@ def paged_attention(
     if ctx.decode is None:
         cache.write(layer, k, v, ctx.slot_mapping)
         if ctx.unisparse is not None:
+            shared = None if ctx.shared_selection is None else (ctx.shared_selection, layer)
             return unisparse_prefill(q, cache.k[layer], cache.v[layer], ctx.page_table, ctx.start, scale,
-                                     ctx.unisparse, cache.key_stats[layer])
+                                     ctx.unisparse, cache.key_stats[layer], shared)
         if ctx.start == 0:  # nothing cached before: attend over the fresh K/V directly
             return prefill_attention(q, k.to(cache.k.dtype), v.to(cache.v.dtype), 0, scale, ctx.tree)
         length = ctx.start + q.shape[0]

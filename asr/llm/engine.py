@@ -185,7 +185,8 @@ class LLMEngine:
         and its own earlier tokens. Otherwise they go one after another in sorted order, each sharing the
         longest prefix it can with the one before: only the tokens after that prefix are prefilled
         (readings of one chunk mostly differ in a word or two, so this prefills about half the tokens
-        of one prefill per candidate)."""
+        of one prefill per candidate); block-sparse prefills of a later candidate attend the key blocks
+        the first chose for those positions (``ModelRunner.shared_selection``)."""
         if seq.next_logits is None:
             raise ValueError("append a prompt to the sequence before scoring continuations")
         candidates = [list(candidate) for candidate in candidates]
@@ -215,22 +216,23 @@ class LLMEngine:
         held: list[int] = []  # tokens prefilled after ``start``, as the cache holds them now
         held_logits = [seq.next_logits.float()]  # row i: the logits after held[:i]
         scores = [0.0] * len(candidates)
-        for index in sorted(range(len(candidates)), key=lambda i: candidates[i]):
-            candidate = candidates[index]
-            if not candidate:
-                continue
-            shared = 0
-            while shared < min(len(held), len(candidate) - 1) and held[shared] == candidate[shared]:
-                shared += 1
-            del held[shared:], held_logits[shared + 1:]
-            if len(candidate) - 1 > shared:
-                self.cache.truncate(seq.seq_id, start + shared)
-                rows = self.embed_tokens(candidate[shared:-1])
-                held_logits += list(self.runner.prefill(seq.seq_id, rows, every_position=True).float())
-                held += candidate[shared:-1]
-            logprobs = torch.stack(held_logits[: len(candidate)]).log_softmax(dim=-1)
-            picked = logprobs.gather(1, torch.as_tensor(candidate, device=logprobs.device)[:, None])
-            scores[index] = float(picked.sum())
+        with self.runner.shared_selection():
+            for index in sorted(range(len(candidates)), key=lambda i: candidates[i]):
+                candidate = candidates[index]
+                if not candidate:
+                    continue
+                shared = 0
+                while shared < min(len(held), len(candidate) - 1) and held[shared] == candidate[shared]:
+                    shared += 1
+                del held[shared:], held_logits[shared + 1:]
+                if len(candidate) - 1 > shared:
+                    self.cache.truncate(seq.seq_id, start + shared)
+                    rows = self.embed_tokens(candidate[shared:-1])
+                    held_logits += list(self.runner.prefill(seq.seq_id, rows, every_position=True).float())
+                    held += candidate[shared:-1]
+                logprobs = torch.stack(held_logits[: len(candidate)]).log_softmax(dim=-1)
+                picked = logprobs.gather(1, torch.as_tensor(candidate, device=logprobs.device)[:, None])
+                scores[index] = float(picked.sum())
         self.cache.truncate(seq.seq_id, start)
         return scores
 

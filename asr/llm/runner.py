@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
 from asr.attention import DecodeMetadata, PagedKVCache, UniqueConfig
 from asr.attention.config import UniSparseConfig
+from asr.attention.shared_selection import SharedSelection
 from asr.attention.transfer import to_device
 from asr.llm.attention import StepContext
 from asr.llm.model import CausalLM
@@ -46,6 +49,7 @@ class ModelRunner:
     ) -> None:
         self.model, self.cache, self.sparse, self.unisparse = model, cache, sparse, unisparse
         self.max_batch, self.prefill_chunk = max_batch, prefill_chunk
+        self._shared_selection: SharedSelection | None = None  # within ``shared_selection``
         self.device = cache.k.device
         self.page_size = cache.page_size
         self.max_pages = math.ceil(max_context / self.page_size)
@@ -63,6 +67,17 @@ class ModelRunner:
             self._capture_graphs()
 
     # ---------------------------------------------------------------- prefill
+    @contextmanager
+    def shared_selection(self) -> Iterator[None]:
+        """Within the block, block-sparse prefills at positions an earlier one of the block covered
+        attend the key blocks it chose (``asr.attention.shared_selection``): for prefills of
+        alternatives after one context, undone before the next."""
+        self._shared_selection = SharedSelection()
+        try:
+            yield
+        finally:
+            self._shared_selection = None
+
     @torch.inference_mode()
     def prefill(self, seq_id: int, embeds: torch.Tensor, every_position: bool = False) -> torch.Tensor:
         """Append ``embeds`` ([n, hidden], n >= 1) to sequence ``seq_id`` in chunks; returns the last
@@ -79,7 +94,8 @@ class ModelRunner:
                 sparse = None
             page_table = self.cache.page_table([seq_id])[0] if start > 0 or sparse else None
             positions = torch.arange(start, start + chunk.shape[0], device=self.device)
-            ctx = StepContext(self.cache, slot_mapping, page_table=page_table, start=start, unisparse=sparse)
+            ctx = StepContext(self.cache, slot_mapping, page_table=page_table, start=start, unisparse=sparse,
+                              shared_selection=self._shared_selection if sparse else None)
             hidden = self.model(chunk, positions, ctx)
             if every_position:
                 every.append(self.model.logits(hidden))

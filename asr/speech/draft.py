@@ -26,6 +26,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 NO_SPEECH_PROB = 0.6  # Whisper's own rule: this likely silent, with a draft this unsure
 LOW_LOGPROB = -1.0
@@ -298,6 +299,13 @@ class HfDrafter:
     @torch.no_grad()
     def __call__(self, windows: torch.Tensor, seconds: list[float],
                  search: AlternativeSearch | None = None) -> list[Draft]:
+        # cuDNN's fused attention failed at random batch shapes in Whisper's cross-attention on an H100
+        # (torch 2.11, mid-training); the other fused kernels serve these shapes as well
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            return self._drafts(windows, seconds, search)
+
+    def _drafts(self, windows: torch.Tensor, seconds: list[float],
+                search: AlternativeSearch | None) -> list[Draft]:
         param = next(self.whisper.parameters())
         hidden = windows.to(param.device, param.dtype)
         from transformers.modeling_outputs import BaseModelOutput
