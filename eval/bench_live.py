@@ -37,7 +37,7 @@ from asr.live.client import stream_audio
 from asr.live.server import LiveServer, ServerConfig
 from asr.live.session import LiveModel
 from asr.live.stream import StreamConfig
-from asr.live.worker import FINAL, PARTIAL
+from asr.live.worker import FINAL, IDLE, PARTIAL
 from asr.speech.audio import SAMPLE_RATE, load_audio
 from asr.speech.pipeline import TranscribeOptions
 
@@ -107,6 +107,7 @@ async def run_streams(model: LiveModel, streams: int, args) -> dict:
         "streams_per_call": float(np.mean(server.worker.batch_sizes)),
         "busy_finals_s": server.worker.busy_by_priority[FINAL],
         "busy_partials_s": server.worker.busy_by_priority[PARTIAL],
+        "busy_context_s": server.worker.busy_by_priority[IDLE],  # prefilling kept finals' context when idle
         "final_lag_max": max((m["lag"] for m in finals), default=None),
         "final_backlog_max": max((m["backlog"] for m in finals), default=None),
         "errors": [m for r in results for m in r.of("error")],

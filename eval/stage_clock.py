@@ -29,7 +29,8 @@ STAGES: dict[str, tuple[str, str, str]] = {
 class StageClock:
     """``with StageClock() as clock: ...`` then ``clock.seconds``: stage -> wall seconds in it."""
 
-    def __init__(self) -> None:
+    def __init__(self, stages: dict[str, tuple[str, str, str]] | None = None) -> None:
+        self.stages = STAGES if stages is None else stages  # stage -> what it times (``STAGES`` by default)
         self.seconds: dict[str, float] = defaultdict(float)
         self._active = False  # inside a timed call: nested ones count for it
         self._originals: list[tuple[type, str, object]] = []
@@ -49,7 +50,7 @@ class StageClock:
         return timed
 
     def __enter__(self) -> StageClock:
-        for stage, (module, name, method) in STAGES.items():
+        for stage, (module, name, method) in self.stages.items():
             owner = getattr(importlib.import_module(module), name)
             original = owner.__dict__[method]
             self._originals.append((owner, method, original))
@@ -62,7 +63,7 @@ class StageClock:
         self._originals.clear()
 
     def breakdown(self, total_seconds: float) -> dict[str, float]:
-        """Seconds per stage in ``STAGES`` order, plus ``other``: the rest of ``total_seconds``."""
-        stages = {stage: round(self.seconds.get(stage, 0.0), 3) for stage in STAGES}
+        """Seconds per stage in ``self.stages`` order, plus ``other``: the rest of ``total_seconds``."""
+        stages = {stage: round(self.seconds.get(stage, 0.0), 3) for stage in self.stages}
         stages["other"] = round(max(0.0, total_seconds - sum(self.seconds.values())), 3)
         return stages

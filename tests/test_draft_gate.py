@@ -151,16 +151,31 @@ def test_sure_words_kept_and_guessed_share():
     assert DraftDecoding(rescore=False, correct_share=0.7).corrects(draft)
 
 
-def test_scored_continuations_are_their_summed_logprobs_and_leave_the_sequence_as_it_was(tiny):
-    engine = engine_for(tiny)
+@pytest.mark.parametrize("overrides, trees", [
+    pytest.param({}, 1, id="one-token-tree"),
+    pytest.param({"prefill_chunk": 2}, 0, id="in-turn"),  # the tree does not fit one forward
+])
+def test_scored_continuations_are_their_summed_logprobs_and_leave_the_sequence_as_it_was(tiny, overrides,
+                                                                                         trees):
+    engine = engine_for(tiny, **overrides)
+    forwards = {"tree": 0}
+    prefill_tree = engine.runner.prefill_tree
+
+    def counted(*args):
+        forwards["tree"] += 1
+        return prefill_tree(*args)
+
+    engine.runner.prefill_tree = counted
     seq = engine.new_sequence()
     engine.append(seq, token_ids=token_ids(11, seed=5))
     before, logits_before = seq.num_tokens, seq.next_logits.clone()
     reading = token_ids(6, seed=3)
     # unrelated readings, and readings sharing a prefix with one another (prefilled once, then branched)
     candidates = [token_ids(4, seed=1), token_ids(1, seed=2), reading, reading[:3] + token_ids(2, seed=4),
-                  reading[:2], reading + token_ids(1, seed=6), reading[:3] + token_ids(3, seed=7)]
+                  reading[:2], reading + token_ids(1, seed=6), reading[:3] + token_ids(3, seed=7), []]
     scores = engine.score_continuations(seq, candidates)
+    assert forwards["tree"] == trees
+    assert scores[-1] == 0.0
     assert seq.num_tokens == engine.cache.length(seq.seq_id) == before
     assert torch.equal(seq.next_logits, logits_before)
     for candidate, score in zip(candidates, scores):
@@ -172,3 +187,19 @@ def test_scored_continuations_are_their_summed_logprobs_and_leave_the_sequence_a
             expected += float(stepped.next_logits.float().log_softmax(-1)[token])
             step.append(stepped, token_ids=[token])
         assert score == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("probabilities, wanted", [
+    pytest.param((0.95, 0.99, 0.97), False, id="sure-kept-whole"),
+    pytest.param((0.3, 0.95, 0.97), True, id="one-guess-readings-arbitrate"),
+    pytest.param((0.3, 0.2, 0.97), False, id="mostly-guessed-the-llm-corrects"),
+])
+def test_readings_are_searched_only_for_drafts_the_llm_arbitrates(probabilities, wanted):
+    """Whisper's beam search runs for unsure drafts the LLM picks readings for, not for sure drafts
+    (kept whole) nor mostly guessed ones (the LLM corrects them token by token, reading no readings)."""
+    words = tuple(DraftWord(start, start + 2, p) for start, p in zip((0, 3, 6), probabilities))
+    draft = Draft("aa bb cc", words, end_probability=0.99)
+    decoding = DraftDecoding()
+    assert decoding.search().wants(draft) == wanted
+    assert wanted == (not draft.sure(decoding.gate) and not decoding.corrects(draft))
+    assert not decoding.search().wants(Draft(""))

@@ -31,7 +31,8 @@ def finals_of(live_model, engine, chunks):  # noqa: F811
 
     decoders = [live_model.open(engine) for _ in chunks]
     try:
-        captions = list(live_model.finals([ChunkRequest(a, 0.0, d) for a, d in zip(chunks, decoders)]))
+        answered = live_model.finals([ChunkRequest(a, 0.0, d) for a, d in zip(chunks, decoders)])
+        captions = [caption for _, caption in sorted(answered, key=lambda pair: pair[0])]
     finally:
         for decoder in decoders:
             decoder.close()
@@ -57,8 +58,9 @@ def test_drafts_of_open_chunks_read_their_words_from_short_windows(live_model, u
     encoder = live_model.model.encoder
     seconds = [4.0, 6.5]  # the open chunks so far: the first seconds of each utterance
     prefixes = [audio[: int(s * SR)] for (audio, _), s in zip(utterances, seconds)]
-    assert encoder.window_samples(prefixes, 2.0) == 10 * SR  # the longest plus the margin in 5-s steps
-    drafts = list(live_model.drafts([ChunkRequest(p, 0.0) for p in prefixes]))
+    assert encoder.window_samples(prefixes, 2.0) == 10 * SR  # the longest plus the margin in 2.5-s steps
+    drafts = [caption for _, caption in sorted(live_model.drafts([ChunkRequest(p, 0.0) for p in prefixes]),
+                                                key=lambda pair: pair[0])]
     for (_, reference), draft, s in zip(utterances, drafts, seconds):
         words = reference.split()[: len(draft.text.split())]
         assert draft.text and error_rates([" ".join(words)], [draft.text])[0] < 0.35, (reference, draft.text)
@@ -68,7 +70,8 @@ def test_drafts_of_open_chunks_read_their_words_from_short_windows(live_model, u
 @pytest.mark.parametrize(
     "backend, lengths, margin, window",
     [
-        pytest.param("ctranslate2", [SR, 3 * SR + 5], 2.0, 10 * SR, id="longest-plus-margin-in-5s-steps"),
+        pytest.param("ctranslate2", [SR, 3 * SR + 5], 2.0, int(7.5 * SR), id="longest-plus-margin-steps"),
+        pytest.param("ctranslate2", [SR // 2], 1.0, 5 * SR, id="at-least-5s"),
         pytest.param("ctranslate2", [3 * SR], 2.0, 5 * SR, id="exactly-one-step"),
         pytest.param("ctranslate2", [29 * SR], 2.0, 30 * SR, id="capped-at-30s"),
         pytest.param("ctranslate2", [SR], None, 30 * SR, id="no-margin-is-padded"),
@@ -82,6 +85,37 @@ def test_window_samples(backend, lengths, margin, window):
 
     encoder = AudioEncoder(SimpleNamespace(name=backend, dim=8), None, "cpu", None)
     assert encoder.window_samples([np.zeros(n, np.float32) for n in lengths], margin) == window
+
+
+def test_each_chunk_gets_its_own_window_and_only_equal_windows_share_a_batch():
+    """Short windows: a long chunk does not stretch its batch mates' windows; frames come back in order."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from asr.speech.encoder import AudioEncoder
+
+    batches = []  # (window samples, chunks in the batch)
+
+    def backend(features):  # [batch, mels, window / 160] -> [batch, window / 320, dim], row i filled with i
+        batches.append((features.shape[2] * 160, features.shape[0]))
+        return torch.arange(features.shape[0], dtype=torch.float32)[:, None, None].expand(
+            -1, features.shape[2] // 2, 8).clone()
+
+    def log_mel(chunks, sampling_rate, return_tensors, device, max_length):
+        return SimpleNamespace(input_features=torch.zeros(len(chunks), 80, max_length // 160))
+
+    class Backend:  # CTranslate2 by name: it takes short windows
+        name, dim = "ctranslate2", 8
+        __call__ = staticmethod(backend)
+
+    encoder = AudioEncoder(Backend(), log_mel, "cpu", torch.float32)
+    chunks = [np.zeros(n, np.float32) for n in (SR, 12 * SR, 2 * SR)]
+    frames, _ = encoder.encode_with_drafts(chunks, drafts=False, margin_s=2.0)
+    assert sorted(batches) == [(5 * SR, 2), (15 * SR, 1)]
+    assert [f.shape[0] for f in frames] == [50, 600, 100]
+    # rows of one batch keep their chunks' order: the 1-s chunk first, the 2-s chunk second
+    assert (frames[0] == 0).all() and (frames[2] == 1).all() and (frames[1] == 0).all()
 
 
 def test_short_windows_keep_memory_flat(live_model):  # noqa: F811

@@ -12,7 +12,7 @@ import pytest
 from asr.live.agreement import LocalAgreement
 from asr.live.protocol import AudioInput, ProtocolError, StreamFormat, parse_message, parse_start
 from asr.live.vad import StreamSegmenter, StreamSegmenterConfig
-from asr.live.worker import FINAL, PARTIAL, ModelWorker
+from asr.live.worker import FINAL, IDLE, PARTIAL, ModelWorker
 
 SR = 16000
 
@@ -155,6 +155,37 @@ def test_worker_serves_sessions_round_robin_finals_first():
     assert order == ["c-final", "d-final", "b-partial"]
 
 
+def test_worker_runs_idle_work_piece_by_piece_only_while_no_job_waits():
+    """Idle work starts when no job waits, yields to a job after the piece running, and stops when it
+    says none is left (the worker sleeps then, until the next job)."""
+    events, pieces, first_piece = [], [0.05, 0.05, 0.2], threading.Event()
+
+    def idle():
+        if not pieces:
+            events.append("none left")
+            return False
+        first_piece.set()
+        time.sleep(pieces.pop())
+        events.append("idle")
+        return True
+
+    async def scenario():
+        worker = ModelWorker(idle=idle)
+        try:
+            await asyncio.to_thread(first_piece.wait)
+            await worker.run("a", lambda: events.append("job"))
+            while "none left" not in events:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+        return worker
+
+    worker = asyncio.run(scenario())
+    assert events == ["idle", "job", "idle", "idle", "none left"]
+    assert worker.busy_by_priority[IDLE] >= 0.3 - 1e-3
+
+
 @pytest.mark.parametrize(
     "drafts, expected",
     [
@@ -184,14 +215,15 @@ def test_worker_batches_waiting_sessions_and_settles_each_item():
     calls = []
     gate = threading.Event()
 
-    def batch(items):
+    def batch(items):  # answers the last item first
         calls.append(list(items))
-        for item in items:
-            yield ValueError(item) if item == "bad" else item.upper()
+        for position in reversed(range(len(items))):
+            item = items[position]
+            yield position, ValueError(item) if item == "bad" else item.upper()
 
     def broken(items):
         calls.append(list(items))
-        yield "first"
+        yield 0, "first"
         raise RuntimeError("encoder failed")
 
     async def scenario():

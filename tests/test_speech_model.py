@@ -171,6 +171,66 @@ def test_a_draft_whisper_was_sure_of_is_kept_whole_and_prefilled_with_the_next_c
         assert session.seq.num_tokens == after_first + kept_turn + chunk_prompt
 
 
+def test_kept_drafts_wait_for_the_next_chunk_the_llm_reads_and_leave_the_same_context(model):
+    """With ``defer_kept``, chunks whose drafts are kept whole are not prefilled until a chunk the LLM must
+    read: the transcripts, the context and its next-token logits are those of prefilling each at once."""
+    from asr.speech.model import EncodedChunk
+    from asr.speech.repetition import LoopConfig
+
+    sure = replace(model, drafts=True, encoder=FrameEncoder(word_probability=0.99))
+    audio = np.zeros(16000, dtype=np.float32)
+    torch.manual_seed(0)
+    kept = [sure.encode_chunks([audio])[0] for _ in range(2)]
+    unsure_words = tuple(DraftWord(start, start + 2, 0.6) for start in (0, 3, 6))
+    unsure = EncodedChunk(sure.encode_chunks([audio])[0].embeds, Draft(
+        "11 12 13", unsure_words, 1.0, logprob=-5.0, alternatives=(Hypothesis("11 14 13", -1.0),)))
+    loop = LoopConfig(tokens_per_second=5.0, extra_tokens=3)
+    outcomes = []
+    for defer_kept in (0, 2):
+        engine = sure.open_engine(CONFIG, 10)
+        with sure.open_session(engine, loop, None, defer_kept=defer_kept) as session:
+            started = session.seq.num_tokens
+            texts = [session.transcribe_chunk(audio, float(index), encoded=chunk).text
+                     for index, chunk in enumerate(kept)]
+            held_back = session.seq.num_tokens == started
+            texts.append(session.transcribe_chunk(audio, 2.0, encoded=unsure).text)
+            assert not session.deferred and session.stats.drafts_kept == 2
+            outcomes.append((texts, held_back, list(session.seq.token_ids), session.seq.next_logits.clone()))
+    (texts, held_back, context, logits), (deferred_texts, deferred_held_back, deferred_context,
+                                          deferred_logits) = outcomes
+    assert texts == deferred_texts and texts[0] == "11 12 13"
+    assert (held_back, deferred_held_back) == (False, True)
+    assert context == deferred_context
+    torch.testing.assert_close(deferred_logits, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_deferred_chunks_are_bounded_and_flushed_with_the_last_transcript(model):
+    """At most ``defer_kept`` kept chunks wait: the next one goes in with them; ``flush`` prefills the
+    waiting ones and the last transcript's closing tokens, so the context holds everything."""
+    from asr.speech.repetition import LoopConfig
+
+    sure = replace(model, drafts=True, encoder=FrameEncoder(word_probability=0.99))
+    audio = np.zeros(16000, dtype=np.float32)
+    (encoded,) = sure.encode_chunks([audio])
+    chunk_prompt = len(PROMPT.before_audio) + encoded.embeds.shape[0] + len(PROMPT.after_audio)
+    kept_turn = len([11, 12, 13] + PROMPT.after_transcript)
+    engine = sure.open_engine(CONFIG, 10)
+    with sure.open_session(engine, LoopConfig(tokens_per_second=5.0, extra_tokens=3), None,
+                           defer_kept=2) as session:
+        started = session.seq.num_tokens
+        for index in range(3):
+            session.transcribe_chunk(audio, float(index), encoded=encoded)
+        assert not session.deferred  # the third could not wait: all three went in together
+        assert session.seq.num_tokens == started + 3 * chunk_prompt + 2 * kept_turn
+        session.transcribe_chunk(audio, 3.0, encoded=encoded)
+        assert len(session.deferred) == 1
+        session.flush()
+        assert not session.deferred and not session.pending
+        assert session.seq.num_tokens == started + 4 * chunk_prompt + 4 * kept_turn
+        session.flush()  # nothing waits: nothing changes
+        assert session.seq.num_tokens == started + 4 * chunk_prompt + 4 * kept_turn
+
+
 def _picked(model, draft, decoding):
     """The transcript a session writes for one chunk whose draft is ``draft``; and the LLM's scores of
     the draft and its readings from the same context."""

@@ -9,6 +9,10 @@ captions come from Whisper's draft alone (``AudioEncoder.draft_short``): the LLM
 path, and the drafts of all streams waiting for one are one batch. Both encode windows only a
 little longer than their chunks (``PARTIAL_MARGIN_S``, ``FINAL_MARGIN_S``), not 30 s.
 
+A final whose draft Whisper was sure of is sent without LLM work; its audio and transcript still go
+into the stream's context, prefilled later (``DEFERRED_CHUNKS``): when the worker is idle
+(``settle_context``), or with the stream's next chunk the LLM must read, whichever comes first.
+
 Every method here runs on the model worker's thread (``asr.live.worker``), never on the event loop.
 """
 
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -32,13 +36,16 @@ log = logging.getLogger(__name__)
 
 MAX_PROMPT_TOKENS = 200  # an optional client prompt sits in the context for the whole session
 # Live chunks are encoded in windows as long as the chunk plus at least this much silence (in whole
-# 5-s steps: ``AudioEncoder.window_samples``), not 30 s (a 5-s chunk in a 10-s window costs about a
-# third of the encoder time). With no silence Whisper's decoder reads past the audio's end
+# 2.5-s steps: ``AudioEncoder.window_samples``), not 30 s (a 5-s chunk in a 10-s window costs about a
+# fifth of the encoder time). With no silence Whisper's decoder reads past the audio's end
 # and repeats itself: dev-set draft WER 27.9% against 10.1% in 30-s windows; 2 s of silence: 12.2%,
 # 5 s: 10.5% (eval/draft_window.py, BENCHMARKS.md). Tentative captions take the cheaper window (the
 # next draft and the final correct them); finals, which keep what they write, the closer one.
 PARTIAL_MARGIN_S = 2.0
 FINAL_MARGIN_S = 5.0
+# kept chunks a stream's context may hold back from its prefill (a few: bounded memory and one
+# bounded prefill when they go in with a chunk the LLM reads)
+DEFERRED_CHUNKS = 4
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,7 @@ class LiveModel:
 
     def __init__(self, model: SpeechModel, options: TranscribeOptions) -> None:
         self.model, self.options = model, options
+        self.decoders: list[LiveDecoder] = []  # open ones, oldest first
 
     @classmethod
     def load(
@@ -89,36 +97,56 @@ class LiveModel:
     def open(self, engine: LLMEngine, prompt: str = "") -> LiveDecoder:
         """A decoder for one stream: a new sequence of ``engine`` (from ``open_engine``)."""
         session = self.model.open_session(
-            engine, self.options.loop, self.options.distance_cap(), self.options.draft_decoding()
+            engine, self.options.loop, self.options.distance_cap(), self.options.draft_decoding(),
+            defer_kept=DEFERRED_CHUNKS,
         )
         if prompt:
             ids = self.model.tokenizer(prompt, add_special_tokens=False).input_ids[:MAX_PROMPT_TOKENS]
             engine.append(session.seq, token_ids=ids)
-        return LiveDecoder(session)
+        decoder = LiveDecoder(session, self.decoders.remove)
+        self.decoders.append(decoder)
+        return decoder
 
-    def finals(self, requests: list[ChunkRequest]) -> Iterator[Caption | AsrError]:
-        """Each closed chunk appended with its transcript to its stream's context for good, in
-        order: one encoder batch for all of them, then the speech LLM per stream. A chunk the
+    def settle_context(self) -> bool:
+        """Idle work (``ModelWorker``'s ``idle``): prefill the context one stream's finals left for later,
+        the stream that has waited longest; False when no stream has any."""
+        waiting = next((decoder for decoder in self.decoders if decoder.session.deferred), None)
+        if waiting is None:
+            return False
+        waiting.session.flush()
+        self.decoders.remove(waiting)  # to the back: streams take turns
+        self.decoders.append(waiting)
+        return True
+
+    def finals(self, requests: list[ChunkRequest]) -> Iterator[tuple[int, Caption | AsrError]]:
+        """Each closed chunk appended with its transcript to its stream's context for good: one encoder
+        batch for all of them, then per stream the speech LLM, the chunks whose drafts are kept whole
+        (no LLM work) first. Yields (position in ``requests``, its caption) as each is done. A chunk the
         speech library refuses (e.g. its context is full) yields the error, the others go on."""
         began = time.perf_counter()
         audios = [request.audio for request in requests]
         encoded = self.model.encode_chunks(audios, self.options.draft_decoding().search(), FINAL_MARGIN_S)
         encode_share = (time.perf_counter() - began) / len(requests)
-        for request, chunk in zip(requests, encoded):
+        sessions = [request.decoder.session for request in requests]
+        order = sorted(range(len(requests)), key=lambda i: sessions[i].kept_draft(
+            len(requests[i].audio) / SAMPLE_RATE, encoded[i].draft) is None)
+        for position in order:
+            request = requests[position]
             began = time.perf_counter()
             try:
-                segment = request.decoder.session.transcribe_chunk(
-                    request.audio, request.start_s, SAMPLE_RATE, encoded=chunk
+                segment = sessions[position].transcribe_chunk(
+                    request.audio, request.start_s, SAMPLE_RATE, encoded=encoded[position]
                 )
             except AsrError as error:
-                yield error
+                yield position, error
                 continue
             seconds = encode_share + time.perf_counter() - began
-            yield Caption(request.start_s, request.end_s, segment.text if segment else "", seconds)
+            yield position, Caption(request.start_s, request.end_s, segment.text if segment else "", seconds)
 
-    def drafts(self, requests: list[ChunkRequest]) -> Iterator[Caption]:
+    def drafts(self, requests: list[ChunkRequest]) -> Iterator[tuple[int, Caption]]:
         """Whisper's draft of each still-open chunk (no context, nothing kept), as one batch of
-        short encoder windows; empty texts when the model has no Whisper decoder loaded."""
+        short encoder windows, as (position in ``requests``, caption); empty texts when the model
+        has no Whisper decoder loaded."""
         began = time.perf_counter()
         audios = [request.audio for request in requests]
         if self.model.encoder.drafter is None:
@@ -126,18 +154,20 @@ class LiveModel:
         else:
             texts = [draft.text for draft in self.model.encoder.draft_short(audios, PARTIAL_MARGIN_S)]
         seconds = time.perf_counter() - began  # what one round of every stream's tentative captions cost
-        for request, text in zip(requests, texts):
-            yield Caption(request.start_s, request.end_s, text, seconds)
+        for position, (request, text) in enumerate(zip(requests, texts)):
+            yield position, Caption(request.start_s, request.end_s, text, seconds)
 
 
 class LiveDecoder:
-    """One stream in one growing decoder context (``LongformSession``) of the shared engine."""
+    """One stream in one growing decoder context (``LongformSession``) of the shared engine;
+    ``on_close(decoder)`` is told when it closes."""
 
-    def __init__(self, session: LongformSession) -> None:
-        self.session = session
+    def __init__(self, session: LongformSession, on_close: Callable[[LiveDecoder], None]) -> None:
+        self.session, self.on_close = session, on_close
         self.closed = False
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.session.close()
+            self.on_close(self)

@@ -37,10 +37,11 @@ ARRIVALS_KEPT = 4096  # (sample count, arrival time) pairs kept to time captions
 class StreamConfig:
     """max_seconds: longest stream (its context is sized for it); max_backlog_s: audio waiting for
     the model before the reader pauses; partial_interval_s: tentative captions this often while
-    speech goes on (after final captions: the worker serves those first); partial_share: most of
-    the model's time tentative captions may take (a stream waits this much longer than the last
-    batched draft call took, so all streams' drafts together stay within the share; on a slow CPU
-    they come less often); min_partial_s: shortest open speech worth one."""
+    speech goes on, from one's request to the next's (after final captions: the worker serves those
+    first); partial_share: most of the model's time tentative captions may take (a stream asks for
+    its next draft no sooner than the last batched draft call took over this share after asking for
+    the last, so all streams' drafts together stay within the share; on a slow CPU they come less
+    often); min_partial_s: shortest open speech worth one."""
 
     max_seconds: float = 1800.0
     max_backlog_s: float = 60.0
@@ -78,7 +79,7 @@ class StreamSession:
         self._room = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task | None = None
-        self._last_partial = time.monotonic()
+        self._last_partial = time.monotonic()  # when the last tentative caption was asked for
         self._partial_cost = 0.0  # model seconds of the last batched draft call this stream was in
 
     @property
@@ -187,7 +188,7 @@ class StreamSession:
             if self._stopping:
                 return
             # tentative captions take at most ``partial_share`` of the worker's time
-            spacing = self._partial_cost * (1 / config.partial_share - 1)
+            spacing = self._partial_cost / config.partial_share
             wait = max(config.partial_interval_s, spacing) - (time.monotonic() - self._last_partial)
             open_chunk = self.segmenter.open_chunk()
             if (
@@ -196,8 +197,8 @@ class StreamSession:
                 and len(open_chunk.audio) >= config.min_partial_s * SAMPLE_RATE
             ):
                 request = ChunkRequest(open_chunk.audio, open_chunk.start / SAMPLE_RATE)
-                caption = await self.worker.run_batched(self.id, self.model.drafts, request, PARTIAL)
                 self._last_partial = time.monotonic()
+                caption = await self.worker.run_batched(self.id, self.model.drafts, request, PARTIAL)
                 self._partial_cost = caption.seconds
                 if not self.finals and open_chunk.start == getattr(
                     self.segmenter.open_chunk(), "start", None

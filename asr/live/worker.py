@@ -6,7 +6,9 @@ final captions before tentative ones: a busy stream cannot starve the others, an
 captions only use time that no final needs. Batched jobs (``run_batched``) of several sessions
 that name the same batch call and priority run as one call: the first session in turn order picks
 the call, the others waiting with it join (up to ``max_batch``), and all move to the back of the
-turn order. The event loop awaits futures and never blocks.
+turn order. When no job waits, the worker runs its ``idle`` work (e.g. prefilling context that
+finals left for later, ``LiveModel.settle_context``) one piece at a time, so a job that arrives waits
+for one piece at most. The event loop awaits futures and never blocks.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 FINAL, PARTIAL = 0, 1  # job priorities: lower runs first
+IDLE = 2  # what the worker's idle work is counted under in ``busy_by_priority``
 MAX_BATCH = 8  # most sessions served by one batched call
 
-# items of several sessions -> one result per item, in order (an exception instance fails that item only)
-BatchCall = Callable[[list[Any]], Iterable[Any]]
+# items of several sessions -> (position in the items, its result) per item, in any order (an exception
+# instance as the result fails that item only)
+BatchCall = Callable[[list[Any]], Iterable[tuple[int, Any]]]
 
 
 @dataclass
@@ -41,17 +45,18 @@ class _Job:
 class ModelWorker:
     """``await worker.run(session_id, call, priority)`` runs ``call()`` on the worker thread;
     ``await worker.run_batched(session_id, batch, item, priority)`` runs ``item`` in one
-    ``batch(items)`` call with the items other sessions have waiting for the same ``batch``."""
+    ``batch(items)`` call with the items other sessions have waiting for the same ``batch``.
+    ``idle()``: one piece of work for an idle worker; returns whether there was any."""
 
-    def __init__(self, max_batch: int = MAX_BATCH) -> None:
-        self.max_batch = max_batch
+    def __init__(self, max_batch: int = MAX_BATCH, idle: Callable[[], bool] | None = None) -> None:
+        self.max_batch, self.idle = max_batch, idle
         self.batch_sizes: list[int] = []  # sessions served by each call, in order (for benchmarks)
         self._jobs: dict[str, _Job] = {}  # session id -> its waiting job (insertion order = arrival)
         self._turn: list[str] = []  # session ids, rotated as they are served
         self._ready = threading.Condition()
         self._stopped = False
         self.busy_seconds = 0.0
-        self.busy_by_priority = {FINAL: 0.0, PARTIAL: 0.0}  # busy seconds per job priority
+        self.busy_by_priority = {FINAL: 0.0, PARTIAL: 0.0, IDLE: 0.0}  # busy seconds per job priority
         self._thread = threading.Thread(target=self._serve, name="asr-model-worker", daemon=True)
         self._thread.start()
 
@@ -111,7 +116,15 @@ class ModelWorker:
         return [self._jobs.pop(session_id) for session_id in chosen]
 
     def _serve(self) -> None:
+        idle_done = False  # the idle work said there is none left (until the next job)
         while True:
+            with self._ready:
+                idle = not self._stopped and not self._jobs and self.idle is not None and not idle_done
+            if idle:
+                began = time.perf_counter()
+                idle_done = not _run_idle(self.idle)
+                self._count(IDLE, time.perf_counter() - began)
+                continue
             with self._ready:
                 while not self._stopped and not self._jobs:
                     self._ready.wait()
@@ -122,15 +135,27 @@ class ModelWorker:
                         job.loop.call_soon_threadsafe(_cancel, job.future)
                     return
                 jobs = self._next()
+            idle_done = False
             began = time.perf_counter()
             self.batch_sizes.append(len(jobs))
             if jobs[0].batch is None:
                 _run_one(jobs[0])
             else:
                 _run_batch(jobs)
-            spent = time.perf_counter() - began
-            self.busy_seconds += spent
-            self.busy_by_priority[jobs[0].priority] = self.busy_by_priority.get(jobs[0].priority, 0.0) + spent
+            self._count(jobs[0].priority, time.perf_counter() - began)
+
+    def _count(self, priority: int, seconds: float) -> None:
+        self.busy_seconds += seconds
+        self.busy_by_priority[priority] = self.busy_by_priority.get(priority, 0.0) + seconds
+
+
+def _run_idle(idle: Callable[[], bool]) -> bool:
+    """One piece of idle work; a failure is logged and ends idle work until the next job."""
+    try:
+        return idle()
+    except Exception:
+        log.exception("idle work failed")
+        return False
 
 
 def _run_one(job: _Job) -> None:
@@ -143,20 +168,20 @@ def _run_one(job: _Job) -> None:
 
 
 def _run_batch(jobs: list[_Job]) -> None:
-    """Settle each job as the batch call yields its result (the first session need not wait for
-    the last); a failure of the whole call fails the jobs it has not answered yet."""
-    answered = 0
+    """Settle each job as the batch call yields its result (a session need not wait for the others);
+    a failure of the whole call fails the jobs it has not answered yet."""
+    waiting = dict(enumerate(jobs))
     try:
-        for job, result in zip(jobs, jobs[0].batch([job.item for job in jobs])):
+        for position, result in jobs[0].batch([job.item for job in jobs]):
+            job = waiting.pop(position)
             failed = isinstance(result, BaseException)
             job.loop.call_soon_threadsafe(_settle, job.future, None if failed else result,
                                           result if failed else None)
-            answered += 1
-        if answered < len(jobs):
-            raise RuntimeError(f"the batch call answered {answered} of {len(jobs)} items")
+        if waiting:
+            raise RuntimeError(f"the batch call answered {len(jobs) - len(waiting)} of {len(jobs)} items")
     except BaseException as caught:
         log.debug("batched model call failed: %r", caught)
-        for job in jobs[answered:]:
+        for job in waiting.values():
             job.loop.call_soon_threadsafe(_settle, job.future, None, caught)
 
 

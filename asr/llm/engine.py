@@ -29,6 +29,7 @@ from asr.llm.quantize import quantize_linear_layers
 from asr.llm.runner import ModelRunner
 from asr.llm.sampler import sample
 from asr.llm.sequence import Sequence
+from asr.llm.token_tree import TokenTree, token_tree
 
 log = logging.getLogger(__name__)
 
@@ -179,17 +180,39 @@ class LLMEngine:
         """Log-probability (nats, summed over its tokens) of each candidate continuation of ``seq``, each
         from what ``seq`` holds now; ``seq`` ends as it began (its ``next_logits`` too).
 
-        Candidates go in sorted order, so each shares the longest prefix it can with the one before: only
-        the tokens after that prefix are prefilled (readings of one chunk mostly differ in a word or
-        two, so this prefills about half the tokens of one prefill per candidate). Block-sparse
-        prefills of a later candidate attend the key blocks the first chose for those positions
-        (``ModelRunner.shared_selection``)."""
+        Where the context is short enough for dense prefill, the candidates go in as one token tree
+        (``asr.llm.token_tree``): one forward over their distinct prefixes, each attending the context
+        and its own earlier tokens. Otherwise they go one after another in sorted order, each sharing the
+        longest prefix it can with the one before: only the tokens after that prefix are prefilled
+        (readings of one chunk mostly differ in a word or two, so this prefills about half the tokens
+        of one prefill per candidate); block-sparse prefills of a later candidate attend the key blocks
+        the first chose for those positions (``ModelRunner.shared_selection``)."""
         if seq.next_logits is None:
             raise ValueError("append a prompt to the sequence before scoring continuations")
-        start = seq.num_tokens
         candidates = [list(candidate) for candidate in candidates]
         for candidate in candidates:
-            self.check_fits(start + len(candidate))
+            self.check_fits(seq.num_tokens + len(candidate))
+        tree = token_tree([candidate[:-1] for candidate in candidates])
+        if tree.tokens and self.runner.dense_prefill(seq.seq_id, len(tree.tokens)):
+            return self._score_tree(seq, candidates, tree)
+        return self._score_in_turn(seq, candidates)
+
+    def _score_tree(self, seq: Sequence, candidates: list[list[int]], tree: TokenTree) -> list[float]:
+        start = seq.num_tokens
+        embeds = self.embed_tokens(tree.tokens)
+        after = self.runner.prefill_tree(seq.seq_id, embeds, tree.depths, tree.ancestors)
+        self.cache.truncate(seq.seq_id, start)
+        # row 0: after the context; row 1 + node: after that node
+        logprobs = torch.cat([seq.next_logits.float()[None], after.float()]).log_softmax(dim=-1)
+        scores = []
+        for candidate, path in zip(candidates, tree.paths):
+            rows = torch.as_tensor([0] + [1 + node for node in path], device=logprobs.device)
+            picked = logprobs[rows].gather(1, torch.as_tensor(candidate, device=logprobs.device)[:, None])
+            scores.append(float(picked.sum()) if candidate else 0.0)
+        return scores
+
+    def _score_in_turn(self, seq: Sequence, candidates: list[list[int]]) -> list[float]:
+        start = seq.num_tokens
         held: list[int] = []  # tokens prefilled after ``start``, as the cache holds them now
         held_logits = [seq.next_logits.float()]  # row i: the logits after held[:i]
         scores = [0.0] * len(candidates)

@@ -101,6 +101,31 @@ class ModelRunner:
                 every.append(self.model.logits(hidden))
         return torch.cat(every) if every_position else self.model.logits(hidden[-1:])[0]
 
+    def dense_prefill(self, seq_id: int, count: int) -> bool:
+        """Whether appending ``count`` tokens to ``seq_id`` would attend densely in one forward."""
+        length = self.cache.length(seq_id) + count
+        return count <= self.prefill_chunk and (self.unisparse is None or length < self.unisparse.min_context)
+
+    @torch.inference_mode()
+    def prefill_tree(self, seq_id: int, embeds: torch.Tensor, depths: list[int],
+                     ancestors: torch.Tensor) -> torch.Tensor:
+        """One dense forward over the nodes of a token tree after sequence ``seq_id``'s cached tokens
+        (``asr.llm.token_tree``): ``embeds`` [n, hidden] the nodes' inputs, parents first; ``depths``
+        their depths (a node sits at the cache's length plus its depth); ``ancestors`` [n, n] bool what
+        each node attends besides the cache. Their K/V are written after the cache (the caller truncates
+        them away); returns each node's logits [n, vocab] float32. Only where ``dense_prefill``."""
+        count = embeds.shape[0]
+        if not self.dense_prefill(seq_id, count):
+            raise ValueError(f"a {count}-node tree cannot be prefilled densely in one forward here")
+        start = self.cache.length(seq_id)
+        slot_mapping = self.cache.reserve([seq_id], [count])
+        positions = start + torch.as_tensor(depths, dtype=torch.int64, device=self.device)
+        page_table = self.cache.page_table([seq_id])[0]
+        ctx = StepContext(self.cache, slot_mapping, page_table=page_table, start=start,
+                          tree=ancestors.to(self.device))
+        hidden = self.model(embeds.to(self.device, self.model.embed_tokens.weight.dtype), positions, ctx)
+        return self.model.logits(hidden)
+
     # ---------------------------------------------------------------- decode
     @torch.inference_mode()
     def decode(self, seq_ids: list[int], token_ids: torch.Tensor) -> torch.Tensor:

@@ -74,11 +74,20 @@ class Hypothesis:
 @dataclass(frozen=True)
 class AlternativeSearch:
     """Whisper's beam search (``beam_size``) for ``count`` other readings of each draft that is not sure
-    at ``gate`` (``Draft.sure``); the speech LLM then picks among them (``asr.speech.draft_decoding``)."""
+    at ``gate`` (``Draft.sure``); the speech LLM then picks among them (``asr.speech.draft_decoding``).
+    Drafts with more than ``max_unsure_share`` of their words below ``unsure_word`` get none: the LLM
+    corrects those token by token and reads no readings (1.0: every unsure draft gets them)."""
 
     gate: float
     count: int = 5
     beam_size: int = 5
+    max_unsure_share: float = 1.0
+    unsure_word: float = 0.5
+
+    def wants(self, draft: Draft) -> bool:
+        """Whether ``draft`` gets other readings."""
+        return (bool(draft.text) and not draft.sure(self.gate)
+                and draft.unsure_share(self.unsure_word) <= self.max_unsure_share)
 
 
 @dataclass(frozen=True)
@@ -250,7 +259,7 @@ class Ct2Drafter:
         text, once; log-probabilities as sums: CTranslate2 scores a beam by its mean log-probability)."""
         import ctranslate2
 
-        unsure = [i for i, draft in enumerate(drafts) if draft.text and not draft.sure(search.gate)]
+        unsure = [i for i, draft in enumerate(drafts) if search.wants(draft)]
         if not unsure:
             return drafts
         picked = np.ascontiguousarray(windows[unsure].float().cpu().numpy())
@@ -340,7 +349,7 @@ class HfDrafter:
                            search: AlternativeSearch) -> list[Draft]:
         """``drafts`` with Whisper's ``search.count`` best beam readings added to each unsure one, each
         with its log-probability summed over its tokens and end (teacher-forced)."""
-        unsure = [i for i, draft in enumerate(drafts) if draft.text and not draft.sure(search.gate)]
+        unsure = [i for i, draft in enumerate(drafts) if search.wants(draft)]
         if not unsure:
             return drafts
         from transformers import GenerationMixin

@@ -68,8 +68,12 @@ class DraftDecoding:
         return not self.rescore or draft.unsure_share(UNSURE_WORD) > self.correct_share
 
     def search(self) -> AlternativeSearch | None:
-        """What the drafter searches for beside each unsure draft (None: no other readings)."""
-        return AlternativeSearch(self.gate, self.alternatives) if self.rescore and self.alternatives else None
+        """What the drafter searches for beside each unsure draft (None: no other readings); none for
+        the drafts the LLM corrects (``corrects``)."""
+        if not self.rescore or not self.alternatives:
+            return None
+        return AlternativeSearch(self.gate, self.alternatives, max_unsure_share=self.correct_share,
+                                 unsure_word=UNSURE_WORD)
 
     def __post_init__(self) -> None:
         if min(self.gate, self.tolerance, self.end_tolerance, self.realign_window, self.llm_weight,

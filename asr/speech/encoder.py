@@ -35,8 +35,9 @@ CHUNK_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE
 HOP_SAMPLES = 160
 SAMPLES_PER_FRAME = 2 * HOP_SAMPLES
 FRAMES_PER_SECOND = SAMPLE_RATE // SAMPLES_PER_FRAME
-WINDOW_STEP_S = 5  # short encoder windows come in whole steps of this (5, 10, ... 30 s)
-WINDOW_STEP_SAMPLES = WINDOW_STEP_S * SAMPLE_RATE
+WINDOW_STEP_S = 2.5  # short encoder windows come in whole steps of this (5, 7.5, ... 30 s)
+WINDOW_STEP_SAMPLES = int(WINDOW_STEP_S * SAMPLE_RATE)
+MIN_WINDOW_SAMPLES = 2 * WINDOW_STEP_SAMPLES  # the shortest short window
 
 
 def num_frames(num_samples: int) -> int:
@@ -188,13 +189,15 @@ class AudioEncoder:
 
     def window_samples(self, chunks: list[np.ndarray], margin_s: float | None) -> int:
         """The encoder window for ``chunks``: 30 s, or (``margin_s`` given and the backend able) the
-        longest chunk plus ``margin_s`` of silence, rounded up to a whole ``WINDOW_STEP_S``, at most
-        30 s. The few window lengths keep memory flat: with a new length per call CTranslate2's
-        process grew by ~2.7 MiB per call (120 calls), with the six lengths it does not."""
+        longest chunk plus ``margin_s`` of silence, rounded up to a whole ``WINDOW_STEP_S``, at least
+        ``MIN_WINDOW_SAMPLES``, at most 30 s. The few window lengths keep memory flat: with a new
+        length per call CTranslate2's process grew by ~2.7 MiB per call (120 calls), with eleven
+        lengths it does not."""
         if margin_s is None or not self.takes_short_windows:
             return CHUNK_SAMPLES
         longest = max(len(chunk) for chunk in chunks) + int(margin_s * SAMPLE_RATE)
-        return min(CHUNK_SAMPLES, math.ceil(longest / WINDOW_STEP_SAMPLES) * WINDOW_STEP_SAMPLES)
+        steps = max(MIN_WINDOW_SAMPLES // WINDOW_STEP_SAMPLES, math.ceil(longest / WINDOW_STEP_SAMPLES))
+        return min(CHUNK_SAMPLES, steps * WINDOW_STEP_SAMPLES)
 
     def log_mel(self, chunks: list[np.ndarray], window_samples: int = CHUNK_SAMPLES) -> torch.Tensor:
         """chunks: float32 16 kHz [samples <= 480000] each -> [batch, mels, window_samples / 160]
@@ -213,22 +216,34 @@ class AudioEncoder:
 
     @torch.no_grad()
     def draft_short(self, chunks: list[np.ndarray], margin_s: float, batch_size: int = 16) -> list[Draft]:
-        """Whisper's draft of each chunk from a window as long as its batch's longest chunk plus
-        ``margin_s`` of silence (``window_samples``), not 30 s: a 5-s chunk in a 10-s window costs
-        about a third of the encoder time (live captions; the accuracy cost: eval/draft_window.py)."""
-        return [draft for start, hidden in self._windows(chunks, batch_size, margin_s=margin_s)
-                for draft in self._drafts(hidden, chunks[start : start + batch_size])]
+        """Whisper's draft of each chunk from a window as long as the chunk plus ``margin_s`` of
+        silence (``window_samples``), not 30 s: a 5-s chunk in a 10-s window costs about a fifth of
+        the encoder time (live captions; the accuracy cost: eval/draft_window.py)."""
+        drafts: list[Draft | None] = [None] * len(chunks)
+        for indices, hidden in self._windows(chunks, batch_size, margin_s=margin_s):
+            for index, draft in zip(indices, self._drafts(hidden, [chunks[i] for i in indices])):
+                drafts[index] = draft
+        return drafts
 
     def _windows(self, chunks: list[np.ndarray], batch_size: int,
                  features_transform: FeaturesTransform | None = None, margin_s: float | None = None):
-        """Yield (first chunk index, encoder output [batch, window frames, dim]) per batch of
-        ``batch_size``; windows of 30 s (1500 frames) unless ``margin_s`` asks for short ones."""
-        for start in range(0, len(chunks), batch_size):
-            batch = chunks[start : start + batch_size]
-            features = self.log_mel(batch, self.window_samples(batch, margin_s))
-            if features_transform is not None:
-                features = features_transform(features, [len(chunk) // HOP_SAMPLES for chunk in batch])
-            yield start, self.backend(features)
+        """Yield (chunk indices, their encoder output [batch, window frames, dim]) per batch of at most
+        ``batch_size``; windows of 30 s (1500 frames, batches in order) unless ``margin_s`` asks for
+        short ones: then each chunk gets its own window (``window_samples``), and only chunks of one
+        window length share a batch (on the CPU batching saves little: four 5-10-s windows in one
+        batch cost ~80-85% of four single calls, so a long chunk must not stretch the others'
+        windows; and a chunk's frames never depend on its batch)."""
+        groups: dict[int, list[int]] = {}
+        for index, chunk in enumerate(chunks):
+            groups.setdefault(self.window_samples([chunk], margin_s), []).append(index)
+        for window, members in groups.items():
+            for start in range(0, len(members), batch_size):
+                indices = members[start : start + batch_size]
+                batch = [chunks[i] for i in indices]
+                features = self.log_mel(batch, window)
+                if features_transform is not None:
+                    features = features_transform(features, [len(chunk) // HOP_SAMPLES for chunk in batch])
+                yield indices, self.backend(features)
 
     def _drafts(self, windows: torch.Tensor, chunks: list[np.ndarray],
                 search: AlternativeSearch | None = None) -> list[Draft]:
@@ -257,12 +272,13 @@ class AudioEncoder:
         lengths = torch.tensor([num_frames(len(chunk)) for chunk in chunks], dtype=torch.int64)
         width = int(lengths.max()) if len(chunks) else 0
         frames = torch.zeros(len(chunks), width, self.dim, device=self.device, dtype=self.dtype)
-        drafted: list[Draft] = []
-        for start, hidden in self._windows(chunks, batch_size, features_transform, margin_s):
-            for offset, length in enumerate(lengths[start : start + batch_size].tolist()):
-                frames[start + offset, :length] = hidden[offset, :length]
+        drafted: list[Draft | None] = [None] * len(chunks) if drafts else []
+        for indices, hidden in self._windows(chunks, batch_size, features_transform, margin_s):
+            for row, index in enumerate(indices):
+                frames[index, : lengths[index]] = hidden[row, : lengths[index]]
             if drafts:
-                drafted.extend(self._drafts(hidden, chunks[start : start + batch_size], search))
+                for index, draft in zip(indices, self._drafts(hidden, [chunks[i] for i in indices], search)):
+                    drafted[index] = draft
         return frames, lengths.to(self.device), drafted
 
     def encode(self, chunks: list[np.ndarray], batch_size: int = 16) -> list[torch.Tensor]:
@@ -282,5 +298,5 @@ class AudioEncoder:
     @torch.no_grad()
     def draft(self, chunks: list[np.ndarray], batch_size: int = 16) -> list[Draft]:
         """Whisper's draft transcript of each chunk (training: drafts of the un-augmented log-mel)."""
-        return [text for start, hidden in self._windows(chunks, batch_size)
-                for text in self._drafts(hidden, chunks[start : start + batch_size])]
+        return [draft for indices, hidden in self._windows(chunks, batch_size)
+                for draft in self._drafts(hidden, [chunks[i] for i in indices])]

@@ -61,7 +61,7 @@ class LongformSession:
 
     def __init__(self, model: SpeechModel, engine: LLMEngine, loop: LoopConfig = LoopConfig(),
                  distance_cap: DistanceCap | None = DistanceCap(),
-                 draft_decoding: DraftDecoding = DraftDecoding()) -> None:
+                 draft_decoding: DraftDecoding = DraftDecoding(), defer_kept: int = 0) -> None:
         if engine.model is not model.llm:
             raise ValueError(
                 "the engine runs other weights than the speech model; open it with model.open_engine"
@@ -73,6 +73,10 @@ class LongformSession:
         self.engine.append(self.seq, token_ids=model.prompt.session_start)
         self.stats = SessionStats()
         self.pending: list[int] = []  # closing tokens of the last transcript, prefilled with the next chunk
+        # the context rows ([n, hidden] each) of up to ``defer_kept`` chunks whose draft was kept whole,
+        # not yet prefilled: they go in with the next chunk the LLM must read, or at ``flush``
+        self.defer_kept = defer_kept
+        self.deferred: list[torch.Tensor] = []
 
     def close(self) -> None:
         self.engine.free(self.seq)
@@ -116,8 +120,8 @@ class LongformSession:
         loop or overrun, are left out. None when none is left."""
         tokenizer, end = self.engine.tokenizer, self.model.prompt.end_of_turn
         gate = self.draft_decoding.gate
-        readings = [draft] if draft.sure(gate) else [draft] + [
-            other for other in draft.alternatives if draft.keeps_sure_words(other.text, gate)]
+        readings = [draft] + [other for other in draft.alternatives
+                              if draft.keeps_sure_words(other.text, gate)]
         candidates = []  # (reading, its token ids)
         for reading in readings:
             ids = tokenizer(reading.text, add_special_tokens=False).input_ids
@@ -130,17 +134,31 @@ class LongformSession:
             llm = self.engine.score_continuations(self.seq, [ids + [end] for _, ids in candidates])
             weight = self.draft_decoding.llm_weight
             picked = max(zip(candidates, llm), key=lambda pair: pair[0][0].logprob + weight * pair[1])[0]
-        self.stats.drafts_kept += picked[0] is draft and draft.sure(gate)
         self.stats.readings_changed += picked[0] is not draft
         return picked[1]
 
-    def _kept_draft(self, seconds: float, draft: Draft, proposal: list[int]) -> list[int] | None:
-        """The draft's tokens (``proposal`` less the turn's end) when it is kept whole: Whisper sure of
-        every word and of its end, and no loop or overrun in it (those go to the LLM). None otherwise."""
-        tokens = proposal[:-1]
-        if not draft.sure(self.draft_decoding.gate) or self._runaway(seconds, tokens):
+    def kept_draft(self, seconds: float, draft: Draft | None) -> list[int] | None:
+        """The draft's tokens when it is kept whole, the LLM reading nothing: Whisper sure of every word
+        and of its end, and no loop or overrun in it (those go to the LLM). None otherwise."""
+        if draft is None or not draft.sure(self.draft_decoding.gate):
             return None
-        return tokens
+        tokens = self.engine.tokenizer(draft.text, add_special_tokens=False).input_ids
+        return None if self._runaway(seconds, tokens) else tokens
+
+    def flush(self) -> None:
+        """Prefill the chunks left deferred (``defer_kept``) and the last transcript's closing tokens: the
+        context then holds everything so far, and the next chunk prefills only its own rows."""
+        if self.deferred:
+            self._append([self.engine.embed_tokens(self.pending)])
+            self.pending = []
+
+    def _append(self, rows: list[torch.Tensor]) -> None:
+        """One prefill of ``rows`` (embeddings [n, hidden] each), after the chunks left deferred: its cost
+        grows with the context, so the pieces go in together."""
+        if self.distance_cap is not None:
+            self.engine.cap_distances(self.seq, self.distance_cap)
+        self.engine.append(self.seq, embeds=torch.cat([*self.deferred, *rows]))
+        self.deferred = []
 
     def transcribe_chunk(self, audio: np.ndarray, start_s: float, sample_rate: int = SAMPLE_RATE, *,
                          encoded: EncodedChunk) -> Segment | None:
@@ -149,17 +167,25 @@ class LongformSession:
         the one encoder call, batched over chunks)."""
         prompt, engine = self.model.prompt, self.engine
         seconds = len(audio) / sample_rate
-        if self.distance_cap is not None:
-            engine.cap_distances(self.seq, self.distance_cap)
         draft = encoded.draft
         rescoring = draft is not None and not self.draft_decoding.corrects(draft)
         # rescoring scores readings as the LLM would write them from the audio alone: no draft in its turn
         draft_ids = None if draft is None or rescoring else draft_token_ids(engine.tokenizer, draft.text)
-        # one prefill per chunk: its cost grows with the context, so the pieces go in together
-        engine.append(self.seq, embeds=torch.cat([engine.embed_tokens(self.pending + prompt.before_audio),
-                                                  encoded.embeds,
-                                                  engine.embed_tokens(prompt.after_audio_with(draft_ids))]))
+        rows = [engine.embed_tokens(self.pending + prompt.before_audio), encoded.embeds,
+                engine.embed_tokens(prompt.after_audio_with(draft_ids))]
         self.stats.chunks += 1
+        kept = self.kept_draft(seconds, draft)
+        if kept is not None:  # the transcript is prefilled with the next chunk, as its closing tokens are
+            self.stats.drafts_kept += 1
+            if not rescoring:  # its tokens and end count as accepted proposals
+                self.stats.draft_tokens += len(kept) + 1
+                self.stats.accepted_tokens += len(kept) + 1
+            if len(self.deferred) < self.defer_kept:
+                self.deferred.append(torch.cat(rows))
+            else:
+                self._append(rows)
+            return self._finish(kept, kept + prompt.after_transcript, start_s, seconds)
+        self._append(rows)
         if rescoring:
             picked = self._picked_reading(seconds, draft)
             if picked is not None:  # prefilled with the next chunk, as the turn's closing tokens are
@@ -167,12 +193,6 @@ class LongformSession:
         proposal, confidences = [], None
         if draft is not None and not rescoring:
             proposal, confidences = draft_proposal(engine.tokenizer, draft, prompt.end_of_turn)
-            kept = self._kept_draft(seconds, draft, proposal)
-            if kept is not None:  # the transcript is prefilled with the next chunk, as its closing tokens are
-                self.stats.drafts_kept += 1
-                self.stats.draft_tokens += len(proposal)
-                self.stats.accepted_tokens += len(proposal)
-                return self._finish(kept, kept + prompt.after_transcript, start_s, seconds)
         before = self.seq.num_tokens
         tokens = self._generate(seconds, GREEDY, proposal, confidences)
         if loop_start(tokens, self.loop) is not None or repetitive(self._text(tokens), self.loop):

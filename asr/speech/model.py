@@ -94,10 +94,11 @@ class SpeechModel:
 
     def open_session(self, engine: LLMEngine, loop: LoopConfig = LoopConfig(),
                      distance_cap: DistanceCap | None = DistanceCap(),
-                     draft_decoding: DraftDecoding = DraftDecoding()) -> LongformSession:
+                     draft_decoding: DraftDecoding = DraftDecoding(), defer_kept: int = 0) -> LongformSession:
         """A long-form session (one recording or live stream) in a new sequence of ``engine`` (from
-        ``open_engine``); closing it frees its sequence, not the engine."""
-        return LongformSession(self, engine, loop, distance_cap, draft_decoding)
+        ``open_engine``); closing it frees its sequence, not the engine. defer_kept: chunks whose kept
+        drafts may wait to be prefilled (``LongformSession.flush``)."""
+        return LongformSession(self, engine, loop, distance_cap, draft_decoding, defer_kept)
 
     @torch.inference_mode()
     def encode_chunks(self, chunks: list[np.ndarray], search: AlternativeSearch | None = None,
@@ -105,8 +106,8 @@ class SpeechModel:
         """Per chunk (<= 30 s, 16 kHz float32) its LLM input embeddings and, with ``drafts``, its
         Whisper draft from the same encoder output (with other readings of the unsure ones, given
         ``search``); the chunks go through the encoder as one batch (on the CPU a batch of 4 costs
-        ~25% less per chunk than one at a time), in 30-s windows, or with ``margin_s`` in windows as
-        long as the longest chunk plus that much silence (``AudioEncoder.window_samples``)."""
+        ~25% less per chunk than one at a time), in 30-s windows, or with ``margin_s`` each in a window
+        as long as the chunk plus that much silence (``AudioEncoder.window_samples``)."""
         dtype = self.projector.up.weight.dtype
         frames, drafts = self.encoder.encode_with_drafts(chunks, drafts=self.drafts, search=search,
                                                          margin_s=margin_s)
