@@ -89,9 +89,7 @@ class ModelRunner:
             )
             start = self.cache.length(seq_id)
             slot_mapping = self.cache.reserve([seq_id], [chunk.shape[0]])
-            sparse = self.unisparse
-            if sparse is not None and start + chunk.shape[0] < sparse.min_context:
-                sparse = None
+            sparse = self._unisparse_at(start + chunk.shape[0])
             page_table = self.cache.page_table([seq_id])[0] if start > 0 or sparse else None
             positions = torch.arange(start, start + chunk.shape[0], device=self.device)
             ctx = StepContext(self.cache, slot_mapping, page_table=page_table, start=start, unisparse=sparse,
@@ -101,10 +99,16 @@ class ModelRunner:
                 every.append(self.model.logits(hidden))
         return torch.cat(every) if every_position else self.model.logits(hidden[-1:])[0]
 
+    def _unisparse_at(self, length: int) -> UniSparseConfig | None:
+        """The block-sparse prefill of a forward that brings the context to ``length`` tokens, or None
+        (dense: no UniSparse, or a context under its ``min_context``)."""
+        if self.unisparse is None or length < self.unisparse.min_context:
+            return None
+        return self.unisparse
+
     def dense_prefill(self, seq_id: int, count: int) -> bool:
         """Whether appending ``count`` tokens to ``seq_id`` would attend densely in one forward."""
-        length = self.cache.length(seq_id) + count
-        return count <= self.prefill_chunk and (self.unisparse is None or length < self.unisparse.min_context)
+        return count <= self.prefill_chunk and self._unisparse_at(self.cache.length(seq_id) + count) is None
 
     @torch.inference_mode()
     def prefill_tree(self, seq_id: int, embeds: torch.Tensor, depths: list[int],
