@@ -130,8 +130,8 @@ def test_short_windows_keep_memory_flat(live_model):  # noqa: F811
     encoder, rng = live_model.model.encoder, np.random.default_rng(0)
     chunks = [0.01 * rng.standard_normal(int(rng.uniform(1, 25) * SR)).astype(np.float32) for _ in range(60)]
     for chunk in chunks[:20]:  # every window length once
-        encoder.draft_short([chunk], 2.0)
+        encoder.draft([chunk], margin_s=2.0)
     warm = resident_mb()
     for chunk in chunks[20:]:
-        encoder.draft_short([chunk], 2.0)
+        encoder.draft([chunk], margin_s=2.0)
     assert resident_mb() - warm < 30, (warm, resident_mb())

@@ -5,7 +5,7 @@ batches across streams. Keep it that way: when the speech API changes (who owns 
 
 Final captions come from the speech LLM (``LongformSession.transcribe_chunk``); the chunks of all
 streams waiting for one go through the Whisper encoder (and its draft) as one batch. Tentative
-captions come from Whisper's draft alone (``AudioEncoder.draft_short``): the LLM is off their
+captions come from Whisper's draft alone (``AudioEncoder.draft`` with a margin): the LLM is off their
 path, and the drafts of all streams waiting for one are one batch. Both encode windows only a
 little longer than their chunks (``PARTIAL_MARGIN_S``, ``FINAL_MARGIN_S``), not 30 s.
 
@@ -152,7 +152,7 @@ class LiveModel:
         if self.model.encoder.drafter is None:
             texts = [""] * len(requests)
         else:
-            texts = [draft.text for draft in self.model.encoder.draft_short(audios, PARTIAL_MARGIN_S)]
+            texts = [draft.text for draft in self.model.encoder.draft(audios, margin_s=PARTIAL_MARGIN_S)]
         seconds = time.perf_counter() - began  # what one round of every stream's tentative captions cost
         for position, (request, text) in enumerate(zip(requests, texts)):
             yield position, Caption(request.start_s, request.end_s, text, seconds)

@@ -215,10 +215,12 @@ class AudioEncoder:
         ).input_features.to(device=self.device, dtype=torch.float32)
 
     @torch.no_grad()
-    def draft_short(self, chunks: list[np.ndarray], margin_s: float, batch_size: int = 16) -> list[Draft]:
-        """Whisper's draft of each chunk from a window as long as the chunk plus ``margin_s`` of
-        silence (``window_samples``), not 30 s: a 5-s chunk in a 10-s window costs about a fifth of
-        the encoder time (live captions; the accuracy cost: eval/draft_window.py)."""
+    def draft(self, chunks: list[np.ndarray], batch_size: int = 16,
+              margin_s: float | None = None) -> list[Draft]:
+        """Whisper's draft transcript of each chunk (training: drafts of the un-augmented log-mel), from
+        30-s windows, or with ``margin_s`` from a window as long as the chunk plus that much silence
+        (``window_samples``): a 5-s chunk in a 10-s window costs about a fifth of the encoder time
+        (live captions; the accuracy cost: eval/draft_window.py)."""
         drafts: list[Draft | None] = [None] * len(chunks)
         for indices, hidden in self._windows(chunks, batch_size, margin_s=margin_s):
             for index, draft in zip(indices, self._drafts(hidden, [chunks[i] for i in indices])):
@@ -294,9 +296,3 @@ class AudioEncoder:
         windows of 30 s, or short ones with ``margin_s`` (``window_samples``)."""
         frames, lengths, drafted = self._encode(chunks, batch_size, None, drafts, search, margin_s)
         return [frames[index, :length] for index, length in enumerate(lengths.tolist())], drafted
-
-    @torch.no_grad()
-    def draft(self, chunks: list[np.ndarray], batch_size: int = 16) -> list[Draft]:
-        """Whisper's draft transcript of each chunk (training: drafts of the un-augmented log-mel)."""
-        return [draft for indices, hidden in self._windows(chunks, batch_size)
-                for draft in self._drafts(hidden, [chunks[i] for i in indices])]
