@@ -7,6 +7,10 @@
 #                                         sync) with its output in $STAGE/NAME.log; prints its pid
 #   gpu_background.sh wait NAME SECONDS   wait until the job ends or SECONDS pass; print the log's tail
 #                                         and RUNNING or FINISHED (exit status in $STAGE/NAME.rc)
+#   gpu_background.sh stop NAME           interrupt the job (SIGINT to its whole process group, as
+#                                         Ctrl-C would: Python jobs end through KeyboardInterrupt);
+#                                         never `pkill -f PATTERN`, whose pattern also matches the
+#                                         calling command line and kills the call itself
 set -euo pipefail
 STAGE=${STAGE:-/tmp/asr}
 mkdir -p "$STAGE"
@@ -21,6 +25,8 @@ case "$1" in
         # call's output must not wait for the job)
         (cd "$tree" && exec setsid nohup bash -c '"$@"; echo $? > "'"$STAGE/$name.rc"'"' _ "$@") \
             > "$STAGE/$name.log" 2>&1 < /dev/null &
+        # a background subshell leads no process group, so setsid execs in place: $! leads the new one
+        echo $! > "$STAGE/$name.pid"
         echo "started $name" ;;
     wait)
         name=$2 seconds=$3
@@ -30,6 +36,13 @@ case "$1" in
         done
         grep -E "step|Error|error|Traceback|validation" "$STAGE/$name.log" | tail -6 || true
         if [ -e "$STAGE/$name.rc" ]; then echo "FINISHED (exit $(cat "$STAGE/$name.rc"))"; else echo RUNNING; fi ;;
+    stop)
+        name=$2
+        if [ ! -e "$STAGE/$name.rc" ] && kill -INT -- "-$(cat "$STAGE/$name.pid")" 2>/dev/null; then
+            echo "interrupted $name"
+        else
+            echo "$name had already ended"
+        fi ;;
     *)
-        echo "usage: gpu_background.sh start NAME CMD... | wait NAME SECONDS" >&2; exit 2 ;;
+        echo "usage: gpu_background.sh start NAME CMD... | wait NAME SECONDS | stop NAME" >&2; exit 2 ;;
 esac

