@@ -14,7 +14,7 @@ from asr.normalize import error_rates
 from asr.speech.audio import SAMPLE_RATE
 from training.draft_cache import DraftCache, audio_key, cache_file, read_rows, variant_wave, whisper_digest
 from training.drafts import precompute
-from training.train_asr import POOL_BATCHES, SessionStream, chunk_drafts
+from training.train_asr import POOL_BATCHES, SessionStream, chunk_drafts, with_cached_drafts
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_dev"
 pytestmark = pytest.mark.skipif(not (DEV / "manifest.jsonl").is_file(), reason="shared dev data absent")
@@ -148,3 +148,17 @@ def test_chunk_drafts_decode_only_the_uncached_chunks(encoder):
     assert decoded == [1]
     assert chunk_drafts([[(waves[0], "", True, "Cached.")]], waves[:1], CountingEncoder()) == ["Cached."]
     assert decoded == [1]
+
+
+def test_cached_drafts_only_keeps_the_utterances_with_a_variant_to_play(tmp_path):
+    manifest = _dev_manifest(tmp_path, count=4)  # the fourth has no cached draft
+    utterances = read_corpus(manifest)
+    cache = _fake_cache(manifest, cached=3)
+    first = cache.lookup(utterances[0].audio)
+    first.by_variant = {0: first.by_variant[0]}  # only its clean draft: nothing to play augmented
+    assert [u.text for u in with_cached_drafts(utterances, cache, augment=True)] == [
+        u.text for u in utterances[1:3]
+    ]
+    assert [u.text for u in with_cached_drafts(utterances, cache, augment=False)] == [
+        u.text for u in utterances[:3]
+    ]

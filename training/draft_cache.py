@@ -99,9 +99,10 @@ class UtteranceDrafts:
     key: str
     by_variant: dict[int, str] = field(default_factory=dict)
 
-    def augmented(self) -> list[int]:
-        """The cached augmented variants (1..N), in order."""
-        return sorted(variant for variant in self.by_variant if variant > 0)
+    def playable(self, augment: bool) -> list[int]:
+        """The cached variants training may play, in order: the augmented ones (1..N) when it
+        augments, else the clean one (0)."""
+        return sorted(variant for variant in self.by_variant if (variant > 0) == augment)
 
 
 @dataclass

@@ -13,7 +13,8 @@
 #      the time) for at most DRAFT_MIN (default 4) minutes: what is left is drafted per step in training.
 #   C. train_asr --drafts on OUT/kokoro + so762 train for TRAIN_MIN (default 9) minutes, continuing
 #      OUT/adapter when it holds a checkpoint, else the shipped asr/speech/weights/default; saves every
-#      SAVE_EVERY (100) steps, validates on KOKORO_HELDOUT/SO762_TEST (VALIDATE_LIMIT each) at the end.
+#      SAVE_EVERY (100) steps, validates on KOKORO_HELDOUT/SO762_TEST (VALIDATE_LIMIT each) at the end;
+#      CACHED_ONLY=1 trains only on the utterances whose draft is cached (steps 2-3x faster on an H100).
 # A rerun continues every phase where the last one stopped (SYNTH_MIN or DRAFT_MIN 0 skips that phase).
 # DEVICE cuda (default) or cpu (a test of the whole chain: int8 Kokoro, CTranslate2 drafts, train_asr
 # on the CPU with STEPS=2 BATCH=2 TRAIN_WORKERS=0). The mix: Kokoro speech is native (15% of its
@@ -28,6 +29,8 @@ kokoro_workers=${KOKORO_WORKERS:-$(on_gpu && echo 14 || echo 1)}
 draft_batch=${DRAFT_BATCH:-$(on_gpu && echo 128 || echo 4)}
 kokoro_variants=${KOKORO_VARIANTS:-1}
 steps=${STEPS:-100000} batch=${BATCH:-24} train_workers=${TRAIN_WORKERS:-8} save_every=${SAVE_EVERY:-100}
+# CACHED_ONLY=1: phase C trains only on utterances with a cached draft (no drafting in the step)
+cached_only=${CACHED_ONLY:+--cached-drafts-only}
 validate_limit=${VALIDATE_LIMIT:-40}
 kokoro_heldout=${KOKORO_HELDOUT:-$stage/kokoro_heldout/heldout70.jsonl}
 so762_test=${SO762_TEST:-$stage/so762_test100/manifest.jsonl}
@@ -83,7 +86,7 @@ echo "== C: train_asr for $train_min min $(date +%T)"
 resume=asr/speech/weights/default
 [ -f "$out/adapter/adapter.json" ] && resume=$out/adapter
 echo "continuing $resume"
-"$python" -m training.train_asr --data "$out/kokoro" "$stage/so762_train" --drafts --resume "$resume" \
+"$python" -m training.train_asr --data "$out/kokoro" "$stage/so762_train" --drafts $cached_only --resume "$resume" \
     --out "$out/adapter" --llm "$stage/llm" --time-limit "$train_min" --steps "$steps" --batch "$batch" \
     --workers "$train_workers" --save-every "$save_every" --lr 6e-4 --lora-lr-scale 0.5 \
     --validate "$kokoro_heldout" "$so762_test" --validate-limit "$validate_limit" \

@@ -68,9 +68,9 @@ class SessionStream(IterableDataset):
     def _speech_turn(self, utt: Utterance, rng: random.Random, np_rng: np.random.Generator) -> tuple:
         """(waveform, transcript, True) of one utterance, plus its cached draft when there is one."""
         cached = self.drafts.lookup(utt.audio) if self.drafts is not None else None
-        variants = [v for v in cached.by_variant if (v > 0) == self.augment] if cached is not None else []
+        variants = cached.playable(self.augment) if cached is not None else []
         if variants:
-            variant = rng.choice(sorted(variants))
+            variant = rng.choice(variants)
             return variant_wave(utt.load(), cached.key, variant), utt.text, True, cached.by_variant[variant]
         wave = utt.load()[: int(MAX_CHUNK_SECONDS * SAMPLE_RATE)]
         if self.augment:
@@ -103,6 +103,11 @@ class SessionStream(IterableDataset):
             batches = [pool[i : i + self.batch] for i in range(0, len(pool), self.batch)]
             rng.shuffle(batches)
             yield from batches
+
+
+def with_cached_drafts(utterances: list[Utterance], drafts: DraftCache, augment: bool) -> list[Utterance]:
+    """The utterances whose cached drafts hold a variant training plays (``UtteranceDrafts.playable``)."""
+    return [utt for utt in utterances if (entry := drafts.lookup(utt.audio)) and entry.playable(augment)]
 
 
 def keep_batch(batch: list) -> list:
@@ -257,6 +262,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "after its audio, as inference then does (asr.speech.draft); drafts stored beside a manifest "
         "by `python -m training.drafts` are read, the rest decoded every step",
     )
+    parser.add_argument(
+        "--cached-drafts-only",
+        action="store_true",
+        help="with --drafts, train only on utterances with a cached draft to play (no Whisper decoding "
+        "in the step: on a GPU it is CPU-bound and made steps 2-3x slower)",
+    )
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument(
         "--no-augment", action="store_true", help="no waveform augmentation, mel warp or SpecAugment"
@@ -337,6 +348,10 @@ def main(argv: list[str] | None = None) -> None:
     if drafts is not None:
         log.info("cached drafts: %d utterances of %d (the rest drafted every step)", len(drafts.entries),
                  len(utterances))
+        if args.cached_drafts_only:
+            utterances = with_cached_drafts(utterances, drafts, augment=not args.no_augment)
+            log.info("training on the %d utterances with a cached draft to play (%.1f h)", len(utterances),
+                     sum(u.duration for u in utterances) / 3600)
     loader = DataLoader(
         SessionStream(
             utterances, not args.no_augment, args.seed + start_step, args.batch, args.noisy_history,
