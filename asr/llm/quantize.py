@@ -1,10 +1,11 @@
 """int8 weights for the decoder's linear layers on the CPU.
 
 Decoding one token reads every weight once, so on a CPU it is bound by memory bandwidth: int8 weights
-(per output channel, dynamically quantised float32 activations, fbgemm's VNNI kernels) halve the bytes of
-bfloat16 and ran the SmolLM2-135M linear stack about 2x faster than bfloat16 on the 2-core dev box. End
-to end the speech model gained less and lost accuracy (dev set: RTF 0.232 -> 0.197, WER 42.0% -> 46.9%),
-so it is an option (``--dtype int8``), not the default.
+(per output channel, dynamically quantised float32 activations, fbgemm's kernels) halve the bytes of
+bfloat16 and quarter float32's. They are the speech LLM's default on CPUs without native bf16
+(``asr.llm.cpu_defaults``): 2-2.5x faster than float32 there at the same WER on native speech; on
+accented speech the LLM's guesses at chunks Whisper could not read move with any numeric change
+(``BENCHMARKS.md``, CPU speed).
 """
 
 from __future__ import annotations
