@@ -152,8 +152,9 @@ def segment(audio: np.ndarray, probabilities: np.ndarray,
         edges = [a, b]
         if kind == "speech":  # cut at level breaks, then what is still too long at its longest pauses
             pieces = [a, *_level_breaks(a, b, is_speech, energy, config), b]
-            edges = [a] + [edge for s, e in zip(pieces[:-1], pieces[1:])
-                           for edge in [*_cut_speech(s, e, is_speech, energy, config), e]]
+            edges = [a]
+            for s, e in zip(pieces[:-1], pieces[1:]):
+                edges += [*_cut_speech(s, e, is_speech, energy, config), e]
         for s, e in zip(edges[:-1], edges[1:]):
             start, end = min(s * FRAME_SAMPLES, len(audio)), min(e * FRAME_SAMPLES, len(audio))
             regions.append(Region(start, end, kind))
