@@ -6,7 +6,9 @@ region (long stretches without speech, reported and never sent to the model). A 
 that fits in ``max_chunk_s`` is one chunk; a longer one is cut at its longest pauses, which end
 sentences more often than shorter ones: Whisper reads a chunk from one sentence end to another best
 (its draft of the dev set as 5-minute recordings: 10.2% WER cut at the longest pause past 6 s, 13.0%
-at the first, 14.7% at the first past 10 s, where it drops whole sentences of long chunks).
+at the first, 14.7% at the first past 10 s, where it drops whole sentences of long chunks). A pause
+where the speech on one side is much louder than on the other is always a cut, however short the
+chunks: in one window Whisper leaves out a speaker 20-40 dB quieter than its neighbour.
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ class SegmenterConfig:
     may leave (and half of it after the cut) and the longest chunk (Whisper's encoder sees at most
     30 s); min_pause_s: the shortest pause a chunk is cut at; min_silence_s: a stretch without speech
     this long, besides ``speech_pad_s`` kept at each end with the speech (soft onsets, word endings),
-    becomes its own region."""
+    becomes its own region; level_break_db: a pause where the loudest speech frame within
+    ``level_window_s`` before it and the loudest within that after it differ by this much is a cut
+    whatever the chunk lengths. Whisper base drafting two dev utterances in one window, one of them
+    attenuated, kept it in all 10 orderings of 5 pairs at 10 dB and lost it (WER >= 30%) in 1 at
+    20 dB, 4 at 30 dB, 8 at 40 dB (BENCHMARKS.md, issue 21 session 13)."""
 
     threshold: float = 0.5
     release: float = 0.35
@@ -34,6 +40,8 @@ class SegmenterConfig:
     min_pause_s: float = 0.3
     min_silence_s: float = 2.0
     speech_pad_s: float = 0.2
+    level_break_db: float = 15.0
+    level_window_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,29 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int, bool]]:
     edges = np.flatnonzero(np.diff(mask.astype(np.int8))) + 1
     bounds = [0, *edges.tolist(), len(mask)]
     return [(a, b, bool(mask[a])) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _level_breaks(
+    start: int, end: int, is_speech: np.ndarray, energy: np.ndarray, config: SegmenterConfig
+) -> list[int]:
+    """Frame indices in the middle of the pauses inside the stretch [start, end) (at least
+    ``min_pause_s``) where the loudest speech frame within ``level_window_s`` before the pause and the
+    loudest after it differ by at least ``level_break_db``: one speaker ends there and a far quieter
+    or louder one starts. Each side must hold half ``level_window_s`` of speech: a click or a breath
+    next to a pause is no speaker (three dev utterances would start with a 0.3-s chunk of one)."""
+    reach = int(config.level_window_s / FRAME_S)
+    min_pause = max(1, int(config.min_pause_s / FRAME_S))
+    breaks = []
+    for a, b, speaking in _runs(is_speech[start:end]):
+        a, b = a + start, b + start
+        if speaking or b - a < min_pause:
+            continue
+        before, after = slice(max(start, a - reach), a), slice(b, min(end, b + reach))
+        loud_before, loud_after = energy[before][is_speech[before]], energy[after][is_speech[after]]
+        if min(len(loud_before), len(loud_after)) >= reach // 2 and (
+                abs(loud_before.max() - loud_after.max()) >= config.level_break_db):
+            breaks.append((a + b) // 2)
+    return breaks
 
 
 def _cut_speech(
@@ -118,7 +149,12 @@ def segment(audio: np.ndarray, probabilities: np.ndarray,
             bounds.append((a, b, kind))
     regions = []
     for a, b, kind in bounds:
-        edges = [a, *(_cut_speech(a, b, is_speech, energy, config) if kind == "speech" else []), b]
+        edges = [a, b]
+        if kind == "speech":  # cut at level breaks, then what is still too long at its longest pauses
+            pieces = [a, *_level_breaks(a, b, is_speech, energy, config), b]
+            edges = [a]
+            for s, e in zip(pieces[:-1], pieces[1:]):
+                edges += [*_cut_speech(s, e, is_speech, energy, config), e]
         for s, e in zip(edges[:-1], edges[1:]):
             start, end = min(s * FRAME_SAMPLES, len(audio)), min(e * FRAME_SAMPLES, len(audio))
             regions.append(Region(start, end, kind))

@@ -4,9 +4,10 @@ The model is the one the ``silero-vad`` package ships (TorchScript, 2 MB, run by
 faster-whisper filters with the same network. Two things around it make it fit long recordings:
 
 - level: the audio is brought to one loudness (-20 dBFS RMS at the loudest frame within
-  ``LEVEL_WINDOW_S``, never amplified by more than ``MAX_GAIN_DB``). The recurrent network judges
-  a frame against what it heard before, so after a loud speaker a 40 dB quieter one reads as
-  background (on the dev recordings: speech found in 28% of such a stretch instead of 86%);
+  ``LEVEL_WINDOW_S`` on a frame's quieter side, never amplified by more than ``MAX_GAIN_DB``). The
+  recurrent network judges a frame against what it heard before, so after a loud speaker a 40 dB
+  quieter one reads as background (on the dev recordings: speech found in 28% of such a stretch
+  instead of 86%);
 - speed: the recording is cut into blocks, each led in by ``LEAD_FRAMES`` of the audio before it
   (whose outputs are dropped), and the blocks run as one batch: an hour costs a few seconds on two
   cores instead of a minute frame by frame. Blocks are ``BLOCK_FRAMES`` long, or ``SHORT_BLOCK_FRAMES``
@@ -44,14 +45,24 @@ MAX_GAIN_DB = 50.0
 
 def levelled(audio: np.ndarray) -> np.ndarray:
     """[samples] float32 -> the same audio with a slowly varying gain: the loudest 32-ms frame RMS
-    within ``LEVEL_WINDOW_S`` either side brought to ``TARGET_RMS``, the gain at most ``MAX_GAIN_DB``
-    (near-silence is not blown up into noise) and interpolated between frame centres."""
+    within ``LEVEL_WINDOW_S`` on the quieter side of each frame (before it or after it, the frame
+    and its neighbours on both) brought to ``TARGET_RMS``, the gain at most ``MAX_GAIN_DB``
+    (near-silence is not blown up into noise) and interpolated between frame centres. The quieter
+    side, so a quiet speaker starting within ``LEVEL_WINDOW_S`` after a loud one (or stopping before
+    one) is brought up from the first word, not once the loud one has left the window: with the
+    loudest frame either side, quiet FLEURS openings after a loud dev utterance read as silence and
+    were dropped ("as light pollution", "to the north and within")."""
     frames = -(-len(audio) // FRAME_SAMPLES)
     padded = np.pad(audio.astype(np.float32, copy=False), (0, frames * FRAME_SAMPLES - len(audio)))
     rms = np.sqrt(np.mean(padded.reshape(frames, FRAME_SAMPLES).astype(np.float64) ** 2, axis=1))
     reach = int(LEVEL_WINDOW_S / FRAME_S)
-    windows = np.lib.stride_tricks.sliding_window_view(np.pad(rms, reach), 2 * reach + 1)
-    loudest = np.maximum(windows.max(axis=1), TARGET_RMS / 10 ** (MAX_GAIN_DB / 20))
+    # each side takes the frame next to it on the other side too, so the gain never jumps up right
+    # beside a loud frame (interpolated into it, it would blow that frame's edge up). loudest_over[k]:
+    # the loudest of frames k - reach .. k + 1; frame i's side before is k = i, its side after
+    # k = i + reach - 1
+    loudest_over = np.lib.stride_tricks.sliding_window_view(np.pad(rms, reach), reach + 2).max(axis=1)
+    quieter_side = np.minimum(loudest_over[:frames], loudest_over[reach - 1 : reach - 1 + frames])
+    loudest = np.maximum(quieter_side, TARGET_RMS / 10 ** (MAX_GAIN_DB / 20))
     centres = (np.arange(frames) + 0.5) * FRAME_SAMPLES
     gain = np.interp(np.arange(len(audio)), centres, TARGET_RMS / loudest)
     return (audio * gain).astype(np.float32)
