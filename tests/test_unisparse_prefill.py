@@ -18,6 +18,7 @@ from asr.attention.cpu import SCORE_PAGES, block_sparse_prefill_cpu, composite_s
 from asr.attention.paged_cache import gather_sequence
 from asr.attention.prefill import block_sparse_prefill_reference, unisparse_prefill
 from asr.llm.attention import prefill_attention
+from asr.llm.token_tree import token_tree
 from tests.block_choice import random_blocks
 from tests.paged_batch import make_paged_batch
 from tests.tolerances import assert_close
@@ -135,6 +136,48 @@ def test_cpu_path_matches_reference(dtype, heads, page_size, block_size, start, 
         expected = block_sparse_prefill_reference(q.float(), k_cache.float(), v_cache.float(), page_table,
                                                   start, scale, blocks, block_size)
         assert_close(out.float(), expected, dtype)
+
+
+def random_tree(n: int, seed: int) -> torch.Tensor:
+    """[n, n] bool ancestors of a token tree of n nodes: readings of 1-9 tokens from a 3-token alphabet
+    (shared prefixes branch), cut to the first n nodes (a node's ancestors come before it)."""
+    gen = torch.Generator().manual_seed(seed)
+    readings = [torch.randint(3, (int(torch.randint(1, 10, (1,), generator=gen)),), generator=gen).tolist()
+                for _ in range(n)]
+    ancestors = token_tree(readings).ancestors
+    assert len(ancestors) >= n
+    return ancestors[:n, :n]
+
+
+TREE_SPANS = [pytest.param(0, 30, id="fresh"), pytest.param(37, 1, id="one-node"),
+              pytest.param(37, 40, id="mid-block"), pytest.param(500, 90, id="long")]
+
+
+@pytest.mark.parametrize("start, n", TREE_SPANS)
+@pytest.mark.parametrize("dtype, heads, page_size, block_size", CPU_SHAPES)
+def test_cpu_path_of_a_tree_matches_reference(dtype, heads, page_size, block_size, start, n):
+    q, k_cache, v_cache, page_table = sequence(start, n, heads, 32, page_size, dtype, seed=start + n)
+    tree = random_tree(n, seed=n)
+    for keep in (0.3, 1.0):
+        blocks = random_blocks(heads[1], start, start + n, block_size, keep=keep, seed=start)
+        out = block_sparse_prefill_cpu(q, k_cache, v_cache, page_table, start, 0.2, blocks, block_size, tree)
+        expected = block_sparse_prefill_reference(q.float(), k_cache.float(), v_cache.float(), page_table,
+                                                  start, 0.2, blocks, block_size, tree)
+        assert_close(out.float(), expected, dtype)
+        if n > 1:  # the tree mask took effect: causal attention differs
+            causal = block_sparse_prefill_cpu(q, k_cache, v_cache, page_table, start, 0.2, blocks, block_size)
+            assert (out.float() - causal.float()).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("start, n", TREE_SPANS)
+def test_unisparse_prefill_of_a_tree_over_every_block_is_dense_tree_attention(start, n):
+    q, k_cache, v_cache, page_table = sequence(start, n, (6, 2), 32, 8, seed=9)
+    tree = random_tree(n, seed=start)
+    config = UniSparseConfig(block_size=16, granularities=(8, 16), mass=1.0, max_blocks=1000)
+    out = unisparse_prefill(q, k_cache, v_cache, page_table, start, 0.2, config, tree=tree)
+    keys = gather_sequence(k_cache, page_table, start + n)
+    values = gather_sequence(v_cache, page_table, start + n)
+    assert_close(out, prefill_attention(q, keys, values, start, 0.2, tree))
 
 
 @pytest.mark.parametrize("start, n", SPANS + [pytest.param(SCORE_PAGES * 8 + 3, 77, id="several-runs")])

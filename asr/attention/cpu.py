@@ -217,13 +217,15 @@ def block_sparse_prefill_cpu(
     scale: float,
     blocks: torch.Tensor,
     block_size: int,
+    tree: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The CPU path of ``block_sparse_prefill_reference`` (same arguments and result), one query block
     at a time: the key blocks its kv heads chose (as many slots as the head that chose most) gathered
     by one ``index_select`` over [pages * kv_heads, P, d] and attended by all query heads of each
     group together (matmuls in the cache dtype, the scale folded into the queries; softmax in
     float32). The diagonal block is moved to the last slot, so the causal mask is one [S, S]
-    triangle there; the few unused slots of heads that chose fewer are masked one by one."""
+    triangle there (with a ``tree``, the tree's rows over the new keys of every slot instead); the
+    few unused slots of heads that chose fewer are masked one by one."""
     n, q_heads, head_dim = q.shape
     _, kv_heads, page_size, _ = k_cache.shape
     group, size = q_heads // kv_heads, block_size
@@ -261,8 +263,24 @@ def block_sparse_prefill_cpu(
         logits = torch.matmul(queries[block], keys.transpose(1, 2)).float()
         for head, slot in (chosen < 0).nonzero().tolist():
             logits[head, :, slot * size : (slot + 1) * size] = float("-inf")
-        causal = (key_offset <= query_offset) & (key_offset < inside)
-        logits[..., -size:].masked_fill_(~causal, float("-inf"))
+        if tree is None:
+            causal = (key_offset <= query_offset) & (key_offset < inside)
+            logits[..., -size:].masked_fill_(~causal, float("-inf"))
+        else:
+            nodes = block * size + query_offset[:, 0] - lead  # each row's node (padding rows: a neighbour's)
+            logits.masked_fill_(~_tree_visible(chosen, nodes.clamp(0, n - 1), tree, start, length, size),
+                                float("-inf"))
         out[block] = torch.matmul(torch.softmax(logits, dim=-1).to(values.dtype), values)
     out = out.view(num_query_blocks, kv_heads, group, size, head_dim).permute(0, 3, 1, 2, 4)
     return out.reshape(num_query_blocks * size, q_heads, head_dim)[lead : lead + n].to(q.dtype)
+
+
+def _tree_visible(chosen: torch.Tensor, nodes: torch.Tensor, tree: torch.Tensor, start: int, length: int,
+                  size: int) -> torch.Tensor:
+    """[kv_heads, rows, width * size] bool: which keys of the ``chosen`` blocks ([kv_heads, width]) the
+    query rows of tree nodes ``nodes`` [rows] see: every cached key (positions before ``start``) and the
+    new keys (up to ``length``) their rows of ``tree`` [n, n] mark."""
+    positions = (chosen.clamp(min=0)[..., None] * size + torch.arange(size)).flatten(1)  # [kv_heads, keys]
+    new = (positions - start).clamp(0, tree.shape[0] - 1)
+    marked = tree[nodes[None, :, None], new[:, None, :]]
+    return (positions < start)[:, None, :] | (marked & (positions < length)[:, None, :])

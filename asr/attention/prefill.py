@@ -4,7 +4,9 @@ A prefill appends ``n`` tokens to one sequence after ``start`` cached ones; thei
 the pages (written in full, so page statistics stay exact), and query ``i`` sits at position
 ``start + i``. Block-sparse prefill attends, per kv head (its query heads alike) and query block,
 only the key blocks ``asr.attention.block_selection`` chose (causal inside the diagonal block);
-choosing every block is dense causal attention.
+choosing every block is dense causal attention. The new tokens may be a token tree
+(``asr.llm.token_tree``): then each attends the chosen blocks' cached keys and, of the new keys, the
+ones its ``tree`` row marks (its ancestors) instead of every earlier one.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ def block_sparse_prefill_reference(
     scale: float,
     blocks: torch.Tensor | None,
     block_size: int,
+    tree: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of the new queries over the sequence's keys, restricted to chosen key blocks.
 
     q: [n, q_heads, d] at positions ``start ..``; k_cache, v_cache: [num_pages, kv_heads, P, d] (one
     layer, the new tokens included); page_table: [>= pages] int; blocks: [kv_heads, query blocks,
-    width] int key-block indices, -1 = unused (``select_blocks``), or None for every block.
-    Returns [n, q_heads, d] in q's dtype (float32 arithmetic).
+    width] int key-block indices, -1 = unused (``select_blocks``), or None for every block; tree:
+    [n, n] bool, the new keys each query sees (None: causally). Returns [n, q_heads, d] in q's dtype
+    (float32 arithmetic).
     """
     n, q_heads, head_dim = q.shape
     length = start + n
@@ -44,7 +48,11 @@ def block_sparse_prefill_reference(
     logits = torch.einsum("nhd,thd->hnt", q.float(), keys) * scale
     query_pos = torch.arange(start, length, device=q.device)
     key_pos = torch.arange(length, device=q.device)
-    allowed = (key_pos[None, :] <= query_pos[:, None])[None]  # [1, n, length]
+    if tree is None:
+        allowed = (key_pos[None, :] <= query_pos[:, None])[None]  # [1, n, length]
+    else:
+        cached = torch.ones(n, start, dtype=torch.bool, device=q.device)
+        allowed = torch.cat([cached, tree.to(q.device)], 1)[None]
     if blocks is not None:
         first, num_query_blocks = prefill_blocks(start, length, block_size)
         num_key_blocks = -(-length // block_size)
@@ -66,17 +74,21 @@ def block_sparse_prefill(
     scale: float,
     blocks: torch.Tensor,
     block_size: int,
+    tree: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Public block-sparse prefill attention (arguments as ``block_sparse_prefill_reference``, with
     ``blocks`` sorted ascending as ``select_blocks`` gives them): the Triton kernel on CUDA for
-    fp16/bf16 caches, the CPU path on the CPU, the reference elsewhere."""
-    if q.is_cuda and k_cache.dtype in (torch.float16, torch.bfloat16):
+    fp16/bf16 caches (causal only: a tree goes to the reference, a few dozen queries), the CPU path on
+    the CPU, the reference elsewhere."""
+    if q.is_cuda and k_cache.dtype in (torch.float16, torch.bfloat16) and tree is None:
         from asr.attention.kernels.prefill import block_sparse_prefill_triton
 
         return block_sparse_prefill_triton(q, k_cache, v_cache, page_table, start, scale, blocks, block_size)
     if q.device.type == "cpu":
-        return cpu.block_sparse_prefill_cpu(q, k_cache, v_cache, page_table, start, scale, blocks, block_size)
-    return block_sparse_prefill_reference(q, k_cache, v_cache, page_table, start, scale, blocks, block_size)
+        return cpu.block_sparse_prefill_cpu(q, k_cache, v_cache, page_table, start, scale, blocks, block_size,
+                                            tree)
+    return block_sparse_prefill_reference(q, k_cache, v_cache, page_table, start, scale, blocks, block_size,
+                                          tree)
 
 
 def unisparse_prefill(
@@ -89,11 +101,15 @@ def unisparse_prefill(
     config: UniSparseConfig,
     key_stats: torch.Tensor | None = None,
     shared: tuple[SharedSelection, int] | None = None,
+    tree: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """UniSparse prefill attention of one layer: estimate block masses from composite queries, choose
     the key blocks, attend over them (arguments as ``block_sparse_prefill_reference``; key_stats: the
     cache's page statistics of the layer, for ``estimate_block_mass``; shared: a ``SharedSelection``
-    and this layer's index, to reuse blocks chosen for these positions before). Returns [n, q_heads, d]."""
+    and this layer's index, to reuse blocks chosen for these positions before; tree: as in
+    ``block_sparse_prefill_reference``: the blocks are chosen as for causal queries, so a tree's new
+    keys are all seen only where its nodes span at most ``config.local_blocks`` query blocks, which
+    every one of them attends). Returns [n, q_heads, d]."""
     length = start + q.shape[0]
 
     def choose() -> torch.Tensor:
@@ -102,4 +118,5 @@ def unisparse_prefill(
 
     blocks = choose() if shared is None else shared[0].blocks(shared[1], start, length, config.block_size,
                                                               choose)
-    return block_sparse_prefill(q, k_cache, v_cache, page_table, start, scale, blocks, config.block_size)
+    return block_sparse_prefill(q, k_cache, v_cache, page_table, start, scale, blocks, config.block_size,
+                                tree)

@@ -34,7 +34,8 @@ class StepContext:
         start: tokens already cached before this chunk; unisparse: block-sparse prefill, or None for
         dense; shared_selection: key blocks chosen once for prefills at the same positions, or None;
         tree: [tokens, tokens] bool, the new tokens are a token tree (``asr.llm.token_tree``): each
-        attends the cached keys and the new tokens marked True in its row (None: causally; dense only).
+        attends the cached keys (those of the chosen blocks under ``unisparse``) and the new tokens
+        marked True in its row (None: causally).
     Decode: decode: page table and lengths (including the new token); sparse: top-k page choice, or
         None for dense.
     """
@@ -88,7 +89,7 @@ def paged_attention(
         if ctx.unisparse is not None:
             shared = None if ctx.shared_selection is None else (ctx.shared_selection, layer)
             return unisparse_prefill(q, cache.k[layer], cache.v[layer], ctx.page_table, ctx.start, scale,
-                                     ctx.unisparse, cache.key_stats[layer], shared)
+                                     ctx.unisparse, cache.key_stats[layer], shared, ctx.tree)
         if ctx.start == 0:  # nothing cached before: attend over the fresh K/V directly
             return prefill_attention(q, k.to(cache.k.dtype), v.to(cache.v.dtype), 0, scale, ctx.tree)
         length = ctx.start + q.shape[0]

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import torch
 
 from asr.attention import DecodeMetadata, PagedKVCache, UniqueConfig
+from asr.attention.block_selection import prefill_blocks
 from asr.attention.config import UniSparseConfig
 from asr.attention.shared_selection import SharedSelection
 from asr.attention.transfer import to_device
@@ -106,27 +107,36 @@ class ModelRunner:
             return None
         return self.unisparse
 
-    def dense_prefill(self, seq_id: int, count: int) -> bool:
-        """Whether appending ``count`` tokens to ``seq_id`` would attend densely in one forward."""
-        return count <= self.prefill_chunk and self._unisparse_at(self.cache.length(seq_id) + count) is None
+    def tree_fits(self, seq_id: int, count: int) -> bool:
+        """Whether a token tree of ``count`` nodes after ``seq_id`` goes in one forward (``prefill_tree``):
+        dense, or block-sparse where its nodes' slots span at most the ``local_blocks`` query blocks that
+        each of them attends whole (so every node sees all its ancestors)."""
+        if count > self.prefill_chunk:
+            return False
+        start = self.cache.length(seq_id)
+        sparse = self._unisparse_at(start + count)
+        if sparse is None:
+            return True
+        return prefill_blocks(start, start + count, sparse.block_size)[1] <= sparse.local_blocks
 
     @torch.inference_mode()
     def prefill_tree(self, seq_id: int, embeds: torch.Tensor, depths: list[int],
                      ancestors: torch.Tensor) -> torch.Tensor:
-        """One dense forward over the nodes of a token tree after sequence ``seq_id``'s cached tokens
-        (``asr.llm.token_tree``): ``embeds`` [n, hidden] the nodes' inputs, parents first; ``depths``
-        their depths (a node sits at the cache's length plus its depth); ``ancestors`` [n, n] bool what
-        each node attends besides the cache. Their K/V are written after the cache (the caller truncates
-        them away); returns each node's logits [n, vocab] float32. Only where ``dense_prefill``."""
+        """One forward over the nodes of a token tree after sequence ``seq_id``'s cached tokens
+        (``asr.llm.token_tree``), dense or block-sparse as a prefill to that length would be: ``embeds``
+        [n, hidden] the nodes' inputs, parents first; ``depths`` their depths (a node sits at the cache's
+        length plus its depth); ``ancestors`` [n, n] bool what each node attends besides the cache. Their
+        K/V are written after the cache, node i in its (length + i)-th slot (the caller truncates them
+        away); returns each node's logits [n, vocab] float32. Only where ``tree_fits``."""
         count = embeds.shape[0]
-        if not self.dense_prefill(seq_id, count):
-            raise ValueError(f"a {count}-node tree cannot be prefilled densely in one forward here")
+        if not self.tree_fits(seq_id, count):
+            raise ValueError(f"a {count}-node tree cannot be prefilled in one forward here")
         start = self.cache.length(seq_id)
         slot_mapping = self.cache.reserve([seq_id], [count])
         positions = start + torch.as_tensor(depths, dtype=torch.int64, device=self.device)
         page_table = self.cache.page_table([seq_id])[0]
         ctx = StepContext(self.cache, slot_mapping, page_table=page_table, start=start,
-                          tree=ancestors.to(self.device))
+                          unisparse=self._unisparse_at(start + count), tree=ancestors.to(self.device))
         hidden = self.model(embeds.to(self.device, self.model.embed_tokens.weight.dtype), positions, ctx)
         return self.model.logits(hidden)
 
