@@ -29,7 +29,7 @@ kokoro_workers=${KOKORO_WORKERS:-$(on_gpu && echo 14 || echo 1)}
 draft_batch=${DRAFT_BATCH:-$(on_gpu && echo 128 || echo 4)}
 kokoro_variants=${KOKORO_VARIANTS:-1}
 steps=${STEPS:-100000} batch=${BATCH:-24} train_workers=${TRAIN_WORKERS:-8} save_every=${SAVE_EVERY:-100}
-# CACHED_ONLY=1: phase C trains only on utterances with a cached draft (no drafting in the step)
+# CACHED_ONLY=1: phase C trains only on utterances with a cached draft (only noise chunks drafted per step)
 cached_only=${CACHED_ONLY:+--cached-drafts-only}
 validate_limit=${VALIDATE_LIMIT:-40}
 kokoro_heldout=${KOKORO_HELDOUT:-$stage/kokoro_heldout/heldout70.jsonl}

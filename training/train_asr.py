@@ -265,8 +265,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cached-drafts-only",
         action="store_true",
-        help="with --drafts, train only on utterances with a cached draft to play (no Whisper decoding "
-        "in the step: on a GPU it is CPU-bound and made steps 2-3x slower)",
+        help="with --drafts, train only on utterances with a cached draft to play (Whisper then decodes "
+        "only the noise chunks in the step: on a GPU drafting is CPU-bound and made steps 2-3x slower)",
     )
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument(
