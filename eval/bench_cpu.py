@@ -64,10 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def restart_emulating_avx2() -> None:
-    """Run this script again with ``EMULATE_AVX2`` set: the limits must be in place before torch loads."""
-    os.environ.update(EMULATE_AVX2)
-    os.execv(sys.executable, [sys.executable, "-m", "eval.bench_cpu", *sys.argv[1:]])
+def emulate_avx2(module: str) -> None:
+    """Unless ``EMULATE_AVX2`` is in force, run ``python -m module`` again with it set (same arguments):
+    the limits must be in place before torch loads."""
+    if any(os.environ.get(key) != value for key, value in EMULATE_AVX2.items()):
+        os.environ.update(EMULATE_AVX2)
+        os.execv(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]])
 
 
 def cpu_record() -> dict:
@@ -149,8 +151,8 @@ def chunk_time_growth(chunk_seconds: list[tuple[float, float]], duration: float,
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.emulate_avx2 and any(os.environ.get(key) != value for key, value in EMULATE_AVX2.items()):
-        restart_emulating_avx2()
+    if args.emulate_avx2:
+        emulate_avx2("eval.bench_cpu")
     from eval.stage_clock import StageClock
     from eval.wer import build_items
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.bench_cpu import DEV, EMULATE_AVX2, RESULTS, cpu_record
+from eval.bench_cpu import DEV, RESULTS, cpu_record, emulate_avx2
 from eval.stage_clock import StageClock
 
 TRAILING_SILENCE_S = 1.0  # after each utterance: the segmenter's end-of-utterance pause closes it
@@ -104,18 +104,23 @@ def run(model, streams: int, rows: list[dict], audios: list[np.ndarray]) -> dict
             "hypotheses": {row["id"]: " ".join(parts) for row, parts in zip(rows, texts)}}
 
 
+def manifest_audio(manifest: Path, limit: int) -> tuple[list[dict], list[np.ndarray]]:
+    """The first ``limit`` (0: all) rows of ``manifest`` and their audio, [samples] float32 at 16 kHz."""
+    from asr.speech.audio import load_audio
+
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    rows = rows[: limit or None]
+    return rows, [load_audio(manifest.parent / row["audio"]) for row in rows]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.emulate_avx2 and os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":
-        os.environ.update(EMULATE_AVX2)  # before torch loads
-        os.execv(sys.executable, [sys.executable, "-m", "eval.live_finals", *sys.argv[1:]])
+    if args.emulate_avx2:
+        emulate_avx2("eval.live_finals")
     from asr.live.session import LiveModel
-    from asr.speech.audio import load_audio
     from asr.speech.pipeline import TranscribeOptions
 
-    rows = [json.loads(line) for line in args.manifest.read_text().splitlines() if line.strip()]
-    rows = rows[: args.utterances or None]
-    audios = [load_audio(args.manifest.parent / row["audio"]) for row in rows]
+    rows, audios = manifest_audio(args.manifest, args.utterances)
     model = LiveModel.load(None, TranscribeOptions(dtype=args.dtype))
     report = {"cpu": cpu_record(), "command": " ".join(sys.argv), "load_average_at_start": os.getloadavg(),
               "runs": [run(model, streams, rows, audios) for streams in args.streams]}

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from eval.bench_cpu import DEV, EMULATE_AVX2, RESULTS, cpu_record
+from eval.bench_cpu import DEV, RESULTS, cpu_record, emulate_avx2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,16 +96,13 @@ def agreement(rows: list[dict], way: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.emulate_avx2 and os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":
-        os.environ.update(EMULATE_AVX2)  # before torch loads
-        os.execv(sys.executable, [sys.executable, "-m", "eval.reading_scores", *sys.argv[1:]])
+    if args.emulate_avx2:
+        emulate_avx2("eval.reading_scores")
     from asr.live.session import ChunkRequest, LiveModel
-    from asr.speech.audio import SAMPLE_RATE, load_audio
-    from eval.live_finals import stream_chunks
+    from asr.speech.audio import SAMPLE_RATE
+    from eval.live_finals import manifest_audio, stream_chunks
 
-    rows = [json.loads(line) for line in args.manifest.read_text().splitlines() if line.strip()]
-    rows = rows[: args.utterances or None]
-    audios = [load_audio(args.manifest.parent / row["audio"]) for row in rows]
+    rows, audios = manifest_audio(args.manifest, args.utterances)
     model = LiveModel.load()
     chunks = stream_chunks(list(enumerate(audios)), SAMPLE_RATE)
     engine = model.open_engine(1, sum(len(audio) for _, _, audio in chunks) / SAMPLE_RATE + 60)

@@ -293,17 +293,22 @@ def test_sparse_prefill_writes_every_key_and_exact_page_statistics(tmp_path):
     assert len(out) == 5 and seqs[1].kv_read_share < 1.0
 
 
-def test_readings_scored_after_one_context_choose_their_blocks_once(tmp_path, monkeypatch):
+@pytest.fixture
+def block_mass_estimates(monkeypatch) -> list[int]:
+    """A list that grows by one each time a UniSparse prefill estimates block masses (one layer's choice)."""
+    import asr.attention.prefill as prefill
+
+    estimates = []
+    estimate = prefill.estimate_block_mass
+    monkeypatch.setattr(prefill, "estimate_block_mass", lambda *args: estimates.append(1) or estimate(*args))
+    return estimates
+
+
+def test_readings_scored_after_one_context_choose_their_blocks_once(tmp_path, block_mass_estimates):
     """Scoring continuations in turn with block-sparse prefill (their tree is too wide for one forward):
     each layer estimates block masses once (the first prefill's choice covers the later ones' positions)
     and the scores are still the candidates' summed log-probabilities where every block is chosen."""
-    import asr.attention.prefill as prefill
-
     save_tiny_model("llama", tmp_path)
-    estimates = []
-    estimate = prefill.estimate_block_mass
-    monkeypatch.setattr(prefill, "estimate_block_mass",
-                        lambda *args: estimates.append(1) or estimate(*args))
     reading = token_ids(6, seed=3)
     candidates = [reading, reading[:3] + token_ids(3, seed=4), reading[:1] + token_ids(5, seed=5)]
     for overrides in (unisparse(mass=0.01, max_blocks=1), unisparse(mass=1.0, max_blocks=1000)):
@@ -311,9 +316,10 @@ def test_readings_scored_after_one_context_choose_their_blocks_once(tmp_path, mo
         seq = engine.new_sequence()
         engine.append(seq, token_ids=token_ids(70, seed=9))
         assert not engine.runner.tree_fits(seq.seq_id, 11)  # 11 nodes after 70 tokens: three 8-token blocks
-        estimates.clear()
+        block_mass_estimates.clear()
         scores = engine.score_continuations(seq, candidates)
-        assert len(estimates) == engine.model_config.num_layers  # three prefills, one choice each layer
+        # three prefills, one choice each layer
+        assert len(block_mass_estimates) == engine.model_config.num_layers
     dense = engine_for(tmp_path)
     seq = dense.new_sequence()
     dense.append(seq, token_ids=token_ids(70, seed=9))
@@ -321,18 +327,13 @@ def test_readings_scored_after_one_context_choose_their_blocks_once(tmp_path, mo
         assert got == pytest.approx(expected, abs=1e-4)
 
 
-def test_readings_past_min_context_are_scored_as_one_block_sparse_tree(tmp_path, monkeypatch):
+def test_readings_past_min_context_are_scored_as_one_block_sparse_tree(tmp_path, monkeypatch,
+                                                                       block_mass_estimates):
     """Past UniSparse's ``min_context`` a tree of candidates whose nodes span at most ``local_blocks``
     query blocks goes in one block-sparse forward (one block choice per layer): choosing every block it
     scores as the dense engine does; choosing few, it attends less (other scores); either way the
     sequence ends as it began."""
-    import asr.attention.prefill as prefill
-
     save_tiny_model("llama", tmp_path)
-    estimates = []
-    estimate = prefill.estimate_block_mass
-    monkeypatch.setattr(prefill, "estimate_block_mass",
-                        lambda *args: estimates.append(1) or estimate(*args))
     reading = token_ids(5, seed=3)
     candidates = [reading, reading[:2] + token_ids(2, seed=4), token_ids(3, seed=5)]  # 4 + 1 + 2 nodes
     context = token_ids(70, seed=9)
@@ -350,9 +351,9 @@ def test_readings_past_min_context_are_scored_as_one_block_sparse_tree(tmp_path,
         seq = engine.new_sequence()
         engine.append(seq, token_ids=context)
         logits_before = seq.next_logits.clone()
-        estimates.clear()
+        block_mass_estimates.clear()
         scores = engine.score_continuations(seq, candidates)
-        assert len(trees) == 1 and len(estimates) == engine.model_config.num_layers
+        assert len(trees) == 1 and len(block_mass_estimates) == engine.model_config.num_layers
         assert seq.num_tokens == engine.cache.length(seq.seq_id) == 70
         assert torch.equal(seq.next_logits, logits_before)
         assert (scores == pytest.approx(expected, abs=1e-4)) == same
