@@ -10,6 +10,7 @@ speech together (read, accented, synthetic), never on one alone.
 
     python -m eval.draft_gate run MANIFEST --every 25 --gates 0 0.5 0.8 0.9 1.01 --output out.json
     python -m eval.draft_gate plot out1.json out2.json --output gate.png
+    python -m eval.draft_gate plot out1.json out2.json --against correct_share --output share.png
 """
 
 from __future__ import annotations
@@ -116,27 +117,39 @@ def _rates(rates: tuple[float, float]) -> dict:
     return {"wer": rates[0], "cer": rates[1]}
 
 
-def _line_key(row: dict) -> str:
+# the settings a plot can put on its x axis: key in a result row -> axis label
+X_AXES = {"gate": "gate (Whisper word probability kept unchecked)",
+          "correct_share": "correct share (guessed words above which a chunk is corrected)"}
+
+
+def _line_key(row: dict, against: str) -> str:
+    """The legend of the line ``row`` belongs to: every setting but the one on the x axis."""
     if row["decoding"] == "rescore":
-        return f"rescore, LLM weight {row['llm_weight']:g}, correct above {row['correct_share']:g}"
-    return f"correct, tol {row['tolerance']:g}/{row['end_tolerance']:g}"
+        fixed = {"gate": f"gate {row['gate']:g}", "llm_weight": f"LLM weight {row['llm_weight']:g}",
+                 "correct_share": f"correct above {row['correct_share']:g}"}
+    else:
+        fixed = {"gate": f"gate {row['gate']:g}",
+                 "tolerance": f"tol {row['tolerance']:g}/{row['end_tolerance']:g}"}
+    return ", ".join([row["decoding"], *(text for key, text in fixed.items() if key != against)])
 
 
 def plot(args: argparse.Namespace) -> None:
-    """WER against the gate, one line per set and decoding setting, the draft alone dotted."""
+    """WER against the gate (or ``--against`` another swept setting), one line per set and decoding
+    setting, the draft alone dotted."""
     series = []
     for path, fmt in zip(args.results, itertools.cycle(("o-", "s-", "^-", "d-", "v-"))):
         result = json.loads(path.read_text())
         draft = next(row for row in result["rows"] if "gate" not in row)
         name = args.names.get(str(path), Path(result["manifest"]).parent.name or path.stem)
         rows = [row for row in result["rows"] if "gate" in row]
-        for key in sorted({_line_key(row) for row in rows}):
-            line = sorted((row["gate"], 100 * row["wer"]) for row in rows if _line_key(row) == key)
-            series.append(([g for g, _ in line], [w for _, w in line], fmt, f"{name}, {key}"))
-        gates = sorted({row["gate"] for row in rows})
-        series.append((gates, [100 * draft["wer"]] * len(gates), fmt[0] + ":", f"Whisper draft, {name}"))
-    line_plot(series, args.output, "gate (Whisper word probability kept unchecked)", "WER (%)",
-              "Draft gate on validation speech", figsize=(8, 5))
+        for key in sorted({_line_key(row, args.against) for row in rows}):
+            line = sorted((row[args.against], 100 * row["wer"]) for row in rows
+                          if _line_key(row, args.against) == key)
+            series.append(([x for x, _ in line], [w for _, w in line], fmt, f"{name}, {key}"))
+        xs = sorted({row[args.against] for row in rows})
+        series.append((xs, [100 * draft["wer"]] * len(xs), fmt[0] + ":", f"Whisper draft, {name}"))
+    line_plot(series, args.output, X_AXES[args.against], "WER (%)", "Draft gate on validation speech",
+              figsize=(8, 5))
 
 
 def main() -> None:
@@ -163,6 +176,8 @@ def main() -> None:
     plot_parser.add_argument("results", type=Path, nargs="+")
     plot_parser.add_argument("--names", type=json.loads, default={},
                              help='JSON {"result path": "set name"} for the legend')
+    plot_parser.add_argument("--against", choices=sorted(X_AXES), default="gate",
+                             help="the swept setting on the x axis")
     plot_parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     run(args) if args.command == "run" else plot(args)
