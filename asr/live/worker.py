@@ -17,8 +17,9 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,33 @@ log = logging.getLogger(__name__)
 FINAL, PARTIAL = 0, 1  # job priorities: lower runs first
 IDLE = 2  # what the worker's idle work is counted under in ``busy_by_priority``
 MAX_BATCH = 8  # most sessions served by one batched call
+RECORDS_KEPT = 20000  # the latest calls and jobs kept in ``calls`` and ``jobs_done`` (for benchmarks)
 
 # items of several sessions -> (position in the items, its result) per item, in any order (an exception
 # instance as the result fails that item only)
 BatchCall = Callable[[list[Any]], Iterable[tuple[int, Any]]]
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One model call of the worker: its jobs' priority (``IDLE`` for idle work), when it began and
+    ended (``time.perf_counter``) and how many sessions it served (0 for idle work)."""
+
+    priority: int
+    began: float
+    ended: float
+    sessions: int
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job's way through the worker (``time.perf_counter``): submitted, its call began, its result
+    handed back (a batched call hands each item's back as it is done)."""
+
+    priority: int
+    submitted: float
+    began: float
+    answered: float
 
 
 @dataclass
@@ -40,6 +64,7 @@ class _Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     priority: int
+    submitted: float = field(default_factory=time.perf_counter)
 
 
 class ModelWorker:
@@ -50,7 +75,8 @@ class ModelWorker:
 
     def __init__(self, max_batch: int = MAX_BATCH, idle: Callable[[], bool] | None = None) -> None:
         self.max_batch, self.idle = max_batch, idle
-        self.batch_sizes: list[int] = []  # sessions served by each call, in order (for benchmarks)
+        self.calls: deque[CallRecord] = deque(maxlen=RECORDS_KEPT)  # in order (for benchmarks)
+        self.jobs_done: deque[JobRecord] = deque(maxlen=RECORDS_KEPT)  # in the order answered
         self._jobs: dict[str, _Job] = {}  # session id -> its waiting job (insertion order = arrival)
         self._turn: list[str] = []  # session ids, rotated as they are served
         self._ready = threading.Condition()
@@ -123,7 +149,7 @@ class ModelWorker:
             if idle:
                 began = time.perf_counter()
                 idle_done = not _run_idle(self.idle)
-                self._count(IDLE, time.perf_counter() - began)
+                self._count(IDLE, began, 0)
                 continue
             with self._ready:
                 while not self._stopped and not self._jobs:
@@ -137,16 +163,46 @@ class ModelWorker:
                 jobs = self._next()
             idle_done = False
             began = time.perf_counter()
-            self.batch_sizes.append(len(jobs))
             if jobs[0].batch is None:
-                _run_one(jobs[0])
+                self._run_one(jobs[0], began)
             else:
-                _run_batch(jobs)
-            self._count(jobs[0].priority, time.perf_counter() - began)
+                self._run_batch(jobs, began)
+            self._count(jobs[0].priority, began, len(jobs))
 
-    def _count(self, priority: int, seconds: float) -> None:
-        self.busy_seconds += seconds
-        self.busy_by_priority[priority] = self.busy_by_priority.get(priority, 0.0) + seconds
+    def _count(self, priority: int, began: float, sessions: int) -> None:
+        ended = time.perf_counter()
+        self.calls.append(CallRecord(priority, began, ended, sessions))
+        self.busy_seconds += ended - began
+        self.busy_by_priority[priority] = self.busy_by_priority.get(priority, 0.0) + ended - began
+
+    def _answer(self, job: _Job, began: float, result: Any, error: BaseException | None) -> None:
+        """Hand ``job``'s result (or error) to its session; record its way through the worker."""
+        self.jobs_done.append(JobRecord(job.priority, job.submitted, began, time.perf_counter()))
+        job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+
+    def _run_one(self, job: _Job, began: float) -> None:
+        try:
+            result, error = job.call(), None
+        except BaseException as caught:  # handed to the awaiting session; the worker goes on
+            result, error = None, caught
+            log.debug("model call failed: %r", caught)
+        self._answer(job, began, result, error)
+
+    def _run_batch(self, jobs: list[_Job], began: float) -> None:
+        """Settle each job as the batch call yields its result (a session need not wait for the others);
+        a failure of the whole call fails the jobs it has not answered yet."""
+        waiting = dict(enumerate(jobs))
+        try:
+            for position, result in jobs[0].batch([job.item for job in jobs]):
+                failed = isinstance(result, BaseException)
+                self._answer(waiting.pop(position), began, None if failed else result,
+                             result if failed else None)
+            if waiting:
+                raise RuntimeError(f"the batch call answered {len(jobs) - len(waiting)} of {len(jobs)} items")
+        except BaseException as caught:
+            log.debug("batched model call failed: %r", caught)
+            for job in waiting.values():
+                self._answer(job, began, None, caught)
 
 
 def _run_idle(idle: Callable[[], bool]) -> bool:
@@ -156,33 +212,6 @@ def _run_idle(idle: Callable[[], bool]) -> bool:
     except Exception:
         log.exception("idle work failed")
         return False
-
-
-def _run_one(job: _Job) -> None:
-    try:
-        result, error = job.call(), None
-    except BaseException as caught:  # handed to the awaiting session; the worker goes on
-        result, error = None, caught
-        log.debug("model call failed: %r", caught)
-    job.loop.call_soon_threadsafe(_settle, job.future, result, error)
-
-
-def _run_batch(jobs: list[_Job]) -> None:
-    """Settle each job as the batch call yields its result (a session need not wait for the others);
-    a failure of the whole call fails the jobs it has not answered yet."""
-    waiting = dict(enumerate(jobs))
-    try:
-        for position, result in jobs[0].batch([job.item for job in jobs]):
-            job = waiting.pop(position)
-            failed = isinstance(result, BaseException)
-            job.loop.call_soon_threadsafe(_settle, job.future, None if failed else result,
-                                          result if failed else None)
-        if waiting:
-            raise RuntimeError(f"the batch call answered {len(jobs) - len(waiting)} of {len(jobs)} items")
-    except BaseException as caught:
-        log.debug("batched model call failed: %r", caught)
-        for job in waiting.values():
-            job.loop.call_soon_threadsafe(_settle, job.future, None, caught)
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
