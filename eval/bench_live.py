@@ -14,7 +14,9 @@
    last minute); latency of the finals in minute 1 and in minute M, and the process's resident
    memory at the end of minute 1 and at the end.
 
-    python -m eval.bench_live --streams 1 4 8 --seconds 60 --long-minutes 30 --output eval/results
+Per N also where a final's and a tentative caption's time in the model worker went (``job_profile``).
+
+    python -m eval.bench_live --streams 1 4 8 --seconds 60 --long-minutes 30 --emulate-avx2
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from asr.live.stream import StreamConfig
 from asr.live.worker import FINAL, IDLE, PARTIAL
 from asr.speech.audio import SAMPLE_RATE, load_audio
 from asr.speech.pipeline import TranscribeOptions
+from eval.bench_cpu import emulate_avx2
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_dev" / "manifest.jsonl"
 PAUSE_S = 0.8  # between utterances: an end-of-utterance pause the segmenter cuts at
@@ -63,6 +66,34 @@ def speech_track(manifest: Path, seconds: float, first: int) -> np.ndarray:
 
 def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
+
+
+def overlap(start: float, end: float, calls: list) -> float:
+    """Seconds of [start, end] that ``calls`` (``CallRecord``) ran."""
+    return sum(max(0.0, min(end, call.ended) - max(start, call.began)) for call in calls)
+
+
+def job_profile(worker) -> dict:
+    """Where a job's time in the worker went, per priority (final, partial): waiting for its call
+    (p50/p95, and the mean of that wait the worker spent on finals, on tentative captions and on
+    idle work) and inside its call until its result came back (p50/p95)."""
+    calls = list(worker.calls)
+    by_priority = {kind: [c for c in calls if c.priority == kind] for kind in (FINAL, PARTIAL, IDLE)}
+    profile = {}
+    for name, kind in (("final", FINAL), ("partial", PARTIAL)):
+        jobs = [job for job in worker.jobs_done if job.priority == kind]
+        waits = [job.began - job.submitted for job in jobs]
+        inside = [job.answered - job.began for job in jobs]
+        profile[name] = {
+            "jobs": len(jobs),
+            "wait_p50": percentile(waits, 50), "wait_p95": percentile(waits, 95),
+            "in_call_p50": percentile(inside, 50), "in_call_p95": percentile(inside, 95),
+            "mean_s": float(np.mean([w + i for w, i in zip(waits, inside)])) if jobs else None,
+        }
+        for other, other_kind in (("finals", FINAL), ("partials", PARTIAL), ("idle", IDLE)):
+            behind = [overlap(job.submitted, job.began, by_priority[other_kind]) for job in jobs]
+            profile[name][f"mean_wait_behind_{other}"] = float(np.mean(behind)) if jobs else None
+    return profile
 
 
 def resident_mb() -> float:
@@ -96,6 +127,7 @@ async def run_streams(model: LiveModel, streams: int, args) -> dict:
         "streams": streams,
         "seconds_per_stream": args.seconds,
         "finals": len(latencies),
+        "latency_mean": float(np.mean(latencies)) if latencies else None,
         "latency_p50": percentile(latencies, 50),
         "latency_p95": percentile(latencies, 95),
         "latency_max": max(latencies) if latencies else None,
@@ -104,7 +136,8 @@ async def run_streams(model: LiveModel, streams: int, args) -> dict:
         "partials": sum(len(r.of("partial")) for r in results),
         "partial_gap_p50": percentile(gaps, 50),
         "partial_gap_p95": percentile(gaps, 95),
-        "streams_per_call": float(np.mean(server.worker.batch_sizes)),
+        "streams_per_call": float(np.mean([c.sessions for c in server.worker.calls if c.priority != IDLE])),
+        "worker_jobs": job_profile(server.worker),
         "busy_finals_s": server.worker.busy_by_priority[FINAL],
         "busy_partials_s": server.worker.busy_by_priority[PARTIAL],
         "busy_context_s": server.worker.busy_by_priority[IDLE],  # prefilling kept finals' context when idle
@@ -201,7 +234,11 @@ def main() -> int:
     parser.add_argument("--manifest", type=Path, default=DEV)
     parser.add_argument("--output", type=Path, default=Path("eval/results"))
     parser.add_argument("--name", default="bench_live", help="JSON file name (without .json)")
+    parser.add_argument("--emulate-avx2", action="store_true",
+                        help="limit torch, oneDNN, MKL and CTranslate2 to AVX2 (restarts the script)")
     args = parser.parse_args()
+    if args.emulate_avx2:
+        emulate_avx2("eval.bench_live")
     report = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -233,6 +270,13 @@ def main() -> int:
                 f"{fmt(s['latency_max']):>7} {s['rtf']:>6.2f} {gap:>22} {s['streams_per_call']:>9.2f} "
                 f"{fmt(s['final_lag_max']):>10}"
             )
+        print(f"{'streams':>8} {'job':>8} {'wait p50/p95 s':>15} {'in call p50/p95 s':>18} "
+              f"{'mean wait behind finals / partials / idle s':>44}")
+        for s in report["streams"]:
+            for job, p in s["worker_jobs"].items():
+                behind = " / ".join(fmt(p[f"mean_wait_behind_{o}"]) for o in ("finals", "partials", "idle"))
+                print(f"{s['streams']:>8} {job:>8} {fmt(p['wait_p50']) + ' / ' + fmt(p['wait_p95']):>15} "
+                      f"{fmt(p['in_call_p50']) + ' / ' + fmt(p['in_call_p95']):>18} {behind:>44}")
         del model
     if args.long_minutes:
         report["long"] = {}

@@ -52,6 +52,36 @@ def test_finals_of_two_streams_in_one_batch_match_one_at_a_time(live_model, utte
         assert error_rates([reference], [batched.text])[0] < 0.5, (reference, batched.text)
 
 
+def test_a_final_is_sent_before_the_next_window_length_is_encoded(live_model, utterances,  # noqa: F811
+                                                                   monkeypatch):
+    """Chunks of two encoder window lengths in one batched call: the first chunk's final comes before
+    the other chunk's encoder call (a final waits for the Whisper work of its own window length only)."""
+    from asr.live.session import FINAL_MARGIN_S, ChunkRequest
+
+    events = []
+    encode = live_model.model.encode_chunks
+
+    def logged(audios, *args):
+        events.append(("encode", len(audios)))
+        return encode(audios, *args)
+
+    monkeypatch.setattr(live_model.model, "encode_chunks", logged)
+    chunks = [utterances[0][0][: 2 * SR], utterances[1][0][: 9 * SR]]
+    encoder = live_model.model.encoder
+    assert len({encoder.window_samples([chunk], FINAL_MARGIN_S) for chunk in chunks}) == 2
+    engine = live_model.open_engine(max_streams=2, max_seconds=60)
+    decoders = [live_model.open(engine) for _ in chunks]
+    try:
+        requests = [ChunkRequest(audio, 0.0, decoder) for audio, decoder in zip(chunks, decoders)]
+        for position, caption in live_model.finals(requests):
+            assert caption.text, caption
+            events.append(("final", position))
+    finally:
+        for decoder in decoders:
+            decoder.close()
+    assert events == [("encode", 1), ("final", 0), ("encode", 1), ("final", 1)]
+
+
 def test_drafts_of_open_chunks_read_their_words_from_short_windows(live_model, utterances):  # noqa: F811
     from asr.live.session import ChunkRequest
 

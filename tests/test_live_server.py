@@ -151,7 +151,7 @@ def test_streams_are_batched_in_one_engine(server, speech):
     engine, worker = server.server.engine, server.server.worker
     free_before = engine.cache.allocator.num_free
     gate = threading.Event()
-    batches_before = len(worker.batch_sizes)
+    calls_before = len(worker.calls)
 
     async def hold():
         return worker.run("holder", gate.wait)
@@ -170,7 +170,8 @@ def test_streams_are_batched_in_one_engine(server, speech):
         return held, await asyncio.gather(*streams)
 
     held, results = asyncio.run(two())
-    assert held.done() and max(worker.batch_sizes[batches_before:]) >= 2, worker.batch_sizes
+    sessions = [call.sessions for call in list(worker.calls)[calls_before:]]
+    assert held.done() and max(sessions) >= 2, sessions
     for result in results:
         assert result.of("done") and result.of("final") and result.close_code == 1000
         first = reference.split()[:35]  # the first utterance's words: 14 s of audio hold it

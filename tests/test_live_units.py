@@ -120,7 +120,9 @@ def test_audio_input_refuses_odd_bytes_and_nan():
     assert nan.value.code == "bad_samples"
 
 
-def test_worker_serves_sessions_round_robin_finals_first():
+def test_worker_serves_finals_first_each_priority_oldest_due_first():
+    """Finals before tentative captions whenever they fell due; among finals, the one due first (a
+    stream's backlogged chunk) before one submitted earlier but due later."""
     order = []
     gate = threading.Event()
 
@@ -130,9 +132,9 @@ def test_worker_serves_sessions_round_robin_finals_first():
             blocker = worker.run("a", gate.wait)  # holds the worker while the others queue
             await asyncio.sleep(0.05)
             futures = [
-                worker.run("b", lambda: order.append("b-partial"), PARTIAL),
+                worker.run("b", lambda: order.append("b-partial"), PARTIAL, due=time.monotonic() - 60),
                 worker.run("c", lambda: order.append("c-final"), FINAL),
-                worker.run("d", lambda: order.append("d-final"), FINAL),
+                worker.run("d", lambda: order.append("d-final"), FINAL, due=time.monotonic() - 10),
             ]
             with pytest.raises(RuntimeError, match="already has a job"):
                 worker.run("c", lambda: None)
@@ -152,7 +154,7 @@ def test_worker_serves_sessions_round_robin_finals_first():
             worker.stop()
 
     asyncio.run(scenario())
-    assert order == ["c-final", "d-final", "b-partial"]
+    assert order == ["d-final", "c-final", "b-partial"]
 
 
 def test_worker_runs_idle_work_piece_by_piece_only_while_no_job_waits():
@@ -232,7 +234,9 @@ def test_worker_batches_waiting_sessions_and_settles_each_item():
             blocker = worker.run("z", gate.wait)
             await asyncio.sleep(0.05)
             partials = [worker.run_batched(s, batch, f"{s}-partial", PARTIAL) for s in "ab"]
-            finals = [worker.run_batched(s, batch, item) for s, item in zip("cdef", ["c", "bad", "e", "f"])]
+            dues = [None, None, time.monotonic() - 5, None]  # e's chunk is the oldest: e leads
+            finals = [worker.run_batched(s, batch, item, due=due)
+                      for s, item, due in zip("cdef", ["c", "bad", "e", "f"], dues)]
             gate.set()
             await blocker
             results = await asyncio.gather(*finals, *partials, return_exceptions=True)
@@ -246,5 +250,5 @@ def test_worker_batches_waiting_sessions_and_settles_each_item():
             worker.stop()
 
     asyncio.run(scenario())
-    # finals first, at most max_batch per call, in turn order; partials batched after them
-    assert calls[:3] == [["c", "bad", "e"], ["f"], ["a-partial", "b-partial"]]
+    # finals first, at most max_batch per call, in the order they fell due; partials batched after them
+    assert calls[:3] == [["e", "c", "bad"], ["f"], ["a-partial", "b-partial"]]

@@ -3,8 +3,9 @@ every stream of a server shares, one decoder (sequence) per stream in it, and de
 batches across streams. Keep it that way: when the speech API changes (who owns the engine, what
 ``transcribe_chunk`` does inside), this module is what adapts.
 
-Final captions come from the speech LLM (``LongformSession.transcribe_chunk``); the chunks of all
-streams waiting for one go through the Whisper encoder (and its draft) as one batch. Tentative
+Final captions come from the speech LLM (``LongformSession.transcribe_chunk``); the chunks of the
+streams waiting for one go through the Whisper encoder (and its draft) in batches of one window
+length, each batch's finals decoded and sent before the next batch is encoded. Tentative
 captions come from Whisper's draft alone (``AudioEncoder.draft`` with a margin): the LLM is off their
 path, and the drafts of all streams waiting for one are one batch. Both encode windows only a
 little longer than their chunks (``PARTIAL_MARGIN_S``, ``FINAL_MARGIN_S``), not 30 s.
@@ -119,10 +120,23 @@ class LiveModel:
         return True
 
     def finals(self, requests: list[ChunkRequest]) -> Iterator[tuple[int, Caption | AsrError]]:
-        """Each closed chunk appended with its transcript to its stream's context for good: one encoder
-        batch for all of them, then per stream the speech LLM, the chunks whose drafts are kept whole
-        (no LLM work) first. Yields (position in ``requests``, its caption) as each is done. A chunk the
-        speech library refuses (e.g. its context is full) yields the error, the others go on."""
+        """Each closed chunk appended with its transcript to its stream's context for good. The chunks go
+        through the encoder in groups of one window length (``AudioEncoder.window_samples``: only those
+        share an encoder batch), in the order of ``requests``; after each group's encoder call, per
+        stream the speech LLM, the chunks whose drafts are kept whole (no LLM work) first, so a final
+        waits for its own group's Whisper work only, not for every stream's. Yields (position in
+        ``requests``, its caption) as each is done. A chunk the speech library refuses (e.g. its context
+        is full) yields the error, the others go on."""
+        groups: dict[int, list[int]] = {}  # window samples -> positions in ``requests``
+        for position, request in enumerate(requests):
+            window = self.model.encoder.window_samples([request.audio], FINAL_MARGIN_S)
+            groups.setdefault(window, []).append(position)
+        for positions in groups.values():
+            yield from self._finals_of_group([requests[position] for position in positions], positions)
+
+    def _finals_of_group(self, requests: list[ChunkRequest],
+                         positions: list[int]) -> Iterator[tuple[int, Caption | AsrError]]:
+        """``finals`` of chunks that share one encoder window length; yields their ``positions``."""
         began = time.perf_counter()
         audios = [request.audio for request in requests]
         encoded = self.model.encode_chunks(audios, self.options.draft_decoding().search(), FINAL_MARGIN_S)
@@ -130,18 +144,19 @@ class LiveModel:
         sessions = [request.decoder.session for request in requests]
         order = sorted(range(len(requests)), key=lambda i: sessions[i].kept_draft(
             len(requests[i].audio) / SAMPLE_RATE, encoded[i].draft) is None)
-        for position in order:
-            request = requests[position]
+        for index in order:
+            request = requests[index]
             began = time.perf_counter()
             try:
-                segment = sessions[position].transcribe_chunk(
-                    request.audio, request.start_s, SAMPLE_RATE, encoded=encoded[position]
+                segment = sessions[index].transcribe_chunk(
+                    request.audio, request.start_s, SAMPLE_RATE, encoded=encoded[index]
                 )
             except AsrError as error:
-                yield position, error
+                yield positions[index], error
                 continue
             seconds = encode_share + time.perf_counter() - began
-            yield position, Caption(request.start_s, request.end_s, segment.text if segment else "", seconds)
+            yield positions[index], Caption(request.start_s, request.end_s, segment.text if segment else "",
+                                            seconds)
 
     def drafts(self, requests: list[ChunkRequest]) -> Iterator[tuple[int, Caption]]:
         """Whisper's draft of each still-open chunk (no context, nothing kept), as one batch of

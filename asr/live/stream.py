@@ -170,9 +170,11 @@ class StreamSession:
         while True:
             if self.finals:
                 chunk = self.finals[0]
+                arrived = self._arrival(chunk.end)  # when its last sample came: its latency counts from there
                 try:
                     request = ChunkRequest(chunk.audio, chunk.start / SAMPLE_RATE, self.decoder)
-                    caption = await self.worker.run_batched(self.id, self.model.finals, request, FINAL)
+                    caption = await self.worker.run_batched(self.id, self.model.finals, request, FINAL,
+                                                            due=arrived)
                 except AsrError as error:  # e.g. the context is full: say so, keep the stream alive
                     self.finals.popleft()
                     await self.send({"type": "error", "code": "decode_failed", "message": str(error)})
@@ -180,7 +182,7 @@ class StreamSession:
                 self.finals.popleft()
                 self._room.set()
                 self.captioned = chunk.end
-                latency = time.monotonic() - self._arrival(chunk.end)
+                latency = time.monotonic() - arrived
                 self.latencies.append(latency)
                 await self.send(self._caption("final", caption, latency=round(latency, 3),
                                               backlog=round(self.backlog_seconds, 3)))

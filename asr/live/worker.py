@@ -1,12 +1,14 @@
 """One thread runs every model call for all live sessions: the scheduler of the live service.
 
 torch already uses every core for one call, so calls run one at a time. Each session has at most
-one job waiting (its captions are decoded in order), and the worker serves sessions round-robin,
-final captions before tentative ones: a busy stream cannot starve the others, and tentative
-captions only use time that no final needs. Batched jobs (``run_batched``) of several sessions
-that name the same batch call and priority run as one call: the first session in turn order picks
-the call, the others waiting with it join (up to ``max_batch``), and all move to the back of the
-turn order. When no job waits, the worker runs its ``idle`` work (e.g. prefilling context that
+one job waiting (its captions are decoded in order). Final captions go before tentative ones, so
+tentative captions only use time that no final needs; within a priority the job whose work has
+waited longest goes first (earliest ``due``: for a final, when its chunk's last audio arrived), so
+a stream whose finals queued behind each other catches up before newer chunks of other streams
+are served, and no stream starves (a job's due time only ages). Batched jobs (``run_batched``)
+of several sessions that name the same batch call and priority run as one call: the job due
+first picks the call, the others waiting for it join in the order they fell due (up to
+``max_batch``). When no job waits, the worker runs its ``idle`` work (e.g. prefilling context that
 finals left for later, ``LiveModel.settle_context``) one piece at a time, so a job that arrives waits
 for one piece at most. The event loop awaits futures and never blocks.
 """
@@ -17,8 +19,9 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -26,10 +29,33 @@ log = logging.getLogger(__name__)
 FINAL, PARTIAL = 0, 1  # job priorities: lower runs first
 IDLE = 2  # what the worker's idle work is counted under in ``busy_by_priority``
 MAX_BATCH = 8  # most sessions served by one batched call
+RECORDS_KEPT = 20000  # the latest calls and jobs kept in ``calls`` and ``jobs_done`` (for benchmarks)
 
 # items of several sessions -> (position in the items, its result) per item, in any order (an exception
 # instance as the result fails that item only)
 BatchCall = Callable[[list[Any]], Iterable[tuple[int, Any]]]
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One model call of the worker: its jobs' priority (``IDLE`` for idle work), when it began and
+    ended (``time.monotonic``) and how many sessions it served (0 for idle work)."""
+
+    priority: int
+    began: float
+    ended: float
+    sessions: int
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job's way through the worker (``time.monotonic``): submitted, its call began, its result
+    handed back (a batched call hands each item's back as it is done)."""
+
+    priority: int
+    submitted: float
+    began: float
+    answered: float
 
 
 @dataclass
@@ -40,19 +66,22 @@ class _Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     priority: int
+    due: float  # when its work became due (``time.monotonic``): the earliest due is served first
+    submitted: float = field(default_factory=time.monotonic)
 
 
 class ModelWorker:
-    """``await worker.run(session_id, call, priority)`` runs ``call()`` on the worker thread;
-    ``await worker.run_batched(session_id, batch, item, priority)`` runs ``item`` in one
-    ``batch(items)`` call with the items other sessions have waiting for the same ``batch``.
-    ``idle()``: one piece of work for an idle worker; returns whether there was any."""
+    """``await worker.run(session_id, call, priority, due)`` runs ``call()`` on the worker thread;
+    ``await worker.run_batched(session_id, batch, item, priority, due)`` runs ``item`` in one
+    ``batch(items)`` call with the items other sessions have waiting for the same ``batch``. ``due``:
+    when the job's work became due (``time.monotonic``; None: now). ``idle()``: one piece of work for
+    an idle worker; returns whether there was any."""
 
     def __init__(self, max_batch: int = MAX_BATCH, idle: Callable[[], bool] | None = None) -> None:
         self.max_batch, self.idle = max_batch, idle
-        self.batch_sizes: list[int] = []  # sessions served by each call, in order (for benchmarks)
-        self._jobs: dict[str, _Job] = {}  # session id -> its waiting job (insertion order = arrival)
-        self._turn: list[str] = []  # session ids, rotated as they are served
+        self.calls: deque[CallRecord] = deque(maxlen=RECORDS_KEPT)  # in order (for benchmarks)
+        self.jobs_done: deque[JobRecord] = deque(maxlen=RECORDS_KEPT)  # in the order answered
+        self._jobs: dict[str, _Job] = {}  # session id -> its waiting job
         self._ready = threading.Condition()
         self._stopped = False
         self.busy_seconds = 0.0
@@ -60,26 +89,25 @@ class ModelWorker:
         self._thread = threading.Thread(target=self._serve, name="asr-model-worker", daemon=True)
         self._thread.start()
 
-    def run(self, session_id: str, call: Callable[[], Any], priority: int = FINAL) -> asyncio.Future:
-        return self._submit(session_id, call, None, None, priority)
+    def run(self, session_id: str, call: Callable[[], Any], priority: int = FINAL,
+            due: float | None = None) -> asyncio.Future:
+        return self._submit(session_id, call, None, None, priority, due)
 
-    def run_batched(
-        self, session_id: str, batch: BatchCall, item: Any, priority: int = FINAL
-    ) -> asyncio.Future:
-        return self._submit(session_id, None, batch, item, priority)
+    def run_batched(self, session_id: str, batch: BatchCall, item: Any, priority: int = FINAL,
+                    due: float | None = None) -> asyncio.Future:
+        return self._submit(session_id, None, batch, item, priority, due)
 
     def _submit(self, session_id: str, call: Callable[[], Any] | None, batch: BatchCall | None, item: Any,
-                priority: int) -> asyncio.Future:
+                priority: int, due: float | None) -> asyncio.Future:
         loop = asyncio.get_running_loop()
-        job = _Job(call, batch, item, loop.create_future(), loop, priority)
+        job = _Job(call, batch, item, loop.create_future(), loop, priority,
+                   time.monotonic() if due is None else due)
         with self._ready:
             if self._stopped:
                 raise RuntimeError("the model worker has stopped")
             if session_id in self._jobs:
                 raise RuntimeError(f"session {session_id} already has a job waiting")
             self._jobs[session_id] = job
-            if session_id not in self._turn:
-                self._turn.append(session_id)
             self._ready.notify()
         return job.future
 
@@ -87,8 +115,6 @@ class ModelWorker:
         """Drop a session's waiting job (its client left); a running job finishes."""
         with self._ready:
             job = self._jobs.pop(session_id, None)
-            if session_id in self._turn:
-                self._turn.remove(session_id)
         if job is not None:
             job.loop.call_soon_threadsafe(_cancel, job.future)
 
@@ -99,21 +125,16 @@ class ModelWorker:
         self._thread.join(timeout=60)
 
     def _next(self) -> list[_Job]:
-        """The first session in turn order holding a job of the best priority waiting, and for a
-        batched job the sessions after it waiting for the same call (at most ``max_batch``); moves
-        them to the back of the turn order."""
+        """The job of the best priority due first, and for a batched job the others of that priority
+        waiting for the same call, in the order they fell due (at most ``max_batch`` in all)."""
         best = min(job.priority for job in self._jobs.values())
-        first = next(s for s in self._turn if s in self._jobs and self._jobs[s].priority == best)
-        lead = self._jobs[first]
-        chosen = [first]
+        waiting = sorted((s for s, job in self._jobs.items() if job.priority == best),
+                         key=lambda s: self._jobs[s].due)
+        lead = self._jobs[waiting[0]]
+        chosen = [waiting[0]]
         if lead.batch is not None:
-            chosen += [s for s in self._turn if s != first and s in self._jobs
-                       and self._jobs[s].priority == best and self._jobs[s].batch == lead.batch]
-        chosen = chosen[: self.max_batch]
-        for session_id in chosen:
-            self._turn.remove(session_id)
-            self._turn.append(session_id)
-        return [self._jobs.pop(session_id) for session_id in chosen]
+            chosen += [s for s in waiting[1:] if self._jobs[s].batch == lead.batch]
+        return [self._jobs.pop(session_id) for session_id in chosen[: self.max_batch]]
 
     def _serve(self) -> None:
         idle_done = False  # the idle work said there is none left (until the next job)
@@ -121,9 +142,9 @@ class ModelWorker:
             with self._ready:
                 idle = not self._stopped and not self._jobs and self.idle is not None and not idle_done
             if idle:
-                began = time.perf_counter()
+                began = time.monotonic()
                 idle_done = not _run_idle(self.idle)
-                self._count(IDLE, time.perf_counter() - began)
+                self._count(IDLE, began, 0)
                 continue
             with self._ready:
                 while not self._stopped and not self._jobs:
@@ -136,17 +157,47 @@ class ModelWorker:
                     return
                 jobs = self._next()
             idle_done = False
-            began = time.perf_counter()
-            self.batch_sizes.append(len(jobs))
+            began = time.monotonic()
             if jobs[0].batch is None:
-                _run_one(jobs[0])
+                self._run_one(jobs[0], began)
             else:
-                _run_batch(jobs)
-            self._count(jobs[0].priority, time.perf_counter() - began)
+                self._run_batch(jobs, began)
+            self._count(jobs[0].priority, began, len(jobs))
 
-    def _count(self, priority: int, seconds: float) -> None:
-        self.busy_seconds += seconds
-        self.busy_by_priority[priority] = self.busy_by_priority.get(priority, 0.0) + seconds
+    def _count(self, priority: int, began: float, sessions: int) -> None:
+        ended = time.monotonic()
+        self.calls.append(CallRecord(priority, began, ended, sessions))
+        self.busy_seconds += ended - began
+        self.busy_by_priority[priority] = self.busy_by_priority.get(priority, 0.0) + ended - began
+
+    def _answer(self, job: _Job, began: float, result: Any, error: BaseException | None) -> None:
+        """Hand ``job``'s result (or error) to its session; record its way through the worker."""
+        self.jobs_done.append(JobRecord(job.priority, job.submitted, began, time.monotonic()))
+        job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+
+    def _run_one(self, job: _Job, began: float) -> None:
+        try:
+            result, error = job.call(), None
+        except BaseException as caught:  # handed to the awaiting session; the worker goes on
+            result, error = None, caught
+            log.debug("model call failed: %r", caught)
+        self._answer(job, began, result, error)
+
+    def _run_batch(self, jobs: list[_Job], began: float) -> None:
+        """Settle each job as the batch call yields its result (a session need not wait for the others);
+        a failure of the whole call fails the jobs it has not answered yet."""
+        waiting = dict(enumerate(jobs))
+        try:
+            for position, result in jobs[0].batch([job.item for job in jobs]):
+                failed = isinstance(result, BaseException)
+                self._answer(waiting.pop(position), began, None if failed else result,
+                             result if failed else None)
+            if waiting:
+                raise RuntimeError(f"the batch call answered {len(jobs) - len(waiting)} of {len(jobs)} items")
+        except BaseException as caught:
+            log.debug("batched model call failed: %r", caught)
+            for job in waiting.values():
+                self._answer(job, began, None, caught)
 
 
 def _run_idle(idle: Callable[[], bool]) -> bool:
@@ -156,33 +207,6 @@ def _run_idle(idle: Callable[[], bool]) -> bool:
     except Exception:
         log.exception("idle work failed")
         return False
-
-
-def _run_one(job: _Job) -> None:
-    try:
-        result, error = job.call(), None
-    except BaseException as caught:  # handed to the awaiting session; the worker goes on
-        result, error = None, caught
-        log.debug("model call failed: %r", caught)
-    job.loop.call_soon_threadsafe(_settle, job.future, result, error)
-
-
-def _run_batch(jobs: list[_Job]) -> None:
-    """Settle each job as the batch call yields its result (a session need not wait for the others);
-    a failure of the whole call fails the jobs it has not answered yet."""
-    waiting = dict(enumerate(jobs))
-    try:
-        for position, result in jobs[0].batch([job.item for job in jobs]):
-            job = waiting.pop(position)
-            failed = isinstance(result, BaseException)
-            job.loop.call_soon_threadsafe(_settle, job.future, None if failed else result,
-                                          result if failed else None)
-        if waiting:
-            raise RuntimeError(f"the batch call answered {len(jobs) - len(waiting)} of {len(jobs)} items")
-    except BaseException as caught:
-        log.debug("batched model call failed: %r", caught)
-        for job in waiting.values():
-            job.loop.call_soon_threadsafe(_settle, job.future, None, caught)
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
