@@ -248,7 +248,9 @@ def select_blocks(
     mass: [kv_heads, query blocks, key blocks] estimated shares (``estimate_block_mass``) of the
     queries at positions ``[start, length)``; tree: the queries are a token tree's nodes
     (``asr.llm.token_tree``), so each query block also keeps every block of new keys up to its own
-    (a node's ancestors may sit in any of them). Returns blocks: [kv_heads, query blocks, width] int32
+    (a node's ancestors may sit in any of them), on top of the blocks it chooses as causal queries
+    would (those blocks' estimated shares, which count every earlier node, are not counted towards
+    ``config.mass``). Returns blocks: [kv_heads, query blocks, width] int32
     key block indices in ascending order (the diagonal last), padded with -1, width =
     ``min(key blocks, config.max_chosen)`` plus, for a tree, its query blocks past the local ones; and
     counts: [kv_heads, query blocks] int32.
@@ -260,16 +262,16 @@ def select_blocks(
     key = torch.arange(num_key_blocks, device=device)[None, :]
     visible = key <= own
     forced = visible & ((key < config.sink_blocks) | (key > own - config.local_blocks))
-    if tree:  # a node's ancestors may sit in any block of new keys up to its own
-        forced |= visible & (key >= first)
-    candidates = mass.masked_fill(~visible | forced, float("-inf"))
+    # a node's ancestors may sit in any block of new keys up to its own
+    tree_forced = visible & (key >= first) & ~forced if tree else torch.zeros_like(forced)
+    candidates = mass.masked_fill(~visible | forced | tree_forced, float("-inf"))
     ranked, order = candidates.sort(dim=-1, descending=True)
     finite = ranked > float("-inf")
     share = ranked.masked_fill(~finite, 0.0)
     before = (mass * forced).sum(-1, keepdim=True) + share.cumsum(-1) - share  # kept share ahead of each
     rank = torch.arange(num_key_blocks, device=device)
     keep_ranked = finite & (rank < config.max_blocks) & ((before < config.mass) | (config.mass >= 1))
-    keep = torch.zeros_like(keep_ranked).scatter_(-1, order, keep_ranked) | forced
+    keep = torch.zeros_like(keep_ranked).scatter_(-1, order, keep_ranked) | forced | tree_forced
     tree_blocks = max(0, num_query_blocks - config.local_blocks) if tree else 0
     width = min(num_key_blocks, config.max_chosen + tree_blocks)
     ascending = torch.where(keep, key, num_key_blocks).sort(dim=-1).values[..., :width]
