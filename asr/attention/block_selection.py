@@ -250,10 +250,9 @@ def select_blocks(
     (``asr.llm.token_tree``), so each query block also keeps every block of new keys up to its own
     (a node's ancestors may sit in any of them), on top of the blocks it chooses as causal queries
     would (those blocks' estimated shares, which count every earlier node, are not counted towards
-    ``config.mass``). Returns blocks: [kv_heads, query blocks, width] int32
-    key block indices in ascending order (the diagonal last), padded with -1, width =
-    ``min(key blocks, config.max_chosen)`` plus, for a tree, its query blocks past the local ones; and
-    counts: [kv_heads, query blocks] int32.
+    ``config.mass``). Returns blocks: [kv_heads, query blocks, width] int32 key block indices in
+    ascending order (the diagonal last), padded with -1, width = ``min(key blocks, config.max_chosen)``
+    plus, for a tree, its query blocks past the local ones; and counts: [kv_heads, query blocks] int32.
     """
     first, num_query_blocks = prefill_blocks(start, length, config.block_size)
     num_key_blocks = mass.shape[-1]
