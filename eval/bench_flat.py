@@ -34,7 +34,6 @@ import platform
 import statistics
 import subprocess
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -45,6 +44,7 @@ from asr.llm.config import EngineConfig, SamplingParams
 from asr.llm.distance_cap import DistanceCap
 from asr.llm.embedded import embedded_llm_dir
 from asr.llm.engine import LLMEngine
+from asr.speech.pipeline import TranscribeOptions
 
 PROPOSAL_IDS = (1000, 20000)  # random proposal and chunk ids from ordinary vocabulary (no stop tokens)
 
@@ -59,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reading-tokens", type=int, default=40, help="tokens per reading")
     p.add_argument("--candidate-blocks", type=int, nargs="+", default=[UniSparseConfig.candidate_blocks],
                    help="UniSparseConfig.candidate_blocks settings to run one after another (0: every key)")
+    p.add_argument("--max-blocks", type=int, default=TranscribeOptions().engine_config().unisparse.max_blocks,
+                   help="UniSparseConfig.max_blocks (default: what asr transcribe sets at its budget)")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "int8"),
                    help="LLM weights and cache (int8: int8 weights over a float32 cache)")
     p.add_argument("--repeats", type=int, default=3)
@@ -143,7 +145,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     runs = json.loads(args.output.read_text())["runs"] if args.output.exists() else {}
     for candidates in args.candidate_blocks:
-        unisparse = replace(UniSparseConfig(), candidate_blocks=candidates)
+        unisparse = UniSparseConfig(candidate_blocks=candidates, max_blocks=args.max_blocks)
         config = EngineConfig(attention="unique", prefill="unisparse", unisparse=unisparse,
                               dtype="float32" if args.dtype == "int8" else args.dtype,
                               int8_weights=args.dtype == "int8", device="cpu", max_batch=1, cuda_graphs=False,

@@ -68,7 +68,7 @@ class ScoreComparison:
         tree = token_tree([candidate[:-1] for candidate in candidates])
         if runner.unisparse is None or seq.num_tokens + len(tree.tokens) < runner.unisparse.min_context:
             return self.original(engine, seq, candidates)
-        fits = runner.tree_fits(seq.seq_id, len(tree.tokens))
+        fits = runner.tree_fits(len(tree.tokens))
         by_tree = engine._score_tree(seq, candidates, tree) if fits else None
         in_turn = engine._score_in_turn(seq, candidates)
         sparse, runner.unisparse = runner.unisparse, None  # every key: the dense scores

@@ -94,20 +94,25 @@ def test_invalid_cap_is_refused():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("run_pages", [1, 3, 64], ids=["run1", "run3", "run64"])
 @pytest.mark.parametrize("collapsed_before", [0, 5, 11], ids=["first", "mid-run", "run-edge"])
+@pytest.mark.parametrize("interleaved", [True, False], ids=["scattered", "consecutive"])
 def test_collapse_in_runs_equals_rotating_every_key_from_its_position(dtype, run_pages, collapsed_before,
-                                                                      monkeypatch):
+                                                                      interleaved, monkeypatch):
     """The run-wise collapse (one shared rotation for pages collapsed before, per-token rotations for the
     new ones) against every key rotated from its current position to the target and its page's
-    statistics recomputed: scattered pages (two sequences interleaved), three kv heads, a partial last
-    page left alone, runs that straddle the old/new boundary."""
+    statistics recomputed: scattered pages (two sequences interleaved, keys gathered and written back)
+    or consecutive ones (float32 keys moved in place), three kv heads, a partial last page left alone,
+    runs that straddle the old/new boundary."""
     monkeypatch.setattr("asr.attention.paged_cache.REWRITE_PAGES", run_pages)
     page_size, head_dim, length = 4, 16, 103
     gen = torch.Generator().manual_seed(run_pages * 100 + collapsed_before)
     cache = PagedKVCache(CacheShape(2, 64, page_size, 3, head_dim), dtype, "cpu")
     seq_id, other = cache.add_sequence(), cache.add_sequence()
-    for begin in range(0, length, 9):  # interleaved growth: the sequence's page ids are not consecutive
-        n = min(9, length - begin)
-        for target_seq, count in ((seq_id, n), (other, 5)):
+    counts = [min(9, length - begin) for begin in range(0, length, 9)]
+    # interleaved growth: the sequence's page ids are not consecutive
+    growth = ([((seq_id, n), (other, 5)) for n in counts] if interleaved
+              else [[(seq_id, n) for n in counts], [(other, 5)] * len(counts)])
+    for rounds in growth:
+        for target_seq, count in rounds:
             slots = cache.reserve([target_seq], [count])
             for layer in range(2):
                 keys = torch.randn(count, 3, head_dim, generator=gen).to(dtype)
@@ -117,6 +122,7 @@ def test_collapse_in_runs_equals_rotating_every_key_from_its_position(dtype, run
                    collapsed_position=collapsed_before * page_size)
     cap = DistanceCap(max_distance=40, slack=1)
     pages = cache.pages(seq_id)
+    assert (pages == list(range(pages[0], pages[0] + len(pages)))) != interleaved
     before = cache.k[:, pages].clone()  # [layers, pages, heads, P, d]
     other_keys = cache.k[:, cache.pages(other)].clone()
     assert cap_distances(cache, seq, inv_freq, cap)

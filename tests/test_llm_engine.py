@@ -305,17 +305,18 @@ def block_mass_estimates(monkeypatch) -> list[int]:
 
 
 def test_readings_scored_after_one_context_choose_their_blocks_once(tmp_path, block_mass_estimates):
-    """Scoring continuations in turn with block-sparse prefill (their tree is too wide for one forward):
-    each layer estimates block masses once (the first prefill's choice covers the later ones' positions)
-    and the scores are still the candidates' summed log-probabilities where every block is chosen."""
+    """Scoring continuations in turn with block-sparse prefill (their tree is larger than a prefill
+    chunk): each layer estimates block masses once (the first prefill's choice covers the later ones'
+    positions) and the scores are still the candidates' summed log-probabilities where every block is
+    chosen."""
     save_tiny_model("llama", tmp_path)
     reading = token_ids(6, seed=3)
     candidates = [reading, reading[:3] + token_ids(3, seed=4), reading[:1] + token_ids(5, seed=5)]
     for overrides in (unisparse(mass=0.01, max_blocks=1), unisparse(mass=1.0, max_blocks=1000)):
-        engine = engine_for(tmp_path, **overrides)
+        engine = engine_for(tmp_path, prefill_chunk=8, **overrides)
         seq = engine.new_sequence()
         engine.append(seq, token_ids=token_ids(70, seed=9))
-        assert not engine.runner.tree_fits(seq.seq_id, 11)  # 11 nodes after 70 tokens: three 8-token blocks
+        assert not engine.runner.tree_fits(11)  # 11 nodes: more than one 8-token prefill chunk
         block_mass_estimates.clear()
         scores = engine.score_continuations(seq, candidates)
         # three prefills, one choice each layer
@@ -329,13 +330,21 @@ def test_readings_scored_after_one_context_choose_their_blocks_once(tmp_path, bl
 
 def test_readings_past_min_context_are_scored_as_one_block_sparse_tree(tmp_path, monkeypatch,
                                                                        block_mass_estimates):
-    """Past UniSparse's ``min_context`` a tree of candidates whose nodes span at most ``local_blocks``
-    query blocks goes in one block-sparse forward (one block choice per layer): choosing every block it
-    scores as the dense engine does; choosing few, it attends less (other scores); either way the
-    sequence ends as it began."""
+    """Past UniSparse's ``min_context`` a tree of candidates goes in one block-sparse forward (one block
+    choice per layer), also one whose nodes span more query blocks than ``local_blocks``: choosing every
+    block it scores as the dense engine does; choosing few, it attends less (other scores) while each
+    node still sees all its ancestors; either way the sequence ends as it began."""
     save_tiny_model("llama", tmp_path)
     reading = token_ids(5, seed=3)
     candidates = [reading, reading[:2] + token_ids(2, seed=4), token_ids(3, seed=5)]  # 4 + 1 + 2 nodes
+    check_tree_scoring(tmp_path, monkeypatch, block_mass_estimates, candidates)
+    # 29 nodes after 70 tokens: four 8-token query blocks, two more than local_blocks
+    reading = token_ids(14, seed=6)
+    check_tree_scoring(tmp_path, monkeypatch, block_mass_estimates,
+                       [reading, reading[:3] + token_ids(12, seed=7), token_ids(4, seed=8)])
+
+
+def check_tree_scoring(tmp_path, monkeypatch, block_mass_estimates, candidates):
     context = token_ids(70, seed=9)
     dense = engine_for(tmp_path)
     seq = dense.new_sequence()

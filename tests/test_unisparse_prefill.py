@@ -180,6 +180,29 @@ def test_unisparse_prefill_of_a_tree_over_every_block_is_dense_tree_attention(st
     assert_close(out, prefill_attention(q, keys, values, start, 0.2, tree))
 
 
+@pytest.mark.parametrize("start", [pytest.param(37, id="mid-block"), pytest.param(512, id="block-start")])
+def test_unisparse_tree_wider_than_local_blocks_sees_every_ancestor(start):
+    """A tree over five query blocks, only the sink and local blocks chosen: each node attends the
+    cached keys of those blocks and of the block where the tree begins, and every one of its ancestors,
+    also those further back."""
+    n, size = 70, 16
+    q, k_cache, v_cache, page_table = sequence(start, n, (6, 2), 32, 8, seed=4)
+    tree = random_tree(n, seed=start)
+    own = (start + torch.arange(n)) // size
+    assert (tree & (own[None, :] < own[:, None] - 1)).any()  # ancestors past the local blocks
+    config = UniSparseConfig(block_size=size, granularities=(size,), mass=0.01, max_blocks=0)
+    out = unisparse_prefill(q, k_cache, v_cache, page_table, start, 0.2, config, tree=tree)
+    keys = gather_sequence(k_cache, page_table, start + n).float().repeat_interleave(3, dim=1)
+    values = gather_sequence(v_cache, page_table, start + n).float().repeat_interleave(3, dim=1)
+    key_block = torch.arange(start + n) // size
+    cached = (torch.arange(start + n) < start) & ((key_block < 1) | (key_block == start // size)
+                                                 | (key_block > own[:, None] - 2))
+    allowed = cached | torch.cat([torch.zeros(n, start, dtype=torch.bool), tree], 1)
+    logits = torch.einsum("nhd,thd->hnt", q.float(), keys) * 0.2
+    expected = torch.einsum("hnt,thd->nhd", logits.masked_fill(~allowed, float("-inf")).softmax(-1), values)
+    assert_close(out, expected)
+
+
 @pytest.mark.parametrize("start, n", SPANS + [pytest.param(SCORE_PAGES * 8 + 3, 77, id="several-runs")])
 @pytest.mark.parametrize("dtype, heads, page_size, block_size", CPU_SHAPES)
 @pytest.mark.parametrize("consecutive", [False, True], ids=["scattered", "consecutive"])

@@ -241,14 +241,18 @@ def estimate_block_mass(
 
 
 def select_blocks(
-    mass: torch.Tensor, start: int, length: int, config: UniSparseConfig
+    mass: torch.Tensor, start: int, length: int, config: UniSparseConfig, tree: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Key blocks each query block attends, per kv head.
 
     mass: [kv_heads, query blocks, key blocks] estimated shares (``estimate_block_mass``) of the
-    queries at positions ``[start, length)``. Returns blocks: [kv_heads, query blocks, width] int32 key
-    block indices in ascending order (the diagonal last), padded with -1, width =
-    ``min(key blocks, config.max_chosen)``; and counts: [kv_heads, query blocks] int32.
+    queries at positions ``[start, length)``; tree: the queries are a token tree's nodes
+    (``asr.llm.token_tree``), so each query block also keeps every block of new keys up to its own
+    (a node's ancestors may sit in any of them), on top of the blocks it chooses as causal queries
+    would (those blocks' estimated shares, which count every earlier node, are not counted towards
+    ``config.mass``). Returns blocks: [kv_heads, query blocks, width] int32 key block indices in
+    ascending order (the diagonal last), padded with -1, width = ``min(key blocks, config.max_chosen)``
+    plus, for a tree, its query blocks past the local ones; and counts: [kv_heads, query blocks] int32.
     """
     first, num_query_blocks = prefill_blocks(start, length, config.block_size)
     num_key_blocks = mass.shape[-1]
@@ -257,15 +261,18 @@ def select_blocks(
     key = torch.arange(num_key_blocks, device=device)[None, :]
     visible = key <= own
     forced = visible & ((key < config.sink_blocks) | (key > own - config.local_blocks))
-    candidates = mass.masked_fill(~visible | forced, float("-inf"))
+    # a node's ancestors may sit in any block of new keys up to its own
+    tree_forced = visible & (key >= first) & ~forced if tree else torch.zeros_like(forced)
+    candidates = mass.masked_fill(~visible | forced | tree_forced, float("-inf"))
     ranked, order = candidates.sort(dim=-1, descending=True)
     finite = ranked > float("-inf")
     share = ranked.masked_fill(~finite, 0.0)
     before = (mass * forced).sum(-1, keepdim=True) + share.cumsum(-1) - share  # kept share ahead of each
     rank = torch.arange(num_key_blocks, device=device)
     keep_ranked = finite & (rank < config.max_blocks) & ((before < config.mass) | (config.mass >= 1))
-    keep = torch.zeros_like(keep_ranked).scatter_(-1, order, keep_ranked) | forced
-    width = min(num_key_blocks, config.max_chosen)
+    keep = torch.zeros_like(keep_ranked).scatter_(-1, order, keep_ranked) | forced | tree_forced
+    tree_blocks = max(0, num_query_blocks - config.local_blocks) if tree else 0
+    width = min(num_key_blocks, config.max_chosen + tree_blocks)
     ascending = torch.where(keep, key, num_key_blocks).sort(dim=-1).values[..., :width]
     blocks = ascending.masked_fill(ascending == num_key_blocks, -1).to(torch.int32)
     return blocks, keep.sum(-1).to(torch.int32)

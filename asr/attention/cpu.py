@@ -220,12 +220,14 @@ def block_sparse_prefill_cpu(
     tree: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The CPU path of ``block_sparse_prefill_reference`` (same arguments and result), one query block
-    at a time: the key blocks its kv heads chose (as many slots as the head that chose most) gathered
-    by one ``index_select`` over [pages * kv_heads, P, d] and attended by all query heads of each
-    group together (matmuls in the cache dtype, the scale folded into the queries; softmax in
-    float32). The diagonal block is moved to the last slot, so the causal mask is one [S, S]
-    triangle there (with a ``tree``, the tree's rows over the new keys of every slot instead); the
-    few unused slots of heads that chose fewer are masked one by one."""
+    at a time and only its query rows inside ``[start, start + n)`` (a short prefill, such as a draft
+    check or a token tree, fills a fraction of its block): the key blocks its kv heads chose (as many
+    slots as the head that chose most) gathered by one ``index_select`` over [pages * kv_heads, P, d]
+    and attended by all query heads of each group together (matmuls in the cache dtype, the scale
+    folded into the queries; softmax in float32). The diagonal block is moved to the last slot, so the
+    causal mask is one triangle there; with a ``tree``, the tree's rows mask the slots from the first
+    that may hold new keys on (the earlier slots hold cached keys only, which every node sees); the few
+    unused slots of heads that chose fewer are masked one by one."""
     n, q_heads, head_dim = q.shape
     _, kv_heads, page_size, _ = k_cache.shape
     group, size = q_heads // kv_heads, block_size
@@ -236,43 +238,48 @@ def block_sparse_prefill_cpu(
     tail = num_query_blocks * size - lead - n
     queries = torch.nn.functional.pad((q.float() * scale).to(k_cache.dtype), (0, 0, 0, 0, lead, tail))
     queries = queries.view(num_query_blocks, size, kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
-    queries = queries.reshape(num_query_blocks, kv_heads, group * size, head_dim)
     counts = (blocks >= 0).sum(-1)  # [kv_heads, query blocks]
     widths = counts.amax(0).tolist()
     per_block = size // page_size
     last_page = -(-length // page_size) - 1
     heads = torch.arange(kv_heads)[:, None]
-    query_offset = torch.arange(size).repeat(group)[:, None]
     key_offset = torch.arange(size)[None, :]
     flat_k, flat_v = k_cache.flatten(0, 1), v_cache.flatten(0, 1)
-    out = torch.empty_like(queries)
+    out = torch.empty_like(queries)  # [query blocks, kv_heads, group, size, d]; rows outside the span unused
     for block, width in enumerate(widths):
         own = first + block
+        rows_from = lead if block == 0 else 0
+        rows_to = size - tail if block == num_query_blocks - 1 else size
+        rows = rows_to - rows_from  # this block's queries
         chosen = blocks[:, block, :width].long()
         chosen = chosen.masked_fill(torch.arange(width) == counts[:, block, None] - 1, -1)
         chosen[:, -1] = own  # [kv_heads, width]: the diagonal last
         # the pages of the chosen blocks (the last block may reach past the sequence's last page)
         logical = (chosen.clamp(min=0)[..., None] * per_block + torch.arange(per_block)).clamp(max=last_page)
-        rows = (page_table.long()[logical.flatten(1)] * kv_heads + heads).flatten()
-        keys = flat_k.index_select(0, rows).view(kv_heads, width * size, head_dim)
-        values = flat_v.index_select(0, rows).view(kv_heads, width * size, head_dim)
+        key_rows = (page_table.long()[logical.flatten(1)] * kv_heads + heads).flatten()
+        keys = flat_k.index_select(0, key_rows).view(kv_heads, width * size, head_dim)
+        values = flat_v.index_select(0, key_rows).view(kv_heads, width * size, head_dim)
         inside = length - own * size  # diagonal slots inside the sequence
         if inside < size:  # the slack past its end may hold anything
             keys[:, width * size - size + inside :] = 0
             values[:, width * size - size + inside :] = 0
-        logits = torch.matmul(queries[block], keys.transpose(1, 2)).float()
+        block_queries = queries[block, :, :, rows_from:rows_to].reshape(kv_heads, group * rows, head_dim)
+        logits = torch.matmul(block_queries, keys.transpose(1, 2)).float()  # [kv_heads, group * rows, keys]
         for head, slot in (chosen < 0).nonzero().tolist():
             logits[head, :, slot * size : (slot + 1) * size] = float("-inf")
+        query_offset = torch.arange(rows_from, rows_to).repeat(group)[:, None]  # [rows, 1]: place in block
         if tree is None:
             causal = (key_offset <= query_offset) & (key_offset < inside)
             logits[..., -size:].masked_fill_(~causal, float("-inf"))
         else:
-            nodes = block * size + query_offset[:, 0] - lead  # each row's node (padding rows: a neighbour's)
-            logits.masked_fill_(~_tree_visible(chosen, nodes.clamp(0, n - 1), tree, start, length, size),
-                                float("-inf"))
-        out[block] = torch.matmul(torch.softmax(logits, dim=-1).to(values.dtype), values)
-    out = out.view(num_query_blocks, kv_heads, group, size, head_dim).permute(0, 3, 1, 2, 4)
-    return out.reshape(num_query_blocks * size, q_heads, head_dim)[lead : lead + n].to(q.dtype)
+            nodes = block * size + query_offset[:, 0] - lead  # each row's node
+            new_from = int((chosen >= first).int().argmax(1).min())  # slots before hold cached keys only
+            logits[..., new_from * size :].masked_fill_(
+                ~_tree_visible(chosen[:, new_from:], nodes, tree, start, length, size), float("-inf"))
+        attended = torch.matmul(torch.softmax(logits, dim=-1).to(values.dtype), values)
+        out[block, :, :, rows_from:rows_to] = attended.view(kv_heads, group, rows, head_dim)
+    out = out.permute(0, 3, 1, 2, 4).reshape(num_query_blocks * size, q_heads, head_dim)
+    return out[lead : lead + n].to(q.dtype)
 
 
 def _tree_visible(chosen: torch.Tensor, nodes: torch.Tensor, tree: torch.Tensor, start: int, length: int,

@@ -176,8 +176,8 @@ class PagedKVCache:
         layer by ``rewrite(keys, first)`` and recompute those pages' statistics. The pages go in runs of
         at most ``REWRITE_PAGES`` (keys: [run, kv_heads, page_size, head_dim] of one layer, read in
         place when the run's ids are consecutive; first: the run's first logical page; returns new keys
-        of that shape, any dtype), all layers of a run before the next, so a run's keys stay in the CPU
-        cache from read to statistics."""
+        of that shape, any dtype, or ``keys`` itself rewritten in place), all layers of a run before the
+        next, so a run's keys stay in the CPU cache from read to statistics."""
         if num_pages * self.page_size > self._seq_lens[seq_id]:
             raise ValueError(
                 f"only full pages can be rewritten: {num_pages} pages of {self.page_size} tokens "
@@ -190,9 +190,12 @@ class PagedKVCache:
             pages = (slice(run[0], run[0] + len(run)) if consecutive
                      else to_device(run, torch.int64, self.k.device))
             for layer in range(self.shape.num_layers):
-                keys = rewrite(self.k[layer, pages], first).to(self.k.dtype)
-                self.k[layer, pages] = keys
-                self.key_stats[layer, pages] = page_key_stats(keys, None).to(self.key_stats.dtype)
+                keys = self.k[layer, pages]
+                rewritten = rewrite(keys, first)
+                if rewritten is not keys or not consecutive:  # a copy, or keys gathered by page ids
+                    rewritten = rewritten.to(self.k.dtype)
+                    self.k[layer, pages] = rewritten
+                self.key_stats[layer, pages] = page_key_stats(rewritten, None).to(self.key_stats.dtype)
 
     def write(self, layer: int, new_k: torch.Tensor, new_v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         """Store one layer's new keys/values ([tokens, kv_heads, head_dim]) at reserved slots."""

@@ -107,14 +107,14 @@ def unisparse_prefill(
     the key blocks, attend over them (arguments as ``block_sparse_prefill_reference``; key_stats: the
     cache's page statistics of the layer, for ``estimate_block_mass``; shared: a ``SharedSelection``
     and this layer's index, to reuse blocks chosen for these positions before; tree: as in
-    ``block_sparse_prefill_reference``: the blocks are chosen as for causal queries, so a tree's new
-    keys are all seen only where its nodes span at most ``config.local_blocks`` query blocks, which
-    every one of them attends). Returns [n, q_heads, d]."""
+    ``block_sparse_prefill_reference``: the blocks are chosen as for causal queries, and every query
+    block of a tree also attends all the blocks of new keys up to its own, so each node sees all its
+    ancestors). Returns [n, q_heads, d]."""
     length = start + q.shape[0]
 
     def choose() -> torch.Tensor:
         mass = estimate_block_mass(q, k_cache, page_table, start, scale, config, key_stats)
-        return select_blocks(mass, start, length, config)[0]
+        return select_blocks(mass, start, length, config, tree=tree is not None)[0]
 
     blocks = choose() if shared is None else shared[0].blocks(shared[1], start, length, config.block_size,
                                                               choose)

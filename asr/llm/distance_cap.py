@@ -54,6 +54,17 @@ def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor)
     return apply_rotary(keys.float(), *key_rotation(delta, inv_freq))
 
 
+def rotate_in_place(keys: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> None:
+    """``keys = apply_rotary(keys, cos, signed_sin)`` without a rotated copy or a rolled one: keys
+    [..., head_dim] float32, cos and signed_sin from ``key_rotation`` (broadcast against keys)."""
+    half = keys.shape[-1] // 2
+    first, second = keys[..., :half], keys[..., half:]
+    cos, sin = cos[..., :half], signed_sin[..., half:]
+    kept = first.clone()
+    first.mul_(cos).addcmul_(second, sin, value=-1)
+    second.mul_(cos).addcmul_(kept, sin)
+
+
 @torch.inference_mode()
 def cap_distances(cache: PagedKVCache, seq: Sequence, inv_freq: torch.Tensor, cap: DistanceCap) -> bool:
     """Collapse ``seq``'s old pages if its oldest uncollapsed key is too far behind; True if it did.
@@ -79,14 +90,16 @@ def cap_distances(cache: PagedKVCache, seq: Sequence, inv_freq: torch.Tensor, ca
     new_cos, new_sin = key_rotation(target - own, inv_freq)  # [new pages, 1 (kv heads), page_size, d]
 
     def move(keys: torch.Tensor, first: int) -> torch.Tensor:
-        """keys: [run, kv_heads, page_size, head_dim] of logical pages ``first ..`` -> float32 at target."""
+        """keys: [run, kv_heads, page_size, head_dim] of logical pages ``first ..`` -> float32 at target
+        (``keys`` itself, moved in place, when they are float32)."""
         wide = keys.float()
         split = min(max(moved - first, 0), len(keys))  # the run's pages that were collapsed before
         fresh = slice(first + split - moved, first + len(keys) - moved)
-        parts = [apply_rotary(wide[:split], old_cos, old_sin)] if split else []
+        if split:
+            rotate_in_place(wide[:split], old_cos, old_sin)
         if split < len(keys):
-            parts.append(apply_rotary(wide[split:], new_cos[fresh], new_sin[fresh]))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+            rotate_in_place(wide[split:], new_cos[fresh], new_sin[fresh])
+        return wide
 
     cache.rewrite_keys(seq.seq_id, count, move)
     seq.collapsed_pages, seq.collapsed_position = count, target

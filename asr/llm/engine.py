@@ -180,9 +180,8 @@ class LLMEngine:
         """Log-probability (nats, summed over its tokens) of each candidate continuation of ``seq``, each
         from what ``seq`` holds now; ``seq`` ends as it began (its ``next_logits`` too).
 
-        Where the runner can (``ModelRunner.tree_fits``: every tree on a context under UniSparse's
-        ``min_context``; past it, a tree of at most about ``local_blocks`` blocks of nodes), the
-        candidates go in as one token tree (``asr.llm.token_tree``): one forward over their distinct
+        Where the runner can (``ModelRunner.tree_fits``: a tree of at most one prefill chunk of nodes),
+        the candidates go in as one token tree (``asr.llm.token_tree``): one forward over their distinct
         prefixes, each attending the context (past ``min_context``, the key blocks chosen for the tree)
         and its own earlier tokens. Otherwise they go one after another in sorted order, each sharing the
         longest prefix it can with the one before: only the tokens after that prefix are prefilled
@@ -195,7 +194,7 @@ class LLMEngine:
         for candidate in candidates:
             self.check_fits(seq.num_tokens + len(candidate))
         tree = token_tree([candidate[:-1] for candidate in candidates])
-        if tree.tokens and self.runner.tree_fits(seq.seq_id, len(tree.tokens)):
+        if tree.tokens and self.runner.tree_fits(len(tree.tokens)):
             return self._score_tree(seq, candidates, tree)
         return self._score_in_turn(seq, candidates)
 

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 import torch
 
 from asr.attention import DecodeMetadata, PagedKVCache, UniqueConfig
-from asr.attention.block_selection import prefill_blocks
 from asr.attention.config import UniSparseConfig
 from asr.attention.shared_selection import SharedSelection
 from asr.attention.transfer import to_device
@@ -107,17 +106,11 @@ class ModelRunner:
             return None
         return self.unisparse
 
-    def tree_fits(self, seq_id: int, count: int) -> bool:
-        """Whether a token tree of ``count`` nodes after ``seq_id`` goes in one forward (``prefill_tree``):
-        dense, or block-sparse where its nodes' slots span at most the ``local_blocks`` query blocks that
-        each of them attends whole (so every node sees all its ancestors)."""
-        if count > self.prefill_chunk:
-            return False
-        start = self.cache.length(seq_id)
-        sparse = self._unisparse_at(start + count)
-        if sparse is None:
-            return True
-        return prefill_blocks(start, start + count, sparse.block_size)[1] <= sparse.local_blocks
+    def tree_fits(self, count: int) -> bool:
+        """Whether a token tree of ``count`` nodes goes in one forward (``prefill_tree``): at most one
+        prefill chunk (dense, or block-sparse with every block of its nodes attended by the later ones,
+        ``select_blocks(tree=True)``, so each node sees all its ancestors)."""
+        return count <= self.prefill_chunk
 
     @torch.inference_mode()
     def prefill_tree(self, seq_id: int, embeds: torch.Tensor, depths: list[int],
@@ -129,7 +122,7 @@ class ModelRunner:
         K/V are written after the cache, node i in its (length + i)-th slot (the caller truncates them
         away); returns each node's logits [n, vocab] float32. Only where ``tree_fits``."""
         count = embeds.shape[0]
-        if not self.tree_fits(seq_id, count):
+        if not self.tree_fits(count):
             raise ValueError(f"a {count}-node tree cannot be prefilled in one forward here")
         start = self.cache.length(seq_id)
         slot_mapping = self.cache.reserve([seq_id], [count])

@@ -1,0 +1,138 @@
+"""A long recording's LLM work again without Whisper's: the quick real-data check of per-chunk flatness.
+
+``record`` transcribes the recording once through the pipeline ``asr transcribe`` uses and saves what
+each chunk handed the LLM (its start and length, and its ``EncodedChunk``: embeddings and draft).
+``run`` feeds those chunks to a fresh session of the code checked out now, as the pipeline does
+(``LongformSession.transcribe_chunk``), and reports the LLM seconds per chunk in the first and last
+ten minutes (``eval.bench_cpu.chunk_time_growth``, the figure ``eval.bench_cpu`` gives for the whole
+pipeline), the seconds of each LLM stage there (``eval.stage_clock``), the context lengths and the
+WER. It takes the LLM's share of the pipeline's time (an hour: ~6 minutes instead of ~18 with
+faster-whisper beside it). Whisper's side is the recording's: a change to the encoder, the drafts
+or the segmenter needs a new ``record``.
+
+    python -m eval.chunk_replay record --manifest /work/runs/s12/hour.jsonl --minutes 60 --emulate-avx2 \\
+        --chunks hour_chunks.pt
+    python -m eval.chunk_replay run hour_chunks.pt --emulate-avx2 --output eval/results/chunk_replay.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from eval.bench_cpu import chunk_time_growth, cpu_record, emulate_avx2
+
+LLM_STAGES = ("distance cap", "prefill", "gate scoring", "draft check", "decode")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    record = sub.add_parser("record", help="transcribe once and save each chunk's LLM input")
+    record.add_argument("--manifest", type=Path, required=True)
+    record.add_argument("--minutes", type=float, default=60.0, help="the recording: the first ~M minutes")
+    record.add_argument("--chunks", type=Path, required=True, help="where the chunks go (torch.save)")
+    run = sub.add_parser("run", help="replay the saved chunks through the LLM")
+    run.add_argument("chunks", type=Path)
+    run.add_argument("--output", type=Path, default=Path("eval/results/chunk_replay.json"))
+    for command in (record, run):
+        command.add_argument("--emulate-avx2", action="store_true",
+                             help="torch, oneDNN, MKL and CTranslate2 limited to AVX2 (eval.bench_cpu)")
+    return p.parse_args(argv)
+
+
+def record(args) -> None:
+    """Transcribe ``args.minutes`` of the manifest and save every chunk the session is given."""
+    import torch
+
+    from asr.speech.longform import LongformSession
+    from asr.speech.pipeline import TranscribeOptions, load_transcriber
+    from eval.wer import build_items
+
+    item = build_items(args.manifest, args.minutes, None)[0]
+    audio = item.load()
+    transcriber = load_transcriber(None, TranscribeOptions(device="cpu"))
+    chunks = []  # (start s, samples, EncodedChunk)
+    transcribe_chunk = LongformSession.transcribe_chunk
+
+    def saved(session, chunk_audio, start_s, sample_rate, *, encoded):
+        chunks.append((start_s, len(chunk_audio), encoded))
+        return transcribe_chunk(session, chunk_audio, start_s, sample_rate, encoded=encoded)
+
+    LongformSession.transcribe_chunk = saved
+    try:
+        transcript = transcriber.transcribe(audio)
+    finally:
+        LongformSession.transcribe_chunk = transcribe_chunk
+    torch.save({"item": item.id, "reference": item.text, "duration_s": transcript.duration,
+                "chunks": chunks}, args.chunks)
+    print(f"{len(chunks)} chunks of {transcript.duration:.0f} s saved to {args.chunks}")
+
+
+def replay(args) -> dict:
+    """Each saved chunk through a fresh session: its LLM seconds, context and stage seconds."""
+    import torch
+
+    from asr.normalize import error_rates
+    from asr.speech.pipeline import TranscribeOptions, load_transcriber
+    from eval.stage_clock import STAGES, StageClock
+
+    saved = torch.load(args.chunks, weights_only=False)
+    transcriber = load_transcriber(None, TranscribeOptions(device="cpu"))
+    stages = {stage: STAGES[stage] for stage in LLM_STAGES}
+    rows, texts = [], []
+    with transcriber.open_session(saved["duration_s"]) as session:
+        for start_s, samples, encoded in saved["chunks"]:
+            context = session.seq.num_tokens
+            with StageClock(stages) as clock:
+                started = time.perf_counter()
+                piece = session.transcribe_chunk(np.zeros(samples, np.float32), start_s, encoded=encoded)
+                seconds = time.perf_counter() - started
+            rows.append({"start_s": start_s, "context": context, "seconds": round(seconds, 4),
+                         "stages": {stage: round(clock.seconds.get(stage, 0.0), 4) for stage in LLM_STAGES}})
+            if piece is not None:
+                texts.append(piece.text)
+    wer, _ = error_rates([saved["reference"]], [" ".join(texts)])
+    growth = chunk_time_growth([(row["start_s"], row["seconds"]) for row in rows], saved["duration_s"])
+    window = growth["window_s"]
+    windows = {"first": [row for row in rows if row["start_s"] < window],
+               "last": [row for row in rows if row["start_s"] >= saved["duration_s"] - window]}
+    stage_means = {name: {stage: round(float(np.mean([row["stages"][stage] for row in part])), 4)
+                          for stage in LLM_STAGES} for name, part in windows.items()}
+    return {"command": " ".join(["python -m eval.chunk_replay", *sys.argv[1:]]), "machine": cpu_record(),
+            "chunks_file": str(args.chunks), "item": saved["item"], "duration_s": saved["duration_s"],
+            "llm_seconds": round(sum(row["seconds"] for row in rows), 2), "wer": round(wer, 4),
+            "chunk_time_growth": growth, "stage_seconds_per_chunk": stage_means,
+            "context_tokens": {name: [part[0]["context"], part[-1]["context"]]
+                               for name, part in windows.items()},
+            "rows": rows}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.emulate_avx2:
+        emulate_avx2("eval.chunk_replay")
+    if args.command == "record":
+        record(args)
+        return
+    result = replay(args)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    growth = result["chunk_time_growth"]
+    print(f"LLM seconds per chunk: first {growth['window_s']:.0f} s {growth['first_chunk_seconds']:.3f} "
+          f"(contexts {result['context_tokens']['first']}), last {growth['last_chunk_seconds']:.3f} "
+          f"(contexts {result['context_tokens']['last']}); last/first {growth['last_over_first']:.2f}; "
+          f"LLM {result['llm_seconds']:.0f} s for {result['duration_s']:.0f} s of audio; WER "
+          f"{100 * result['wer']:.2f}%")
+    for name, stages in result["stage_seconds_per_chunk"].items():
+        print(f"  {name}: " + ", ".join(f"{stage} {seconds:.3f}" for stage, seconds in stages.items()))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
