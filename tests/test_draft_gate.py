@@ -4,6 +4,7 @@ the LLM's to change, and ending early needs the end tolerance."""
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -203,3 +204,25 @@ def test_readings_are_searched_only_for_drafts_the_llm_arbitrates(probabilities,
     assert decoding.search().wants(draft) == wanted
     assert wanted == (not draft.sure(decoding.gate) and not decoding.corrects(draft))
     assert not decoding.search().wants(Draft(""))
+
+
+@pytest.mark.parametrize("against", ["gate", "correct_share"])
+def test_gate_plot_draws_one_line_per_other_setting(tmp_path, monkeypatch, against):
+    """``eval.draft_gate plot`` puts the swept setting on the x axis and keeps a line per other setting."""
+    from eval import draft_gate
+
+    rows = [{"decoding": "whisper draft", "wer": 0.3, "cer": 0.2}]
+    rows += [{"decoding": "rescore", "gate": gate, "llm_weight": 0.3, "correct_share": share,
+              "tolerance": 1.0, "end_tolerance": 5.0, "kept_share": 0.1, "wer": 0.2 + gate / 10 + share / 10,
+              "cer": 0.1}
+             for gate in (0.5, 0.9) for share in (0.25, 0.5, 0.75)]
+    result = tmp_path / "set.json"
+    result.write_text(json.dumps({"manifest": str(tmp_path / "set" / "m.jsonl"), "rows": rows}))
+    drawn = {}
+    monkeypatch.setattr(draft_gate, "line_plot", lambda series, *args, **kwargs: drawn.update(series=series))
+    draft_gate.plot(SimpleNamespace(results=[result], names={}, against=against, output=tmp_path / "p.png"))
+    lines = [series for series in drawn["series"] if not series[3].startswith("Whisper draft")]
+    other = {"gate": 3, "correct_share": 2}[against]  # lines: one per value of the setting not swept
+    assert len(lines) == other
+    swept = {"gate": [0.5, 0.9], "correct_share": [0.25, 0.5, 0.75]}[against]
+    assert all(xs == swept for xs, *_ in lines)
