@@ -25,13 +25,14 @@ import logging
 import random
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from asr.attention import UniqueConfig
+from asr.attention.config import UniSparseConfig
 from asr.llm.config import EngineConfig, SamplingParams
 from asr.llm.embedded import embedded_llm_dir
 from asr.llm.engine import LLMEngine
@@ -104,6 +105,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--page-size", type=int, default=16)
     parser.add_argument("--prefill", default="dense", choices=["dense", "unisparse"],
                         help="attention of the prompt's prefill (every setting answers from the same cache)")
+    parser.add_argument("--unisparse-mass", type=float, default=UniSparseConfig.mass,
+                        help="UniSparse prefill: share of each query block's estimated attention to keep")
+    parser.add_argument("--unisparse-max-blocks", type=int, default=UniSparseConfig.max_blocks,
+                        help="UniSparse prefill: most key blocks a query block chooses besides forced ones")
+    parser.add_argument("--unisparse-granularities", type=int, nargs="+",
+                        default=list(UniSparseConfig.granularities),
+                        help="UniSparse prefill: queries per composite query at each scoring granularity")
     parser.add_argument("--doc", type=Path, default=DEFAULT_DOC, help="real long document for the doc task")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
@@ -301,7 +309,9 @@ def write_results(
     columns = [("dense", 1)] + [(m, d) for m in args.methods for d in args.budgets]
     meta = dict(model=str(args.model or "embedded SmolLM2-135M-Instruct"), device=str(engine.device),
                 dtype=str(engine.dtype), contexts=contexts, samples=args.samples, seed=args.seed,
-                page_size=args.page_size, prefill=args.prefill, seconds=round(seconds, 1), doc=str(args.doc))
+                page_size=args.page_size, prefill=args.prefill,
+                unisparse=asdict(engine.config.unisparse) if args.prefill == "unisparse" else None,
+                seconds=round(seconds, 1), doc=str(args.doc))
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "longqa.json").write_text(
         json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1)
@@ -316,7 +326,10 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
     config = EngineConfig(device=args.device, dtype=args.dtype, max_batch=args.batch, cuda_graphs=True,
-                          sparse=UniqueConfig(page_size=args.page_size), prefill=args.prefill)
+                          sparse=UniqueConfig(page_size=args.page_size), prefill=args.prefill,
+                          unisparse=UniSparseConfig(mass=args.unisparse_mass,
+                                                    max_blocks=args.unisparse_max_blocks,
+                                                    granularities=tuple(args.unisparse_granularities)))
     engine = LLMEngine.from_pretrained(args.model or embedded_llm_dir(), config)
     document = args.doc.read_text() if "doc" in args.tasks and args.doc.is_file() else None
     contexts = [c for c in args.contexts if c <= engine.max_context - 64]

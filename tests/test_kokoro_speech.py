@@ -222,3 +222,4 @@ def test_generate_resumes_to_the_same_dataset(tmp_path):
 
         info = sf.info(str(tmp_path / "resumed" / row["audio"]))
         assert info.samplerate == 16000 and info.channels == 1 and abs(info.duration - row["duration"]) < 0.05
+    assert not list((tmp_path / "resumed").rglob("*.partial"))  # every file renamed into place

@@ -190,7 +190,10 @@ def render(job: tuple[Path, int, KokoroPlan, str]) -> ManifestRow | None:
     suffix, options = CODECS[codec]
     relative = Path("audio") / f"{plan.index // FILES_PER_FOLDER:04d}" / f"{uid}.{suffix}"
     (out / relative).parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(out / relative), samples, SAMPLE_RATE, **options)
+    # written aside, then renamed: a worker killed mid-write (a time-limited run) leaves no torn file
+    partial = (out / relative).with_suffix(".partial")
+    sf.write(str(partial), samples, SAMPLE_RATE, **options)
+    partial.replace(out / relative)
     style = {"voices": list(speaker.voices), "weights": list(speaker.weights), "speed": speaker.speed,
              "lang": speaker.lang}
     return ManifestRow(
