@@ -112,6 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--unisparse-granularities", type=int, nargs="+",
                         default=list(UniSparseConfig.granularities),
                         help="UniSparse prefill: queries per composite query at each scoring granularity")
+    parser.add_argument("--unisparse-dense-last", type=int, default=UniSparseConfig.dense_last_blocks,
+                        help="UniSparse prefill: the last query blocks of a prefill that attend every key")
     parser.add_argument("--doc", type=Path, default=DEFAULT_DOC, help="real long document for the doc task")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
@@ -329,7 +331,8 @@ def main(argv=None) -> None:
                           sparse=UniqueConfig(page_size=args.page_size), prefill=args.prefill,
                           unisparse=UniSparseConfig(mass=args.unisparse_mass,
                                                     max_blocks=args.unisparse_max_blocks,
-                                                    granularities=tuple(args.unisparse_granularities)))
+                                                    granularities=tuple(args.unisparse_granularities),
+                                                    dense_last_blocks=args.unisparse_dense_last))
     engine = LLMEngine.from_pretrained(args.model or embedded_llm_dir(), config)
     document = args.doc.read_text() if "doc" in args.tasks and args.doc.is_file() else None
     contexts = [c for c in args.contexts if c <= engine.max_context - 64]

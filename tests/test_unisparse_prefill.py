@@ -241,3 +241,30 @@ def test_sparse_choice_changes_the_output_only_where_blocks_were_left_out():
     sparse = block_sparse_prefill_reference(q, k_cache, v_cache, page_table, start, 0.2, blocks, size)
     assert_close(out, sparse)
     assert (out - dense).abs().max() > 1e-3  # left-out blocks carried attention
+
+
+@pytest.mark.parametrize("dense_last", [1, 2])
+def test_dense_last_blocks_attend_like_dense_and_leave_the_others_sparse(dense_last):
+    """The last query blocks (a prompt's question) attend every earlier key; the rest keep their choice."""
+    start, n, size = 200, 60, 16
+    q, k_cache, v_cache, page_table = sequence(start, n, (6, 2), 32, 8, seed=8)
+    sparse_config = UniSparseConfig(block_size=size, granularities=(size,), mass=0.3, max_blocks=1)
+    config = UniSparseConfig(block_size=size, granularities=(size,), mass=0.3, max_blocks=1,
+                             dense_last_blocks=dense_last)
+    first, num_query_blocks = prefill_blocks(start, start + n, size)
+    mass = estimate_block_mass(q, k_cache, page_table, start, 0.2, config)
+    blocks, counts = select_blocks(mass, start, start + n, config)
+    sparse_blocks, _ = select_blocks(mass, start, start + n, sparse_config)
+    for head, rows in enumerate(chosen_sets(blocks)):
+        for i, chosen in enumerate(rows):
+            if i >= num_query_blocks - dense_last:
+                assert chosen == set(range(first + i + 1)) and counts[head, i] == first + i + 1
+            else:
+                assert chosen == chosen_sets(sparse_blocks)[head][i]
+    out = unisparse_prefill(q, k_cache, v_cache, page_table, start, 0.2, config)
+    dense = block_sparse_prefill_reference(q, k_cache, v_cache, page_table, start, 0.2, None, size)
+    sparse = unisparse_prefill(q, k_cache, v_cache, page_table, start, 0.2, sparse_config)
+    tail = torch.arange(start, start + n) // size - first >= num_query_blocks - dense_last
+    assert_close(out[tail], dense[tail])
+    assert_close(out[~tail], sparse[~tail])
+    assert (sparse[tail] - dense[tail]).abs().max() > 1e-3  # the sparse choice had left blocks out there

@@ -250,9 +250,11 @@ def select_blocks(
     (``asr.llm.token_tree``), so each query block also keeps every block of new keys up to its own
     (a node's ancestors may sit in any of them), on top of the blocks it chooses as causal queries
     would (those blocks' estimated shares, which count every earlier node, are not counted towards
-    ``config.mass``). Returns blocks: [kv_heads, query blocks, width] int32 key block indices in
-    ascending order (the diagonal last), padded with -1, width = ``min(key blocks, config.max_chosen)``
-    plus, for a tree, its query blocks past the local ones; and counts: [kv_heads, query blocks] int32.
+    ``config.mass``); the last ``config.dense_last_blocks`` query blocks keep every block. Returns
+    blocks: [kv_heads, query blocks, width] int32 key block indices in ascending order (the diagonal
+    last), padded with -1, width = ``min(key blocks, config.max_chosen)`` plus, for a tree, its query
+    blocks past the local ones (every key block with dense last blocks); and counts: [kv_heads, query
+    blocks] int32.
     """
     first, num_query_blocks = prefill_blocks(start, length, config.block_size)
     num_key_blocks = mass.shape[-1]
@@ -260,7 +262,8 @@ def select_blocks(
     own = first + torch.arange(num_query_blocks, device=device)[:, None]  # [query blocks, 1]
     key = torch.arange(num_key_blocks, device=device)[None, :]
     visible = key <= own
-    forced = visible & ((key < config.sink_blocks) | (key > own - config.local_blocks))
+    dense_row = own > first + num_query_blocks - 1 - config.dense_last_blocks  # [query blocks, 1]
+    forced = visible & ((key < config.sink_blocks) | (key > own - config.local_blocks) | dense_row)
     # a node's ancestors may sit in any block of new keys up to its own
     tree_forced = visible & (key >= first) & ~forced if tree else torch.zeros_like(forced)
     candidates = mass.masked_fill(~visible | forced | tree_forced, float("-inf"))
@@ -273,6 +276,8 @@ def select_blocks(
     keep = torch.zeros_like(keep_ranked).scatter_(-1, order, keep_ranked) | forced | tree_forced
     tree_blocks = max(0, num_query_blocks - config.local_blocks) if tree else 0
     width = min(num_key_blocks, config.max_chosen + tree_blocks)
+    if config.dense_last_blocks:
+        width = num_key_blocks
     ascending = torch.where(keep, key, num_key_blocks).sort(dim=-1).values[..., :width]
     blocks = ascending.masked_fill(ascending == num_key_blocks, -1).to(torch.int32)
     return blocks, keep.sum(-1).to(torch.int32)

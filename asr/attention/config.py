@@ -101,6 +101,8 @@ class UniSparseConfig:
         composites score key by key only this many of them, the ones their logits could peak in
         (``asr.attention.block_selection``), so a prefill's scoring stops growing with the context;
         0: every cached key, always.
+    dense_last_blocks: the last this many query blocks of each prefill attend every key block they
+        may see (a question at the end of a long prompt, which the answer reads directly); 0: none.
     """
 
     block_size: int = 64
@@ -111,6 +113,7 @@ class UniSparseConfig:
     local_blocks: int = 2
     min_context: int = 4096
     candidate_blocks: int = 64
+    dense_last_blocks: int = 0
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or any(g < 1 or self.block_size % g for g in self.granularities):
@@ -121,8 +124,9 @@ class UniSparseConfig:
             raise ValueError("give at least one scoring granularity")
         if not 0 < self.mass <= 1:
             raise ValueError(f"mass must be in (0, 1], got {self.mass}")
-        if self.max_blocks < 0 or self.sink_blocks < 0 or self.local_blocks < 1:
-            raise ValueError("need max_blocks >= 0, sink_blocks >= 0 and local_blocks >= 1 (the diagonal)")
+        if min(self.max_blocks, self.sink_blocks, self.dense_last_blocks) < 0 or self.local_blocks < 1:
+            raise ValueError("need max_blocks, sink_blocks and dense_last_blocks >= 0 and local_blocks >= 1 "
+                             "(the diagonal)")
 
     @property
     def max_chosen(self) -> int:
