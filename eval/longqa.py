@@ -36,6 +36,7 @@ from asr.attention.config import UniSparseConfig
 from asr.llm.config import EngineConfig, SamplingParams
 from asr.llm.embedded import embedded_llm_dir
 from asr.llm.engine import LLMEngine
+from asr.llm.qa import QA_UNISPARSE
 
 log = logging.getLogger("longqa")
 
@@ -105,15 +106,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--page-size", type=int, default=16)
     parser.add_argument("--prefill", default="dense", choices=["dense", "unisparse"],
                         help="attention of the prompt's prefill (every setting answers from the same cache)")
-    parser.add_argument("--unisparse-mass", type=float, default=UniSparseConfig.mass,
+    parser.add_argument("--unisparse-mass", type=float, default=QA_UNISPARSE.mass,
                         help="UniSparse prefill: share of each query block's estimated attention to keep")
-    parser.add_argument("--unisparse-max-blocks", type=int, default=UniSparseConfig.max_blocks,
+    parser.add_argument("--unisparse-max-blocks", type=int, default=QA_UNISPARSE.max_blocks,
                         help="UniSparse prefill: most key blocks a query block chooses besides forced ones")
     parser.add_argument("--unisparse-granularities", type=int, nargs="+",
-                        default=list(UniSparseConfig.granularities),
+                        default=list(QA_UNISPARSE.granularities),
                         help="UniSparse prefill: queries per composite query at each scoring granularity")
-    parser.add_argument("--unisparse-dense-last", type=int, default=UniSparseConfig.dense_last_blocks,
-                        help="UniSparse prefill: the last query blocks of a prefill that attend every key")
+    parser.add_argument("--unisparse-dense-last", type=int, default=QA_UNISPARSE.dense_last_blocks,
+                        help="UniSparse prefill: the last query blocks of a prefill that attend every key "
+                        "(default: asr qa's)")
     parser.add_argument("--doc", type=Path, default=DEFAULT_DOC, help="real long document for the doc task")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)

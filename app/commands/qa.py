@@ -47,13 +47,13 @@ def run(args: argparse.Namespace) -> int:
     from asr.llm.config import EngineConfig, SamplingParams
     from asr.llm.embedded import qa_adapter_dir
     from asr.llm.engine import LLMEngine
-    from asr.llm.qa import answer, read_document
+    from asr.llm.qa import QA_UNISPARSE, answer, read_document
 
     document = read_document(args.doc)  # fail fast, before loading the model
     sparse = UniqueConfig(page_size=args.page_size, budget_tokens=args.budget)
     config = EngineConfig(
         attention=args.attention, sparse=sparse, prefill=args.prefill, device=args.device, max_batch=1,
-        cuda_graphs=False,
+        cuda_graphs=False, unisparse=QA_UNISPARSE,
     )
     engine = LLMEngine.from_pretrained(args.model or qa_adapter_dir(), config)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from asr.attention.config import UniSparseConfig
 from asr.errors import ContextLengthError, DocumentError
 from asr.llm.config import SamplingParams
 from asr.llm.engine import LLMEngine
@@ -13,6 +14,10 @@ from asr.llm.engine import LLMEngine
 MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
 # A file whose first block holds a NUL byte is binary (the test `file` and git use).
 BINARY_PROBE_BYTES = 8192
+# A block-sparse prefill of a document keeps the question's block dense: the answer reads it directly, and
+# with pooled estimates alone it lost a key-named needle among four (BENCHMARKS.md, "QA with UniSparse
+# prefill on the GPU").
+QA_UNISPARSE = UniSparseConfig(dense_last_blocks=1)
 SYSTEM_PROMPT = (
     "You answer questions about the document the user gives. Answer briefly, from the document only."
 )
