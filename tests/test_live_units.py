@@ -74,6 +74,14 @@ def test_segmenter_open_chunk_grows_with_speech_and_short_clicks_are_dropped():
     assert feed_in_frames(StreamSegmenter(), click, 320) == []
 
 
+def test_segmenter_hears_a_quiet_recording_over_digital_silence():
+    # speech at about -65 dBFS (a quiet FLEURS recording) between stretches of near-digital silence
+    audio = np.concatenate([quiet(1) * 0.02, voiced(2) * 0.003, quiet(1.5) * 0.02])
+    chunks = feed_in_frames(StreamSegmenter(), audio, 320)
+    assert len(chunks) == 1
+    assert 0.7 <= chunks[0].start / SR <= 1.0 and 3.0 <= chunks[0].end / SR <= 3.3
+
+
 @pytest.mark.parametrize(
     "message, code",
     [

@@ -36,7 +36,10 @@ class StreamSegmenterConfig:
     are dropped; floor_window_s: history the noise floor (10th percentile) is taken over;
     speech_margin_db: frames this far above the noise floor count as speech; loud_db: frames above
     this (dBFS) count as speech whatever the floor (continuous speech has no quiet frames to estimate
-    a floor from); floor_db: energy below this is silence whatever the floor."""
+    a floor from); floor_db: energy below this is silence whatever the floor: near digital silence
+    only, as a quiet recording's speech sits at -60 to -70 dBFS over a floor near -85 (at -55, a
+    quarter of the dev set's FLEURS utterances lost most of their words and three lost all, live
+    finals WER 16.95% -> 11.20%: BENCHMARKS.md, session 15)."""
 
     frame_s: float = 0.02
     min_chunk_s: float = 4.0
@@ -51,7 +54,7 @@ class StreamSegmenterConfig:
     floor_window_s: float = 30.0
     speech_margin_db: float = 12.0
     loud_db: float = -40.0
-    floor_db: float = -55.0
+    floor_db: float = -80.0
 
 
 @dataclass(frozen=True)
