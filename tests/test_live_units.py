@@ -74,6 +74,19 @@ def test_segmenter_open_chunk_grows_with_speech_and_short_clicks_are_dropped():
     assert feed_in_frames(StreamSegmenter(), click, 320) == []
 
 
+def test_segmenter_keeps_a_word_or_two_open_over_a_pause_an_utterance_would_end_at():
+    # 1.5 s of speech, a 0.7-s pause (ends a longer chunk, not this one), 2 s more: one chunk
+    audio = np.concatenate([quiet(1), voiced(1.5), quiet(0.7), voiced(2, seed=2), quiet(2)])
+    chunks = feed_in_frames(StreamSegmenter(), audio, 320)
+    assert [(round(c.start / SR, 1), round(c.end / SR, 1)) for c in chunks] == [(0.8, 5.4)]
+    # the same pause after 3 s of speech ends the chunk
+    audio = np.concatenate([quiet(1), voiced(3), quiet(0.7), voiced(2, seed=2), quiet(2)])
+    assert len(feed_in_frames(StreamSegmenter(), audio, 320)) == 2
+    # a short utterance alone still closes, after the longer pause
+    audio = np.concatenate([quiet(1), voiced(1.5), quiet(1.2)])
+    assert len(feed_in_frames(StreamSegmenter(), audio, 320)) == 1
+
+
 def test_segmenter_hears_a_quiet_recording_over_digital_silence():
     # speech at about -65 dBFS (a quiet FLEURS recording) between stretches of near-digital silence
     audio = np.concatenate([quiet(1) * 0.02, voiced(2) * 0.003, quiet(1.5) * 0.02])
@@ -260,3 +273,51 @@ def test_worker_batches_waiting_sessions_and_settles_each_item():
     asyncio.run(scenario())
     # finals first, at most max_batch per call, in the order they fell due; partials batched after them
     assert calls[:3] == [["e", "c", "bad"], ["f"], ["a-partial", "b-partial"]]
+
+
+class _DraftCounter:
+    """A stand-in for ``LiveModel``: decoders that do nothing, drafts that count the audio they saw."""
+
+    def __init__(self):
+        self.drafted = []
+
+    def open(self, engine, prompt=""):
+        return type("Decoder", (), {"close": lambda self: None})()
+
+    def drafts(self, requests):
+        from asr.live.session import Caption
+
+        for position, request in enumerate(requests):
+            self.drafted.append(len(request.audio))
+            yield position, Caption(request.start_s, request.end_s, "words", 0.0)
+
+
+def test_no_tentative_draft_of_an_open_chunk_that_has_not_grown():
+    """In a pause (too short to close the chunk) the open chunk stops growing: one draft of it, not one per
+    interval; speech going on asks for the next at once."""
+    from asr.live.stream import StreamConfig, StreamSession
+
+    config = StreamConfig(partial_interval_s=0.05, segmenter=StreamSegmenterConfig(end_pause_s=5.0,
+                                                                                   short_pause_s=5.0))
+    model, sent = _DraftCounter(), []
+
+    async def send(message):
+        sent.append(message)
+
+    async def scenario():
+        worker = ModelWorker()
+        stream = StreamSession("s", model, None, worker, config, send)
+        try:
+            await stream.open()
+            stream.feed(np.concatenate([quiet(0.5), voiced(1.0), quiet(1.0)]))
+            await asyncio.sleep(0.6)  # a dozen intervals
+            assert len(model.drafted) == 1
+            stream.feed(voiced(0.5, seed=4))
+            await asyncio.sleep(0.2)
+            assert len(model.drafted) == 2 and model.drafted[1] > model.drafted[0]
+        finally:
+            await stream.abort()
+            worker.stop()
+
+    asyncio.run(scenario())
+    assert [m["type"] for m in sent] == ["partial", "partial"]
