@@ -178,6 +178,29 @@ def test_worker_serves_finals_first_each_priority_oldest_due_first():
     assert order == ["d-final", "c-final", "b-partial"]
 
 
+def test_worker_withdraws_only_a_waiting_job_of_the_priority_asked():
+    gate, ran = threading.Event(), []
+
+    async def scenario():
+        worker = ModelWorker()
+        try:
+            running = worker.run("a", gate.wait, PARTIAL)
+            await asyncio.sleep(0.05)
+            partial = worker.run("b", lambda: ran.append("b"), PARTIAL)
+            final = worker.run("c", lambda: ran.append("c"), FINAL)
+            assert not worker.withdraw("a", PARTIAL)  # running: it finishes
+            assert not worker.withdraw("c", PARTIAL)  # a final is not a tentative caption
+            assert worker.withdraw("b", PARTIAL) and not worker.withdraw("b", PARTIAL)
+            assert await partial is None
+            gate.set()
+            await asyncio.gather(running, final)
+        finally:
+            worker.stop()
+
+    asyncio.run(scenario())
+    assert ran == ["c"]
+
+
 def test_worker_runs_idle_work_piece_by_piece_only_while_no_job_waits():
     """Idle work starts when no job waits, yields to a job after the piece running, and stops when it
     says none is left (the worker sleeps then, until the next job)."""
@@ -276,10 +299,18 @@ def test_worker_batches_waiting_sessions_and_settles_each_item():
 
 
 class _DraftCounter:
-    """A stand-in for ``LiveModel``: decoders that do nothing, drafts that count the audio they saw."""
+    """A stand-in for ``LiveModel``: decoders that do nothing, drafts that count the audio they saw,
+    finals that say which chunk they were (in ``calls``, as drafts do)."""
 
     def __init__(self):
-        self.drafted = []
+        self.drafted, self.calls = [], []
+
+    def finals(self, requests):
+        from asr.live.session import Caption
+
+        for position, request in enumerate(requests):
+            self.calls.append("final")
+            yield position, Caption(request.start_s, request.end_s, "final words", 0.0)
 
     def open(self, engine, prompt=""):
         return type("Decoder", (), {"close": lambda self: None})()
@@ -288,6 +319,7 @@ class _DraftCounter:
         from asr.live.session import Caption
 
         for position, request in enumerate(requests):
+            self.calls.append("draft")
             self.drafted.append(len(request.audio))
             yield position, Caption(request.start_s, request.end_s, "words", 0.0)
 
@@ -321,3 +353,36 @@ def test_no_tentative_draft_of_an_open_chunk_that_has_not_grown():
 
     asyncio.run(scenario())
     assert [m["type"] for m in sent] == ["partial", "partial"]
+
+
+def test_a_waiting_tentative_caption_of_a_chunk_that_closed_is_withdrawn_for_its_final():
+    """The worker busy (other streams' finals): a stream's tentative draft waits; its chunk closes
+    meanwhile. The draft is withdrawn, the final asked for at once and run first; no draft runs."""
+    from asr.live.stream import StreamConfig, StreamSession
+
+    config = StreamConfig(partial_interval_s=0.05)
+    model, sent, gate = _DraftCounter(), [], threading.Event()
+
+    async def send(message):
+        sent.append(message)
+
+    async def scenario():
+        worker = ModelWorker()
+        stream = StreamSession("s", model, None, worker, config, send)
+        try:
+            await stream.open()
+            blocker = worker.run("other", gate.wait)  # another stream's long final
+            stream.feed(np.concatenate([quiet(0.5), voiced(1.0)]))
+            await asyncio.sleep(0.3)  # its tentative draft now waits behind the blocker
+            stream.feed(quiet(1.5))  # the pause closes the chunk
+            await asyncio.sleep(0.1)
+            gate.set()
+            await blocker
+            await asyncio.sleep(0.3)
+        finally:
+            await stream.abort()
+            worker.stop()
+
+    asyncio.run(scenario())
+    assert model.calls == ["final"]
+    assert [m["type"] for m in sent] == ["final"]

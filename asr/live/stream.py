@@ -102,7 +102,10 @@ class StreamSession:
             return
         if not self.segmenter.in_speech:
             self._last_partial = time.monotonic()  # the first tentative caption comes a full interval in
-        self.finals.extend(self.segmenter.feed(samples))
+        closed = self.segmenter.feed(samples)
+        if closed:  # a tentative caption still waiting is of a chunk now closed: its final goes first
+            self.finals.extend(closed)
+            self.worker.withdraw(self.id, PARTIAL)
         self._arrivals.append((self.segmenter.received, time.monotonic()))
         self._wake.set()
 
@@ -113,7 +116,10 @@ class StreamSession:
 
     async def finish(self) -> None:
         """No more audio: caption everything still open, then return (the caller sends ``done``)."""
-        self.finals.extend(self.segmenter.flush())
+        closed = self.segmenter.flush()
+        if closed:
+            self.finals.extend(closed)
+            self.worker.withdraw(self.id, PARTIAL)
         self._stopping = True
         self._wake.set()
         if self._task is not None:
@@ -207,6 +213,8 @@ class StreamSession:
                 self._last_partial = time.monotonic()
                 self._drafted = (open_chunk.start, open_chunk.end)
                 caption = await self.worker.run_batched(self.id, self.model.drafts, request, PARTIAL)
+                if caption is None:  # withdrawn: the chunk closed while it waited
+                    continue
                 self._partial_cost = caption.seconds
                 if not self.finals and open_chunk.start == getattr(
                     self.segmenter.open_chunk(), "start", None
