@@ -74,6 +74,27 @@ def test_segmenter_open_chunk_grows_with_speech_and_short_clicks_are_dropped():
     assert feed_in_frames(StreamSegmenter(), click, 320) == []
 
 
+def test_segmenter_keeps_a_word_or_two_open_over_a_pause_an_utterance_would_end_at():
+    # 1.5 s of speech, a 0.7-s pause (ends a longer chunk, not this one), 2 s more: one chunk
+    audio = np.concatenate([quiet(1), voiced(1.5), quiet(0.7), voiced(2, seed=2), quiet(2)])
+    chunks = feed_in_frames(StreamSegmenter(), audio, 320)
+    assert [(round(c.start / SR, 1), round(c.end / SR, 1)) for c in chunks] == [(0.8, 5.4)]
+    # the same pause after 3 s of speech ends the chunk
+    audio = np.concatenate([quiet(1), voiced(3), quiet(0.7), voiced(2, seed=2), quiet(2)])
+    assert len(feed_in_frames(StreamSegmenter(), audio, 320)) == 2
+    # a short utterance alone still closes, after the longer pause
+    audio = np.concatenate([quiet(1), voiced(1.5), quiet(1.2)])
+    assert len(feed_in_frames(StreamSegmenter(), audio, 320)) == 1
+
+
+def test_segmenter_hears_a_quiet_recording_over_digital_silence():
+    # speech at about -65 dBFS (a quiet FLEURS recording) between stretches of near-digital silence
+    audio = np.concatenate([quiet(1) * 0.02, voiced(2) * 0.003, quiet(1.5) * 0.02])
+    chunks = feed_in_frames(StreamSegmenter(), audio, 320)
+    assert len(chunks) == 1
+    assert 0.7 <= chunks[0].start / SR <= 1.0 and 3.0 <= chunks[0].end / SR <= 3.3
+
+
 @pytest.mark.parametrize(
     "message, code",
     [
@@ -155,6 +176,29 @@ def test_worker_serves_finals_first_each_priority_oldest_due_first():
 
     asyncio.run(scenario())
     assert order == ["d-final", "c-final", "b-partial"]
+
+
+def test_worker_withdraws_only_a_waiting_job_of_the_priority_asked():
+    gate, ran = threading.Event(), []
+
+    async def scenario():
+        worker = ModelWorker()
+        try:
+            running = worker.run("a", gate.wait, PARTIAL)
+            await asyncio.sleep(0.05)
+            partial = worker.run("b", lambda: ran.append("b"), PARTIAL)
+            final = worker.run("c", lambda: ran.append("c"), FINAL)
+            assert not worker.withdraw("a", PARTIAL)  # running: it finishes
+            assert not worker.withdraw("c", PARTIAL)  # a final is not a tentative caption
+            assert worker.withdraw("b", PARTIAL) and not worker.withdraw("b", PARTIAL)
+            assert await partial is None
+            gate.set()
+            await asyncio.gather(running, final)
+        finally:
+            worker.stop()
+
+    asyncio.run(scenario())
+    assert ran == ["c"]
 
 
 def test_worker_runs_idle_work_piece_by_piece_only_while_no_job_waits():
@@ -252,3 +296,109 @@ def test_worker_batches_waiting_sessions_and_settles_each_item():
     asyncio.run(scenario())
     # finals first, at most max_batch per call, in the order they fell due; partials batched after them
     assert calls[:3] == [["e", "c", "bad"], ["f"], ["a-partial", "b-partial"]]
+
+
+class _DraftCounter:
+    """A stand-in for ``LiveModel``: decoders that do nothing, drafts that count the audio they saw,
+    finals that say which chunk they were (in ``calls``, as drafts do)."""
+
+    def __init__(self):
+        self.drafted, self.calls = [], []
+
+    def finals(self, requests):
+        from asr.live.session import Caption
+
+        for position, request in enumerate(requests):
+            self.calls.append("final")
+            yield position, Caption(request.start_s, request.end_s, "final words", 0.0)
+
+    def open(self, engine, prompt=""):
+        return type("Decoder", (), {"close": lambda self: None})()
+
+    def drafts(self, requests):
+        from asr.live.session import Caption
+
+        for position, request in enumerate(requests):
+            self.calls.append("draft")
+            self.drafted.append(len(request.audio))
+            yield position, Caption(request.start_s, request.end_s, "words", 0.0)
+
+
+def test_no_tentative_draft_of_an_open_chunk_that_has_not_grown():
+    """In a pause (too short to close the chunk) the open chunk stops growing: one draft of it, not one per
+    interval; speech going on asks for the next at once."""
+    from asr.live.stream import StreamConfig, StreamSession
+
+    config = StreamConfig(partial_interval_s=0.05, segmenter=StreamSegmenterConfig(end_pause_s=5.0,
+                                                                                   short_pause_s=5.0))
+    model, sent = _DraftCounter(), []
+
+    async def send(message):
+        sent.append(message)
+
+    async def scenario():
+        worker = ModelWorker()
+        stream = StreamSession("s", model, None, worker, config, send)
+        try:
+            await stream.open()
+            stream.feed(np.concatenate([quiet(0.5), voiced(1.0), quiet(1.0)]))
+            await asyncio.sleep(0.6)  # a dozen intervals
+            assert len(model.drafted) == 1
+            stream.feed(voiced(0.5, seed=4))
+            await asyncio.sleep(0.2)
+            assert len(model.drafted) == 2 and model.drafted[1] > model.drafted[0]
+        finally:
+            await stream.abort()
+            worker.stop()
+
+    asyncio.run(scenario())
+    assert [m["type"] for m in sent] == ["partial", "partial"]
+
+
+def test_a_waiting_tentative_caption_of_a_chunk_that_closed_is_withdrawn_for_its_final():
+    """The worker busy (other streams' finals): a stream's tentative draft waits; its chunk closes
+    meanwhile. The draft is withdrawn, the final asked for at once and run first; no draft runs."""
+    from asr.live.stream import StreamConfig, StreamSession
+
+    config = StreamConfig(partial_interval_s=0.05)
+    model, sent, gate = _DraftCounter(), [], threading.Event()
+
+    async def send(message):
+        sent.append(message)
+
+    async def scenario():
+        worker = ModelWorker()
+        stream = StreamSession("s", model, None, worker, config, send)
+        try:
+            await stream.open()
+            blocker = worker.run("other", gate.wait)  # another stream's long final
+            stream.feed(np.concatenate([quiet(0.5), voiced(1.0)]))
+            await asyncio.sleep(0.3)  # its tentative draft now waits behind the blocker
+            stream.feed(quiet(1.5))  # the pause closes the chunk
+            await asyncio.sleep(0.1)
+            gate.set()
+            await blocker
+            await asyncio.sleep(0.3)
+        finally:
+            await stream.abort()
+            worker.stop()
+
+    asyncio.run(scenario())
+    assert model.calls == ["final"]
+    assert [m["type"] for m in sent] == ["final"]
+
+
+def test_live_schedule_runs_real_streams_against_modelled_costs(tmp_path):
+    """eval.live_schedule: two short streams through the real server with a sleeping model; every final
+    comes, its latency at least its modelled cost, the JSON written."""
+    from eval.bench_live import DEV
+
+    if not DEV.exists():
+        pytest.skip(f"the shared speech dev set is absent ({DEV})")
+    from eval.live_schedule import main
+
+    assert main(["--streams", "2", "--seconds", "8", "--output", str(tmp_path), "--name", "s"]) == 0
+    report = json.loads((tmp_path / "s.json").read_text())
+    run = report["streams"][0]
+    assert run["finals"] >= 2 and run["calls"]["finals"] >= 1 and not run["errors"]
+    assert run["latency_p50"] >= report["costs"]["final_base"]

@@ -81,6 +81,7 @@ class StreamSession:
         self._task: asyncio.Task | None = None
         self._last_partial = time.monotonic()  # when the last tentative caption was asked for
         self._partial_cost = 0.0  # model seconds of the last batched draft call this stream was in
+        self._drafted: tuple[int, int] | None = None  # (start, end) samples of the last drafted open chunk
 
     @property
     def received_seconds(self) -> float:
@@ -101,7 +102,10 @@ class StreamSession:
             return
         if not self.segmenter.in_speech:
             self._last_partial = time.monotonic()  # the first tentative caption comes a full interval in
-        self.finals.extend(self.segmenter.feed(samples))
+        closed = self.segmenter.feed(samples)
+        if closed:  # a tentative caption still waiting is of a chunk now closed: its final goes first
+            self.finals.extend(closed)
+            self.worker.withdraw(self.id, PARTIAL)
         self._arrivals.append((self.segmenter.received, time.monotonic()))
         self._wake.set()
 
@@ -112,7 +116,10 @@ class StreamSession:
 
     async def finish(self) -> None:
         """No more audio: caption everything still open, then return (the caller sends ``done``)."""
-        self.finals.extend(self.segmenter.flush())
+        closed = self.segmenter.flush()
+        if closed:
+            self.finals.extend(closed)
+            self.worker.withdraw(self.id, PARTIAL)
         self._stopping = True
         self._wake.set()
         if self._task is not None:
@@ -193,14 +200,21 @@ class StreamSession:
             spacing = self._partial_cost / config.partial_share
             wait = max(config.partial_interval_s, spacing) - (time.monotonic() - self._last_partial)
             open_chunk = self.segmenter.open_chunk()
+            # in a pause the open chunk stops growing: its draft would repeat the last one, so none is asked
+            # for until speech goes on (or a final closes the chunk)
+            unchanged = open_chunk is not None and (open_chunk.start, open_chunk.end) == self._drafted
             if (
                 open_chunk is not None
+                and not unchanged
                 and wait <= 0
                 and len(open_chunk.audio) >= config.min_partial_s * SAMPLE_RATE
             ):
                 request = ChunkRequest(open_chunk.audio, open_chunk.start / SAMPLE_RATE)
                 self._last_partial = time.monotonic()
+                self._drafted = (open_chunk.start, open_chunk.end)
                 caption = await self.worker.run_batched(self.id, self.model.drafts, request, PARTIAL)
+                if caption is None:  # withdrawn: the chunk closed while it waited
+                    continue
                 self._partial_cost = caption.seconds
                 if not self.finals and open_chunk.start == getattr(
                     self.segmenter.open_chunk(), "start", None
@@ -211,7 +225,7 @@ class StreamSession:
                 continue
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.05))
+                await asyncio.wait_for(self._wake.wait(), timeout=None if unchanged else max(wait, 0.05))
             except TimeoutError:
                 pass
 

@@ -2,9 +2,9 @@
 ``asr.speech.segmenter``, which sees a whole file).
 
 Frame energy against an adaptive noise floor marks speech. A chunk opens at the first speech frame
-(with a short pre-roll) and closes at the first pause long enough: a longer one (the end of an
-utterance) at first, a short one once the chunk is ``min_chunk_s`` long, a gap between words once
-it is ``long_chunk_s`` long. A chunk that reaches
+(with a short pre-roll) and closes at the first pause long enough: a long one while it holds a
+word or two, a shorter one (the end of an utterance) then, a short one once the chunk is
+``min_chunk_s`` long, a gap between words once it is ``long_chunk_s`` long. A chunk that reaches
 ``max_chunk_s`` without a pause is cut at its quietest frame in the last third, never mid-word
 where a quieter frame exists. Silence between chunks is never kept, so memory stays bounded by
 ``max_chunk_s`` of audio.
@@ -27,7 +27,11 @@ _FILE = SegmenterConfig()  # the file segmenter's pause and chunk bounds
 class StreamSegmenterConfig:
     """frame_s: energy frame; min_chunk_s: after this a ``min_pause_s`` pause ends a chunk;
     end_pause_s: a pause this long ends a chunk of any length (the end of an utterance: captions
-    should not wait for the chunk to grow); long_chunk_s / long_pause_s: past this length a
+    should not wait for the chunk to grow) but a short one; short_chunk_s / short_pause_s: a chunk
+    of less speech than this needs this long a pause (Whisper reads a word or two alone badly: on
+    the dev set the live finals of utterances cut into pieces under 2.5 s lost 5 points of WER
+    against the same utterances whole; at 1 s, live finals 11.20 -> 10.42%, BENCHMARKS.md session 15);
+    long_chunk_s / long_pause_s: past this length a
     shorter gap between words ends the chunk (a final caption comes every few seconds even in
     fluent reading; the gap is still silence, never inside a word); max_chunk_s: forced cut
     (Whisper sees 30 s);
@@ -36,12 +40,17 @@ class StreamSegmenterConfig:
     are dropped; floor_window_s: history the noise floor (10th percentile) is taken over;
     speech_margin_db: frames this far above the noise floor count as speech; loud_db: frames above
     this (dBFS) count as speech whatever the floor (continuous speech has no quiet frames to estimate
-    a floor from); floor_db: energy below this is silence whatever the floor."""
+    a floor from); floor_db: energy below this is silence whatever the floor: near digital silence
+    only, as a quiet recording's speech sits at -60 to -70 dBFS over a floor near -85 (at -55, a
+    quarter of the dev set's FLEURS utterances lost most of their words and three lost all, live
+    finals WER 16.95% -> 11.20%: BENCHMARKS.md, session 15)."""
 
     frame_s: float = 0.02
     min_chunk_s: float = 4.0
     min_pause_s: float = _FILE.min_pause_s
     end_pause_s: float = 0.5
+    short_chunk_s: float = 2.5
+    short_pause_s: float = 1.0
     long_chunk_s: float = 8.0
     long_pause_s: float = 0.12
     max_chunk_s: float = _FILE.max_chunk_s
@@ -51,7 +60,7 @@ class StreamSegmenterConfig:
     floor_window_s: float = 30.0
     speech_margin_db: float = 12.0
     loud_db: float = -40.0
-    floor_db: float = -55.0
+    floor_db: float = -80.0
 
 
 @dataclass(frozen=True)
@@ -161,6 +170,8 @@ class StreamSegmenter:
             else c.min_pause_s
             if chunk_s >= c.min_chunk_s
             else c.end_pause_s
+            if chunk_s - pause * c.frame_s >= c.short_chunk_s
+            else c.short_pause_s
         )
         if pause and pause >= self._frames_of(needed_pause):
             return self._close(self._with_tail(len(self._frames) - pause), drop_rest=True)

@@ -118,6 +118,18 @@ class ModelWorker:
         if job is not None:
             job.loop.call_soon_threadsafe(_cancel, job.future)
 
+    def withdraw(self, session_id: str, priority: int) -> bool:
+        """Take back a session's job of ``priority`` that still waits (not one running): its future gets
+        None. E.g. a tentative caption of a chunk that has closed meanwhile, which would otherwise hold the
+        stream's final back until every waiting final had run. Whether there was one."""
+        with self._ready:
+            job = self._jobs.get(session_id)
+            if job is None or job.priority != priority:
+                return False
+            del self._jobs[session_id]
+        job.loop.call_soon_threadsafe(_settle, job.future, None, None)
+        return True
+
     def stop(self) -> None:
         with self._ready:
             self._stopped = True
