@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import cProfile
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -102,8 +103,6 @@ def record(args) -> None:
 
 def resident_mb() -> float:
     """The process's resident memory now, in MB (Linux: /proc/self/statm)."""
-    import os
-
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -129,10 +128,11 @@ def replay(args) -> dict:
                     else None)
             profile = profiles.get(part, contextlib.nullcontext())
             with StageClock(stages) as clock, profile:
-                started = time.perf_counter()
+                started, started_cpu = time.perf_counter(), time.process_time()
                 piece = session.transcribe_chunk(np.zeros(samples, np.float32), start_s, encoded=encoded)
-                seconds = time.perf_counter() - started
+                seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
             rows.append({"start_s": start_s, "context": context, "seconds": round(seconds, 4),
+                         "cpu_seconds": round(cpu_seconds, 4),
                          "stages": {stage: round(clock.seconds.get(stage, 0.0), 4) for stage in LLM_STAGES},
                          "rss_mb": round(resident_mb(), 1)})
             if piece is not None:
@@ -141,6 +141,9 @@ def replay(args) -> dict:
         profile.dump_stats(f"{args.profile}.{part}")
     wer, _ = error_rates([saved["reference"]], [" ".join(texts)])
     growth = chunk_time_growth([(row["start_s"], row["seconds"]) for row in rows], saved["duration_s"])
+    # CPU seconds of the process (both threads): less moved than wall seconds by other work on the machine
+    cpu_growth = chunk_time_growth([(row["start_s"], row["cpu_seconds"]) for row in rows],
+                                   saved["duration_s"])
     window = growth["window_s"]
     windows = {"first": [row for row in rows if row["start_s"] < window],
                "last": [row for row in rows if row["start_s"] >= saved["duration_s"] - window]}
@@ -149,7 +152,8 @@ def replay(args) -> dict:
     return {"command": " ".join(["python -m eval.chunk_replay", *sys.argv[1:]]), "machine": cpu_record(),
             "chunks_file": str(args.chunks), "item": saved["item"], "duration_s": saved["duration_s"],
             "llm_seconds": round(sum(row["seconds"] for row in rows), 2), "wer": round(wer, 4),
-            "chunk_time_growth": growth, "stage_seconds_per_chunk": stage_means,
+            "chunk_time_growth": growth, "chunk_cpu_time_growth": cpu_growth,
+            "load_average": os.getloadavg(), "stage_seconds_per_chunk": stage_means,
             "context_tokens": {name: [part[0]["context"], part[-1]["context"]]
                                for name, part in windows.items()},
             "rows": rows}
@@ -171,6 +175,9 @@ def main(argv=None) -> None:
           f"(contexts {result['context_tokens']['last']}); last/first {growth['last_over_first']:.2f}; "
           f"LLM {result['llm_seconds']:.0f} s for {result['duration_s']:.0f} s of audio; WER "
           f"{100 * result['wer']:.2f}%")
+    cpu_growth = result["chunk_cpu_time_growth"]
+    print(f"CPU seconds per chunk: first {cpu_growth['first_chunk_seconds']:.3f}, last "
+          f"{cpu_growth['last_chunk_seconds']:.3f}; last/first {cpu_growth['last_over_first']:.2f}")
     for name, stages in result["stage_seconds_per_chunk"].items():
         print(f"  {name}: " + ", ".join(f"{stage} {seconds:.3f}" for stage, seconds in stages.items()))
     print(f"wrote {args.output}")
