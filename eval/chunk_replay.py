@@ -94,11 +94,13 @@ def record(args) -> None:
     for row in rows:
         del row["_clock"]
     torch.save({"item": item.id, "reference": item.text, "duration_s": transcript.duration,
-                "chunks": chunks, "pipeline_rows": rows}, args.chunks)
+                "chunks": chunks, "pipeline_rows": rows, "pipeline_rtf": transcript.stats.rtf,
+                "pipeline_text": transcript.text}, args.chunks)
     growth = chunk_time_growth([(row["start_s"], row["seconds"]) for row in rows], transcript.duration)
     print(f"{len(chunks)} chunks of {transcript.duration:.0f} s saved to {args.chunks}; the pipeline's "
           f"LLM seconds per chunk first/last {growth['first_chunk_seconds']:.3f}/"
-          f"{growth['last_chunk_seconds']:.3f} (last/first {growth['last_over_first']:.2f})")
+          f"{growth['last_chunk_seconds']:.3f} (last/first {growth['last_over_first']:.2f}), RTF "
+          f"{transcript.stats.rtf:.3f}")
 
 
 def resident_mb() -> float:
