@@ -42,9 +42,29 @@ def tiny_dir(tmp_path_factory):
     return directory
 
 
-def test_old_pages_collapse_to_one_position_and_stats_follow(tiny_dir):
+def effective_positions(length: int, page_size: int, collapsed_pages: int, collapsed_position: int,
+                        shift: int) -> torch.Tensor:
+    """[length] the rotary position each token's key sits at: the collapsed pages' shared one, every
+    later token its index, all less the cache's position shift."""
+    index = torch.arange(length)
+    own = torch.where(index < collapsed_pages * page_size, collapsed_position, index)
+    return own - shift
+
+
+def page_stats_of(engine, seq) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cache's statistics of every page of ``seq`` and the ones its keys give (partial last page
+    over its filled slots): [layers, pages, heads, NUM_STATS, d] each."""
+    pages, size = engine.cache.pages(seq.seq_id), engine.cache.page_size
+    fill = torch.full((len(pages),), size)
+    fill[-1] = seq.num_tokens - (len(pages) - 1) * size
+    expected = torch.stack([page_key_stats(engine.cache.k[layer, pages], fill)
+                            for layer in range(engine.cache.shape.num_layers)])
+    return engine.cache.key_stats[:, pages].float(), expected
+
+
+def test_old_pages_collapse_to_one_position_and_later_tokens_move_back(tiny_dir):
     engine = engine_for(tiny_dir, page_size=4)
-    inv_freq = engine.model.rotary.inv_freq
+    inv_freq, cache = engine.model.rotary.inv_freq, engine.cache
     cap = DistanceCap(max_distance=40, slack=10)
     seq = engine.new_sequence()
     engine.append(seq, token_ids=token_ids(50, seed=5))
@@ -53,7 +73,8 @@ def test_old_pages_collapse_to_one_position_and_stats_follow(tiny_dir):
     engine.append(seq, token_ids=token_ids(50, seed=6))
     before = sequence_keys(engine, seq).clone()
     assert engine.cap_distances(seq, cap)
-    assert (seq.collapsed_pages, seq.collapsed_position) == (15, 60)  # (100 - 40) // 4 pages at 100 - 40
+    # (100 - 40) // 4 pages at 100 - 40; the first collapse moves no later token
+    assert (seq.collapsed_pages, seq.collapsed_position, cache.position_shift(seq.seq_id)) == (15, 60, 0)
     after = sequence_keys(engine, seq)
     own = torch.arange(60)
     expected = rotate_keys(before[:, :60].transpose(1, 2), (60 - own)[None, None, :], inv_freq).transpose(
@@ -65,25 +86,61 @@ def test_old_pages_collapse_to_one_position_and_stats_follow(tiny_dir):
     engine.append(seq, token_ids=token_ids(21, seed=7))  # 121 - 60 > 50: collapse again, to 81
     before = sequence_keys(engine, seq).clone()
     assert engine.cap_distances(seq, cap)
-    assert (seq.collapsed_pages, seq.collapsed_position) == (20, 81)
+    # the collapsed position advanced by 21: the pages collapsed before stay, everything later moves back
+    assert (seq.collapsed_pages, seq.collapsed_position, cache.position_shift(seq.seq_id)) == (20, 81, 21)
+    assert cache.next_position(seq.seq_id) == 100
     after = sequence_keys(engine, seq)
-    current = torch.cat([torch.full((60,), 60), torch.arange(60, 80)])
-    expected = rotate_keys(before[:, :80].transpose(1, 2), (81 - current)[None, None, :], inv_freq).transpose(
-        1, 2
-    )
-    assert_close(after[:, :80], expected)
-
-    pages = engine.cache.pages(seq.seq_id, 0, 20)
-    for layer in range(engine.cache.shape.num_layers):
-        keys = engine.cache.k[layer, pages]
-        stats = page_key_stats(keys, torch.full((20,), 4))
-        assert_close(engine.cache.key_stats[layer, pages], stats.to(engine.cache.key_stats.dtype))
+    assert torch.equal(after[:, :60], before[:, :60])
+    was = effective_positions(121, 4, 15, 60, 0)
+    now = effective_positions(121, 4, 20, 81, 21)
+    expected = rotate_keys(before.transpose(1, 2), (now - was)[None, None, :], inv_freq).transpose(1, 2)
+    assert_close(after, expected)
+    assert_close(*page_stats_of(engine, seq))  # the partial last page's too
 
     # the sequence still decodes, and a rollback past the collapsed pages forgets them
     out = engine.generate(seq, SamplingParams(max_tokens=3))
     assert len(out) <= 3
     engine.truncate(seq, 30)
     assert seq.collapsed_pages == 7
+
+
+def collapse_forward(engine, seq, cap: DistanceCap) -> None:
+    """The distance ceiling as every collapse did it before the position shift (the reference): every
+    collapsed key moved forward to the new collapsed position, later tokens left alone."""
+    cache, size = engine.cache, engine.cache.page_size
+    target = seq.num_tokens - cap.max_distance
+    count = target // size
+    pages = cache.pages(seq.seq_id, 0, count)
+    own = effective_positions(count * size, size, seq.collapsed_pages, seq.collapsed_position, 0)
+    for layer in range(cache.shape.num_layers):
+        keys = cache.k[layer, pages]  # [pages, heads, P, d]
+        moved = rotate_keys(keys, (target - own).view(count, 1, size), engine.model.rotary.inv_freq)
+        cache.k[layer, pages] = moved.to(cache.k.dtype)
+        cache.key_stats[layer, pages] = page_key_stats(moved, None).to(cache.key_stats.dtype)
+    seq.collapsed_pages, seq.collapsed_position = count, target
+
+
+def test_shifted_positions_give_the_logits_of_moving_collapsed_keys_forward(tiny_dir):
+    """Dense attention over a context collapsed three times: each prefill's last logits and a greedy
+    decode match the reference that moves every collapsed key forward and keeps positions unshifted."""
+    cap = DistanceCap(max_distance=40, slack=10)
+    engines = [engine_for(tiny_dir, page_size=4) for _ in range(2)]
+    seqs = [engine.new_sequence() for engine in engines]
+    for round_index, count in enumerate([60, 23, 17, 31, 9]):
+        ids = token_ids(count, seed=20 + round_index)
+        collapsed = [engines[0].cap_distances(seqs[0], cap)]
+        if seqs[1].num_tokens - (seqs[1].collapsed_position if seqs[1].collapsed_pages else 0) > 50:
+            collapse_forward(engines[1], seqs[1], cap)
+            collapsed.append(True)
+        else:
+            collapsed.append(False)
+        assert collapsed[0] == collapsed[1]
+        for engine, seq in zip(engines, seqs):
+            engine.append(seq, token_ids=ids)
+        assert_close(seqs[0].next_logits, seqs[1].next_logits)
+    assert engines[0].cache.position_shift(seqs[0].seq_id) > 0
+    greedy = SamplingParams(max_tokens=5)
+    assert engines[0].generate(seqs[0], greedy) == engines[1].generate(seqs[1], greedy)
 
 
 def test_invalid_cap_is_refused():
@@ -97,11 +154,12 @@ def test_invalid_cap_is_refused():
 @pytest.mark.parametrize("interleaved", [True, False], ids=["scattered", "consecutive"])
 def test_collapse_in_runs_equals_rotating_every_key_from_its_position(dtype, run_pages, collapsed_before,
                                                                       interleaved, monkeypatch):
-    """The run-wise collapse (one shared rotation for pages collapsed before, per-token rotations for the
-    new ones) against every key rotated from its current position to the target and its page's
-    statistics recomputed: scattered pages (two sequences interleaved, keys gathered and written back)
-    or consecutive ones (float32 keys moved in place), three kv heads, a partial last page left alone,
-    runs that straddle the old/new boundary."""
+    """The run-wise collapse (per-token rotations for the newly collapsed pages, one shared rotation back
+    for every later token) against every key rotated from its position before to its position after and
+    its page's statistics recomputed: scattered pages (two sequences interleaved, keys gathered and
+    written back) or consecutive ones (float32 keys moved in place), three kv heads, a partial last page
+    (statistics over its filled slots), runs that straddle the collapsed/later boundary, the pages
+    collapsed before left as they were."""
     monkeypatch.setattr("asr.attention.paged_cache.REWRITE_PAGES", run_pages)
     page_size, head_dim, length = 4, 16, 103
     gen = torch.Generator().manual_seed(run_pages * 100 + collapsed_before)
@@ -128,13 +186,21 @@ def test_collapse_in_runs_equals_rotating_every_key_from_its_position(dtype, run
     assert cap_distances(cache, seq, inv_freq, cap)
     target = length - 40
     count = target // page_size
+    back = target - collapsed_before * page_size if collapsed_before else 0
     assert (seq.collapsed_pages, seq.collapsed_position) == (count, target)
-    current = torch.arange(count * page_size).view(count, 1, page_size)
-    current = current.masked_fill(current < collapsed_before * page_size, collapsed_before * page_size)
-    expected = rotate_keys(before[:, :count], target - current, inv_freq).to(dtype)
-    assert_close(cache.k[:, pages[:count]].float(), expected.float(), dtype)
-    assert torch.equal(cache.k[:, pages[count:]], before[:, count:])  # newer and partial pages untouched
+    assert cache.position_shift(seq_id) == back and cache.next_position(seq_id) == length - back
+    slots = len(pages) * page_size  # every slot, the partial last page's unwritten ones too
+    index = torch.arange(slots)
+    was = torch.where(index < collapsed_before * page_size, collapsed_before * page_size, index)
+    now = torch.where(index < count * page_size, target, index) - back
+    expected = rotate_keys(before, (now - was).view(len(pages), 1, page_size), inv_freq).to(dtype)
+    if not back:  # the first collapse moves no later token
+        expected[:, count:] = before[:, count:]
+    assert_close(cache.k[:, pages].float(), expected.float(), dtype)
+    assert torch.equal(cache.k[:, pages[:collapsed_before]], before[:, :collapsed_before])  # stay put
     assert torch.equal(cache.k[:, cache.pages(other)], other_keys)
+    fill = torch.full((len(pages),), page_size)
+    fill[-1] = length - (len(pages) - 1) * page_size
     for layer in range(2):
-        stats = page_key_stats(cache.k[layer, pages[:count]], None)
-        assert_close(cache.key_stats[layer, pages[:count]].float(), stats, dtype)
+        stats = page_key_stats(cache.k[layer, pages], fill)
+        assert_close(cache.key_stats[layer, pages].float(), stats, dtype)

@@ -154,7 +154,8 @@ def test_gather_sequence_reads_the_reserved_slots_in_order():
     assert cache.pages(a, 1) == cache.pages(a)[1:] and cache.length(a) == 9
 
 
-def test_rewrite_keys_replaces_full_pages_and_their_stats_only():
+@pytest.mark.parametrize("start", [0, 1], ids=["from-first", "from-second"])
+def test_rewrite_keys_replaces_its_pages_and_their_stats_only(start):
     gen = torch.Generator().manual_seed(4)
     cache = PagedKVCache(CacheShape(2, 8, 4, 2, 8), torch.float32, "cpu")
     seq = cache.add_sequence()
@@ -164,18 +165,26 @@ def test_rewrite_keys_replaces_full_pages_and_their_stats_only():
         cache.write(layer, keys + layer, keys, slots)
     last_page = cache.pages(seq)[2]
     untouched_stats = cache.key_stats[:, last_page].clone()
-    with pytest.raises(ValueError, match="full pages"):
-        cache.rewrite_keys(seq, 3, lambda k, first: k)  # the third page holds 2 of 4 tokens
-    cache.rewrite_keys(seq, 2, lambda k, first: 2 * k)
+    with pytest.raises(ValueError, match="not all held"):
+        cache.rewrite_keys(seq, 4, lambda k, first: k)  # 10 tokens hold 3 pages of 4
+    cache.rewrite_keys(seq, 2, lambda k, first: 2 * k, start=start)
     for layer in range(2):
         got, _ = sequence_kv(cache, layer, seq)
-        torch.testing.assert_close(got[:8], 2 * (keys[:8] + layer))
+        torch.testing.assert_close(got[: 4 * start], keys[: 4 * start] + layer)
+        torch.testing.assert_close(got[4 * start : 8], 2 * (keys[4 * start : 8] + layer))
         torch.testing.assert_close(got[8:], keys[8:] + layer)
         for index, page in enumerate(cache.pages(seq, 0, 2)):
             page_keys = got[index * 4 : (index + 1) * 4]
             torch.testing.assert_close(cache.key_stats[layer, page, :, STAT_MEAN], page_keys.mean(0))
             torch.testing.assert_close(cache.key_stats[layer, page, :, STAT_MAX], page_keys.amax(0))
     assert torch.equal(cache.key_stats[:, last_page], untouched_stats)
+    # the partial last page: its statistics over its two filled slots only
+    cache.rewrite_keys(seq, 3, lambda k, first: k - 1, start=2)
+    for layer in range(2):
+        got, _ = sequence_kv(cache, layer, seq)
+        torch.testing.assert_close(got[8:], keys[8:] + layer - 1)
+        torch.testing.assert_close(cache.key_stats[layer, last_page, :, STAT_MEAN], got[8:].mean(0))
+        torch.testing.assert_close(cache.key_stats[layer, last_page, :, STAT_MAX], got[8:].amax(0))
 
 
 def test_full_page_statistics_without_fill_equal_the_masked_ones():

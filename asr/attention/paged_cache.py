@@ -3,11 +3,11 @@
 All layers share one page numbering: a sequence owns the same page ids in every layer, so the
 page table and slot mapping are built once per step and reused by every layer.
 
-The cache owns its bookkeeping: sequences' page lists and lengths change only through its methods
-(``reserve``, ``truncate``, ``free_sequence``, ``rewrite_keys``); readers use ``length``, ``pages``
-and ``page_table``. ``layout_version`` changes whenever a sequence loses pages (truncate, free), so
-a holder of a page table built earlier (the runner keeps one between decode steps) knows to rebuild
-it instead of only appending the pages allocated since.
+The cache owns its bookkeeping: sequences' page lists, lengths and position shifts change only through
+its methods (``reserve``, ``truncate``, ``free_sequence``, ``rewrite_keys``, ``shift_positions``);
+readers use ``length``, ``next_position``, ``pages`` and ``page_table``. ``layout_version`` changes
+whenever a sequence loses pages (truncate, free), so a holder of a page table built earlier (the runner
+keeps one between decode steps) knows to rebuild it instead of only appending the pages allocated since.
 """
 
 from __future__ import annotations
@@ -82,6 +82,9 @@ class PagedKVCache:
     k, v: [num_layers, num_pages, num_kv_heads, page_size, head_dim]
     key_stats: [num_layers, num_pages, num_kv_heads, NUM_STATS, head_dim] (mean, std, min, max)
     layout_version: bumped when any sequence loses pages (page tables built before are stale).
+    A sequence's token ``i`` is embedded at rotary position ``i - position_shift`` (0 unless the distance
+    ceiling moved its recent keys back, ``asr.llm.distance_cap``); ``next_position`` is where the next
+    token goes.
     """
 
     def __init__(self, shape: CacheShape, dtype: torch.dtype, device: torch.device | str) -> None:
@@ -94,6 +97,7 @@ class PagedKVCache:
         self.allocator = PageAllocator(shape.num_pages)
         self._seq_pages: dict[int, list[int]] = {}
         self._seq_lens: dict[int, int] = {}
+        self._seq_shifts: dict[int, int] = {}
         self._next_seq_id = 0
         self.layout_version = 0
 
@@ -107,17 +111,31 @@ class PagedKVCache:
         self._next_seq_id += 1
         self._seq_pages[seq_id] = []
         self._seq_lens[seq_id] = 0
+        self._seq_shifts[seq_id] = 0
         return seq_id
 
     def free_sequence(self, seq_id: int) -> None:
         """Return a sequence's pages to the pool."""
         self.allocator.free(self._seq_pages.pop(seq_id))
-        del self._seq_lens[seq_id]
+        del self._seq_lens[seq_id], self._seq_shifts[seq_id]
         self.layout_version += 1
 
     def length(self, seq_id: int) -> int:
         """Tokens cached for a sequence."""
         return self._seq_lens[seq_id]
+
+    def position_shift(self, seq_id: int) -> int:
+        """How far behind its index a sequence's tokens sit in rotary position."""
+        return self._seq_shifts[seq_id]
+
+    def next_position(self, seq_id: int) -> int:
+        """The rotary position of a sequence's next token: its length less its position shift."""
+        return self._seq_lens[seq_id] - self._seq_shifts[seq_id]
+
+    def shift_positions(self, seq_id: int, delta: int) -> None:
+        """Later tokens of a sequence sit ``delta`` more positions behind their index (the caller has
+        moved the keys that must move with them, ``rewrite_keys``)."""
+        self._seq_shifts[seq_id] += delta
 
     def page_count(self, seq_id: int) -> int:
         """Pages a sequence holds."""
@@ -170,32 +188,39 @@ class PagedKVCache:
                 )
 
     def rewrite_keys(
-        self, seq_id: int, num_pages: int, rewrite: Callable[[torch.Tensor, int], torch.Tensor]
+        self, seq_id: int, num_pages: int, rewrite: Callable[[torch.Tensor, int], torch.Tensor],
+        start: int = 0,
     ) -> None:
-        """Replace the keys of a sequence's first ``num_pages`` pages, which must be full, in every
-        layer by ``rewrite(keys, first)`` and recompute those pages' statistics. The pages go in runs of
-        at most ``REWRITE_PAGES`` (keys: [run, kv_heads, page_size, head_dim] of one layer, read in
-        place when the run's ids are consecutive; first: the run's first logical page; returns new keys
-        of that shape, any dtype, or ``keys`` itself rewritten in place), all layers of a run before the
-        next, so a run's keys stay in the CPU cache from read to statistics."""
-        if num_pages * self.page_size > self._seq_lens[seq_id]:
+        """Replace the keys of a sequence's logical pages ``[start, num_pages)`` in every layer by
+        ``rewrite(keys, first)`` and recompute those pages' statistics (a partial last page's over its
+        filled slots). The pages go in runs of at most ``REWRITE_PAGES`` (keys: [run, kv_heads,
+        page_size, head_dim] of one layer, read in place when the run's ids are consecutive; first: the
+        run's first logical page; returns new keys of that shape, any dtype, or ``keys`` itself rewritten
+        in place), all layers of a run before the next, so a run's keys stay in the CPU cache from read
+        to statistics."""
+        length, size = self._seq_lens[seq_id], self.page_size
+        if not 0 <= start <= num_pages <= -(-length // size):
             raise ValueError(
-                f"only full pages can be rewritten: {num_pages} pages of {self.page_size} tokens "
-                f"exceed the sequence's {self._seq_lens[seq_id]} tokens"
+                f"pages [{start}, {num_pages}) are not all held by the sequence's {length} tokens "
+                f"({size} a page)"
             )
         ids = self._seq_pages[seq_id][:num_pages]
-        for first in range(0, num_pages, REWRITE_PAGES):
+        for first in range(start, num_pages, REWRITE_PAGES):
             run = ids[first : first + REWRITE_PAGES]
             consecutive = run == list(range(run[0], run[0] + len(run)))
             pages = (slice(run[0], run[0] + len(run)) if consecutive
                      else to_device(run, torch.int64, self.k.device))
+            fill = None  # every page of the run full, unless it ends in the sequence's partial last page
+            if (first + len(run)) * size > length:
+                fill = torch.full((len(run),), size, dtype=torch.int64, device=self.k.device)
+                fill[-1] = length - (first + len(run) - 1) * size
             for layer in range(self.shape.num_layers):
                 keys = self.k[layer, pages]
                 rewritten = rewrite(keys, first)
                 if rewritten is not keys or not consecutive:  # a copy, or keys gathered by page ids
                     rewritten = rewritten.to(self.k.dtype)
                     self.k[layer, pages] = rewritten
-                self.key_stats[layer, pages] = page_key_stats(rewritten, None).to(self.key_stats.dtype)
+                self.key_stats[layer, pages] = page_key_stats(rewritten, fill).to(self.key_stats.dtype)
 
     def write(self, layer: int, new_k: torch.Tensor, new_v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         """Store one layer's new keys/values ([tokens, kv_heads, head_dim]) at reserved slots."""

@@ -5,13 +5,17 @@ never saw distances past its training context (SmolLM2-135M: 8k tokens; the spee
 thousand) degrades over an hour of audio (~55k tokens). As in LM-Infinite's distance ceiling, old keys
 are moved closer, page by page: once the oldest key still at its own position lies more than
 ``max_distance + slack`` behind the next position ``n``, every whole page behind ``n - max_distance`` is
-re-rotated to that one position (``Sequence.collapsed_position``) and its key statistics are recomputed:
-the pages collapsed before move by one shared distance, the new ones each token from its own position,
-in runs of pages that stay in the CPU cache from rotation to statistics. The keys stay in the cache and
-are still found by content (dense attention, or the top-k page choice); they only lose their order among
-themselves. New tokens keep their own positions, so the runner, the kernels and the CUDA graphs are
-untouched; the work is one pass over the collapsed keys every ``slack`` tokens (it still grows with the
-context: every collapsed key must move once per ``slack`` tokens while the kernels read keys as stored).
+collapsed to that one position (``Sequence.collapsed_position``, in token indices) and its key statistics
+are recomputed. The keys stay in the cache and are still found by content (dense attention, or the top-k
+page choice); they only lose their order among themselves.
+
+Only the distances matter, so instead of moving every collapsed key forward again at each collapse, the
+recent keys move back: the keys collapsed before stay where they are, the newly collapsed ones move to
+them, and the tokens after them (the last ``max_distance`` or so, with the tokens still to come) sit
+that much further behind their index (``PagedKVCache.position_shift``; the runner embeds new tokens at
+``next_position``). Every distance is what moving the collapsed keys forward would give, and a collapse
+touches about ``max_distance + slack`` keys however long the context is. The runner, the kernels and
+the CUDA graphs read keys as stored.
 """
 
 from __future__ import annotations
@@ -69,9 +73,12 @@ def rotate_in_place(keys: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Ten
 def cap_distances(cache: PagedKVCache, seq: Sequence, inv_freq: torch.Tensor, cap: DistanceCap) -> bool:
     """Collapse ``seq``'s old pages if its oldest uncollapsed key is too far behind; True if it did.
 
-    Before: pages ``[0, seq.collapsed_pages)`` sit at ``seq.collapsed_position``, later tokens at their
-    own index. After: pages ``[0, m)`` with ``m = (n - max_distance) // page_size`` sit at
-    ``n - max_distance``.
+    Before: pages ``[0, seq.collapsed_pages)`` sit ``n - seq.collapsed_position`` positions behind the
+    next token ``n``, later tokens ``n - index`` behind. After: pages ``[0, m)`` with
+    ``m = (n - max_distance) // page_size`` sit ``max_distance`` behind ``n`` (``collapsed_position``:
+    ``n - max_distance``), later tokens where they were. Moved: the pages newly collapsed, to the pages
+    collapsed before, and every later token back by as much as the collapsed position advanced
+    (``cache.shift_positions``).
     """
     size = cache.page_size
     oldest = seq.collapsed_position if seq.collapsed_pages else 0
@@ -81,26 +88,29 @@ def cap_distances(cache: PagedKVCache, seq: Sequence, inv_freq: torch.Tensor, ca
     count = target // size
     if count <= seq.collapsed_pages:
         return False
-    # pages collapsed before all move by one distance (one cos/sin row); the newly collapsed ones, each
-    # token from its own position, by per-token rows (built once for every layer)
     moved = seq.collapsed_pages
-    shift = torch.tensor([target - seq.collapsed_position], device=cache.k.device)
-    old_cos, old_sin = key_rotation(shift, inv_freq)
-    own = torch.arange(moved * size, count * size, device=cache.k.device).view(count - moved, 1, size)
-    new_cos, new_sin = key_rotation(target - own, inv_freq)  # [new pages, 1 (kv heads), page_size, d]
+    # how far the collapsed position advances: the later tokens move back by that much instead
+    back = target - seq.collapsed_position if moved else 0
+    device = cache.k.device
+    # the newly collapsed pages: each token from its own position to the collapsed one, ``target - back``
+    # in the shifted frame (per-token rows, built once for every layer)
+    own = torch.arange(moved * size, count * size, device=device).view(count - moved, 1, size)
+    new_cos, new_sin = key_rotation(target - back - own, inv_freq)  # [new pages, 1 (kv heads), P, d]
+    later_cos, later_sin = key_rotation(torch.tensor([-back], device=device), inv_freq)
 
     def move(keys: torch.Tensor, first: int) -> torch.Tensor:
-        """keys: [run, kv_heads, page_size, head_dim] of logical pages ``first ..`` -> float32 at target
-        (``keys`` itself, moved in place, when they are float32)."""
+        """keys: [run, kv_heads, page_size, head_dim] of logical pages ``first ..`` -> float32 at their
+        new positions (``keys`` itself, moved in place, when they are float32)."""
         wide = keys.float()
-        split = min(max(moved - first, 0), len(keys))  # the run's pages that were collapsed before
-        fresh = slice(first + split - moved, first + len(keys) - moved)
+        split = min(max(count - first, 0), len(keys))  # the run's pages that collapse now
         if split:
-            rotate_in_place(wide[:split], old_cos, old_sin)
+            rotate_in_place(wide[:split], new_cos[first - moved : first - moved + split],
+                            new_sin[first - moved : first - moved + split])
         if split < len(keys):
-            rotate_in_place(wide[split:], new_cos[fresh], new_sin[fresh])
+            rotate_in_place(wide[split:], later_cos, later_sin)
         return wide
 
-    cache.rewrite_keys(seq.seq_id, count, move)
+    cache.rewrite_keys(seq.seq_id, cache.page_count(seq.seq_id) if back else count, move, start=moved)
+    cache.shift_positions(seq.seq_id, back)
     seq.collapsed_pages, seq.collapsed_position = count, target
     return True

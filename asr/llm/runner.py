@@ -88,10 +88,11 @@ class ModelRunner:
                 self.device, self.model.embed_tokens.weight.dtype
             )
             start = self.cache.length(seq_id)
+            position = self.cache.next_position(seq_id)  # start less the distance ceiling's shift
             slot_mapping = self.cache.reserve([seq_id], [chunk.shape[0]])
             sparse = self._unisparse_at(start + chunk.shape[0])
             page_table = self.cache.page_table([seq_id])[0] if start > 0 or sparse else None
-            positions = torch.arange(start, start + chunk.shape[0], device=self.device)
+            positions = torch.arange(position, position + chunk.shape[0], device=self.device)
             ctx = StepContext(self.cache, slot_mapping, page_table=page_table, start=start, unisparse=sparse,
                               shared_selection=self._shared_selection if sparse else None)
             hidden = self.model(chunk, positions, ctx)
@@ -118,15 +119,15 @@ class ModelRunner:
         """One forward over the nodes of a token tree after sequence ``seq_id``'s cached tokens
         (``asr.llm.token_tree``), dense or block-sparse as a prefill to that length would be: ``embeds``
         [n, hidden] the nodes' inputs, parents first; ``depths`` their depths (a node sits at the cache's
-        length plus its depth); ``ancestors`` [n, n] bool what each node attends besides the cache. Their
-        K/V are written after the cache, node i in its (length + i)-th slot (the caller truncates them
-        away); returns each node's logits [n, vocab] float32. Only where ``tree_fits``."""
+        ``next_position`` plus its depth); ``ancestors`` [n, n] bool what each node attends besides the
+        cache. Their K/V are written after the cache, node i in its (length + i)-th slot (the caller
+        truncates them away); returns each node's logits [n, vocab] float32. Only where ``tree_fits``."""
         count = embeds.shape[0]
         if not self.tree_fits(count):
             raise ValueError(f"a {count}-node tree cannot be prefilled in one forward here")
-        start = self.cache.length(seq_id)
+        start, position = self.cache.length(seq_id), self.cache.next_position(seq_id)
         slot_mapping = self.cache.reserve([seq_id], [count])
-        positions = start + torch.as_tensor(depths, dtype=torch.int64, device=self.device)
+        positions = position + torch.as_tensor(depths, dtype=torch.int64, device=self.device)
         page_table = self.cache.page_table([seq_id])[0]
         ctx = StepContext(self.cache, slot_mapping, page_table=page_table, start=start,
                           unisparse=self._unisparse_at(start + count), tree=ancestors.to(self.device))
@@ -140,10 +141,11 @@ class ModelRunner:
         float32 logits for each sequence's next token."""
         batch = len(seq_ids)
         lengths = [self.cache.length(s) for s in seq_ids]
+        next_positions = [self.cache.next_position(s) for s in seq_ids]
         slot_mapping = self.cache.reserve(seq_ids, [1] * batch)
         page_table = self._update_page_table(seq_ids)
         # one host-to-device copy for the per-step integers
-        step = to_device([lengths, [n + 1 for n in lengths]], torch.int64, self.device)
+        step = to_device([next_positions, [n + 1 for n in lengths]], torch.int64, self.device)
         positions, seq_lens = step[0], step[1].int()
         bucket = self._bucket(batch)
         if bucket is None:

@@ -18,7 +18,8 @@ class Sequence:
     pages_read / pages_dense: KV pages (x layers x kv heads) that decode steps of this sequence read,
     and what dense decode would have read: their ratio is the share of the KV cache read.
     collapsed_pages / collapsed_position: the first ``collapsed_pages`` pages hold keys moved to
-    ``collapsed_position`` (``asr.llm.distance_cap``); later tokens sit at their own index.
+    ``collapsed_position`` (``asr.llm.distance_cap``); later tokens sit at their own index (rotary
+    positions are these less the cache's ``position_shift``: only distances matter).
     """
 
     seq_id: int
