@@ -324,14 +324,12 @@ class _DraftCounter:
             yield position, Caption(request.start_s, request.end_s, "words", 0.0)
 
 
-def test_no_tentative_draft_of_an_open_chunk_that_has_not_grown():
-    """In a pause (too short to close the chunk) the open chunk stops growing: one draft of it, not one per
-    interval; speech going on asks for the next at once."""
-    from asr.live.stream import StreamConfig, StreamSession
+def run_draft_stream(model, config, body) -> list[dict]:
+    """Open a real StreamSession on ``model`` with its own ModelWorker, await ``body(stream, worker)``,
+    close both; the messages the stream sent."""
+    from asr.live.stream import StreamSession
 
-    config = StreamConfig(partial_interval_s=0.05, segmenter=StreamSegmenterConfig(end_pause_s=5.0,
-                                                                                   short_pause_s=5.0))
-    model, sent = _DraftCounter(), []
+    sent = []
 
     async def send(message):
         sent.append(message)
@@ -341,49 +339,54 @@ def test_no_tentative_draft_of_an_open_chunk_that_has_not_grown():
         stream = StreamSession("s", model, None, worker, config, send)
         try:
             await stream.open()
-            stream.feed(np.concatenate([quiet(0.5), voiced(1.0), quiet(1.0)]))
-            await asyncio.sleep(0.6)  # a dozen intervals
-            assert len(model.drafted) == 1
-            stream.feed(voiced(0.5, seed=4))
-            await asyncio.sleep(0.2)
-            assert len(model.drafted) == 2 and model.drafted[1] > model.drafted[0]
+            await body(stream, worker)
         finally:
             await stream.abort()
             worker.stop()
 
     asyncio.run(scenario())
+    return sent
+
+
+def test_no_tentative_draft_of_an_open_chunk_that_has_not_grown():
+    """In a pause (too short to close the chunk) the open chunk stops growing: one draft of it, not one per
+    interval; speech going on asks for the next at once."""
+    from asr.live.stream import StreamConfig
+
+    config = StreamConfig(partial_interval_s=0.05, segmenter=StreamSegmenterConfig(end_pause_s=5.0,
+                                                                                   short_pause_s=5.0))
+    model = _DraftCounter()
+
+    async def body(stream, worker):
+        stream.feed(np.concatenate([quiet(0.5), voiced(1.0), quiet(1.0)]))
+        await asyncio.sleep(0.6)  # a dozen intervals
+        assert len(model.drafted) == 1
+        stream.feed(voiced(0.5, seed=4))
+        await asyncio.sleep(0.2)
+        assert len(model.drafted) == 2 and model.drafted[1] > model.drafted[0]
+
+    sent = run_draft_stream(model, config, body)
     assert [m["type"] for m in sent] == ["partial", "partial"]
 
 
 def test_a_waiting_tentative_caption_of_a_chunk_that_closed_is_withdrawn_for_its_final():
     """The worker busy (other streams' finals): a stream's tentative draft waits; its chunk closes
     meanwhile. The draft is withdrawn, the final asked for at once and run first; no draft runs."""
-    from asr.live.stream import StreamConfig, StreamSession
+    from asr.live.stream import StreamConfig
 
-    config = StreamConfig(partial_interval_s=0.05)
-    model, sent, gate = _DraftCounter(), [], threading.Event()
+    model, gate = _DraftCounter(), threading.Event()
 
-    async def send(message):
-        sent.append(message)
+    async def body(stream, worker):
+        blocker = worker.run("other", gate.wait)  # another stream's long final
+        stream.feed(np.concatenate([quiet(0.5), voiced(1.0)]))
+        await asyncio.sleep(0.3)  # its tentative draft now waits behind the blocker
+        stream.feed(quiet(1.5))  # the pause closes the chunk
+        await asyncio.sleep(0.1)
+        gate.set()
+        await blocker
+        await asyncio.sleep(0.3)
 
-    async def scenario():
-        worker = ModelWorker()
-        stream = StreamSession("s", model, None, worker, config, send)
-        try:
-            await stream.open()
-            blocker = worker.run("other", gate.wait)  # another stream's long final
-            stream.feed(np.concatenate([quiet(0.5), voiced(1.0)]))
-            await asyncio.sleep(0.3)  # its tentative draft now waits behind the blocker
-            stream.feed(quiet(1.5))  # the pause closes the chunk
-            await asyncio.sleep(0.1)
-            gate.set()
-            await blocker
-            await asyncio.sleep(0.3)
-        finally:
-            await stream.abort()
-            worker.stop()
-
-    asyncio.run(scenario())
+    sent = run_draft_stream(model, StreamConfig(partial_interval_s=0.05), body)
     assert model.calls == ["final"]
     assert [m["type"] for m in sent] == ["final"]
 
