@@ -15,7 +15,7 @@ it stops with an error when the session does not get the CUDA provider.
 
 Validation speech that no training run has read (held-out text, a seed of its own):
 
-    python -m training.kokoro_speech --out /work/data/kokoro_heldout --hours 0.15 --seed 2126 --heldout-text
+    python -m training.kokoro_speech --out /work/data/kokoro_heldout --hours 0.165 --seed 2126 --heldout-text
 """
 
 from __future__ import annotations
