@@ -119,7 +119,8 @@ def _rates(rates: tuple[float, float]) -> dict:
 
 # the settings a plot can put on its x axis: key in a result row -> axis label
 X_AXES = {"gate": "gate (Whisper word probability kept unchecked)",
-          "correct_share": "correct share (guessed words above which a chunk is corrected)"}
+          "correct_share": "correct share (guessed words above which a chunk is corrected)",
+          "llm_weight": "LLM weight (times the LLM's log-probability beside Whisper's)"}
 
 
 def _line_key(row: dict, against: str) -> str:

@@ -14,10 +14,11 @@ from asr.llm.engine import LLMEngine
 MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
 # A file whose first block holds a NUL byte is binary (the test `file` and git use).
 BINARY_PROBE_BYTES = 8192
-# A block-sparse prefill of a document keeps the question's block dense: the answer reads it directly, and
-# with pooled estimates alone it lost a key-named needle among four (BENCHMARKS.md, "QA with UniSparse
-# prefill on the GPU").
-QA_UNISPARSE = UniSparseConfig(dense_last_blocks=1)
+# A block-sparse prefill of a document keeps the question's blocks dense: the answer reads them directly,
+# and with pooled estimates alone it lost a key-named needle among four. Two blocks, since the last one
+# may hold only a few tokens of the question (BENCHMARKS.md, "QA with UniSparse prefill on the GPU" and
+# "QA with UniSparse prefill, 160 prompts per cell").
+QA_UNISPARSE = UniSparseConfig(dense_last_blocks=2)
 SYSTEM_PROMPT = (
     "You answer questions about the document the user gives. Answer briefly, from the document only."
 )

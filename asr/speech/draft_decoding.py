@@ -34,7 +34,7 @@ from asr.speech.draft import AlternativeSearch, Draft
 DEFAULT_GATE = 0.9
 DEFAULT_TOLERANCE = 1.0
 DEFAULT_END_TOLERANCE = 5.0
-DEFAULT_LLM_WEIGHT = 0.3
+DEFAULT_LLM_WEIGHT = 0.2
 DEFAULT_ALTERNATIVES = 5
 DEFAULT_CORRECT_SHARE = 0.45
 UNSURE_WORD = 0.5  # a word Whisper gave less than this is a guess
