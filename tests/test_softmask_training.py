@@ -22,6 +22,7 @@ from asr.llm.lora_adapter import LoraAdapter
 from tests.loudness_detector import LoudnessDetector
 from tests.test_llm_engine import save_tiny_model
 from training import softmask
+from training.softmask_data import TextBatches
 from training.text_corpus import CorpusSpec, TextCorpus, load_or_build
 from training.text_tasks import TextPieces, insert_records, probe_sample, quote_again
 
@@ -101,6 +102,25 @@ def test_synthetic_tasks_copy_from_earlier_in_the_sequence(corpus_dir, tokenizer
     assert np.array_equal(sequence[positions + 1], targets)
     probe_text = tokenizer.decode(sequence)
     assert "special magic" not in probe_text and "grass is green" not in probe_text
+
+
+def test_text_batches_draw_a_length_per_batch_and_keep_the_steps_tokens(corpus_dir, tokenizer):
+    batches = TextBatches(TextCorpus(corpus_dir), tokenizer, [200, 400], batch=2, synthetic_share=0.5, seed=3)
+    shapes = [tuple(batch["input_ids"].shape) for _, batch in zip(range(24), batches.batches("cpu"))]
+    assert {rows for rows, _ in shapes} == {2, 4}, "both lengths are drawn"
+    assert all(length <= {2: 400, 4: 200}[rows] for rows, length in shapes), "4 windows of 200 = 2 of 400"
+
+
+@pytest.mark.parametrize("divisors, budgets, length, expected", [
+    ([8, 16], [512], 2048, {128, 256}),
+    ([8, 16], [512], 8192, {512, 1024}),
+    (None, [32, 64], 2048, {32, 64}),
+])
+def test_a_steps_budget_is_a_share_of_its_length_or_one_of_the_budgets(divisors, budgets, length, expected):
+    args = softmask.parse_args(["--out", "x", "--budgets", *map(str, budgets), "--seq-len", "8192",
+                                *(["--budget-divisors", *map(str, divisors)] if divisors else [])])
+    assert {softmask.step_budget(args, step, length) for step in range(40)} == expected
+    assert softmask.budget_range(args) == ((512, 1024) if divisors else (min(budgets), max(budgets)))
 
 
 def tiny_args(base, corpus, out, steps, *extra):

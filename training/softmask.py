@@ -5,9 +5,12 @@ Every attention layer runs ``attn_implementation="unique_softmask"``: each query
 outside its sink and local window by ``sigmoid((s - tau) / T)`` (s: the page score decode uses, tau:
 the k-th best score). T is annealed geometrically from ``--t-start`` to ``--t-end`` over the first
 ``--anneal`` share of the run, toward the hard mask decode applies; each step draws its budget from
-``--budgets``. The loss is the plain LM loss. LoRA (``--lora-rank``) or full fine-tuning (0).
+``--budgets`` (tokens), or with ``--budget-divisors`` a share of the step's sequence length, as decoding
+keeps a share of its context. The loss is the plain LM loss. LoRA (``--lora-rank``) or full fine-tuning
+(0).
 
-Text: long documents of ``training.text_corpus`` (cut to ``--seq-len``), some with synthetic copy and
+Text: long documents of ``training.text_corpus`` (cut to ``--seq-len``, or with ``--seq-lens`` to a
+length each step draws, as many sequences as keep the step's tokens), some with synthetic copy and
 lookup tasks (``training.text_tasks``); saves a LoRA adapter directory (``asr.llm.lora_adapter``) that
 ``asr qa --model`` and ``python -m eval.longqa --model`` load, or (full) a Hugging Face directory.
 Speech (``--speech-data``): sessions of ``training.train_asr`` through the same loop, or with
@@ -70,9 +73,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--time-limit", type=float, default=0, help="minutes; stop and save then")
     parser.add_argument("--seq-len", type=int, default=8192, help="tokens per text sequence")
+    parser.add_argument("--seq-lens", type=int, nargs="+",
+                        help="text: sequence lengths each step draws one of (default: --seq-len); a step "
+                             "holds --batch sequences of --seq-len tokens' worth")
     parser.add_argument("--batch", type=int, default=1, help="sequences (or sessions) per step and process")
     parser.add_argument("--budgets", type=int, nargs="+", default=[512, 1024],
                         help="token budgets; each step draws one")
+    parser.add_argument("--budget-divisors", type=int, nargs="+",
+                        help="instead of --budgets: budget = the step's sequence length / one of these")
     parser.add_argument("--page-size", type=int, default=16)
     parser.add_argument("--method", default="unique", choices=["unique", "quest", "mean"])
     parser.add_argument("--offset", default="gauss", choices=["gauss", "l1"])
@@ -101,6 +109,20 @@ def temperature(progress: float, args: argparse.Namespace) -> float:
     """T at ``progress`` (0..1): geometric from t_start to t_end over the first ``anneal`` share."""
     share = min(1.0, progress / args.anneal) if args.anneal > 0 else 1.0
     return math.exp(math.log(args.t_start) + share * (math.log(args.t_end) - math.log(args.t_start)))
+
+
+def step_budget(args: argparse.Namespace, step: int, length: int) -> int:
+    """The token budget of ``step``, whose sequences are ``length`` tokens long: one of ``--budgets``, or
+    ``length`` over one of ``--budget-divisors``."""
+    rng = random.Random(f"{args.seed}-budget-{step}")
+    return length // rng.choice(args.budget_divisors) if args.budget_divisors else rng.choice(args.budgets)
+
+
+def budget_range(args: argparse.Namespace) -> tuple[int, int]:
+    """The smallest and largest budget at ``--seq-len`` (the held-out evaluation's length)."""
+    if args.budget_divisors:
+        return args.seq_len // max(args.budget_divisors), args.seq_len // min(args.budget_divisors)
+    return min(args.budgets), max(args.budgets)
 
 
 def sparse_config(args: argparse.Namespace, budget: int) -> UniqueConfig:
@@ -183,8 +205,8 @@ class TextTask:
         corpus = open_corpus(args.corpus, self.tokenizer) if place.main else None
         place.barrier()  # the main process builds a missing corpus once; the others then read it
         corpus = corpus or open_corpus(args.corpus, self.tokenizer)
-        self.stream = TextBatches(corpus, self.tokenizer, args.seq_len, args.batch, args.synthetic_share,
-                                  args.seed + self.resumed_step(), place.rank)
+        self.stream = TextBatches(corpus, self.tokenizer, args.seq_lens or [args.seq_len], args.batch,
+                                  args.synthetic_share, args.seed + self.resumed_step(), place.rank)
         self.heldout = heldout_text(corpus, args.seq_len, args.eval_docs, place.device)
         self.probes = text_probes(corpus, self.tokenizer, args.seq_len, args.probes, args.seed)
 
@@ -285,7 +307,7 @@ def train(args: argparse.Namespace) -> dict:
 
     def info(extra: dict) -> dict:
         return {"steps": step, "seconds": round(elapsed()), "base": str(args.base or "embedded"),
-                "softmask": soft_mask_to_dict(SoftMaskConfig(sparse_config(args, max(args.budgets)),
+                "softmask": soft_mask_to_dict(SoftMaskConfig(sparse_config(args, budget_range(args)[1]),
                                                              temperature(1.0, args), args.query_block)),
                 "recipe": {k: v for k, v in vars(args).items() if k not in ("out", "resume")},
                 "device": torch.cuda.get_device_name() if place.device.type == "cuda" else "cpu",
@@ -296,7 +318,7 @@ def train(args: argparse.Namespace) -> dict:
         torch.save({"optimizer": optimizer.state_dict(), "step": step, "elapsed_s": elapsed()}, state_path)
 
     def run_eval() -> dict:
-        result = evaluate(model, task.heldout, task.probes, sparse_config(args, min(args.budgets)),
+        result = evaluate(model, task.heldout, task.probes, sparse_config(args, budget_range(args)[0]),
                           args.query_block, place.device)
         result.update(step=step, temperature=temperature(schedule.progress(step, elapsed()), args),
                       seconds=round(elapsed(), 1))
@@ -313,11 +335,12 @@ def train(args: argparse.Namespace) -> dict:
     while True:
         progress = schedule.progress(step, elapsed())
         lr = schedule.set_lr(step, elapsed())
-        budget = random.Random(f"{args.seed}-budget-{step}").choice(args.budgets)
+        batch = next(batches)
+        budget = step_budget(args, step, batch["attention_mask"].shape[1])
         t = temperature(progress, args)
         set_soft_mask(model, SoftMaskConfig(sparse_config(args, budget), t, args.query_block))
         with autocast(place.device):
-            loss = wrapped(**next(batches)).loss
+            loss = wrapped(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

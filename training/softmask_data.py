@@ -28,32 +28,35 @@ def pad_rows(rows: list[np.ndarray], device) -> dict[str, torch.Tensor]:
 
 
 class TextBatches:
-    """Endless batches of training documents, each a random window of ``seq_len`` tokens; in
-    ``synthetic_share`` of them a passage is quoted again at the end or records are inserted and one
-    looked up (``training.text_tasks``), within the same length. ``rank`` and ``world`` give each
-    data-parallel process its own stream."""
+    """Endless batches of training documents, each a random window of a length drawn per batch from
+    ``seq_lens``; a batch holds ``batch`` windows of the longest length's worth of tokens (more,
+    shorter ones at a shorter length). In ``synthetic_share`` of the windows a passage is quoted again
+    at the end or records are inserted and one looked up (``training.text_tasks``), within the same
+    length. ``rank`` gives each data-parallel process its own stream."""
 
-    def __init__(self, corpus: TextCorpus, tokenizer, seq_len: int, batch: int, synthetic_share: float,
+    def __init__(self, corpus: TextCorpus, tokenizer, seq_lens: list[int], batch: int, synthetic_share: float,
                  seed: int, rank: int = 0) -> None:
-        self.corpus, self.tokenizer, self.seq_len, self.batch = corpus, tokenizer, seq_len, batch
+        self.corpus, self.tokenizer, self.seq_lens, self.batch = corpus, tokenizer, seq_lens, batch
         self.synthetic_share, self.seed, self.rank = synthetic_share, seed, rank
         self.documents = corpus.split("train")
         self.pieces = TextPieces.from_tokenizer(tokenizer)
 
-    def sequence(self, rng: random.Random) -> np.ndarray:
+    def sequence(self, rng: random.Random, seq_len: int) -> np.ndarray:
         ids = self.corpus.ids(rng.choice(self.documents))
-        start = rng.randint(0, max(0, len(ids) - self.seq_len))
-        window = ids[start : start + self.seq_len]
+        start = rng.randint(0, max(0, len(ids) - seq_len))
+        window = ids[start : start + seq_len]
         if rng.random() >= self.synthetic_share:
             return window
         if rng.random() < 0.5:
-            return quote_again(window, self.seq_len - len(window), self.pieces, rng)
-        return insert_records(window, self.seq_len - len(window), self.tokenizer, self.pieces, rng)[0]
+            return quote_again(window, seq_len - len(window), self.pieces, rng)
+        return insert_records(window, seq_len - len(window), self.tokenizer, self.pieces, rng)[0]
 
     def batches(self, device) -> Iterator[dict[str, torch.Tensor]]:
         rng = random.Random(f"{self.seed}-{self.rank}")
         while True:
-            yield pad_rows([self.sequence(rng) for _ in range(self.batch)], device)
+            seq_len = rng.choice(self.seq_lens)
+            rows = max(1, self.batch * max(self.seq_lens) // seq_len)
+            yield pad_rows([self.sequence(rng, seq_len) for _ in range(rows)], device)
 
 
 def heldout_text(corpus: TextCorpus, seq_len: int, count: int, device) -> list[dict[str, torch.Tensor]]:
