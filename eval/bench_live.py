@@ -4,7 +4,7 @@
    pauses) at real time, together, to an in-process ``asr serve`` server on loopback (one server per
    N, sized for N streams). Reported per N: p50/p95 latency from the moment a final's last audio
    sample was sent to the moment its caption arrived, the real-time factor of the model worker
-   (busy seconds / seconds of audio of all streams), the interval between one stream's tentative
+   (busy seconds, summed over its threads, / seconds of audio of all streams), the interval between one stream's tentative
    captions (p50/p95), how many streams the worker's calls served on average, and the backpressure
    the clients saw (largest ``lag`` and ``backlog`` of a final).
 2. ``--long-minutes M`` (default 30; 0 skips): one session of looped speech per attention mode
@@ -230,6 +230,8 @@ def main() -> int:
         "--attention", nargs="+", default=["unique", "dense"], help="modes of the long session"
     )
     parser.add_argument("--budget", type=int, default=2048)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="model worker threads (default: as the server picks, LiveModel.load)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--manifest", type=Path, default=DEV)
     parser.add_argument("--output", type=Path, default=Path("eval/results"))
@@ -254,7 +256,9 @@ def main() -> int:
         path.write_text(json.dumps(report, indent=1) + "\n")
 
     if args.streams:
-        model = LiveModel.load(None, TranscribeOptions(device=args.device, budget_tokens=args.budget))
+        model = LiveModel.load(None, TranscribeOptions(device=args.device, budget_tokens=args.budget),
+                               workers=args.workers)
+        report["workers"] = model.workers  # worker seconds (RTF, busy_*) are summed over its threads
         report["streams"] = []
         for streams in args.streams:
             report["streams"].append(asyncio.run(run_streams(model, streams, args)))
@@ -282,7 +286,8 @@ def main() -> int:
         report["long"] = {}
         for attention in args.attention:
             model = LiveModel.load(
-                None, TranscribeOptions(attention=attention, device=args.device, budget_tokens=args.budget)
+                None, TranscribeOptions(attention=attention, device=args.device, budget_tokens=args.budget),
+                workers=args.workers,
             )
             report["long"][attention] = asyncio.run(run_long(model, args.long_minutes, args))
             save()

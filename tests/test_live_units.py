@@ -305,12 +305,16 @@ class _DraftCounter:
     def __init__(self):
         self.drafted, self.calls = [], []
 
-    def finals(self, requests):
+    def encode_finals(self, requests):
+        for position, _ in enumerate(requests):
+            self.calls.append("encode")
+            yield position, None
+
+    def final(self, request, encoded):
         from asr.live.session import Caption
 
-        for position, request in enumerate(requests):
-            self.calls.append("final")
-            yield position, Caption(request.start_s, request.end_s, "final words", 0.0)
+        self.calls.append("final")
+        return Caption(request.start_s, request.end_s, "final words", 0.0)
 
     def open(self, engine, prompt=""):
         return type("Decoder", (), {"close": lambda self: None})()
@@ -387,7 +391,7 @@ def test_a_waiting_tentative_caption_of_a_chunk_that_closed_is_withdrawn_for_its
         await asyncio.sleep(0.3)
 
     sent = run_draft_stream(model, StreamConfig(partial_interval_s=0.05), body)
-    assert model.calls == ["final"]
+    assert model.calls == ["encode", "final"]
     assert [m["type"] for m in sent] == ["final"]
 
 
@@ -405,3 +409,57 @@ def test_live_schedule_runs_real_streams_against_modelled_costs(tmp_path):
     run = report["streams"][0]
     assert run["finals"] >= 2 and run["calls"]["finals"] >= 1 and not run["errors"]
     assert run["latency_p50"] >= report["costs"]["final_base"]
+
+
+def test_two_worker_threads_run_serial_jobs_one_at_a_time_and_others_beside_them():
+    """Two threads: a serial job (the LLM's) and a job that is not (Whisper's) run at once; two serial
+    jobs, or a serial job and idle work, never do; a thread free while the serial job runs takes the
+    best job it may run, even of a lower priority."""
+    running, overlaps, lock = set(), [], threading.Lock()
+    idle_pieces = [0.05, 0.05]
+
+    def work(name, seconds=0.15):
+        def call():
+            with lock:
+                overlaps.append((name, frozenset(running)))
+                running.add(name)
+            time.sleep(seconds)
+            with lock:
+                running.discard(name)
+            return name
+        return call
+
+    def idle():
+        if not idle_pieces:
+            return False
+        work("idle", idle_pieces.pop())()
+        return True
+
+    async def scenario():
+        worker = ModelWorker(idle=idle, threads=2)
+        try:
+            while idle_pieces:  # idle work first, as no job waits
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            futures = [worker.run("a", work("a-llm")),  # serial
+                       worker.run("b", work("b-llm")),  # serial: after a-llm, though a thread is free
+                       worker.run("c", work("c-draft", 0.1), PARTIAL, serial=False),
+                       worker.run_batched("d", lambda items: [(0, work("d-whisper")())], "x", serial=False)]
+            return await asyncio.gather(*futures), worker
+        finally:
+            worker.stop()
+
+    results, worker = asyncio.run(scenario())
+    assert results == ["a-llm", "b-llm", "c-draft", "d-whisper"]
+    beside = dict(overlaps)
+    serial = {"a-llm", "b-llm", "idle"}
+    assert all(not (serial & others) for name, others in overlaps if name in serial), overlaps
+    assert beside["d-whisper"] == {"a-llm"}  # the final's Whisper call beside a's LLM call
+    assert beside["c-draft"] in ({"a-llm"}, {"b-llm"})  # the free thread took a tentative caption
+    assert {call.thread for call in worker.calls} == {0, 1}
+    assert worker.busy_seconds >= 0.15 * 3 + 0.1 + 0.1 - 1e-3  # both threads' seconds
+
+
+def test_worker_refuses_no_threads():
+    with pytest.raises(ValueError, match="at least one thread"):
+        ModelWorker(threads=0)

@@ -178,10 +178,12 @@ class StreamSession:
             if self.finals:
                 chunk = self.finals[0]
                 arrived = self._arrival(chunk.end)  # when its last sample came: its latency counts from there
-                try:
+                try:  # Whisper's side beside other calls, batched with other streams'; then the LLM's
                     request = ChunkRequest(chunk.audio, chunk.start / SAMPLE_RATE, self.decoder)
-                    caption = await self.worker.run_batched(self.id, self.model.finals, request, FINAL,
-                                                            due=arrived)
+                    encoded = await self.worker.run_batched(self.id, self.model.encode_finals, request, FINAL,
+                                                            due=arrived, serial=False)
+                    caption = await self.worker.run(self.id, partial(self.model.final, request, encoded),
+                                                    FINAL, due=arrived)
                 except AsrError as error:  # e.g. the context is full: say so, keep the stream alive
                     self.finals.popleft()
                     await self.send({"type": "error", "code": "decode_failed", "message": str(error)})
@@ -212,7 +214,8 @@ class StreamSession:
                 request = ChunkRequest(open_chunk.audio, open_chunk.start / SAMPLE_RATE)
                 self._last_partial = time.monotonic()
                 self._drafted = (open_chunk.start, open_chunk.end)
-                caption = await self.worker.run_batched(self.id, self.model.drafts, request, PARTIAL)
+                caption = await self.worker.run_batched(self.id, self.model.drafts, request, PARTIAL,
+                                                        serial=False)
                 if caption is None:  # withdrawn: the chunk closed while it waited
                     continue
                 self._partial_cost = caption.seconds
