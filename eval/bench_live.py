@@ -4,9 +4,9 @@
    pauses) at real time, together, to an in-process ``asr serve`` server on loopback (one server per
    N, sized for N streams). Reported per N: p50/p95 latency from the moment a final's last audio
    sample was sent to the moment its caption arrived, the real-time factor of the model worker
-   (busy seconds, summed over its threads, / seconds of audio of all streams), the interval between one stream's tentative
-   captions (p50/p95), how many streams the worker's calls served on average, and the backpressure
-   the clients saw (largest ``lag`` and ``backlog`` of a final).
+   (busy seconds, summed over its threads, / seconds of audio of all streams), the interval between
+   one stream's tentative captions (p50/p95), how many streams the worker's calls served on average,
+   and the backpressure the clients saw (largest ``lag`` and ``backlog`` of a final).
 2. ``--long-minutes M`` (default 30; 0 skips): one session of looped speech per attention mode
    (``--attention unique dense``): the first and last minute at real time, the middle as fast as the
    server takes it (backpressure paces it), then a short silence after which the client waits for
@@ -74,14 +74,20 @@ def overlap(start: float, end: float, calls: list) -> float:
 
 
 def job_profile(worker) -> dict:
-    """Where a job's time in the worker went, per priority (final, partial): waiting for its call
-    (p50/p95, and the mean of that wait the worker spent on finals, on tentative captions and on
-    idle work) and inside its call until its result came back (p50/p95)."""
+    """Where a job's time in the worker went, per kind: finals (``final``: every job of final priority,
+    a stream's opening and closing included; apart, their Whisper calls, ``final_whisper``, and their
+    LLM calls, ``final_llm``, where a final takes the two: none at a code that runs it in one call) and
+    tentative captions (``partial``): waiting for its call (p50/p95, and the mean of that wait the
+    worker spent on finals, on tentative captions and on idle work, summed over its threads) and inside
+    its call until its result came back (p50/p95)."""
     calls = list(worker.calls)
     by_priority = {kind: [c for c in calls if c.priority == kind] for kind in (FINAL, PARTIAL, IDLE)}
+    kinds = {"final": lambda job: job.priority == FINAL, "partial": lambda job: job.priority == PARTIAL,
+             "final_whisper": lambda job: job.call.endswith(".encode_finals"),
+             "final_llm": lambda job: job.call.endswith(".final")}
     profile = {}
-    for name, kind in (("final", FINAL), ("partial", PARTIAL)):
-        jobs = [job for job in worker.jobs_done if job.priority == kind]
+    for name, kind in kinds.items():
+        jobs = [job for job in worker.jobs_done if kind(job)]
         waits = [job.began - job.submitted for job in jobs]
         inside = [job.answered - job.began for job in jobs]
         profile[name] = {

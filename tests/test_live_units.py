@@ -396,19 +396,24 @@ def test_a_waiting_tentative_caption_of_a_chunk_that_closed_is_withdrawn_for_its
 
 
 def test_live_schedule_runs_real_streams_against_modelled_costs(tmp_path):
-    """eval.live_schedule: two short streams through the real server with a sleeping model; every final
-    comes, its latency at least its modelled cost, the JSON written."""
+    """eval.live_schedule: two short streams through the real server with a sleeping model on two worker
+    threads; every final comes, its latency at least its modelled cost, each final one Whisper job and
+    one LLM job in the job profile, the JSON written."""
     from eval.bench_live import DEV
 
     if not DEV.exists():
         pytest.skip(f"the shared speech dev set is absent ({DEV})")
     from eval.live_schedule import main
 
-    assert main(["--streams", "2", "--seconds", "8", "--output", str(tmp_path), "--name", "s"]) == 0
+    assert main(["--streams", "2", "--seconds", "8", "--workers", "2", "--output", str(tmp_path),
+                 "--name", "s"]) == 0
     report = json.loads((tmp_path / "s.json").read_text())
     run = report["streams"][0]
     assert run["finals"] >= 2 and run["calls"]["finals"] >= 1 and not run["errors"]
     assert run["latency_p50"] >= report["costs"]["final_base"]
+    jobs = run["worker_jobs"]
+    assert jobs["final_whisper"]["jobs"] == jobs["final_llm"]["jobs"] == run["finals"]
+    assert jobs["final"]["jobs"] == 2 * run["finals"] + 2 * 2  # and each stream's opening and closing
 
 
 def test_two_worker_threads_run_serial_jobs_one_at_a_time_and_others_beside_them():

@@ -61,12 +61,15 @@ class CallRecord:
 @dataclass(frozen=True)
 class JobRecord:
     """One job's way through the worker (``time.monotonic``): submitted, its call began, its result
-    handed back (a batched call hands each item's back as it is done)."""
+    handed back (a batched call hands each item's back as it is done); whether it was serial, and the
+    name of what it called (e.g. ``LiveModel.final``)."""
 
     priority: int
     submitted: float
     began: float
     answered: float
+    serial: bool = True
+    call: str = ""
 
 
 @dataclass
@@ -228,7 +231,10 @@ class ModelWorker:
 
     def _answer(self, job: _Job, began: float, result: Any, error: BaseException | None) -> None:
         """Hand ``job``'s result (or error) to its session; record its way through the worker."""
-        self.jobs_done.append(JobRecord(job.priority, job.submitted, began, time.monotonic()))
+        called = job.call or job.batch
+        name = getattr(getattr(called, "func", called), "__qualname__", "")  # a functools.partial's function
+        self.jobs_done.append(JobRecord(job.priority, job.submitted, began, time.monotonic(), job.serial,
+                                        name))
         job.loop.call_soon_threadsafe(_settle, job.future, result, error)
 
     def _run_one(self, job: _Job, began: float) -> None:
