@@ -468,3 +468,50 @@ def test_two_worker_threads_run_serial_jobs_one_at_a_time_and_others_beside_them
 def test_worker_refuses_no_threads():
     with pytest.raises(ValueError, match="at least one thread"):
         ModelWorker(threads=0)
+
+
+def test_a_jobs_next_step_runs_before_a_job_that_waited_longer_and_not_after_forget():
+    """One thread: a final's Whisper step answers while a tentative caption waits: its LLM step (``Then``)
+    is queued at once and runs first, its result the future's; a failing step takes no next step; a
+    session forgotten while its step runs gets none either."""
+    from asr.live.worker import Then
+
+    order, gate, second_gate = [], threading.Event(), threading.Event()
+
+    def whisper(items):
+        order.append(f"whisper {items[0]}")
+        yield 0, items[0].upper()
+
+    def broken(items):
+        raise RuntimeError("encoder failed")
+
+    async def scenario():
+        worker = ModelWorker()
+        try:
+            blocker = worker.run("z", gate.wait)
+            await asyncio.sleep(0.05)
+            final = worker.run_batched("a", whisper, "a", serial=False,
+                                       then=Then(lambda encoded: order.append(f"llm {encoded}") or encoded))
+            partial_job = worker.run("b", lambda: order.append("partial b"), PARTIAL,
+                                     due=time.monotonic() - 60)
+            failing = worker.run_batched("c", broken, "c", serial=False,
+                                         then=Then(lambda _: order.append("never")))
+            gate.set()
+            await blocker
+            assert await final == "A"
+            await partial_job
+            with pytest.raises(RuntimeError, match="encoder failed"):
+                await failing
+            held = worker.run_batched("d", lambda items: [(0, second_gate.wait())], "d", serial=False,
+                                      then=Then(lambda _: order.append("after forget")))
+            await asyncio.sleep(0.05)
+            worker.forget("d")  # its client left while its first step ran
+            second_gate.set()
+            with pytest.raises(asyncio.CancelledError):
+                await held
+            assert await worker.run("d", lambda: "closed") == "closed"  # the session's next job runs
+        finally:
+            worker.stop()
+
+    asyncio.run(scenario())
+    assert order == ["whisper a", "llm A", "partial b"]

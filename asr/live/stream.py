@@ -25,7 +25,7 @@ from asr.errors import AsrError
 from asr.live.agreement import LocalAgreement
 from asr.live.session import Caption, ChunkRequest, LiveDecoder, LiveModel
 from asr.live.vad import Chunk, StreamSegmenter, StreamSegmenterConfig
-from asr.live.worker import FINAL, PARTIAL, ModelWorker
+from asr.live.worker import FINAL, PARTIAL, ModelWorker, Then
 from asr.speech.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -180,10 +180,9 @@ class StreamSession:
                 arrived = self._arrival(chunk.end)  # when its last sample came: its latency counts from there
                 try:  # Whisper's side beside other calls, batched with other streams'; then the LLM's
                     request = ChunkRequest(chunk.audio, chunk.start / SAMPLE_RATE, self.decoder)
-                    encoded = await self.worker.run_batched(self.id, self.model.encode_finals, request, FINAL,
-                                                            due=arrived, serial=False)
-                    caption = await self.worker.run(self.id, partial(self.model.final, request, encoded),
-                                                    FINAL, due=arrived)
+                    caption = await self.worker.run_batched(
+                        self.id, self.model.encode_finals, request, FINAL, due=arrived, serial=False,
+                        then=Then(partial(self.model.final, request)))
                 except AsrError as error:  # e.g. the context is full: say so, keep the stream alive
                     self.finals.popleft()
                     await self.send({"type": "error", "code": "decode_failed", "message": str(error)})

@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,20 @@ class JobRecord:
     call: str = ""
 
 
+@dataclass(frozen=True)
+class Then:
+    """A job's next step: ``call(result)`` queued as a job of the same session, priority and due the moment
+    the job's result comes (before its thread picks another job, so no other job slips between the two
+    steps), ``serial`` or not; its result is the job's. A job that fails, or whose session is forgotten
+    meanwhile, takes no next step."""
+
+    call: Callable[[Any], Any]
+    serial: bool = True
+
+
 @dataclass
 class _Job:
+    session: str
     call: Callable[[], Any] | None  # a job of its own, or
     batch: BatchCall | None  # a batched job: ``batch([item, ...])`` with the items of other sessions
     item: Any
@@ -82,6 +95,8 @@ class _Job:
     priority: int
     due: float  # when its work became due (``time.monotonic``): the earliest due is served first
     serial: bool = True  # runs alone among serial jobs (it touches the LLM engine)
+    then: Then | None = None
+    forgotten: bool = False  # its session was forgotten while it ran: no next step
     submitted: float = field(default_factory=time.monotonic)
 
 
@@ -90,8 +105,8 @@ class ModelWorker:
     ``await worker.run_batched(session_id, batch, item, priority, due)`` runs ``item`` in one
     ``batch(items)`` call with the items other sessions have waiting for the same ``batch``. ``due``:
     when the job's work became due (``time.monotonic``; None: now); ``serial``: the job runs alone among
-    serial jobs (False: beside any). ``idle()``: one piece of serial work for an idle worker; returns
-    whether there was any. ``threads``: worker threads."""
+    serial jobs (False: beside any); ``then``: its next step (``Then``). ``idle()``: one piece of serial
+    work for an idle worker; returns whether there was any. ``threads``: worker threads."""
 
     def __init__(self, max_batch: int = MAX_BATCH, idle: Callable[[], bool] | None = None,
                  threads: int = 1) -> None:
@@ -101,6 +116,7 @@ class ModelWorker:
         self.calls: deque[CallRecord] = deque(maxlen=RECORDS_KEPT)  # in order (for benchmarks)
         self.jobs_done: deque[JobRecord] = deque(maxlen=RECORDS_KEPT)  # in the order answered
         self._jobs: dict[str, _Job] = {}  # session id -> its waiting job
+        self._running: dict[str, _Job] = {}  # session id -> its job running
         self._ready = threading.Condition()
         self._stopped = False
         self._serial_running = False  # a serial job (or idle work) runs on some thread
@@ -113,18 +129,19 @@ class ModelWorker:
             thread.start()
 
     def run(self, session_id: str, call: Callable[[], Any], priority: int = FINAL,
-            due: float | None = None, serial: bool = True) -> asyncio.Future:
-        return self._submit(session_id, call, None, None, priority, due, serial)
+            due: float | None = None, serial: bool = True, then: Then | None = None) -> asyncio.Future:
+        return self._submit(session_id, call, None, None, priority, due, serial, then)
 
     def run_batched(self, session_id: str, batch: BatchCall, item: Any, priority: int = FINAL,
-                    due: float | None = None, serial: bool = True) -> asyncio.Future:
-        return self._submit(session_id, None, batch, item, priority, due, serial)
+                    due: float | None = None, serial: bool = True,
+                    then: Then | None = None) -> asyncio.Future:
+        return self._submit(session_id, None, batch, item, priority, due, serial, then)
 
     def _submit(self, session_id: str, call: Callable[[], Any] | None, batch: BatchCall | None, item: Any,
-                priority: int, due: float | None, serial: bool) -> asyncio.Future:
+                priority: int, due: float | None, serial: bool, then: Then | None) -> asyncio.Future:
         loop = asyncio.get_running_loop()
-        job = _Job(call, batch, item, loop.create_future(), loop, priority,
-                   time.monotonic() if due is None else due, serial)
+        job = _Job(session_id, call, batch, item, loop.create_future(), loop, priority,
+                   time.monotonic() if due is None else due, serial, then)
         with self._ready:
             if self._stopped:
                 raise RuntimeError("the model worker has stopped")
@@ -135,8 +152,10 @@ class ModelWorker:
         return job.future
 
     def forget(self, session_id: str) -> None:
-        """Drop a session's waiting job (its client left); a running job finishes."""
+        """Drop a session's waiting job (its client left); a running job finishes, without its next step."""
         with self._ready:
+            if session_id in self._running:
+                self._running[session_id].forgotten = True
             job = self._jobs.pop(session_id, None)
         if job is not None:
             job.loop.call_soon_threadsafe(_cancel, job.future)
@@ -176,7 +195,9 @@ class ModelWorker:
             chosen += [s for s in waiting[1:]
                        if runnable[s].batch == lead.batch and runnable[s].serial == lead.serial]
         self._serial_running = self._serial_running or lead.serial
-        return [self._jobs.pop(session_id) for session_id in chosen[: self.max_batch]]
+        jobs = [self._jobs.pop(session_id) for session_id in chosen[: self.max_batch]]
+        self._running.update((job.session, job) for job in jobs)
+        return jobs
 
     def _take(self) -> list[_Job] | None:
         """Under the lock: wait for work this thread may run; the jobs, [] for a piece of idle work (the
@@ -230,11 +251,24 @@ class ModelWorker:
         self._ready.notify_all()
 
     def _answer(self, job: _Job, began: float, result: Any, error: BaseException | None) -> None:
-        """Hand ``job``'s result (or error) to its session; record its way through the worker."""
+        """Hand ``job``'s result (or error) to its session, or its result to its next step (``Then``);
+        record its way through the worker."""
         called = job.call or job.batch
         name = getattr(getattr(called, "func", called), "__qualname__", "")  # a functools.partial's function
         self.jobs_done.append(JobRecord(job.priority, job.submitted, began, time.monotonic(), job.serial,
                                         name))
+        with self._ready:
+            if self._running.get(job.session) is job:
+                del self._running[job.session]
+            if job.then is not None and error is None:
+                if job.forgotten or self._stopped or job.session in self._jobs:
+                    job.loop.call_soon_threadsafe(_cancel, job.future)
+                else:  # the same future, settled by the next step
+                    step = partial(job.then.call, result)
+                    self._jobs[job.session] = _Job(job.session, step, None, None, job.future, job.loop,
+                                                   job.priority, job.due, job.then.serial)
+                    self._ready.notify_all()
+                return
         job.loop.call_soon_threadsafe(_settle, job.future, result, error)
 
     def _run_one(self, job: _Job, began: float) -> None:
