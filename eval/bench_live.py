@@ -4,9 +4,9 @@
    pauses) at real time, together, to an in-process ``asr serve`` server on loopback (one server per
    N, sized for N streams). Reported per N: p50/p95 latency from the moment a final's last audio
    sample was sent to the moment its caption arrived, the real-time factor of the model worker
-   (busy seconds / seconds of audio of all streams), the interval between one stream's tentative
-   captions (p50/p95), how many streams the worker's calls served on average, and the backpressure
-   the clients saw (largest ``lag`` and ``backlog`` of a final).
+   (busy seconds, summed over its threads, / seconds of audio of all streams), the interval between
+   one stream's tentative captions (p50/p95), how many streams the worker's calls served on average,
+   and the backpressure the clients saw (largest ``lag`` and ``backlog`` of a final).
 2. ``--long-minutes M`` (default 30; 0 skips): one session of looped speech per attention mode
    (``--attention unique dense``): the first and last minute at real time, the middle as fast as the
    server takes it (backpressure paces it), then a short silence after which the client waits for
@@ -74,14 +74,20 @@ def overlap(start: float, end: float, calls: list) -> float:
 
 
 def job_profile(worker) -> dict:
-    """Where a job's time in the worker went, per priority (final, partial): waiting for its call
-    (p50/p95, and the mean of that wait the worker spent on finals, on tentative captions and on
-    idle work) and inside its call until its result came back (p50/p95)."""
+    """Where a job's time in the worker went, per kind: finals (``final``: every job of final priority,
+    a stream's opening and closing included; apart, their Whisper calls, ``final_whisper``, and their
+    LLM calls, ``final_llm``, where a final takes the two: none at a code that runs it in one call) and
+    tentative captions (``partial``): waiting for its call (p50/p95, and the mean of that wait the
+    worker spent on finals, on tentative captions and on idle work, summed over its threads) and inside
+    its call until its result came back (p50/p95)."""
     calls = list(worker.calls)
     by_priority = {kind: [c for c in calls if c.priority == kind] for kind in (FINAL, PARTIAL, IDLE)}
+    kinds = {"final": lambda job: job.priority == FINAL, "partial": lambda job: job.priority == PARTIAL,
+             "final_whisper": lambda job: job.call.endswith(".encode_finals"),
+             "final_llm": lambda job: job.call.endswith(".final")}
     profile = {}
-    for name, kind in (("final", FINAL), ("partial", PARTIAL)):
-        jobs = [job for job in worker.jobs_done if job.priority == kind]
+    for name, kind in kinds.items():
+        jobs = [job for job in worker.jobs_done if kind(job)]
         waits = [job.began - job.submitted for job in jobs]
         inside = [job.answered - job.began for job in jobs]
         profile[name] = {
@@ -230,6 +236,8 @@ def main() -> int:
         "--attention", nargs="+", default=["unique", "dense"], help="modes of the long session"
     )
     parser.add_argument("--budget", type=int, default=2048)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="model worker threads (default: as the server picks, LiveModel.load)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--manifest", type=Path, default=DEV)
     parser.add_argument("--output", type=Path, default=Path("eval/results"))
@@ -254,7 +262,9 @@ def main() -> int:
         path.write_text(json.dumps(report, indent=1) + "\n")
 
     if args.streams:
-        model = LiveModel.load(None, TranscribeOptions(device=args.device, budget_tokens=args.budget))
+        model = LiveModel.load(None, TranscribeOptions(device=args.device, budget_tokens=args.budget),
+                               workers=args.workers)
+        report["workers"] = model.workers  # worker seconds (RTF, busy_*) are summed over its threads
         report["streams"] = []
         for streams in args.streams:
             report["streams"].append(asyncio.run(run_streams(model, streams, args)))
@@ -282,7 +292,8 @@ def main() -> int:
         report["long"] = {}
         for attention in args.attention:
             model = LiveModel.load(
-                None, TranscribeOptions(attention=attention, device=args.device, budget_tokens=args.budget)
+                None, TranscribeOptions(attention=attention, device=args.device, budget_tokens=args.budget),
+                workers=args.workers,
             )
             report["long"][attention] = asyncio.run(run_long(model, args.long_minutes, args))
             save()

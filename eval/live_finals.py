@@ -5,7 +5,9 @@ into chunks by the live segmenter (``asr.live.vad``) as the server cuts it; the 
 ``LiveModel.finals`` in rounds of one chunk per stream, as the model worker batches the finals of
 streams waiting together. No server, no real time, no tentative captions: the worker's seconds on
 finals only, stage by stage (``eval.stage_clock``), per second of audio, and the WER of the finals
-(each utterance's chunks joined) against the references.
+(each utterance's chunks joined) against the references. The model is loaded as the server loads it
+(``LiveModel.load``: on a CPU of two threads or more, for two workers of half the threads each), so
+the finals are the server's; the calls here run one at a time, on one worker's threads.
 
     python -m eval.live_finals --streams 1 4 --emulate-avx2 --name live_finals_avx2
 """
@@ -36,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--utterances", type=int, default=None, help="first N dev utterances (default: all)")
     parser.add_argument("--manifest", type=Path, default=DEV)
     parser.add_argument("--dtype", default=None, help="the LLM's dtype (default: as asr picks)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="load the model for this many worker threads (default: as the server does)")
     parser.add_argument("--emulate-avx2", action="store_true",
                         help="limit torch, oneDNN, MKL and CTranslate2 to AVX2 (restarts the script)")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -121,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     from asr.speech.pipeline import TranscribeOptions
 
     rows, audios = manifest_audio(args.manifest, args.utterances)
-    model = LiveModel.load(None, TranscribeOptions(dtype=args.dtype))
-    report = {"cpu": cpu_record(), "command": " ".join(sys.argv), "load_average_at_start": os.getloadavg(),
+    model = LiveModel.load(None, TranscribeOptions(dtype=args.dtype), workers=args.workers)
+    report = {"cpu": cpu_record(), "workers": model.workers, "command": " ".join(sys.argv),
+              "load_average_at_start": os.getloadavg(),
               "runs": [run(model, streams, rows, audios) for streams in args.streams]}
     report["load_average_at_end"] = os.getloadavg()
     args.output.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,10 @@ with other work (a sleeping worker needs no cores; timings of the real model do)
 Costs (``--final-base``, ``--final-per-s``, ``--draft-base``, ``--draft-per-stream``,
 ``--draft-per-s``; defaults from session 14's four streams on 2 emulated-AVX2 cores: a final about
 0.2 s of worker time per second of its chunk, one batched round of four streams' tentative drafts
-about 0.5 s): a final ``base + per_s * chunk seconds``, one after another in a batched call; a
-batched draft call ``base + per_stream * drafts + per_s * seconds of open audio drafted``.
+about 0.5 s): a final ``base + per_s * chunk seconds``, ``--final-whisper-share`` of it in its batched
+Whisper call and the rest in its LLM call (one at a time); a batched draft call ``base + per_stream *
+drafts + per_s * seconds of open audio drafted``. ``--workers``: worker threads (default 1; the costs
+are then those of a call on its share of the cores).
 
     python -m eval.live_schedule --streams 4 --seconds 60 --name live_schedule_CODE
 
@@ -33,7 +35,7 @@ class ModelledCosts:
     """A stand-in for ``LiveModel`` whose finals and drafts sleep modelled times (see the module)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
+        self.args, self.workers = args, args.workers
         self.final_calls = self.draft_calls = self.drafts_made = 0
         self.final_seconds = self.draft_seconds = 0.0  # audio seconds captioned / drafted
 
@@ -46,14 +48,21 @@ class ModelledCosts:
     def settle_context(self) -> bool:
         return False
 
-    def finals(self, requests):
+    def _final_cost(self, request) -> float:
+        return self.args.final_base + self.args.final_per_s * len(request.audio) / SAMPLE_RATE
+
+    def encode_finals(self, requests):
         self.final_calls += 1
         for position, request in enumerate(requests):
-            seconds = len(request.audio) / SAMPLE_RATE
-            cost = self.args.final_base + self.args.final_per_s * seconds
+            cost = self.args.final_whisper_share * self._final_cost(request)
             time.sleep(cost)
-            self.final_seconds += seconds
-            yield position, Caption(request.start_s, request.end_s, "words", cost)
+            yield position, cost
+
+    def final(self, request, encoded_cost: float) -> Caption:
+        cost = self._final_cost(request)
+        time.sleep(cost - encoded_cost)
+        self.final_seconds += len(request.audio) / SAMPLE_RATE
+        return Caption(request.start_s, request.end_s, "words", cost)
 
     def drafts(self, requests):
         self.draft_calls += 1
@@ -80,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", type=Path, default=DEV)
     parser.add_argument("--final-base", type=float, default=0.1, help="worker seconds of any final")
     parser.add_argument("--final-per-s", type=float, default=0.2, help="and per second of its chunk")
+    parser.add_argument("--final-whisper-share", type=float, default=0.5,
+                        help="of a final's cost, what its Whisper call takes (the rest: its LLM call)")
+    parser.add_argument("--workers", type=int, default=1, help="worker threads")
     parser.add_argument("--draft-base", type=float, default=0.1, help="seconds of a batched draft call")
     parser.add_argument("--draft-per-stream", type=float, default=0.08, help="and per draft in it")
     parser.add_argument("--draft-per-s", type=float, default=0.01, help="and per second of audio drafted")

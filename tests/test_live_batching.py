@@ -97,6 +97,49 @@ def test_drafts_of_open_chunks_read_their_words_from_short_windows(live_model, u
         assert draft.end == pytest.approx(s) and draft.seconds > 0
 
 
+def test_whisper_calls_run_beside_each_other_and_beside_the_llm_with_the_same_results(live_model,  # noqa: F811
+                                                                                    utterances):
+    """The live model for two workers (this CPU's default where it has two threads): CTranslate2 takes two
+    calls at once; two threads encoding finals at once while a third runs a final's LLM call get the
+    drafts, readings and embeddings one thread gets alone, and the final the same transcript."""
+    import threading
+
+    import torch
+
+    from asr.live.session import ChunkRequest
+
+    if live_model.workers < 2:
+        pytest.skip("one thread: the live model takes one call at a time")
+    assert live_model.model.encoder.backend.model.num_workers == live_model.workers
+    chunks = [audio[: 6 * SR] for audio, _ in utterances]
+    requests = [ChunkRequest(chunk, 0.0) for chunk in chunks]
+
+    def encoded(request):
+        return next(live_model.encode_finals([request]))[1]
+
+    alone = [encoded(request) for request in requests]
+    engine = live_model.open_engine(max_streams=2, max_seconds=60)
+    decoders = [live_model.open(engine) for _ in range(2)]
+    try:
+        first_alone = live_model.final(ChunkRequest(chunks[0], 0.0, decoders[0]), alone[0])
+        beside, captions = [None, None], []
+        threads = [threading.Thread(target=lambda i=i: beside.__setitem__(i, encoded(requests[i])))
+                   for i in range(2)]
+        threads.append(threading.Thread(target=lambda: captions.append(
+            live_model.final(ChunkRequest(chunks[0], 0.0, decoders[1]), alone[0]))))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for decoder in decoders:
+            decoder.close()
+    for one, other in zip(alone, beside):
+        assert one.chunk.draft == other.chunk.draft  # text, word probabilities and readings
+        torch.testing.assert_close(one.chunk.embeds, other.chunk.embeds)
+    assert alone[0].chunk.draft.text and captions[0].text == first_alone.text
+
+
 @pytest.mark.parametrize(
     "backend, lengths, margin, window",
     [

@@ -24,7 +24,7 @@ def test_sigterm_flushes_finals_then_exits(speech):  # noqa: F811
     audio, _ = speech
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", "0", "--device", "cpu",
-                               "--max-session-seconds", "120"],
+                               "--max-session-seconds", "120", "--workers", "1"],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = ""
@@ -32,6 +32,7 @@ def test_sigterm_flushes_finals_then_exits(speech):  # noqa: F811
             line = server.stdout.readline()
             assert line or server.poll() is None, "asr serve exited before listening"
         url = re.search(r"(ws://\S+/ws)", line).group(1)
+        assert "(1 model worker;" in line, line
 
         async def talk():
             messages = []

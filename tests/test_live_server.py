@@ -144,7 +144,7 @@ def test_streams_speech_to_partials_and_finals(server, speech):
 
 
 def test_streams_are_batched_in_one_engine(server, speech):
-    """Two streams, the worker held for a while once they are streaming: the calls they queue
+    """Two streams, every worker thread held for a while once they are streaming: the calls they queue
     meanwhile run as one batch, both get their captions, and the shared engine has every page back
     once they are done."""
     audio, reference = speech
@@ -154,7 +154,8 @@ def test_streams_are_batched_in_one_engine(server, speech):
     calls_before = len(worker.calls)
 
     async def hold():
-        return worker.run("holder", gate.wait)
+        holders = [worker.run(f"holder{i}", gate.wait, serial=False) for i in range(worker.threads)]
+        return asyncio.gather(*holders)
 
     async def two():
         streams = [

@@ -305,12 +305,16 @@ class _DraftCounter:
     def __init__(self):
         self.drafted, self.calls = [], []
 
-    def finals(self, requests):
+    def encode_finals(self, requests):
+        for position, _ in enumerate(requests):
+            self.calls.append("encode")
+            yield position, None
+
+    def final(self, request, encoded):
         from asr.live.session import Caption
 
-        for position, request in enumerate(requests):
-            self.calls.append("final")
-            yield position, Caption(request.start_s, request.end_s, "final words", 0.0)
+        self.calls.append("final")
+        return Caption(request.start_s, request.end_s, "final words", 0.0)
 
     def open(self, engine, prompt=""):
         return type("Decoder", (), {"close": lambda self: None})()
@@ -387,21 +391,127 @@ def test_a_waiting_tentative_caption_of_a_chunk_that_closed_is_withdrawn_for_its
         await asyncio.sleep(0.3)
 
     sent = run_draft_stream(model, StreamConfig(partial_interval_s=0.05), body)
-    assert model.calls == ["final"]
+    assert model.calls == ["encode", "final"]
     assert [m["type"] for m in sent] == ["final"]
 
 
 def test_live_schedule_runs_real_streams_against_modelled_costs(tmp_path):
-    """eval.live_schedule: two short streams through the real server with a sleeping model; every final
-    comes, its latency at least its modelled cost, the JSON written."""
+    """eval.live_schedule: two short streams through the real server with a sleeping model on two worker
+    threads; every final comes, its latency at least its modelled cost, each final one Whisper job and
+    one LLM job in the job profile, the JSON written."""
     from eval.bench_live import DEV
 
     if not DEV.exists():
         pytest.skip(f"the shared speech dev set is absent ({DEV})")
     from eval.live_schedule import main
 
-    assert main(["--streams", "2", "--seconds", "8", "--output", str(tmp_path), "--name", "s"]) == 0
+    assert main(["--streams", "2", "--seconds", "8", "--workers", "2", "--output", str(tmp_path),
+                 "--name", "s"]) == 0
     report = json.loads((tmp_path / "s.json").read_text())
     run = report["streams"][0]
     assert run["finals"] >= 2 and run["calls"]["finals"] >= 1 and not run["errors"]
     assert run["latency_p50"] >= report["costs"]["final_base"]
+    jobs = run["worker_jobs"]
+    assert jobs["final_whisper"]["jobs"] == jobs["final_llm"]["jobs"] == run["finals"]
+    assert jobs["final"]["jobs"] == 2 * run["finals"] + 2 * 2  # and each stream's opening and closing
+
+
+def test_two_worker_threads_run_serial_jobs_one_at_a_time_and_others_beside_them():
+    """Two threads: a serial job (the LLM's) and a job that is not (Whisper's) run at once; two serial
+    jobs, or a serial job and idle work, never do; a thread free while the serial job runs takes the
+    best job it may run, even of a lower priority."""
+    running, overlaps, lock = set(), [], threading.Lock()
+    idle_pieces = [0.05, 0.05]
+
+    def work(name, seconds=0.15):
+        def call():
+            with lock:
+                overlaps.append((name, frozenset(running)))
+                running.add(name)
+            time.sleep(seconds)
+            with lock:
+                running.discard(name)
+            return name
+        return call
+
+    def idle():
+        if not idle_pieces:
+            return False
+        work("idle", idle_pieces.pop())()
+        return True
+
+    async def scenario():
+        worker = ModelWorker(idle=idle, threads=2)
+        try:
+            while idle_pieces:  # idle work first, as no job waits
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            futures = [worker.run("a", work("a-llm")),  # serial
+                       worker.run("b", work("b-llm")),  # serial: after a-llm, though a thread is free
+                       worker.run("c", work("c-draft", 0.1), PARTIAL, serial=False),
+                       worker.run_batched("d", lambda items: [(0, work("d-whisper")())], "x", serial=False)]
+            return await asyncio.gather(*futures), worker
+        finally:
+            worker.stop()
+
+    results, worker = asyncio.run(scenario())
+    assert results == ["a-llm", "b-llm", "c-draft", "d-whisper"]
+    beside = dict(overlaps)
+    serial = {"a-llm", "b-llm", "idle"}
+    assert all(not (serial & others) for name, others in overlaps if name in serial), overlaps
+    assert beside["d-whisper"] == {"a-llm"}  # the final's Whisper call beside a's LLM call
+    assert beside["c-draft"] in ({"a-llm"}, {"b-llm"})  # the free thread took a tentative caption
+    assert {call.thread for call in worker.calls} == {0, 1}
+    assert worker.busy_seconds >= 0.15 * 3 + 0.1 + 0.1 - 1e-3  # both threads' seconds
+
+
+def test_worker_refuses_no_threads():
+    with pytest.raises(ValueError, match="at least one thread"):
+        ModelWorker(threads=0)
+
+
+def test_a_jobs_next_step_runs_before_a_job_that_waited_longer_and_not_after_forget():
+    """One thread: a final's Whisper step answers while a tentative caption waits: its LLM step (``Then``)
+    is queued at once and runs first, its result the future's; a failing step takes no next step; a
+    session forgotten while its step runs gets none either."""
+    from asr.live.worker import Then
+
+    order, gate, second_gate = [], threading.Event(), threading.Event()
+
+    def whisper(items):
+        order.append(f"whisper {items[0]}")
+        yield 0, items[0].upper()
+
+    def broken(items):
+        raise RuntimeError("encoder failed")
+
+    async def scenario():
+        worker = ModelWorker()
+        try:
+            blocker = worker.run("z", gate.wait)
+            await asyncio.sleep(0.05)
+            final = worker.run_batched("a", whisper, "a", serial=False,
+                                       then=Then(lambda encoded: order.append(f"llm {encoded}") or encoded))
+            partial_job = worker.run("b", lambda: order.append("partial b"), PARTIAL,
+                                     due=time.monotonic() - 60)
+            failing = worker.run_batched("c", broken, "c", serial=False,
+                                         then=Then(lambda _: order.append("never")))
+            gate.set()
+            await blocker
+            assert await final == "A"
+            await partial_job
+            with pytest.raises(RuntimeError, match="encoder failed"):
+                await failing
+            held = worker.run_batched("d", lambda items: [(0, second_gate.wait())], "d", serial=False,
+                                      then=Then(lambda _: order.append("after forget")))
+            await asyncio.sleep(0.05)
+            worker.forget("d")  # its client left while its first step ran
+            second_gate.set()
+            with pytest.raises(asyncio.CancelledError):
+                await held
+            assert await worker.run("d", lambda: "closed") == "closed"  # the session's next job runs
+        finally:
+            worker.stop()
+
+    asyncio.run(scenario())
+    assert order == ["whisper a", "llm A", "partial b"]

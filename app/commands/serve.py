@@ -41,6 +41,11 @@ def register(subparsers) -> None:
     parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help=DTYPE_HELP)
     parser.add_argument("--model", help="speech model directory (default: the embedded model)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="model calls at once, each on its share of the CPU threads (default: 2 on a CPU of 2 cores or "
+        "more, else 1)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -63,13 +68,16 @@ def run(args: argparse.Namespace) -> int:
         stream=StreamConfig(max_seconds=args.max_session_seconds),
     )
     print("asr serve: loading the model ...", file=sys.stderr, flush=True)
-    server = LiveServer(LiveModel.load(args.model, options), config)
+    model = LiveModel.load(args.model, options, workers=args.workers)
+    server = LiveServer(model, config)
 
     async def main() -> None:
         await server.start()
+        workers = f"{model.workers} model worker{'s' if model.workers > 1 else ''}"
         print(
             f"asr serve: live captions on ws://{args.host}:{server.port}/ws, page at "
-            f"http://{args.host}:{server.port}/ (Ctrl-C stops; open streams get their finals first)",
+            f"http://{args.host}:{server.port}/ ({workers}; Ctrl-C stops; open streams get their finals "
+            "first)",
             flush=True,
         )
         await server.wait_stopped()

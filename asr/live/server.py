@@ -82,7 +82,8 @@ class LiveServer:
 
     def __init__(self, model: LiveModel, config: ServerConfig = ServerConfig()) -> None:
         self.model, self.config = model, config
-        self.worker = ModelWorker(max_batch=config.max_sessions, idle=model.settle_context)
+        self.worker = ModelWorker(max_batch=config.max_sessions, idle=model.settle_context,
+                                  threads=model.workers)
         # every stream is one sequence of this engine: one KV pool, allocated once
         self.engine = model.open_engine(config.max_sessions, config.stream.max_seconds)
         self.clients: set[_Client] = set()

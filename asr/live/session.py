@@ -3,9 +3,12 @@ every stream of a server shares, one decoder (sequence) per stream in it, and de
 batches across streams. Keep it that way: when the speech API changes (who owns the engine, what
 ``transcribe_chunk`` does inside), this module is what adapts.
 
-Final captions come from the speech LLM (``LongformSession.transcribe_chunk``); the chunks of the
-streams waiting for one go through the Whisper encoder (and its draft) in batches of one window
-length, each batch's finals decoded and sent before the next batch is encoded. Tentative
+Final captions come from the speech LLM (``LongformSession.transcribe_chunk``) in two calls: the chunks
+of the streams waiting for one go through the Whisper encoder (and its draft) in batches of one window
+length (``encode_finals``, which may run beside other calls), then each through the LLM (``final``,
+one at a time: the engine is shared); ``finals`` does both, each batch's finals decoded before the
+next batch is encoded. The model takes ``workers`` calls at once (two on a CPU of two cores or more,
+each on half the threads: ``asr.live.worker``). Tentative
 captions come from Whisper's draft alone (``AudioEncoder.draft`` with a margin): the LLM is off their
 path, and the drafts of all streams waiting for one are one batch. Both encode windows only a
 little longer than their chunks (``PARTIAL_MARGIN_S``, ``FINAL_MARGIN_S``), not 30 s.
@@ -25,12 +28,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
 from asr.errors import AsrError
+from asr.llm.cpu_defaults import default_threads
 from asr.llm.engine import LLMEngine
 from asr.speech.audio import SAMPLE_RATE
 from asr.speech.longform import LongformSession
-from asr.speech.model import SpeechModel
+from asr.speech.model import EncodedChunk, SpeechModel
 from asr.speech.pipeline import TranscribeOptions, load_transcriber
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,9 @@ FINAL_MARGIN_S = 5.0
 # kept chunks a stream's context may hold back from its prefill (a few: bounded memory and one
 # bounded prefill when they go in with a chunk the LLM reads)
 DEFERRED_CHUNKS = 4
+# model calls at once on a CPU with two threads or more, each on half of them: on 2 cores two one-thread
+# calls side by side got 1.2x the work of one two-thread call done (BENCHMARKS.md, session 16)
+CPU_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,15 @@ class Caption:
     end: float
     text: str
     seconds: float  # model time spent on it: a final's share of its batch; a draft's whole batched call
+
+
+@dataclass(frozen=True)
+class EncodedFinal:
+    """A closed chunk through Whisper (``LiveModel.encode_finals``): its LLM inputs and draft, and its
+    share of the encoder call's seconds."""
+
+    chunk: EncodedChunk
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -74,18 +91,29 @@ class ChunkRequest:
 
 
 class LiveModel:
-    """One loaded speech model shared by every live session (model calls on one thread only)."""
+    """One loaded speech model shared by every live session. ``workers``: threads that may call it at
+    once (``asr.live.worker``); calls that touch the engine (``open``, ``final``, ``settle_context``,
+    closing a decoder) one at a time, ``encode_finals`` and ``drafts`` beside anything."""
 
-    def __init__(self, model: SpeechModel, options: TranscribeOptions) -> None:
-        self.model, self.options = model, options
+    def __init__(self, model: SpeechModel, options: TranscribeOptions, workers: int = 1) -> None:
+        self.model, self.options, self.workers = model, options, workers
         self.decoders: list[LiveDecoder] = []  # open ones, oldest first
 
     @classmethod
     def load(
-        cls, model_dir: str | None = None, options: TranscribeOptions = TranscribeOptions()
+        cls, model_dir: str | None = None, options: TranscribeOptions = TranscribeOptions(),
+        workers: int | None = None,
     ) -> LiveModel:
-        transcriber = load_transcriber(model_dir, options)
-        return cls(transcriber.model, transcriber.options)
+        """The model for ``workers`` calls at once (None: ``CPU_WORKERS`` on a CPU with that many threads
+        or more, else one), each on ``options.threads`` (default: one per physical core) split between
+        them."""
+        threads = options.threads or default_threads()
+        if workers is None:
+            cpu = (options.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
+            workers = CPU_WORKERS if cpu and threads >= CPU_WORKERS else 1
+        options = replace(options, threads=max(1, threads // workers))
+        transcriber = load_transcriber(model_dir, options, parallel_calls=workers)
+        return cls(transcriber.model, transcriber.options, workers)
 
     def open_engine(self, max_streams: int, max_seconds: float) -> LLMEngine:
         """One engine for ``max_streams`` streams of up to ``max_seconds`` each (and a prompt): one
@@ -120,43 +148,59 @@ class LiveModel:
         return True
 
     def finals(self, requests: list[ChunkRequest]) -> Iterator[tuple[int, Caption | AsrError]]:
-        """Each closed chunk appended with its transcript to its stream's context for good. The chunks go
-        through the encoder in groups of one window length (``AudioEncoder.window_samples``: only those
-        share an encoder batch), in the order of ``requests``; after each group's encoder call, per
-        stream the speech LLM, the chunks whose drafts are kept whole (no LLM work) first, so a final
-        waits for its own group's Whisper work only, not for every stream's. Yields (position in
-        ``requests``, its caption) as each is done. A chunk the speech library refuses (e.g. its context
-        is full) yields the error, the others go on."""
-        groups: dict[int, list[int]] = {}  # window samples -> positions in ``requests``
+        """Each closed chunk appended with its transcript to its stream's context for good: the chunks
+        of one window length through Whisper (``encode_finals``), then through the speech LLM
+        (``final``), those whose drafts are kept whole (no LLM work) first, before the next window
+        length is encoded, so a final waits for its own group's Whisper work only. Yields (position in
+        ``requests``, its caption) as each is done. A chunk the speech library refuses (e.g. its
+        context is full) yields the error, the others go on."""
+        for positions in self._window_groups(requests).values():
+            group = [requests[position] for position in positions]
+            encoded = [encoded for _, encoded in sorted(self._encode_group(group, range(len(group))))]
+            sessions = [request.decoder.session for request in group]
+            order = sorted(range(len(group)), key=lambda i: sessions[i].kept_draft(
+                len(group[i].audio) / SAMPLE_RATE, encoded[i].chunk.draft) is None)
+            for index in order:
+                try:
+                    yield positions[index], self.final(group[index], encoded[index])
+                except AsrError as error:
+                    yield positions[index], error
+
+    def encode_finals(self, requests: list[ChunkRequest]) -> Iterator[tuple[int, EncodedFinal]]:
+        """The Whisper side of each closed chunk's final (encoder window, draft, other readings of an
+        unsure draft; no engine work, so it may run beside other calls), in groups of one window length
+        (``AudioEncoder.window_samples``: only those share an encoder batch), in the order of
+        ``requests``. Yields (position in ``requests``, its ``EncodedFinal``) as each group is done."""
+        for positions in self._window_groups(requests).values():
+            yield from self._encode_group([requests[position] for position in positions], positions)
+
+    def final(self, request: ChunkRequest, encoded: EncodedFinal) -> Caption:
+        """The speech LLM's side of a closed chunk's final (``encode_finals`` gave ``encoded``): the chunk
+        and its transcript appended to the stream's context for good. Raises what the speech library
+        raises (``AsrError``: e.g. the context is full)."""
+        began = time.perf_counter()
+        segment = request.decoder.session.transcribe_chunk(request.audio, request.start_s, SAMPLE_RATE,
+                                                           encoded=encoded.chunk)
+        return Caption(request.start_s, request.end_s, segment.text if segment else "",
+                       encoded.seconds + time.perf_counter() - began)
+
+    def _window_groups(self, requests: list[ChunkRequest]) -> dict[int, list[int]]:
+        """Window samples -> the positions in ``requests`` of the chunks encoded in windows that long."""
+        groups: dict[int, list[int]] = {}
         for position, request in enumerate(requests):
             window = self.model.encoder.window_samples([request.audio], FINAL_MARGIN_S)
             groups.setdefault(window, []).append(position)
-        for positions in groups.values():
-            yield from self._finals_of_group([requests[position] for position in positions], positions)
+        return groups
 
-    def _finals_of_group(self, requests: list[ChunkRequest],
-                         positions: list[int]) -> Iterator[tuple[int, Caption | AsrError]]:
-        """``finals`` of chunks that share one encoder window length; yields their ``positions``."""
+    def _encode_group(self, requests: list[ChunkRequest],
+                      positions) -> Iterator[tuple[int, EncodedFinal]]:
+        """``encode_finals`` of chunks that share one encoder window length; yields their ``positions``."""
         began = time.perf_counter()
-        audios = [request.audio for request in requests]
-        encoded = self.model.encode_chunks(audios, self.options.draft_decoding().search(), FINAL_MARGIN_S)
-        encode_share = (time.perf_counter() - began) / len(requests)
-        sessions = [request.decoder.session for request in requests]
-        order = sorted(range(len(requests)), key=lambda i: sessions[i].kept_draft(
-            len(requests[i].audio) / SAMPLE_RATE, encoded[i].draft) is None)
-        for index in order:
-            request = requests[index]
-            began = time.perf_counter()
-            try:
-                segment = sessions[index].transcribe_chunk(
-                    request.audio, request.start_s, SAMPLE_RATE, encoded=encoded[index]
-                )
-            except AsrError as error:
-                yield positions[index], error
-                continue
-            seconds = encode_share + time.perf_counter() - began
-            yield positions[index], Caption(request.start_s, request.end_s, segment.text if segment else "",
-                                            seconds)
+        encoded = self.model.encode_chunks([request.audio for request in requests],
+                                           self.options.draft_decoding().search(), FINAL_MARGIN_S)
+        share = (time.perf_counter() - began) / len(requests)
+        for position, chunk in zip(positions, encoded):
+            yield position, EncodedFinal(chunk, share)
 
     def drafts(self, requests: list[ChunkRequest]) -> Iterator[tuple[int, Caption]]:
         """Whisper's draft of each still-open chunk (no context, nothing kept), as one batch of

@@ -25,7 +25,7 @@ from asr.errors import AsrError
 from asr.live.agreement import LocalAgreement
 from asr.live.session import Caption, ChunkRequest, LiveDecoder, LiveModel
 from asr.live.vad import Chunk, StreamSegmenter, StreamSegmenterConfig
-from asr.live.worker import FINAL, PARTIAL, ModelWorker
+from asr.live.worker import FINAL, PARTIAL, ModelWorker, Then
 from asr.speech.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -178,10 +178,11 @@ class StreamSession:
             if self.finals:
                 chunk = self.finals[0]
                 arrived = self._arrival(chunk.end)  # when its last sample came: its latency counts from there
-                try:
+                try:  # Whisper's side beside other calls, batched with other streams'; then the LLM's
                     request = ChunkRequest(chunk.audio, chunk.start / SAMPLE_RATE, self.decoder)
-                    caption = await self.worker.run_batched(self.id, self.model.finals, request, FINAL,
-                                                            due=arrived)
+                    caption = await self.worker.run_batched(
+                        self.id, self.model.encode_finals, request, FINAL, due=arrived, serial=False,
+                        then=Then(partial(self.model.final, request)))
                 except AsrError as error:  # e.g. the context is full: say so, keep the stream alive
                     self.finals.popleft()
                     await self.send({"type": "error", "code": "decode_failed", "message": str(error)})
@@ -212,7 +213,8 @@ class StreamSession:
                 request = ChunkRequest(open_chunk.audio, open_chunk.start / SAMPLE_RATE)
                 self._last_partial = time.monotonic()
                 self._drafted = (open_chunk.start, open_chunk.end)
-                caption = await self.worker.run_batched(self.id, self.model.drafts, request, PARTIAL)
+                caption = await self.worker.run_batched(self.id, self.model.drafts, request, PARTIAL,
+                                                        serial=False)
                 if caption is None:  # withdrawn: the chunk closed while it waited
                     continue
                 self._partial_cost = caption.seconds

@@ -78,17 +78,18 @@ class TorchEncoder:
 class Ct2Encoder:
     """CTranslate2's Whisper encoder on the CPU in ``compute_type`` ("int8": int8 matmul weights;
     "float32": weights widened from their stored fp16 once, as the torch backend does); returns
-    float32 CPU tensors."""
+    float32 CPU tensors. ``threads`` per call; ``parallel_calls``: calls from that many Python threads
+    may run at once (CTranslate2's ``inter_threads``: workers over one copy of the weights)."""
 
     name = "ctranslate2"
 
-    def __init__(self, ct2_dir: Path, threads: int, compute_type: str) -> None:
+    def __init__(self, ct2_dir: Path, threads: int, compute_type: str, parallel_calls: int = 1) -> None:
         import ctranslate2
 
         from asr.speech.ct2_reader import read_ct2
 
         self.model = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type=compute_type,
-                                                intra_threads=threads)
+                                                intra_threads=threads, inter_threads=parallel_calls)
         self.dim: int = read_ct2(ct2_dir / "model.bin").variables["encoder/layer_norm/gamma"].shape[0]
         self.num_mels: int = self.model.n_mels
 
@@ -136,14 +137,16 @@ class AudioEncoder:
     @classmethod
     def load(cls, model_dir: str | Path | None = None, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float16, backend: Backend = "auto",
-             ct2_compute_type: str = CT2_COMPUTE_TYPE, drafts: bool = False) -> AudioEncoder:
+             ct2_compute_type: str = CT2_COMPUTE_TYPE, drafts: bool = False,
+             parallel_calls: int = 1) -> AudioEncoder:
         """Encoder of a Whisper directory (Hugging Face or CTranslate2; None: the embedded base).
 
         backend: "auto" takes CTranslate2 on the CPU when ``ctranslate2`` imports and the weights are a
         CTranslate2 directory (the embedded base is one), else torch; "ctranslate2" insists (CPU only);
         "torch" is the Hugging Face encoder. ct2_compute_type: CTranslate2's precision ("int8" or
         "float32"). drafts: also load Whisper's decoder, for ``draft`` and ``encode_with_drafts``
-        (``asr.speech.draft``).
+        (``asr.speech.draft``). parallel_calls: how many calls may run at once from different threads
+        (CTranslate2 only: the torch modules take concurrent calls as they are).
         """
         from transformers import WhisperFeatureExtractor
 
@@ -159,7 +162,7 @@ class AudioEncoder:
         drafter: Drafter | None = None
         if ct2_dir is not None and _ct2_importable():
             encoder: EncoderBackend = Ct2Encoder(ct2_dir, threads=torch.get_num_threads(),
-                                                 compute_type=ct2_compute_type)
+                                                 compute_type=ct2_compute_type, parallel_calls=parallel_calls)
             num_mels = encoder.num_mels
             if drafts:
                 from tokenizers import Tokenizer

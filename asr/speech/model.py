@@ -138,10 +138,11 @@ def _resolve(base: Path, name: str | None) -> str | None:
 
 
 def load_speech_model(model_dir: str | Path | None, engine_config: EngineConfig,
-                      drafts: bool | None = None) -> SpeechModel:
+                      drafts: bool | None = None, parallel_calls: int = 1) -> SpeechModel:
     """Load a speech model directory (default: the embedded one) with the engine config's device,
     dtype and ``int8_weights``; no engine is made (``SpeechModel.open_engine``). drafts: put Whisper
-    drafts into the context (None: as the adapter was trained, its ``info["drafts"]``)."""
+    drafts into the context (None: as the adapter was trained, its ``info["drafts"]``); parallel_calls:
+    encoder calls that may run at once from different threads (``AudioEncoder.load``)."""
     from asr.llm.embedded import embedded_llm_dir
     from asr.speech.encoder import AudioEncoder
 
@@ -170,6 +171,7 @@ def load_speech_model(model_dir: str | Path | None, engine_config: EngineConfig,
         device=device,
         dtype=torch.float16 if device.type == "cuda" else torch.float32,
         drafts=drafts,
+        parallel_calls=parallel_calls,
     )
     projector = FrameStackProjector(adapter.projector_config)
     projector.load_state_dict(adapter.projector)

@@ -180,9 +180,12 @@ class Transcriber:
 
 
 def load_transcriber(
-    model_dir: str | None = None, options: TranscribeOptions = TranscribeOptions()
+    model_dir: str | None = None, options: TranscribeOptions = TranscribeOptions(), parallel_calls: int = 1
 ) -> Transcriber:
     """A transcriber for a speech model directory (default: the embedded model); sets torch's CPU
-    threads to ``options.threads`` (default: one per physical core) first, as the encoder takes them."""
+    threads to ``options.threads`` (default: one per physical core) first, as the encoder takes them.
+    parallel_calls: model calls that may run at once from different threads, each on ``options.threads``
+    (the live server's worker threads; ``AudioEncoder.load``)."""
     torch.set_num_threads(options.threads or default_threads())
-    return Transcriber(load_speech_model(model_dir, options.engine_config(), options.drafts), options)
+    return Transcriber(load_speech_model(model_dir, options.engine_config(), options.drafts, parallel_calls),
+                       options)
