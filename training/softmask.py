@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=8192, help="tokens per text sequence")
     parser.add_argument("--seq-lens", type=int, nargs="+",
                         help="text: sequence lengths each step draws one of (default: --seq-len); a step "
-                             "holds --batch sequences of --seq-len tokens' worth")
+                             "holds the tokens of --batch sequences of the longest")
     parser.add_argument("--batch", type=int, default=1, help="sequences (or sessions) per step and process")
     parser.add_argument("--budgets", type=int, nargs="+", default=[512, 1024],
                         help="token budgets; each step draws one")
