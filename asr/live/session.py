@@ -28,10 +28,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
 from asr.errors import AsrError
-from asr.llm.cpu_defaults import default_threads
+from asr.llm.cpu_defaults import default_threads, run_device
 from asr.llm.engine import LLMEngine
 from asr.speech.audio import SAMPLE_RATE
 from asr.speech.longform import LongformSession
@@ -109,7 +108,7 @@ class LiveModel:
         them."""
         threads = options.threads or default_threads()
         if workers is None:
-            cpu = (options.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
+            cpu = run_device(options.device).type == "cpu"
             workers = CPU_WORKERS if cpu and threads >= CPU_WORKERS else 1
         options = replace(options, threads=max(1, threads // workers))
         transcriber = load_transcriber(model_dir, options, parallel_calls=workers)

@@ -52,10 +52,15 @@ def default_cpu_dtype() -> str:
     return NATIVE_BF16_DTYPE if native_bf16() else PORTABLE_DTYPE
 
 
+def run_device(device: str | None) -> torch.device:
+    """``device``, or where it is None: CUDA when available, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def default_speech_dtype(device: str | None) -> str | None:
     """The speech LLM's dtype when the user names none: ``int8`` on a CPU without native bf16 (``device``
     ``cpu``, or None on a machine without CUDA); None elsewhere, leaving the engine's choice."""
-    on_cpu = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type == "cpu"
+    on_cpu = run_device(device).type == "cpu"
     return PORTABLE_SPEECH_DTYPE if on_cpu and not native_bf16() else None
 
 

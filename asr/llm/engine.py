@@ -21,7 +21,7 @@ from asr.attention import CacheShape, PagedKVCache, UniqueConfig
 from asr.attention.transfer import to_device
 from asr.errors import ContextLengthError
 from asr.llm.config import EngineConfig, ModelConfig, SamplingParams
-from asr.llm.cpu_defaults import default_cpu_dtype
+from asr.llm.cpu_defaults import default_cpu_dtype, run_device
 from asr.llm.distance_cap import DistanceCap, cap_distances
 from asr.llm.loader import load_model, load_tokenizer
 from asr.llm.model import CausalLM
@@ -39,7 +39,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def resolve_device(config: EngineConfig) -> tuple[torch.device, torch.dtype]:
     """The engine's device and dtype: CUDA + bfloat16 when available, else the CPU in the dtype it
     computes natively (``asr.llm.cpu_defaults``: bfloat16 with AVX512-BF16/AMX, else float32)."""
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = run_device(config.device)
     dtype = config.dtype or ("bfloat16" if device.type == "cuda" else default_cpu_dtype())
     return device, DTYPES[dtype]
 
